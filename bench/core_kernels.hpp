@@ -1,0 +1,151 @@
+// The code the core benchmarks measure, shared by core_bench.cpp (Google Benchmark, wall
+// time) and core_instructions.cpp (fixed iterations, for callgrind's instruction counts), so
+// both measure exactly the same functions. Each ctxmgr kernel has its baseline next to it:
+// the hand-written code it replaces.
+#pragma once
+
+#include <ctxmgr/ctxmgr.hpp>
+
+#include <exception>
+
+#if defined(CTXMGR_BENCH_ABSL)
+#include <absl/cleanup/cleanup.h>
+#endif
+#if defined(CTXMGR_BENCH_GSL)
+#include <gsl/gsl>
+#endif
+
+#define CTXMGR_KERNEL __attribute__((noinline))
+
+namespace kernels {
+
+// Keeps the compiler from folding away a value or the writes to memory.
+template <class T>
+inline void escape(T&& value) {
+    asm volatile("" : : "r,m"(value) : "memory");
+}
+
+// The simplest manager: counts enters and exits.
+struct counter {
+    int entered = 0;
+    int exited = 0;
+    void enter() noexcept { ++entered; }
+    void exit(std::exception_ptr e) noexcept {
+        if (!e) ++exited;
+    }
+};
+
+// ---- with versus try/catch ---------------------------------------------------------------
+
+CTXMGR_KERNEL inline void with_trivial(counter& m, int& work) {
+    ctxmgr::with(m, [&] { escape(++work); });
+}
+
+CTXMGR_KERNEL inline void handwritten_trivial(counter& m, int& work) {
+    m.enter();
+    try {
+        escape(++work);
+    } catch (...) {
+        m.exit(std::current_exception());
+        throw;
+    }
+    m.exit(std::exception_ptr());
+}
+
+CTXMGR_KERNEL inline void with_two(counter& a, counter& b, int& work) {
+    ctxmgr::with(a, b, [&] { escape(++work); });
+}
+
+CTXMGR_KERNEL inline void handwritten_two(counter& a, counter& b, int& work) {
+    a.enter();
+    try {
+        b.enter();
+        try {
+            escape(++work);
+        } catch (...) {
+            b.exit(std::current_exception());
+            throw;
+        }
+        b.exit(std::exception_ptr());
+    } catch (...) {
+        a.exit(std::current_exception());
+        throw;
+    }
+    a.exit(std::exception_ptr());
+}
+
+// ---- exit_stack versus hand-written guards ----------------------------------------------
+
+struct bump_guard {
+    int* target;
+    ~bump_guard() { escape(++*target); }
+};
+
+template <int N>
+CTXMGR_KERNEL void exit_stack_callbacks(int& work) {
+    ctxmgr::exit_stack stack;
+    for (int i = 0; i < N; ++i) {
+        stack.callback([p = &work] { escape(++*p); });
+    }
+}
+
+template <int N>
+CTXMGR_KERNEL void handwritten_guards(int& work) {
+    // N guards known at compile time: what a programmer writes without a stack.
+    [&]<int... I>(std::integer_sequence<int, I...>) {
+        bump_guard guards[static_cast<std::size_t>(N)] = {((void)I, bump_guard{&work})...};
+        escape(guards);
+    }
+    (std::make_integer_sequence<int, N>{});
+}
+
+// ---- contextmanager versus a class manager ------------------------------------------------
+
+inline ctxmgr::contextmanager<int&> counted(int& work) {
+    ++work;
+    co_yield work;
+    ++work;
+}
+
+struct counted_class {
+    int& work;
+    int& enter() noexcept { return ++work; }
+    void exit(std::exception_ptr) noexcept { ++work; }
+};
+
+CTXMGR_KERNEL inline void with_contextmanager(int& work) {
+    ctxmgr::with(counted(work), [](int& w) { escape(w); });
+}
+
+CTXMGR_KERNEL inline void with_class_manager(int& work) {
+    ctxmgr::with(counted_class{work}, [](int& w) { escape(w); });
+}
+
+// ---- scope guards versus their peers -----------------------------------------------------
+
+CTXMGR_KERNEL inline void guard_finally(int& work) {
+    ctxmgr::finally g([&] { escape(++work); });
+}
+
+CTXMGR_KERNEL inline void guard_scope_fail(int& work) {
+    ctxmgr::scope_fail g([&] { escape(++work); });
+    escape(work);
+}
+
+CTXMGR_KERNEL inline void guard_handwritten(int& work) {
+    bump_guard g{&work};
+}
+
+#if defined(CTXMGR_BENCH_ABSL)
+CTXMGR_KERNEL inline void guard_absl_cleanup(int& work) {
+    absl::Cleanup g = [&] { escape(++work); };
+}
+#endif
+
+#if defined(CTXMGR_BENCH_GSL)
+CTXMGR_KERNEL inline void guard_gsl_finally(int& work) {
+    auto g = gsl::finally([&] { escape(++work); });
+}
+#endif
+
+}  // namespace kernels

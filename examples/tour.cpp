@@ -1,0 +1,210 @@
+// The tour: ctxmgr's walk-through, run for real, a chapter per capability, on embedded
+// defaults (temporary files, SQLite, loopback). Build and run it with scripts/tour.
+#include <ctxmgr/ctxmgr.hpp>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <stdexcept>
+#include <string>
+
+#include "tour.hpp"
+
+namespace tour {
+
+namespace {
+std::filesystem::path scratch_directory;
+}
+
+std::filesystem::path scratch() {
+    return scratch_directory;
+}
+
+}  // namespace tour
+
+namespace {
+
+using tour::chapter;
+using tour::say;
+
+// A manager that narrates each step of the protocol.
+struct narrator {
+    std::string name;
+    bool suppress = false;
+
+    std::string enter() {
+        say("enter " + name + "  -> target \"" + name + "\"");
+        return name;
+    }
+    bool exit(std::exception_ptr e) {
+        say("exit " + name + (e ? "  (sees: " + ctxmgr::describe(e) + ")" : "  (no exception)") +
+            (e && suppress ? "  -> suppresses it" : ""));
+        return suppress;
+    }
+};
+
+void five_steps() {
+    chapter(1, "The five steps of with, traced");
+    say("ctxmgr::with(a, b, body) is Python's `with a as x, b as y: body`:");
+    narrator a{"a"}, b{"b"};
+    const auto result = ctxmgr::with(a, b, [](std::string& x, std::string& y) {
+        say("body runs with targets " + x + " and " + y);
+        return x + y;
+    });
+    say("returned " + (result ? "\"" + *result + "\"" : std::string("nothing")) +
+        " (std::optional, because these exits may suppress)");
+
+    say("");
+    say("if enter() of the second manager throws, only the first is exited:");
+    struct refuses {
+        void enter() { throw std::runtime_error("b refused to enter"); }
+        void exit(std::exception_ptr) { say("never printed"); }
+    };
+    try {
+        ctxmgr::with(a, refuses{}, [] { say("never printed"); });
+    } catch (const std::exception& e) {
+        say(std::string("caught: ") + e.what());
+    }
+}
+
+// The minimal file manager the core chapters use; the files chapter shows ctxmgr::open.
+struct text_file {
+    std::filesystem::path path;
+    std::ios::openmode mode;
+    std::fstream stream;
+
+    std::fstream& enter() {
+        stream.open(path, mode);
+        if (!stream) throw std::runtime_error("cannot open " + path.string());
+        return stream;
+    }
+    void exit(std::exception_ptr) {
+        stream.close();
+        say("closed " + path.filename().string());
+    }
+};
+
+void try_finally_versus_with() {
+    chapter(2, "try ... finally versus with");
+    const auto path = tour::scratch() / "hello.txt";
+    say("by hand: acquire, then try/catch/rethrow, then release on both paths:");
+    {
+        std::fstream f(path, std::ios::out);
+        try {
+            f << "Hello, world!\n";
+        } catch (...) {
+            f.close();
+            throw;
+        }
+        f.close();
+        say("closed hello.txt by hand");
+    }
+    say("with ctxmgr: the release is written once, by the manager, and cannot be forgotten:");
+    ctxmgr::with(text_file{path, std::ios::out | std::ios::app, {}},
+                 [](std::fstream& f) { f << "Hello again!\n"; });
+    say("and a finally guard for the code that is not a manager:");
+    {
+        int* buffer = new int[16];
+        ctxmgr::finally release([&] {
+            delete[] buffer;
+            say("buffer released by the guard");
+        });
+        buffer[0] = 42;
+    }
+}
+
+void two_managers() {
+    chapter(3, "Two managers in one with: input.txt -> output.txt");
+    const auto input = tour::scratch() / "input.txt";
+    const auto output = tour::scratch() / "output.txt";
+    std::ofstream(input) << "context managers\nrelease what they acquire\n";
+    ctxmgr::with(text_file{input, std::ios::in, {}}, text_file{output, std::ios::out, {}},
+                 [](std::fstream& in, std::fstream& out) {
+                     std::string text{std::istreambuf_iterator<char>(in), {}};
+                     std::transform(text.begin(), text.end(), text.begin(),
+                                    [](unsigned char c) { return std::toupper(c); });
+                     out << text;
+                 });
+    std::ifstream check(output);
+    std::string line;
+    while (std::getline(check, line)) say("output.txt: " + line);
+}
+
+void when_the_body_throws() {
+    chapter(4, "When the body throws");
+    const auto path = tour::scratch() / "partial.txt";
+    try {
+        ctxmgr::with(text_file{path, std::ios::out, {}}, [](std::fstream& f) {
+            f << "half a record";
+            throw std::runtime_error("the body failed halfway");
+        });
+    } catch (const std::exception& e) {
+        say(std::string("the file was closed before the exception reached us: ") + e.what());
+    }
+
+    say("an exit that returns true suppresses the exception, and with returns nothing:");
+    narrator swallow{"swallow", true};
+    const auto r = ctxmgr::with(swallow, []() -> int { throw std::runtime_error("ignored"); });
+    say(std::string("result has a value: ") + (r ? "yes" : "no"));
+
+    say("ctxmgr::suppress<E...>() is the ready-made one:");
+    ctxmgr::with(ctxmgr::suppress<std::out_of_range>(), [] {
+        std::string s;
+        static_cast<void>(s.at(3));
+    });
+    say("out_of_range suppressed");
+
+    say("a release that fails while an exception is pending keeps both (nested):");
+    struct failing_close {
+        void enter() {}
+        void exit(std::exception_ptr) {
+            std::throw_with_nested(std::runtime_error("close failed"));
+        }
+    };
+    try {
+        ctxmgr::with(failing_close{}, [] { throw std::runtime_error("body failed"); });
+    } catch (...) {
+        say(ctxmgr::describe(std::current_exception()));
+    }
+}
+
+void exit_stack_and_coroutines() {
+    chapter(5, "A run-time number of managers, and setup/teardown as one function");
+    ctxmgr::with(ctxmgr::exit_stack(), [](ctxmgr::exit_stack& stack) {
+        for (int i = 1; i <= 3; ++i) {
+            stack.callback([i] { say("release resource " + std::to_string(i)); });
+            say("acquired resource " + std::to_string(i));
+        }
+    });
+    auto tag = [](std::string name) -> ctxmgr::contextmanager<void> {
+        say("<" + name + ">");
+        co_yield {};
+        say("</" + name + ">");
+    };
+    ctxmgr::with(tag("p"), [] { say("  contextmanager: setup, co_yield, teardown"); });
+}
+
+}  // namespace
+
+int main() {
+    char pattern[] = "/tmp/ctxmgr-tour-XXXXXX";
+    if (::mkdtemp(pattern) == nullptr) {
+        std::perror("mkdtemp");
+        return 1;
+    }
+    tour::scratch_directory = pattern;
+    ctxmgr::finally remove_scratch([] { std::filesystem::remove_all(tour::scratch_directory); });
+
+    std::printf("ctxmgr: Python's context managers for C++ (scratch files in %s)\n", pattern);
+    five_steps();
+    try_finally_versus_with();
+    two_managers();
+    when_the_body_throws();
+    exit_stack_and_coroutines();
+    std::printf("\nEnd of the tour.\n");
+    return 0;
+}

@@ -1,0 +1,332 @@
+// ctxmgr/contextmanager.hpp: setup and teardown written as one function.
+//
+// Python's @contextmanager as a coroutine return type. The code before `co_yield` is the
+// setup, the yielded value is the target, the code after is the teardown:
+//
+//   ctxmgr::contextmanager<std::string&> tag(std::string& out, std::string name) {
+//       out += "<" + name + ">";
+//       co_yield out;                        // the body of the with runs here
+//       out += "</" + name + ">";            // skipped if the body throws...
+//   }
+//   ctxmgr::with(tag(html, "p"), [](std::string& s) { s += "hi"; });   // <p>hi</p>
+//
+// ...unless the teardown is in a try block or a guard, exactly as in Python:
+//
+//   ctxmgr::contextmanager<int> descriptor(const char* path) {
+//       int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+//       ctxmgr::finally close_it([fd] { ::close(fd); });   // runs on every path
+//       co_yield fd;
+//   }
+//
+// Semantics (CPython's _GeneratorContextManager):
+//   - calling the function runs nothing; enter() runs to the co_yield and returns the value
+//     (T may be a value, a reference or void: `co_yield {};`);
+//   - exit(e) resumes the coroutine, rethrowing e at the co_yield when e is not null;
+//   - finishing normally after e suppresses e (exit returns true); rethrowing e propagates
+//     it (the same object); throwing something else replaces it;
+//   - a coroutine that finishes without yielding, yields a second time, or is entered twice
+//     throws protocol_error; one that does not stop after e throws protocol_error with e
+//     nested;
+//   - destroying a manager that was entered and never exited destroys the coroutine frame,
+//     running the destructors of the locals alive at the co_yield.
+//
+// Caution: like any coroutine, the frame keeps copies of by-value parameters but only the
+// references of reference parameters: those must outlive the manager. A manager is one-shot;
+// decorate() (contextlib.hpp) makes a fresh one per call.
+//
+// Frames are allocated from a per-thread cache of recently freed frames (up to 1 KiB), so
+// a manager made and used in a loop does not reach the global allocator after the first
+// iteration. The cache is off under AddressSanitizer so that freed frames stay poisoned.
+//
+// Thread-compatible: a manager may be created, entered and exited on different threads, but
+// not used from two at once.
+#pragma once
+
+#include <coroutine>
+#include <cstddef>
+#include <exception>
+#include <new>
+#include <type_traits>
+#include <utility>
+
+#include "errors.hpp"
+
+namespace ctxmgr {
+
+namespace detail {
+
+// A per-thread cache of coroutine frames, in size classes of 64 bytes up to 1 KiB.
+class frame_cache {
+  public:
+    static constexpr std::size_t granularity = 64;
+    static constexpr std::size_t classes = 16;
+    static constexpr unsigned per_class = 8;
+
+    frame_cache() = default;
+    frame_cache(const frame_cache&) = delete;
+    frame_cache& operator=(const frame_cache&) = delete;
+    ~frame_cache();
+
+    static void* allocate(std::size_t size);
+    static void deallocate(void* frame, std::size_t size) noexcept;
+
+  private:
+    struct free_frame {
+        free_frame* next;
+    };
+    static std::size_t class_of(std::size_t size) noexcept {
+        return (size + granularity - 1) / granularity - 1;
+    }
+    static frame_cache* instance() noexcept;
+
+    free_frame* heads_[classes] = {};
+    unsigned counts_[classes] = {};
+};
+
+#if defined(__SANITIZE_ADDRESS__)
+inline constexpr bool frame_cache_enabled = false;
+#else
+inline constexpr bool frame_cache_enabled = true;
+#endif
+
+// Trivially destructible, so it stays readable while the thread's other objects are torn
+// down: a frame freed after the cache is gone goes straight back to the global allocator.
+inline thread_local bool frame_cache_gone = false;
+
+inline frame_cache* frame_cache::instance() noexcept {
+    if (frame_cache_gone) return nullptr;
+    thread_local frame_cache cache;
+    return &cache;
+}
+
+inline frame_cache::~frame_cache() {
+    frame_cache_gone = true;
+    for (auto*& head : heads_) {
+        while (head != nullptr) {
+            ::operator delete(std::exchange(head, head->next));
+        }
+    }
+}
+
+inline void* frame_cache::allocate(std::size_t size) {
+    const std::size_t size_class = class_of(size);
+    if constexpr (frame_cache_enabled) {
+        if (size_class < classes) {
+            if (frame_cache* cache = instance(); cache != nullptr && cache->heads_[size_class]) {
+                free_frame* frame = cache->heads_[size_class];
+                cache->heads_[size_class] = frame->next;
+                --cache->counts_[size_class];
+                return frame;
+            }
+            return ::operator new((size_class + 1) * granularity);
+        }
+    }
+    return ::operator new(size);
+}
+
+inline void frame_cache::deallocate(void* frame, std::size_t size) noexcept {
+    const std::size_t size_class = class_of(size);
+    if constexpr (frame_cache_enabled) {
+        if (size_class < classes) {
+            frame_cache* cache = instance();
+            if (cache != nullptr && cache->counts_[size_class] < per_class) {
+                cache->heads_[size_class] = ::new (frame) free_frame{cache->heads_[size_class]};
+                ++cache->counts_[size_class];
+                return;
+            }
+        }
+    }
+    ::operator delete(frame);
+}
+
+// What `co_yield {};` yields in a contextmanager<void>.
+struct nothing_yielded {};
+
+template <class T>
+struct yielded {
+    using pointer = std::remove_reference_t<T>*;
+    pointer value = nullptr;
+    bool movable = false;  // yielded as an rvalue: enter() may move from it
+};
+
+template <>
+struct yielded<void> {};
+
+}  // namespace detail
+
+template <class T = void>
+class [[nodiscard]] contextmanager {
+  public:
+    class promise_type;
+    using handle_type = std::coroutine_handle<promise_type>;
+    using value_type = T;
+
+    contextmanager(const contextmanager&) = delete;
+    contextmanager& operator=(const contextmanager&) = delete;
+
+    contextmanager(contextmanager&& other) noexcept
+        : handle_(std::exchange(other.handle_, nullptr)),
+          state_(std::exchange(other.state_, state::finished)) {}
+
+    contextmanager& operator=(contextmanager&& other) noexcept {
+        if (this != &other) {
+            destroy();
+            handle_ = std::exchange(other.handle_, nullptr);
+            state_ = std::exchange(other.state_, state::finished);
+        }
+        return *this;
+    }
+
+    // Destroys the frame, running the destructors of the coroutine's live locals.
+    ~contextmanager() { destroy(); }
+
+    // Runs the coroutine to its co_yield and returns the yielded value. Throws what the
+    // setup throws, or protocol_error if entered twice or if the coroutine did not yield.
+    T enter() {
+        if (state_ != state::created) {
+            throw protocol_error(state_ == state::entered
+                                     ? "contextmanager: entered twice"
+                                     : "contextmanager: entered after it finished");
+        }
+        state_ = state::entered;
+        handle_.resume();
+        if (handle_.done()) {
+            std::exception_ptr thrown = std::move(handle_.promise().thrown_);
+            finish();
+            if (thrown) std::rethrow_exception(thrown);
+            throw protocol_error("contextmanager: the coroutine did not yield");
+        }
+        if constexpr (std::is_void_v<T>) {
+            return;
+        } else if constexpr (std::is_reference_v<T>) {
+            return static_cast<T>(*handle_.promise().yielded_.value);
+        } else {
+            auto& yielded = handle_.promise().yielded_;
+            if constexpr (std::is_copy_constructible_v<T>) {
+                if (!yielded.movable) return *yielded.value;
+            }
+            return std::move(*yielded.value);
+        }
+    }
+
+    // Resumes the coroutine with `e` (see the semantics above). Returns true when the
+    // coroutine swallowed a non-null `e`.
+    bool exit(std::exception_ptr e) {
+        if (state_ != state::entered) {
+            throw protocol_error(state_ == state::created ? "contextmanager: exit without enter"
+                                                          : "contextmanager: exited twice");
+        }
+        promise_type& promise = handle_.promise();
+        promise.resume_with_ = e;
+        handle_.resume();
+        if (!handle_.done()) {
+            finish();
+            if (!e)
+                throw protocol_error(
+                    "contextmanager: the coroutine did not stop (it yielded twice)");
+            // Called from the handler of e, so e is nested in this error, as Python sets
+            // __context__ on its "generator didn't stop after throw()".
+            std::throw_with_nested(protocol_error(
+                "contextmanager: the coroutine did not stop after the exception was thrown in"));
+        }
+        std::exception_ptr thrown = std::move(promise.thrown_);
+        finish();
+        if (!thrown) return static_cast<bool>(e);
+        // The coroutine let e through, or rethrew it: not suppressed, and with() rethrows the
+        // original object. Compared by identity, so a different exception of the same type
+        // is never mistaken for e (CPython's `exc is value` check).
+        if (thrown == e) return false;
+        std::rethrow_exception(thrown);
+    }
+
+    class promise_type {
+        using object_type = std::conditional_t<std::is_void_v<T>, detail::nothing_yielded,
+                                               std::remove_reference_t<T>>;
+
+      public:
+        contextmanager get_return_object() noexcept {
+            return contextmanager(handle_type::from_promise(*this));
+        }
+        std::suspend_always initial_suspend() noexcept { return {}; }
+        std::suspend_always final_suspend() noexcept { return {}; }
+        void return_void() noexcept {}
+        void unhandled_exception() noexcept { thrown_ = std::current_exception(); }
+
+        // Rethrows, at the co_yield, the exception exit() was given.
+        struct yield_awaiter {
+            promise_type& promise;
+            bool await_ready() const noexcept { return false; }
+            void await_suspend(handle_type) const noexcept {}
+            void await_resume() const {
+                if (promise.resume_with_) {
+                    std::rethrow_exception(std::exchange(promise.resume_with_, nullptr));
+                }
+            }
+        };
+
+        yield_awaiter yield_value(detail::nothing_yielded) noexcept requires std::is_void_v<T> {
+            return {*this};
+        }
+
+        // A reference target refers to the yielded object itself: U must convert to T
+        // without a temporary (same type, derived, or adding const), and a non-const lvalue
+        // reference needs an lvalue.
+        template <class U>
+        requires(std::is_reference_v<T>&&
+                     std::is_convertible_v<std::remove_reference_t<U>*, object_type*> &&
+                 (std::is_lvalue_reference_v<U> || !std::is_lvalue_reference_v<T> ||
+                  std::is_const_v<object_type>)) yield_awaiter yield_value(U&& value)
+        noexcept {
+            yielded_.value = std::addressof(value);
+            return {*this};
+        }
+
+        // An lvalue is copied into the target, so a move-only T must be yielded as an rvalue.
+        yield_awaiter yield_value(const object_type& value) noexcept
+            requires(!std::is_void_v<T> && !std::is_reference_v<T> &&
+                     std::is_copy_constructible_v<T>) {
+            yielded_.value = const_cast<object_type*>(std::addressof(value));
+            yielded_.movable = false;
+            return {*this};
+        }
+
+        yield_awaiter yield_value(object_type&& value) noexcept
+            requires(!std::is_void_v<T> && !std::is_reference_v<T>) {
+            // The temporary lives until the end of the co_yield full-expression, which
+            // spans the suspension, so enter() can move from it.
+            yielded_.value = std::addressof(value);
+            yielded_.movable = true;
+            return {*this};
+        }
+
+        static void* operator new(std::size_t size) { return detail::frame_cache::allocate(size); }
+        static void operator delete(void* frame, std::size_t size) noexcept {
+            detail::frame_cache::deallocate(frame, size);
+        }
+
+      private:
+        friend class contextmanager;
+        std::exception_ptr thrown_;       // what escaped the coroutine body
+        std::exception_ptr resume_with_;  // what exit() throws in at the co_yield
+        [[no_unique_address]] detail::yielded<T> yielded_;
+    };
+
+  private:
+    enum class state : unsigned char { created, entered, finished };
+
+    explicit contextmanager(handle_type handle) noexcept : handle_(handle) {}
+
+    void finish() noexcept {
+        destroy();
+        state_ = state::finished;
+    }
+
+    void destroy() noexcept {
+        if (handle_) std::exchange(handle_, nullptr).destroy();
+    }
+
+    handle_type handle_;
+    state state_ = state::created;
+};
+
+}  // namespace ctxmgr

@@ -1,0 +1,17 @@
+// ctxmgr/ctxmgr.hpp: everything in ctxmgr that needs no third-party library.
+//
+// The protocol and composition layers are header-only; the resources link ctxmgr::ctxmgr.
+// The database back ends are included on purpose: <ctxmgr/sqlite.hpp>, <ctxmgr/postgres.hpp>.
+//
+//   #include <ctxmgr/ctxmgr.hpp>
+//   ctxmgr::with(ctxmgr::suppress<std::runtime_error>(), [] { ... });
+#pragma once
+
+#include "contextlib.hpp"
+#include "contextmanager.hpp"
+#include "errors.hpp"
+#include "exit_stack.hpp"
+#include "protocol.hpp"
+#include "scope.hpp"
+#include "unraisable.hpp"
+#include "with.hpp"

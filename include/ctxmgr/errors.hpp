@@ -1,0 +1,272 @@
+// ctxmgr/errors.hpp: the library's one exception hierarchy.
+//
+// Every component throws one of these, so a caller can catch by meaning rather than by
+// component:
+//
+//   std::logic_error
+//     protocol_error        misuse of the protocol (entering twice, a coroutine manager
+//       closed_error        that does not yield); use of a closed resource
+//   std::system_error
+//     io_error              a failed system call on a file; keeps errno and the path
+//     network_error         a failed socket call or name resolution; names the peer
+//   std::runtime_error
+//     timeout_error         a lock, connection or pool wait that ran out of time
+//     leak_error            resources still live where none should be
+//     db::error             a database error; subclasses follow the server's classes
+//
+// Guarantees: every message names the operation and the object (path, endpoint, redacted
+// connection string, lock name), so a log line alone says what failed. Constructing an
+// exception may throw std::bad_alloc; nothing else. All types are thread-compatible.
+//
+//   try {
+//       ctxmgr::with(ctxmgr::open("/tmp/x", "w"), [](ctxmgr::file& f) { f.write("x"); });
+//   } catch (const ctxmgr::io_error& e) {
+//       std::cerr << e.what() << '\n';   // write "/tmp/x": No space left on device
+//   }
+//
+// describe(e) renders an exception and the ones nested in it (std::throw_with_nested) on
+// one line each; the unraisable hook and the leak reports use it. throw_chained(failure,
+// pending) throws a release failure with the pending exception nested in it.
+#pragma once
+
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <typeinfo>
+#include <utility>
+
+#if __has_include(<cxxabi.h>)
+#include <cxxabi.h>
+
+#include <cstdlib>
+#include <memory>
+#endif
+
+namespace ctxmgr {
+
+// Misuse of the context-manager protocol: what CPython reports with RuntimeError or
+// TypeError (entering a one-shot manager twice, a generator that does not yield).
+class protocol_error : public std::logic_error {
+  public:
+    using std::logic_error::logic_error;
+};
+
+// Use of a resource after close(). The message names the operation and the resource.
+class closed_error : public protocol_error {
+  public:
+    using protocol_error::protocol_error;
+};
+
+// A failed system call on a file. what() reads `write "/tmp/x": No space left on device`;
+// code() keeps the errno, path() the file.
+class io_error : public std::system_error {
+  public:
+    io_error(std::string_view operation, std::string path, int error_number)
+        : std::system_error(error_number, std::generic_category(),
+                            std::string(operation) + " \"" + path + '"'),
+          path_(std::move(path)) {}
+
+    [[nodiscard]] const std::string& path() const noexcept { return path_; }
+
+  private:
+    std::string path_;
+};
+
+// A failed socket call or name resolution. what() reads
+// `connect 127.0.0.1:5: Connection refused`.
+class network_error : public std::system_error {
+  public:
+    network_error(std::string_view operation, std::string peer, std::error_code code)
+        : std::system_error(code, std::string(operation) + ' ' + peer), peer_(std::move(peer)) {}
+    network_error(std::string_view operation, std::string peer, int error_number)
+        : network_error(operation, std::move(peer),
+                        std::error_code(error_number, std::generic_category())) {}
+
+    [[nodiscard]] const std::string& peer() const noexcept { return peer_; }
+
+  private:
+    std::string peer_;
+};
+
+// "1.5 s", "20 ms", "300 us": a duration in the unit a person would use, three significant
+// digits. Used in timeout messages and leak reports.
+[[nodiscard]] inline std::string format_duration(std::chrono::nanoseconds d) {
+    const auto ns = d.count();
+    char buffer[48];
+    if (ns >= 1'000'000'000 || ns <= -1'000'000'000) {
+        std::snprintf(buffer, sizeof buffer, "%.3g s", static_cast<double>(ns) / 1e9);
+    } else if (ns >= 1'000'000 || ns <= -1'000'000) {
+        std::snprintf(buffer, sizeof buffer, "%.3g ms", static_cast<double>(ns) / 1e6);
+    } else if (ns >= 1'000 || ns <= -1'000) {
+        std::snprintf(buffer, sizeof buffer, "%.3g us", static_cast<double>(ns) / 1e3);
+    } else {
+        std::snprintf(buffer, sizeof buffer, "%lld ns", static_cast<long long>(ns));
+    }
+    return buffer;
+}
+
+// A wait that ran out of time: a lock, a connect, a receive, a pool acquire, a distributed
+// lock. The message says what was waited for and for how long.
+class timeout_error : public std::runtime_error {
+  public:
+    timeout_error(std::string_view what_waited_for, std::chrono::nanoseconds waited)
+        : std::runtime_error(std::string("timed out after ") + format_duration(waited) +
+                             " waiting for " + std::string(what_waited_for)),
+          waited_(waited) {}
+    explicit timeout_error(const std::string& message) : std::runtime_error(message), waited_(0) {}
+
+    [[nodiscard]] std::chrono::nanoseconds waited() const noexcept { return waited_; }
+
+  private:
+    std::chrono::nanoseconds waited_;
+};
+
+// Resources that are still live where none should be (see tracking.hpp).
+class leak_error : public std::runtime_error {
+  public:
+    using std::runtime_error::runtime_error;
+};
+
+namespace db {
+
+// A database error. Carries the back end ("sqlite" or "postgresql"), PostgreSQL's SQLSTATE
+// (empty for SQLite), SQLite's extended result code (0 for PostgreSQL), the server's
+// message and the statement (shortened); what() has all of them.
+class error : public std::runtime_error {
+  public:
+    error(std::string backend, std::string sqlstate, int code, std::string message, std::string sql)
+        : std::runtime_error(compose(backend, sqlstate, code, message, sql)),
+          backend_(std::move(backend)),
+          sqlstate_(std::move(sqlstate)),
+          code_(code),
+          message_(std::move(message)),
+          sql_(shorten(std::move(sql))) {}
+
+    [[nodiscard]] const std::string& backend() const noexcept { return backend_; }
+    [[nodiscard]] const std::string& sqlstate() const noexcept { return sqlstate_; }
+    [[nodiscard]] int code() const noexcept { return code_; }
+    [[nodiscard]] const std::string& message() const noexcept { return message_; }
+    [[nodiscard]] const std::string& sql() const noexcept { return sql_; }
+
+    // Statements longer than this are cut in messages, with "..." at the cut.
+    static constexpr std::size_t max_sql_length = 200;
+
+    static std::string shorten(std::string sql) {
+        if (sql.size() > max_sql_length) {
+            sql.resize(max_sql_length - 3);
+            sql += "...";
+        }
+        return sql;
+    }
+
+  private:
+    static std::string compose(const std::string& backend, const std::string& sqlstate, int code,
+                               const std::string& message, const std::string& sql) {
+        std::string text = backend;
+        if (!sqlstate.empty()) text += " [" + sqlstate + ']';
+        if (code != 0) text += " [code " + std::to_string(code) + ']';
+        text += ": " + message;
+        if (!sql.empty()) text += " (in: " + shorten(sql) + ')';
+        return text;
+    }
+
+    std::string backend_;
+    std::string sqlstate_;
+    int code_;
+    std::string message_;
+    std::string sql_;
+};
+
+// A UNIQUE, FOREIGN KEY, NOT NULL or CHECK constraint was violated (SQLSTATE class 23,
+// SQLITE_CONSTRAINT).
+class constraint_violation : public error {
+  public:
+    using error::error;
+};
+
+// The transaction cannot be serialized and should be retried (SQLSTATE 40001, 40P01;
+// SQLITE_BUSY on commit).
+class serialization_failure : public error {
+  public:
+    using error::error;
+};
+
+// The connection could not be made or was lost (SQLSTATE class 08, 57P01-57P03, a closed
+// socket under libpq; SQLITE_CANTOPEN).
+class connection_error : public error {
+  public:
+    using error::error;
+};
+
+}  // namespace db
+
+namespace detail {
+
+inline std::string type_name_of(const std::type_info& type) {
+    std::string name = type.name();
+#if __has_include(<cxxabi.h>)
+    int status = 0;
+    std::unique_ptr<char, void (*)(void*)> demangled(
+        abi::__cxa_demangle(type.name(), nullptr, nullptr, &status), std::free);
+    if (status == 0 && demangled) name = demangled.get();
+#endif
+    // std::throw_with_nested(E) throws a library type derived from E; name E, as the user did.
+    constexpr std::string_view wrapper = "std::_Nested_exception<";
+    if (name.starts_with(wrapper) && name.ends_with('>')) {
+        name = name.substr(wrapper.size(), name.size() - wrapper.size() - 1);
+    }
+    return name;
+}
+
+inline void describe_into(std::string& out, const std::exception_ptr& e, int depth) {
+    if (depth > 0) out += "\n  nested: ";
+    if (depth > 32) {
+        out += "...";
+        return;
+    }
+    try {
+        std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+        out += type_name_of(typeid(ex));
+        out += ": ";
+        out += ex.what();
+        if (const auto* nested = dynamic_cast<const std::nested_exception*>(&ex);
+            nested != nullptr && nested->nested_ptr()) {
+            describe_into(out, nested->nested_ptr(), depth + 1);
+        }
+    } catch (...) {
+        out += "unknown exception (not derived from std::exception)";
+    }
+}
+
+}  // namespace detail
+
+// Throws `failure` with `pending` nested in it (std::throw_with_nested), or `failure` alone
+// when `pending` is null: how a release that fails while an exception is pending reports
+// both, our analogue of Python's __context__. what() of the result is failure's.
+template <class Failure>
+[[noreturn]] void throw_chained(Failure&& failure, const std::exception_ptr& pending) {
+    if (!pending) throw std::forward<Failure>(failure);
+    try {
+        std::rethrow_exception(pending);
+    } catch (...) {
+        std::throw_with_nested(std::forward<Failure>(failure));
+    }
+}
+
+// "type: what()" for the exception and, one line each, the exceptions nested in it.
+// Returns "no exception" for a null pointer. Throws only std::bad_alloc.
+[[nodiscard]] inline std::string describe(const std::exception_ptr& e) {
+    if (!e) return "no exception";
+    std::string out;
+    detail::describe_into(out, e, 0);
+    return out;
+}
+
+}  // namespace ctxmgr

@@ -1,0 +1,109 @@
+// ctxmgr/protocol.hpp: what a context manager is.
+//
+// Python's protocol, `__enter__` / `__exit__`, in C++. A type M is a context manager when
+//   - m.enter() is valid: it acquires, and its result (possibly void) is the target, the
+//     `as` value of Python's `with m as target`;
+//   - m.exit(std::exception_ptr e) is valid and returns bool or void: it releases. `e` is
+//     the exception that ended the block, or null. Returning true suppresses `e`; false or
+//     void lets it propagate. exit is called from inside the handler of `e`, so
+//     std::throw_with_nested in exit chains `e` to the new exception (the analogue of
+//     Python's __context__).
+//
+//   struct timer {
+//       std::chrono::steady_clock::time_point start;
+//       void enter() { start = std::chrono::steady_clock::now(); }
+//       void exit(std::exception_ptr) { report(std::chrono::steady_clock::now() - start); }
+//   };
+//   static_assert(ctxmgr::context_manager<timer>);
+//
+// holds<E>(e) asks what an exception_ptr holds without the caller writing a try block.
+//
+// Guarantees: this header declares concepts and traits only; holds() never throws.
+#pragma once
+
+#include <concepts>
+#include <exception>
+#include <type_traits>
+#include <utility>
+
+#include "errors.hpp"
+
+namespace ctxmgr {
+
+namespace detail {
+template <class R>
+concept exit_result = std::same_as<R, bool> || std::same_as<R, void>;
+}  // namespace detail
+
+// M is a context manager: enter() is valid, exit(std::exception_ptr) returns bool or void.
+// Checked on an lvalue of M, which is how with() and exit_stack use managers.
+template <class M>
+concept context_manager = requires(std::remove_reference_t<M>& m, std::exception_ptr e) {
+    m.enter();
+    { m.exit(e) } -> detail::exit_result;
+};
+
+// The target: what enter() returns (possibly void or a reference).
+template <context_manager M>
+using enter_result_t = decltype(std::declval<std::remove_reference_t<M>&>().enter());
+
+// True when M's exit returns bool, so it can suppress the exception it sees.
+template <context_manager M>
+inline constexpr bool can_suppress_v =
+    std::same_as<decltype(std::declval<std::remove_reference_t<M>&>().exit(
+                     std::declval<std::exception_ptr>())),
+                 bool>;
+
+// True when `e` holds an E or a class derived from E; false for a null pointer.
+template <class E>
+[[nodiscard]] bool holds(const std::exception_ptr& e) noexcept {
+    if (!e) return false;
+    try {
+        std::rethrow_exception(e);
+    } catch (const E&) {
+        return true;
+    } catch (...) {
+        return false;
+    }
+}
+
+namespace detail {
+
+// Calls m.exit(e) and says whether it suppressed: a void exit never does, and neither does
+// a bool exit for a null `e` (there was nothing to suppress).
+template <class M>
+bool exit_suppresses(M& m, const std::exception_ptr& e) {
+    if constexpr (can_suppress_v<M>) {
+        return m.exit(e) && e;
+    } else {
+        m.exit(e);
+        return false;
+    }
+}
+
+// Calls m.exit(nullptr) after a block that ended normally.
+template <class M>
+void exit_normally(M& m) {
+    if constexpr (can_suppress_v<M>) {
+        static_cast<void>(m.exit(std::exception_ptr()));
+    } else {
+        m.exit(std::exception_ptr());
+    }
+}
+
+// Calls exit(e) from inside a handler of `e`, as with() does, so that std::throw_with_nested
+// and std::current_exception() inside exit see `e`. Used where no handler is active, such as
+// when an exit_stack passes on the exception that an earlier exit threw.
+template <class Exit>
+bool exit_in_handler(Exit&& exit, const std::exception_ptr& e) {
+    if (!e) return std::forward<Exit>(exit)(e);
+    try {
+        std::rethrow_exception(e);
+    } catch (...) {
+        return std::forward<Exit>(exit)(e);
+    }
+}
+
+}  // namespace detail
+
+}  // namespace ctxmgr

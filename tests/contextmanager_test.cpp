@@ -1,0 +1,359 @@
+#include <ctxmgr/contextlib.hpp>
+#include <ctxmgr/contextmanager.hpp>
+#include <ctxmgr/scope.hpp>
+#include <ctxmgr/with.hpp>
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "allocation_counter.hpp"
+#include "recording.hpp"
+
+namespace {
+
+using ctxmgr::contextmanager;
+using ctxmgr::protocol_error;
+using ctxmgr::testing::other_error;
+using ctxmgr::testing::test_error;
+using ctxmgr::testing::what_of;
+
+contextmanager<int> traced(std::vector<std::string>& log, int value = 7) {
+    log.push_back("setup");
+    co_yield value;
+    log.push_back("teardown");
+}
+
+TEST(ContextManager, CallingRunsNothing) {
+    std::vector<std::string> log;
+    auto m = traced(log);
+    EXPECT_TRUE(log.empty());
+    static_assert(ctxmgr::context_manager<contextmanager<int>>);
+    static_assert(!std::is_copy_constructible_v<contextmanager<int>>);
+}
+
+TEST(ContextManager, EnterRunsToTheYieldAndExitRunsTheTeardown) {
+    std::vector<std::string> log;
+    auto m = traced(log, 9);
+    EXPECT_EQ(m.enter(), 9);
+    EXPECT_EQ(log, (std::vector<std::string>{"setup"}));
+    EXPECT_FALSE(m.exit(nullptr));
+    EXPECT_EQ(log, (std::vector<std::string>{"setup", "teardown"}));
+}
+
+TEST(ContextManager, WorksInWith) {
+    std::vector<std::string> log;
+    const std::optional<int> r = ctxmgr::with(traced(log), [&](int& v) {
+        log.push_back("body " + std::to_string(v));
+        return v * 2;
+    });
+    EXPECT_EQ(r, 14);
+    EXPECT_EQ(log, (std::vector<std::string>{"setup", "body 7", "teardown"}));
+}
+
+TEST(ContextManager, BodysExceptionIsRethrownAtTheYieldAndSkipsTheTeardown) {
+    std::vector<std::string> log;
+    EXPECT_THROW(ctxmgr::with(traced(log), [](int&) { throw test_error("boom"); }), test_error);
+    EXPECT_EQ(log, (std::vector<std::string>{"setup"}));
+}
+
+contextmanager<void> guarded(std::vector<std::string>& log) {
+    ctxmgr::finally cleanup([&] { log.push_back("cleanup"); });
+    log.push_back("setup");
+    co_yield {};
+}
+
+TEST(ContextManager, AGuardInTheCoroutineRunsOnEveryPath) {
+    std::vector<std::string> log;
+    ctxmgr::with(guarded(log), [] {});
+    EXPECT_THROW(ctxmgr::with(guarded(log), [] { throw test_error("x"); }), test_error);
+    EXPECT_EQ(log, (std::vector<std::string>{"setup", "cleanup", "setup", "cleanup"}));
+}
+
+contextmanager<void> swallowing(std::string& seen) {
+    try {
+        co_yield {};
+    } catch (const test_error& e) {
+        seen = e.what();
+    }
+}
+
+TEST(ContextManager, FinishingNormallyAfterTheExceptionSuppressesIt) {
+    std::string seen;
+    ctxmgr::with(swallowing(seen), [] { throw test_error("swallowed"); });
+    EXPECT_EQ(seen, "swallowed");
+    auto m = swallowing(seen);
+    m.enter();
+    EXPECT_TRUE(m.exit(std::make_exception_ptr(test_error("again"))));
+    EXPECT_EQ(seen, "again");
+}
+
+TEST(ContextManager, SuppressionMakesWithReturnAnEmptyOptional) {
+    std::string seen;
+    const std::optional<int> r =
+        ctxmgr::with(swallowing(seen), []() -> int { throw test_error("gone"); });
+    EXPECT_FALSE(r.has_value());
+}
+
+contextmanager<void> rethrowing(int& cleanups) {
+    try {
+        co_yield {};
+    } catch (...) {
+        ++cleanups;
+        throw;
+    }
+}
+
+TEST(ContextManager, RethrowingPropagatesTheOriginalObject) {
+    int cleanups = 0;
+    std::exception_ptr thrown, caught;
+    try {
+        ctxmgr::with(rethrowing(cleanups), [&] {
+            try {
+                throw test_error("original");
+            } catch (...) {
+                thrown = std::current_exception();
+                throw;
+            }
+        });
+    } catch (...) {
+        caught = std::current_exception();
+    }
+    EXPECT_EQ(cleanups, 1);
+    EXPECT_EQ(caught, thrown);
+    auto m = rethrowing(cleanups);
+    m.enter();
+    EXPECT_FALSE(m.exit(thrown));
+}
+
+contextmanager<void> replacing(bool nested) {
+    try {
+        co_yield {};
+    } catch (const test_error&) {
+        if (nested) std::throw_with_nested(other_error("replaced"));
+        throw other_error("replaced");
+    }
+}
+
+TEST(ContextManager, ThrowingSomethingElseReplacesTheException) {
+    EXPECT_THROW(ctxmgr::with(replacing(false), [] { throw test_error("x"); }), other_error);
+}
+
+TEST(ContextManager, ThrowWithNestedInTheTeardownChainsTheOriginal) {
+    try {
+        ctxmgr::with(replacing(true), [] { throw test_error("original"); });
+        FAIL();
+    } catch (const other_error& e) {
+        const auto* nested = dynamic_cast<const std::nested_exception*>(&e);
+        ASSERT_NE(nested, nullptr);
+        EXPECT_EQ(what_of(nested->nested_ptr()), "original");
+    }
+}
+
+TEST(ContextManager, ExceptionOfTheSameTypeButAnotherObjectIsAReplacement) {
+    auto m = []() -> contextmanager<void> {
+        try {
+            co_yield {};
+        } catch (const test_error&) {
+            throw test_error("a new one");
+        }
+    }();
+    m.enter();
+    const auto original = std::make_exception_ptr(test_error("original"));
+    try {
+        static_cast<void>(m.exit(original));
+        FAIL();
+    } catch (const test_error& e) {
+        EXPECT_STREQ(e.what(), "a new one");
+    }
+}
+
+contextmanager<int> never_yields(bool throw_instead) {
+    if (throw_instead) throw test_error("setup failed");
+    co_return;
+}
+
+TEST(ContextManager, NotYieldingIsAProtocolError) {
+    auto m = never_yields(false);
+    try {
+        m.enter();
+        FAIL();
+    } catch (const protocol_error& e) {
+        EXPECT_STREQ(e.what(), "contextmanager: the coroutine did not yield");
+    }
+}
+
+TEST(ContextManager, SetupExceptionPropagatesFromEnterAndExitIsNotCalled) {
+    int body_runs = 0;
+    EXPECT_THROW(ctxmgr::with(never_yields(true), [&](int&) { ++body_runs; }), test_error);
+    EXPECT_EQ(body_runs, 0);
+}
+
+contextmanager<int> yields_twice() {
+    co_yield 1;
+    co_yield 2;
+}
+
+TEST(ContextManager, YieldingTwiceIsAProtocolError) {
+    try {
+        ctxmgr::with(yields_twice(), [](int&) {});
+        FAIL();
+    } catch (const protocol_error& e) {
+        EXPECT_STREQ(e.what(), "contextmanager: the coroutine did not stop (it yielded twice)");
+    }
+}
+
+contextmanager<void> does_not_stop() {
+    try {
+        co_yield {};
+    } catch (...) {
+    }
+    co_yield {};
+}
+
+TEST(ContextManager, NotStoppingAfterTheExceptionIsAProtocolErrorWithTheOriginalNested) {
+    try {
+        ctxmgr::with(does_not_stop(), [] { throw test_error("original"); });
+        FAIL();
+    } catch (const protocol_error& e) {
+        EXPECT_STREQ(
+            e.what(),
+            "contextmanager: the coroutine did not stop after the exception was thrown in");
+        const auto* nested = dynamic_cast<const std::nested_exception*>(&e);
+        ASSERT_NE(nested, nullptr);
+        EXPECT_EQ(what_of(nested->nested_ptr()), "original");
+    }
+}
+
+TEST(ContextManager, EnteringTwiceIsAProtocolError) {
+    std::vector<std::string> log;
+    auto m = traced(log);
+    m.enter();
+    EXPECT_THROW(m.enter(), protocol_error);
+    m.exit(nullptr);
+    EXPECT_THROW(m.enter(), protocol_error);
+}
+
+TEST(ContextManager, ExitWithoutEnterAndExitingTwiceAreProtocolErrors) {
+    std::vector<std::string> log;
+    auto m = traced(log);
+    EXPECT_THROW(static_cast<void>(m.exit(nullptr)), protocol_error);
+    m.enter();
+    m.exit(nullptr);
+    EXPECT_THROW(static_cast<void>(m.exit(nullptr)), protocol_error);
+}
+
+struct destruction_witness {
+    int* destroyed;
+    ~destruction_witness() { ++*destroyed; }
+};
+
+contextmanager<void> with_local(int& destroyed) {
+    destruction_witness local{&destroyed};
+    co_yield {};
+}
+
+TEST(ContextManager, DestroyingAnEnteredManagerDestroysTheFrameAndItsLocals) {
+    int destroyed = 0;
+    {
+        auto m = with_local(destroyed);
+        m.enter();
+        EXPECT_EQ(destroyed, 0);
+    }
+    EXPECT_EQ(destroyed, 1);
+}
+
+TEST(ContextManager, DestroyingANeverEnteredManagerRunsNothing) {
+    int destroyed = 0;
+    { auto m = with_local(destroyed); }
+    EXPECT_EQ(destroyed, 0);  // the body never started, so the local never existed
+}
+
+TEST(ContextManager, MoveTransfersTheCoroutine) {
+    std::vector<std::string> log;
+    auto a = traced(log);
+    auto b = std::move(a);
+    EXPECT_THROW(a.enter(), protocol_error);  // NOLINT(bugprone-use-after-move)
+    EXPECT_EQ(b.enter(), 7);
+    b.exit(nullptr);
+    EXPECT_EQ(log, (std::vector<std::string>{"setup", "teardown"}));
+}
+
+contextmanager<std::string&> reference_target(std::string& s) {
+    co_yield s;
+}
+
+TEST(ContextManager, ReferenceTargetRefersToTheYieldedObject) {
+    std::string s = "a";
+    ctxmgr::with(reference_target(s), [](std::string& t) { t += "b"; });
+    EXPECT_EQ(s, "ab");
+}
+
+contextmanager<std::unique_ptr<int>> move_only_target() {
+    co_yield std::make_unique<int>(5);
+}
+
+TEST(ContextManager, ByValueTargetMovesFromAnRvalueYield) {
+    const auto r = ctxmgr::with(move_only_target(), [](std::unique_ptr<int>& p) { return *p; });
+    EXPECT_EQ(r, 5);
+}
+
+contextmanager<std::string> copied_target(const std::string& source) {
+    co_yield source;
+}
+
+TEST(ContextManager, ByValueTargetCopiesAnLvalueYield) {
+    const std::string source = "kept";
+    ctxmgr::with(copied_target(source), [](std::string& t) { t = "changed"; });
+    EXPECT_EQ(source, "kept");
+}
+
+TEST(ContextManager, DecorateMakesAFreshManagerPerCall) {
+    std::vector<std::string> log;
+    auto decorated = ctxmgr::decorate([&] { return traced(log); },
+                                      [&](int x) {
+                                          log.push_back("call " + std::to_string(x));
+                                          return x + 1;
+                                      });
+    EXPECT_EQ(decorated(1), 2);
+    EXPECT_EQ(decorated(2), 3);
+    EXPECT_EQ(log, (std::vector<std::string>{"setup", "call 1", "teardown", "setup", "call 2",
+                                             "teardown"}));
+}
+
+TEST(ContextManager, FramesAreRecycledAfterTheFirstUse) {
+    if constexpr (!ctxmgr::detail::frame_cache_enabled) {
+        GTEST_SKIP() << "the frame cache is off under AddressSanitizer, so freed frames stay "
+                        "poisoned";
+    } else {
+        std::vector<std::string> log;
+        log.reserve(1000);
+        ctxmgr::with(traced(log), [](int&) {});  // warm the cache
+        ctxmgr::testing::allocation_scope allocations;
+        for (int i = 0; i < 100; ++i) ctxmgr::with(traced(log), [](int&) {});
+        EXPECT_EQ(allocations.count(), 0u);
+    }
+}
+
+TEST(ContextManager, ManagersMayBeEnteredOnOneThreadAndExitedOnAnother) {
+    std::vector<std::string> log;
+    std::vector<contextmanager<int>> managers;
+    for (int i = 0; i < 32; ++i) {
+        managers.push_back(traced(log, i));
+        managers.back().enter();
+    }
+    std::thread other([&] {
+        for (auto& m : managers) m.exit(nullptr);
+        managers.clear();  // frames freed on this thread go to its cache
+        for (int i = 0; i < 32; ++i) ctxmgr::with(traced(log), [](int&) {});
+    });
+    other.join();
+    EXPECT_EQ(std::count(log.begin(), log.end(), "teardown"), 64);
+}
+
+}  // namespace

@@ -1,0 +1,76 @@
+// Test managers that record what happens to them, shared by the core tests.
+#pragma once
+
+#include <exception>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace ctxmgr::testing {
+
+// An error whose identity tests can check.
+struct test_error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+struct other_error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// The events of a test, in order: "enter a", "exit a", "exit a: boom" (the pending
+// exception's what()), "body", ...
+struct trace {
+    std::vector<std::string> events;
+    std::vector<std::exception_ptr> seen;  // what each exit received, in exit order
+
+    void add(std::string event) { events.push_back(std::move(event)); }
+};
+
+inline std::string what_of(const std::exception_ptr& e) {
+    if (!e) return "";
+    try {
+        std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+        return ex.what();
+    } catch (...) {
+        return "?";
+    }
+}
+
+// What a recorder does on exit.
+enum class on_exit { pass, suppress, throw_error, throw_nested };
+
+// A manager that records enter and exit, and can be told to throw on enter, or to suppress,
+// throw or throw with the pending exception nested on exit. Its enter() returns its name.
+template <bool Suppressing>
+struct basic_recorder {
+    trace& log;
+    std::string name;
+    bool throw_on_enter = false;
+    on_exit action = on_exit::pass;
+
+    std::string enter() {
+        log.add("enter " + name);
+        if (throw_on_enter) throw test_error("enter " + name + " failed");
+        return name;
+    }
+
+    auto exit(std::exception_ptr e) {
+        log.seen.push_back(e);
+        log.add(e ? "exit " + name + ": " + what_of(e) : "exit " + name);
+        if (action == on_exit::throw_error) throw other_error("exit " + name + " failed");
+        if (action == on_exit::throw_nested) {
+            std::throw_with_nested(other_error("exit " + name + " failed"));
+        }
+        if constexpr (Suppressing) {
+            return action == on_exit::suppress;
+        }
+    }
+};
+
+// exit returns void: it can never suppress.
+using recorder = basic_recorder<false>;
+// exit returns bool.
+using suppressing_recorder = basic_recorder<true>;
+
+}  // namespace ctxmgr::testing

@@ -11,24 +11,44 @@
 #include <iterator>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "tour.hpp"
 
 namespace tour {
 
 namespace {
+
 std::filesystem::path scratch_directory;
+
+struct chapter_entry {
+    int order;
+    std::string title;
+    void (*run)();
+};
+
+// A function-local static, so chapters registered from other files' static initializers
+// find it constructed.
+std::vector<chapter_entry>& chapters() {
+    static std::vector<chapter_entry> all;
+    return all;
 }
+
+}  // namespace
 
 std::filesystem::path scratch() {
     return scratch_directory;
+}
+
+bool add_chapter(int order, std::string title, void (*run)()) {
+    chapters().push_back({order, std::move(title), run});
+    return true;
 }
 
 }  // namespace tour
 
 namespace {
 
-using tour::chapter;
 using tour::say;
 
 // A manager that narrates each step of the protocol.
@@ -48,7 +68,6 @@ struct narrator {
 };
 
 void five_steps() {
-    chapter(1, "The five steps of with, traced");
     say("ctxmgr::with(a, b, body) is Python's `with a as x, b as y: body`:");
     narrator a{"a"}, b{"b"};
     const auto result = ctxmgr::with(a, b, [](std::string& x, std::string& y) {
@@ -89,7 +108,6 @@ struct text_file {
 };
 
 void try_finally_versus_with() {
-    chapter(2, "try ... finally versus with");
     const auto path = tour::scratch() / "hello.txt";
     say("by hand: acquire, then try/catch/rethrow, then release on both paths:");
     {
@@ -118,7 +136,6 @@ void try_finally_versus_with() {
 }
 
 void two_managers() {
-    chapter(3, "Two managers in one with: input.txt -> output.txt");
     const auto input = tour::scratch() / "input.txt";
     const auto output = tour::scratch() / "output.txt";
     std::ofstream(input) << "context managers\nrelease what they acquire\n";
@@ -135,7 +152,6 @@ void two_managers() {
 }
 
 void when_the_body_throws() {
-    chapter(4, "When the body throws");
     const auto path = tour::scratch() / "partial.txt";
     try {
         ctxmgr::with(text_file{path, std::ios::out, {}}, [](std::fstream& f) {
@@ -173,7 +189,6 @@ void when_the_body_throws() {
 }
 
 void exit_stack_and_coroutines() {
-    chapter(5, "A run-time number of managers, and setup/teardown as one function");
     ctxmgr::with(ctxmgr::exit_stack(), [](ctxmgr::exit_stack& stack) {
         for (int i = 1; i <= 3; ++i) {
             stack.callback([i] { say("release resource " + std::to_string(i)); });
@@ -188,6 +203,16 @@ void exit_stack_and_coroutines() {
     ctxmgr::with(tag("p"), [] { say("  contextmanager: setup, co_yield, teardown"); });
 }
 
+const bool registered =
+    tour::add_chapter(10, "The five steps of with, traced", &five_steps) &&
+    tour::add_chapter(20, "try ... finally versus with", &try_finally_versus_with) &&
+    tour::add_chapter(30, "Two managers in one with: input.txt -> output.txt", &two_managers) &&
+    tour::add_chapter(40, "When the body throws", &when_the_body_throws) &&
+    tour::add_chapter(50,
+                      "A run-time number of managers, and setup/teardown "
+                      "as one function",
+                      &exit_stack_and_coroutines);
+
 }  // namespace
 
 int main() {
@@ -197,14 +222,17 @@ int main() {
         return 1;
     }
     tour::scratch_directory = pattern;
-    ctxmgr::finally remove_scratch([] { std::filesystem::remove_all(tour::scratch_directory); });
+    ctxmgr::finally remove_scratch([] { std::filesystem::remove_all(tour::scratch()); });
 
     std::printf("ctxmgr: Python's context managers for C++ (scratch files in %s)\n", pattern);
-    five_steps();
-    try_finally_versus_with();
-    two_managers();
-    when_the_body_throws();
-    exit_stack_and_coroutines();
+    auto& all = tour::chapters();
+    std::stable_sort(all.begin(), all.end(),
+                     [](const auto& a, const auto& b) { return a.order < b.order; });
+    int number = 0;
+    for (const auto& entry : all) {
+        std::printf("\n== %d. %s ==\n", ++number, entry.title.c_str());
+        entry.run();
+    }
     std::printf("\nEnd of the tour.\n");
     return 0;
 }

@@ -1,4 +1,5 @@
-// Helpers shared by the tour's chapters: headings, indented output, a scratch directory.
+// Helpers shared by the tour's chapters: headings, indented output, a scratch directory,
+// and the registry through which each examples/tour_*.cpp adds its chapters.
 #pragma once
 
 #include <cstdio>
@@ -8,15 +9,17 @@
 
 namespace tour {
 
-inline void chapter(int number, std::string_view title) {
-    std::printf("\n== %d. %.*s ==\n", number, static_cast<int>(title.size()), title.data());
-}
-
 inline void say(std::string_view text) {
     std::printf("   %.*s\n", static_cast<int>(text.size()), text.data());
 }
 
 // The directory the tour writes its files into (created by main, removed at the end).
 std::filesystem::path scratch();
+
+// Adds a chapter; chapters run in increasing `order` (core 10-50, tracking 60, files 70,
+// locks 80, network 90, databases 100, pool and distributed locks 110). Use it to
+// initialize a namespace-scope variable:
+//   const bool registered = tour::add_chapter(70, "Files", &files_chapter);
+bool add_chapter(int order, std::string title, void (*run)());
 
 }  // namespace tour

@@ -235,8 +235,11 @@ TEST_F(Tracking, LiveResourcesAreOldestFirst) {
     ctxmgr::tracked b("socket", "b");  // usually in the same clock tick: ordered by id
     std::this_thread::sleep_for(10ms);
     ctxmgr::tracked c("socket", "c");
+    std::this_thread::sleep_for(10ms);
+    // Another thread, a later tick. In one tick, other threads' resources are in id order,
+    // which says nothing of time.
     std::optional<ctxmgr::tracked> d;
-    std::thread([&] { d.emplace("socket", "d"); }).join();  // another thread, a later time
+    std::thread([&] { d.emplace("socket", "d"); }).join();
 
     std::vector<std::uint64_t> order;
     for (auto id : ids_of(ctxmgr::live_resources())) {
@@ -276,10 +279,9 @@ TEST_F(Tracking, DescribeWritesTheDocumentedLine) {
     const std::string text = ctxmgr::describe(info);
     const std::string start = "file \"/tmp/x\" acquired at ";
     EXPECT_TRUE(text.starts_with(start)) << text;
-    // The age is read when describing: 1.5 s plus the few microseconds since.
-    EXPECT_TRUE(text.ends_with(", held 1.5 s, thread 3") ||
-                text.ends_with(", held 1.51 s, thread 3"))
-        << text;
+    // The age is read when describing: 1.5 s plus the little time since (three digits).
+    EXPECT_TRUE(contains(text, ", held 1.5")) << text;
+    EXPECT_TRUE(text.ends_with(" s, thread 3")) << text;
 
     info.description.clear();
     EXPECT_TRUE(ctxmgr::describe(info).starts_with("file acquired at ")) << "no double space";
@@ -494,15 +496,14 @@ TEST_F(Tracking, WatchdogCallsBackOnceForEachResourceThatCrossesTheThreshold) {
     ctxmgr::tracked slow("socket", "slow");
     std::uint64_t brief_id = 0;
     std::uint64_t late_id = 0;
-    ctxmgr::with(ctxmgr::watch_held_too_long(30ms, callback), [&] {
+    ctxmgr::with(ctxmgr::watch_held_too_long(50ms, callback), [&] {
         {
-            ctxmgr::tracked brief("socket", "brief");  // released well before 30 ms
+            ctxmgr::tracked brief("socket", "brief");  // released long before 50 ms
             brief_id = brief.id();
-            std::this_thread::sleep_for(2ms);
         }
         ctxmgr::tracked late("socket", "late");
         late_id = late.id();
-        std::this_thread::sleep_for(200ms);  // many checks (every 7.5 ms) past the threshold
+        std::this_thread::sleep_for(300ms);  // many checks (every 12.5 ms) past the threshold
     });
     std::lock_guard lock(mutex);
     EXPECT_EQ(calls[slow.id()], 1);

@@ -163,7 +163,9 @@ namespace detail {
 [[nodiscard]] std::size_t tracking_shards() noexcept;
 }  // namespace detail
 
-// Every live resource, oldest first. Empty when tracking is compiled out.
+// Every live resource, oldest first: by acquired_at, and within one tick of the coarse
+// clock by id, which is the order of registration on each thread. Empty when tracking is
+// compiled out.
 [[nodiscard]] std::vector<resource_info> live_resources();
 
 // The live resources held for longer than `threshold`, oldest first.

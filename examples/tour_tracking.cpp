@@ -26,7 +26,7 @@ class connection {
     void close() noexcept { registration_.release(); }
 
   private:
-    ctxmgr::tracked registration_;
+    [[no_unique_address]] ctxmgr::tracked registration_;
 };
 
 void say_each_line(const std::string& text) {

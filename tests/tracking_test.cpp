@@ -55,7 +55,7 @@ class user_socket {
     [[nodiscard]] std::uint64_t id() const noexcept { return tracked_.id(); }
 
   private:
-    ctxmgr::tracked tracked_;
+    [[no_unique_address]] ctxmgr::tracked tracked_;
 };
 
 std::optional<ctxmgr::resource_info> find_live(std::uint64_t id) {

@@ -82,6 +82,12 @@ void guard_handwritten(benchmark::State& state) {
 }
 BENCHMARK(guard_handwritten);
 
+void guard_handwritten_fail(benchmark::State& state) {
+    int work = 0;
+    for (auto _ : state) kernels::guard_handwritten_fail(work);
+}
+BENCHMARK(guard_handwritten_fail);
+
 #if defined(CTXMGR_BENCH_ABSL)
 void guard_absl_cleanup(benchmark::State& state) {
     int work = 0;

@@ -351,7 +351,13 @@ struct bound_parameters {
             };
             switch (p.declared_type()) {
                 case db::param::kind::integer:
-                    types[i] = int8_oid;
+                    // The smallest type that holds the value, as psycopg 3 does: PostgreSQL
+                    // casts integer up to bigint implicitly, never down (substr(text, $1)
+                    // wants an integer).
+                    types[i] = p.type() == db::param::kind::integer &&
+                                       !std::in_range<std::int32_t>(p.integer())
+                                   ? int8_oid
+                                   : int4_oid;
                     break;
                 case db::param::kind::real:
                     types[i] = float8_oid;
@@ -370,7 +376,8 @@ struct bound_parameters {
                 case db::param::kind::null:
                     break;
                 case db::param::kind::integer:
-                    big_endian(static_cast<std::uint64_t>(p.integer()), 8);
+                    big_endian(static_cast<std::uint64_t>(p.integer()),
+                               types[i] == int4_oid ? 4 : 8);
                     break;
                 case db::param::kind::real:
                     big_endian(std::bit_cast<std::uint64_t>(p.real()), 8);
@@ -429,10 +436,13 @@ std::string refusal_sqlstate(std::string_view message) {
 
 struct connection::impl {
     PGconn* handle = nullptr;
+    int backend_pid = 0;  // kept: libpq forgets it once the link breaks
     std::size_t capacity = 0;
     std::uint64_t clock = 0;
     std::uint64_t names = 0;
-    std::unordered_map<std::string, prepared, string_hash, std::equal_to<>> cache;
+    // By SQL, one entry per list of parameter types the SQL was called with.
+    std::unordered_map<std::string, std::vector<prepared>, string_hash, std::equal_to<>> cache;
+    std::size_t cached = 0;
     std::vector<std::string> to_deallocate;  // evicted while a transaction had failed
     bound_parameters bound;
     std::unique_ptr<result_cursor> spare;
@@ -449,48 +459,80 @@ struct connection::impl {
         return PQtransactionStatus(handle) == PQTRANS_INERROR;
     }
 
-    // DEALLOCATE is refused in a failed transaction; such names wait for a better moment.
+    // Forgets a statement on the server. DEALLOCATE is refused in a failed transaction:
+    // names wait in to_deallocate until the next statement is prepared outside one.
     void deallocate(std::string name) {
-        if (failed_transaction() || lost(handle)) {
-            to_deallocate.push_back(std::move(name));
-            return;
-        }
-        std::string sql = "DEALLOCATE " + name;
-        for (const std::string& waiting : to_deallocate) sql += "; DEALLOCATE " + waiting;
+        to_deallocate.push_back(std::move(name));
+        flush_deallocations();
+    }
+
+    void flush_deallocations() {
+        if (to_deallocate.empty() || failed_transaction() || lost(handle)) return;
+        std::string sql;
+        for (const std::string& name : to_deallocate) sql += "DEALLOCATE " + name + ';';
         to_deallocate.clear();
         PQclear(PQexec(handle, sql.c_str()));  // a lost link shows on the next statement
     }
 
-    void evict() {
-        auto oldest = cache.begin();
-        for (auto it = cache.begin(); it != cache.end(); ++it) {
-            if (it->second.last_used < oldest->second.last_used) oldest = it;
-        }
-        std::string name = std::move(oldest->second.name);
-        cache.erase(oldest);
+    // Removes one prepared statement from the cache and from the server.
+    void forget(decltype(cache)::iterator entry, std::size_t variant) {
+        std::string name = std::move(entry->second[variant].name);
+        entry->second.erase(entry->second.begin() + static_cast<std::ptrdiff_t>(variant));
+        if (entry->second.empty()) cache.erase(entry);
+        --cached;
         deallocate(std::move(name));
+    }
+
+    // Forgets the least recently used statement.
+    void evict() {
+        auto oldest = cache.end();
+        std::size_t oldest_variant = 0;
+        for (auto it = cache.begin(); it != cache.end(); ++it) {
+            for (std::size_t v = 0; v < it->second.size(); ++v) {
+                if (oldest == cache.end() ||
+                    it->second[v].last_used < oldest->second[oldest_variant].last_used) {
+                    oldest = it;
+                    oldest_variant = v;
+                }
+            }
+        }
+        if (oldest != cache.end()) forget(oldest, oldest_variant);
     }
 
     // The statement for `sql` with the bound parameters' types, prepared if need be.
     prepared& statement_for(std::string_view sql, std::size_t given) {
-        auto found = cache.find(sql);
-        if (found != cache.end() && found->second.types == bound.types) return found->second;
+        if (auto found = cache.find(sql); found != cache.end()) {
+            for (prepared& p : found->second) {
+                if (p.types == bound.types) return p;
+            }
+        }
         const db::detail::sql_scan scan = scan_parameters(sql, db::detail::dialect::postgresql);
         check_count(sql, given, scan.parameters);
-        if (found != cache.end()) {
-            deallocate(std::move(found->second.name));
-            cache.erase(found);
-        } else if (cache.size() >= capacity) {
-            evict();
-        }
+        if (cached >= capacity) evict();
+        flush_deallocations();
         std::string name = "ctxmgr_" + std::to_string(++names);
         const std::string text(sql);
         result_ptr result(PQprepare(handle, name.c_str(), text.c_str(),
                                     static_cast<int>(bound.types.size()), bound.types.data()));
         if (!succeeded(result.get())) fail(handle, result.get(), sql);
-        auto [it, inserted] =
-            cache.emplace(text, prepared{std::move(name), bound.types, scan.parameters, 0});
-        return it->second;
+        std::vector<prepared>& variants = cache[text];
+        variants.push_back(prepared{std::move(name), bound.types, scan.parameters, 0});
+        ++cached;
+        return variants.back();
+    }
+
+    // Drops the entry of a statement the server no longer has (nothing to deallocate).
+    void drop_forgotten(std::string_view sql) {
+        const auto found = cache.find(sql);
+        if (found == cache.end()) return;
+        for (std::size_t v = 0; v < found->second.size(); ++v) {
+            if (found->second[v].types == bound.types) {
+                found->second.erase(found->second.begin() + static_cast<std::ptrdiff_t>(v));
+                --cached;
+                break;
+            }
+        }
+        if (found->second.empty()) cache.erase(found);
     }
 
     static void check_count(std::string_view sql, std::size_t given, std::size_t expected) {
@@ -529,7 +571,7 @@ struct connection::impl {
                 result ? PQresultErrorField(result.get(), PG_DIAG_SQLSTATE) : nullptr;
             if (attempt == 0 && idle_before && state != nullptr &&
                 std::strcmp(state, "26000") == 0) {
-                cache.erase(cache.find(sql));
+                drop_forgotten(sql);
                 continue;
             }
             fail(handle, result.get(), sql);
@@ -639,6 +681,7 @@ connection connect(std::string_view conninfo, const options& opts, std::source_l
 
     auto state = std::make_unique<connection::impl>();
     state->handle = conn.release();
+    state->backend_pid = PQbackendPID(state->handle);
     state->capacity = opts.statement_cache_size;
     return connection(std::move(state), std::move(description), where);
 }
@@ -735,7 +778,7 @@ void connection::execute_script(std::string_view sql) {
 }
 
 int connection::backend_pid() const noexcept {
-    return impl_ != nullptr ? PQbackendPID(impl_->handle) : 0;
+    return impl_ != nullptr ? impl_->backend_pid : 0;
 }
 
 int connection::server_version() const noexcept {
@@ -747,7 +790,7 @@ int connection::server_version() const noexcept {
 }
 
 std::size_t connection::cached_statements() const noexcept {
-    return impl_ != nullptr ? impl_->cache.size() : 0;
+    return impl_ != nullptr ? impl_->cached : 0;
 }
 
 std::int64_t connection::run(std::string_view sql, std::span<const db::param> params) {

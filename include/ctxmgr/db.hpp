@@ -524,9 +524,8 @@ class basic_connection {
     // deleted, or, for a statement that returns rows (SELECT), the number of rows it
     // returned; 0 for other statements. Throws db::error (and subclasses), closed_error
     // after close().
-    template <class... Params>
-    requires(bindable<Params>&&...) std::int64_t
-        execute(std::string_view sql, const Params&... params) {
+    template <bindable... Params>
+    std::int64_t execute(std::string_view sql, const Params&... params) {
         const std::array<param, sizeof...(Params)> bound{param(params)...};
         return self().run(sql, std::span<const param>(bound));
     }
@@ -536,9 +535,8 @@ class basic_connection {
 
     // The rows of one statement, fetched as they are iterated (SQLite) or all at once
     // (PostgreSQL). Text and bytes parameters are copied: the rows may outlive them.
-    template <class... Params>
-    requires(bindable<Params>&&...) [[nodiscard]] rows
-        query(std::string_view sql, const Params&... params) {
+    template <bindable... Params>
+    [[nodiscard]] rows query(std::string_view sql, const Params&... params) {
         const std::array<param, sizeof...(Params)> bound{param(params)...};
         return rows(detail::cursor_lease(self().open(sql, std::span<const param>(bound), true)));
     }
@@ -548,9 +546,8 @@ class basic_connection {
 
     // The first row, owning its data, or std::nullopt when there is none; the rest are
     // ignored.
-    template <class... Params>
-    requires(bindable<Params>&&...)
-        [[nodiscard]] std::optional<row> query_one(std::string_view sql, const Params&... params) {
+    template <bindable... Params>
+    [[nodiscard]] std::optional<row> query_one(std::string_view sql, const Params&... params) {
         const std::array<param, sizeof...(Params)> bound{param(params)...};
         return query_one(sql, std::span<const param>(bound));
     }
@@ -563,9 +560,8 @@ class basic_connection {
 
     // The first column of the first row as T. No row at all reads as NULL: std::nullopt for
     // a std::optional T, db::conversion_error otherwise.
-    template <class T, class... Params>
-    requires(bindable<Params>&&...) [[nodiscard]] T
-        query_value(std::string_view sql, const Params&... params) {
+    template <class T, bindable... Params>
+    [[nodiscard]] T query_value(std::string_view sql, const Params&... params) {
         const std::array<param, sizeof...(Params)> bound{param(params)...};
         return query_value<T>(sql, std::span<const param>(bound));
     }

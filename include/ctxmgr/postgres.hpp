@@ -14,14 +14,15 @@
 //
 // Statements are prepared on first use (PQprepare, one round trip) and kept per connection,
 // up to options.statement_cache_size (128 by default; the least recently used is
-// deallocated beyond that). Parameters travel typed: integers as int8, double as float8,
-// bool, bytes as bytea (all binary), text as `unknown`, so that the server converts it to
-// the column's type (a date, a numeric, JSON) as psycopg 3 does. A statement is prepared
-// for the parameter types of its use; calling the same SQL with other types prepares it
-// again. Results come in text format and are converted by row.get<T> (db.hpp's rules: an
-// integer from int2, int4, int8, oid or an integral numeric; double from float4, float8,
-// numeric or an integer type; bool from bool; text from anything but bytea; bytes from bytea
-// or text).
+// deallocated beyond that). Parameters travel typed, in binary, as psycopg 3 sends them:
+// an integer as integer (int4) when it fits and bigint otherwise (PostgreSQL casts up
+// implicitly, never down: substr(text, $1) wants an integer), double as float8, bool,
+// bytes as bytea; text as `unknown`, so that the server reads it as the column's type (a
+// date, a numeric, JSON). A statement is prepared for the parameter types of its call; the
+// same SQL called with other types (a value past 2^31, a NULL) is another cached statement. Results
+// come in text format and are converted by row.get<T> (db.hpp's rules: an integer from int2, int4,
+// int8, oid or an integral numeric; double from float4, float8, numeric or an integer type; bool
+// from bool; text from anything but bytea; bytes from bytea or text).
 //
 // Errors: db::error with the SQLSTATE, the server's message (and DETAIL) and the statement.
 // Class 23 is constraint_violation; 40001 and 40P01 serialization_failure; class 08,
@@ -101,7 +102,7 @@ class connection : public db::basic_connection<connection> {
     void execute_script(std::string_view sql);
 
     // The server process serving this session (PQbackendPID), as pg_stat_activity.pid and
-    // pg_terminate_backend know it; 0 once closed.
+    // pg_terminate_backend know it; still known after the link broke, 0 once closed.
     [[nodiscard]] int backend_pid() const noexcept;
     // The server's version as an integer, 150004 for 15.4; 0 once closed.
     [[nodiscard]] int server_version() const noexcept;

@@ -165,6 +165,7 @@ class result_cursor final : public db::detail::cursor {
         sql_.assign(sql);
         row_ = snapshot ? 0 : -1;
         rows_ = PQntuples(result);
+        columns_ = static_cast<std::size_t>(PQnfields(result));
         snapshot_ = snapshot;
     }
 
@@ -172,9 +173,6 @@ class result_cursor final : public db::detail::cursor {
         if (snapshot_ || row_ >= rows_) return false;
         ++row_;
         return row_ < rows_;
-    }
-    std::size_t columns() const noexcept override {
-        return static_cast<std::size_t>(PQnfields(result_));
     }
     std::string_view name(std::size_t column) const override {
         const char* name = PQfname(result_, index(column));
@@ -806,6 +804,19 @@ db::detail::cursor* connection::open(std::string_view sql, std::span<const db::p
     // The result is complete when PQexecPrepared returns: nothing refers to the parameters.
     impl& state = live("query");
     return state.cursor_for(state.execute(sql, params), sql);
+}
+
+void connection::fetch_first(std::string_view sql, std::span<const db::param> params,
+                             db::detail::first_value& value) {
+    impl& state = live("query");
+    result_cursor* c = state.cursor_for(state.execute(sql, params), sql);
+    struct release_at_end {
+        result_cursor* c;
+        ~release_at_end() { c->release(); }
+    } guard{c};
+    if (!c->next()) return;
+    value.row = true;
+    db::detail::read_first(*c, value);
 }
 
 void connection::begin(const db::transaction_options& options) {

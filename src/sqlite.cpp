@@ -3,7 +3,10 @@
 #include <ctxmgr/sqlite.hpp>
 
 #include <algorithm>
+#include <array>
+#include <cctype>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <string>
 #include <unordered_map>
@@ -127,10 +130,10 @@ class snapshot_cursor final : public db::detail::cursor {
         names_.push_back(std::move(name));
         texts_.emplace_back(value.text);
         values_.push_back(value);
+        columns_ = values_.size();
     }
 
     bool next() override { return false; }
-    std::size_t columns() const noexcept override { return values_.size(); }
     std::string_view name(std::size_t column) const override { return names_[column]; }
     bool is_null(std::size_t column) const override { return values_[column].type == SQLITE_NULL; }
     std::int64_t integer(std::size_t column) const override {
@@ -169,29 +172,82 @@ class snapshot_cursor final : public db::detail::cursor {
     std::vector<std::string> texts_;
 };
 
+// Whether a statement that writes (sqlite3_stmt_readonly is false) changes rows, by its
+// first keyword: DDL, PRAGMA and transaction control write but change none.
+bool is_dml(std::string_view sql) {
+    std::size_t i = 0;
+    while (i < sql.size()) {
+        const char c = sql[i];
+        if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '(') {
+            ++i;
+        } else if (sql.substr(i, 2) == "--") {
+            i = sql.find('\n', i);
+        } else if (sql.substr(i, 2) == "/*") {
+            const std::size_t end = sql.find("*/", i + 2);
+            i = end == std::string_view::npos ? end : end + 2;
+        } else {
+            break;
+        }
+    }
+    if (i >= sql.size()) return false;
+    std::string word;
+    for (; i < sql.size() && std::isalpha(static_cast<unsigned char>(sql[i])) != 0; ++i) {
+        word += static_cast<char>(std::toupper(static_cast<unsigned char>(sql[i])));
+    }
+    return word == "INSERT" || word == "UPDATE" || word == "DELETE" || word == "REPLACE" ||
+           word == "WITH";  // a CTE that writes can only end in one of those
+}
+
 // One prepared statement, and the cursor over its rows while it is leased.
 class statement final : public db::detail::cursor {
   public:
     statement(std::string sql, sqlite3_stmt* handle, bool cached)
-        : sql_(std::move(sql)), handle_(handle), cached_(cached) {}
+        : sql_(std::move(sql)),
+          handle_(handle),
+          parameters_(static_cast<std::size_t>(sqlite3_bind_parameter_count(handle))),
+          changes_rows_(sqlite3_stmt_readonly(handle) == 0 && is_dml(sql_)),
+          cached_(cached) {
+        columns_ = static_cast<std::size_t>(sqlite3_column_count(handle));
+    }
     ~statement() override { sqlite3_finalize(handle_); }
 
     const std::string& key() const noexcept { return sql_; }
     sqlite3_stmt* handle() const noexcept { return handle_; }
     bool busy() const noexcept { return busy_; }
+    bool changes_rows() const noexcept { return changes_rows_; }
     void lease() noexcept { busy_ = true; }
     std::uint64_t last_used = 0;
 
-    void bind(std::span<const db::param> params, bool copy);
+    [[gnu::always_inline]] void bind(std::span<const db::param> params, bool copy);
 
     bool next() override {
+        if (!step()) return false;
+        refresh_columns();
+        return true;
+    }
+
+    // next() without refresh_columns(): for a caller that reads column 0 only, which every
+    // row has.
+    [[gnu::always_inline]] bool step() {
         const int rc = sqlite3_step(handle_);
-        if (rc == SQLITE_ROW) return true;
+        if (rc == SQLITE_ROW) [[likely]] {
+            return true;
+        }
         if (rc == SQLITE_DONE) {
             // Ends the statement at once, so it holds no read lock while the rows live on.
             sqlite3_reset(handle_);
             return false;
         }
+        step_failed(rc);
+    }
+
+    // SQLite prepares a statement again after a schema change: SELECT * may have other
+    // columns now.
+    void refresh_columns() noexcept {
+        columns_ = static_cast<std::size_t>(sqlite3_column_count(handle_));
+    }
+
+    [[noreturn, gnu::cold, gnu::noinline]] void step_failed(int rc) {
         sqlite3* db = sqlite3_db_handle(handle_);
         try {
             fail(db, rc, sql_);
@@ -200,16 +256,18 @@ class statement final : public db::detail::cursor {
             throw;
         }
     }
-    std::size_t columns() const noexcept override {
-        return static_cast<std::size_t>(sqlite3_column_count(handle_));
-    }
+
     std::string_view name(std::size_t column) const override {
         const char* name = sqlite3_column_name(handle_, index(column));
         return name != nullptr ? name : "";
     }
     bool is_null(std::size_t column) const override { return type(column) == SQLITE_NULL; }
     std::int64_t integer(std::size_t column) const override {
-        return integer_of(*this, column, value(column));
+        sqlite3_value* v = sqlite3_column_value(handle_, index(column));
+        if (sqlite3_value_type(v) == SQLITE_INTEGER) [[likely]] {
+            return sqlite3_value_int64(v);
+        }
+        return integer_of(*this, column, value(column));  // throws
     }
     double real(std::size_t column) const override { return real_of(*this, column, value(column)); }
     bool boolean(std::size_t column) const override {
@@ -251,18 +309,27 @@ class statement final : public db::detail::cursor {
     }
     std::string_view backend() const noexcept override { return backend_name; }
     std::string_view sql() const noexcept override { return sql_; }
-    void release() noexcept override;
+    void release() noexcept override { finish(); }
+
+    // release(), for callers that know the class (a direct, inlined call).
+    [[gnu::always_inline]] void finish() noexcept {
+        sqlite3_reset(handle_);
+        busy_ = false;
+        if (!cached_) delete this;
+    }
 
   private:
     static int index(std::size_t column) noexcept { return static_cast<int>(column); }
     int type(std::size_t column) const noexcept {
         return sqlite3_column_type(handle_, index(column));
     }
+    // One call into the statement (sqlite3_column_value) rather than one per question.
     stored_value value(std::size_t column) const noexcept {
         stored_value v;
-        v.type = type(column);
-        if (v.type == SQLITE_INTEGER) v.integer = sqlite3_column_int64(handle_, index(column));
-        if (v.type == SQLITE_FLOAT) v.real = sqlite3_column_double(handle_, index(column));
+        sqlite3_value* value = sqlite3_column_value(handle_, index(column));
+        v.type = sqlite3_value_type(value);
+        if (v.type == SQLITE_INTEGER) v.integer = sqlite3_value_int64(value);
+        if (v.type == SQLITE_FLOAT) v.real = sqlite3_value_double(value);
         return v;
     }
     std::string_view column_text(std::size_t column) const {
@@ -278,6 +345,8 @@ class statement final : public db::detail::cursor {
 
     std::string sql_;
     sqlite3_stmt* handle_;
+    std::size_t parameters_;
+    bool changes_rows_;  // an INSERT, UPDATE, DELETE or REPLACE (perhaps after WITH)
     bool cached_;
     bool busy_ = false;
 };
@@ -296,6 +365,24 @@ struct connection::impl {
     std::size_t capacity = 0;
     std::uint64_t clock = 0;
     std::unordered_map<std::string, std::unique_ptr<statement>, string_hash, std::equal_to<>> cache;
+    // The statements last found, by the address of their SQL text: a literal passed again
+    // is found with one comparison instead of hashing the text (a third of ctxmgr's cost on
+    // a point query). Always checked against the text itself.
+    std::array<statement*, 16> recent{};
+
+    static std::size_t slot(const char* text) noexcept {
+        const auto address = reinterpret_cast<std::uintptr_t>(text);
+        return (address >> 3) % 16;
+    }
+
+    [[gnu::always_inline]] statement* find(std::string_view sql) {
+        statement*& hint = recent[slot(sql.data())];
+        if (hint != nullptr && std::string_view(hint->key()) == sql) return hint;
+        const auto found = cache.find(sql);
+        if (found == cache.end()) return nullptr;
+        hint = found->second.get();
+        return hint;
+    }
 
     impl() = default;
     impl(const impl&) = delete;
@@ -363,13 +450,30 @@ struct connection::impl {
 
     // The statement for `sql`, bound to `params` and leased to the caller: from the cache
     // when it is there and free, otherwise prepared (and cached when there is room).
-    statement* acquire(std::string_view sql, std::span<const db::param> params, bool copy) {
+    // Inlined into connection::run and ::open: one call frame on the way to SQLite.
+    [[gnu::always_inline]] statement* acquire(std::string_view sql,
+                                              std::span<const db::param> params, bool copy) {
+        statement* s = find(sql);
+        if (s == nullptr || s->busy()) [[unlikely]]
+            s = make(sql, s == nullptr);
+        s->last_used = clock;
+        s->lease();
+        try {
+            s->bind(params, copy);
+        } catch (...) {
+            s->release();
+            throw;
+        }
+        return s;
+    }
+
+    // Prepares a statement, cached when there is room. A statement already leased (its rows
+    // are still being read) gets a second, uncached one, freed by its release().
+    [[gnu::noinline]] statement* make(std::string_view sql, bool absent) {
+        ++clock;  // ticks on misses only: hits just copy it, and eviction picks the oldest
         statement* s = nullptr;
-        if (auto found = cache.find(sql); found != cache.end() && !found->second->busy()) {
-            s = found->second.get();
-        } else {
-            // A statement already leased (rows still being read) gets a second, uncached one.
-            bool cacheable = capacity > 0 && found == cache.end();
+        {
+            bool cacheable = capacity > 0 && absent;
             if (cacheable && cache.size() >= capacity) cacheable = evict();
             sqlite3_stmt* prepared = prepare(sql, cacheable);
             auto made = std::make_unique<statement>(std::string(sql), prepared, cacheable);
@@ -379,14 +483,6 @@ struct connection::impl {
             } else {
                 s = made.release();  // owned by the lease: released by statement::release
             }
-        }
-        s->last_used = ++clock;
-        s->lease();
-        try {
-            s->bind(params, copy);
-        } catch (...) {
-            s->release();
-            throw;
         }
         return s;
     }
@@ -401,36 +497,54 @@ struct connection::impl {
             }
         }
         if (oldest == cache.end()) return false;
+        for (statement*& hint : recent) {
+            if (hint == oldest->second.get()) hint = nullptr;
+        }
         cache.erase(oldest);
         return true;
     }
 };
 
-void statement::bind(std::span<const db::param> params, bool copy) {
-    const auto expected = static_cast<std::size_t>(sqlite3_bind_parameter_count(handle_));
-    if (params.size() != expected) {
-        throw db::error(std::string(backend_name), "", SQLITE_RANGE,
-                        std::to_string(params.size()) + " parameters given, the statement takes " +
-                            std::to_string(expected),
-                        sql_);
+namespace {
+
+// The failures of bind, out of line so that binding itself stays short.
+[[noreturn, gnu::cold, gnu::noinline]] void wrong_count(const std::string& sql, std::size_t given,
+                                                        std::size_t expected) {
+    throw db::error(std::string(backend_name), "", SQLITE_RANGE,
+                    std::to_string(given) + " parameters given, the statement takes " +
+                        std::to_string(expected),
+                    sql);
+}
+
+[[noreturn, gnu::cold, gnu::noinline]] void unbindable(const std::string& sql, sqlite3_stmt* stmt,
+                                                       int rc, int at, const db::param& p) {
+    if (p.type() == db::param::kind::out_of_range) {
+        throw db::conversion_error(std::string(backend_name), "", 0,
+                                   "parameter $" + std::to_string(at) + ": " +
+                                       std::to_string(p.unsigned_value()) +
+                                       " does not fit a 64-bit signed integer",
+                                   sql);
     }
-    sqlite3_destructor_type lifetime = copy ? SQLITE_TRANSIENT : SQLITE_STATIC;
-    for (std::size_t i = 0; i < params.size(); ++i) {
-        const db::param& p = params[i];
-        const int at = static_cast<int>(i + 1);
-        int rc = SQLITE_OK;
+    fail(sqlite3_db_handle(stmt), rc, sql, "bind $" + std::to_string(at));
+}
+
+}  // namespace
+
+inline void statement::bind(std::span<const db::param> params, bool copy) {
+    if (params.size() != parameters_) wrong_count(sql_, params.size(), parameters_);
+    const sqlite3_destructor_type lifetime = copy ? SQLITE_TRANSIENT : SQLITE_STATIC;
+    int at = 0;
+    for (const db::param& p : params) {
+        ++at;
+        int rc = SQLITE_MISUSE;
+        if (p.type() == db::param::kind::integer) [[likely]] {  // the commonest, first
+            rc = sqlite3_bind_int64(handle_, at, p.integer());
+            if (rc != SQLITE_OK) unbindable(sql_, handle_, rc, at, p);
+            continue;
+        }
         switch (p.type()) {
-            case db::param::kind::null:
-                rc = sqlite3_bind_null(handle_, at);
-                break;
             case db::param::kind::integer:
                 rc = sqlite3_bind_int64(handle_, at, p.integer());
-                break;
-            case db::param::kind::real:
-                rc = sqlite3_bind_double(handle_, at, p.real());
-                break;
-            case db::param::kind::boolean:
-                rc = sqlite3_bind_int(handle_, at, p.boolean() ? 1 : 0);
                 break;
             case db::param::kind::text: {
                 // A null data pointer would bind NULL: an empty view is still text.
@@ -438,30 +552,44 @@ void statement::bind(std::span<const db::param> params, bool copy) {
                 rc = sqlite3_bind_text64(handle_, at, data, p.view().size(), lifetime, SQLITE_UTF8);
                 break;
             }
+            case db::param::kind::null:
+                rc = sqlite3_bind_null(handle_, at);
+                break;
+            case db::param::kind::real:
+                rc = sqlite3_bind_double(handle_, at, p.real());
+                break;
+            case db::param::kind::boolean:
+                rc = sqlite3_bind_int(handle_, at, p.boolean() ? 1 : 0);
+                break;
             case db::param::kind::blob:
                 rc = p.view().empty() ? sqlite3_bind_zeroblob(handle_, at, 0)
                                       : sqlite3_bind_blob64(handle_, at, p.view().data(),
                                                             p.view().size(), lifetime);
                 break;
             case db::param::kind::out_of_range:
-                throw db::conversion_error(std::string(backend_name), "", 0,
-                                           "parameter $" + std::to_string(at) + ": " +
-                                               std::to_string(p.unsigned_value()) +
-                                               " does not fit a 64-bit signed integer",
-                                           sql_);
+                break;
         }
-        if (rc != SQLITE_OK)
-            fail(sqlite3_db_handle(handle_), rc, sql_, "bind $" + std::to_string(at));
+        if (rc != SQLITE_OK) unbindable(sql_, handle_, rc, at, p);
     }
 }
 
-void statement::release() noexcept {
-    sqlite3_reset(handle_);
-    busy_ = false;
-    if (!cached_) delete this;
+// --- connection ------------------------------------------------------------------------
+
+namespace {
+
+[[noreturn, gnu::cold, gnu::noinline]] void throw_closed(std::string_view operation,
+                                                         const std::string& description) {
+    throw closed_error(std::string(operation) + " on closed sqlite connection " + description);
 }
 
-// --- connection ------------------------------------------------------------------------
+}  // namespace
+
+// Inline: it is on the way of every statement.
+inline connection::impl& connection::live(std::string_view operation) const {
+    if (impl_ == nullptr) [[unlikely]]
+        throw_closed(operation, description_);
+    return *impl_;
+}
 
 connection connect(std::string_view path, const options& opts, std::source_location where) {
     auto state = std::make_unique<connection::impl>();
@@ -543,6 +671,7 @@ void connection::close() {
     std::unique_ptr<impl> state = std::move(impl_);
     tracked_.release();
     forget_transactions();
+    state->recent.fill(nullptr);
     state->cache.clear();
     sqlite3* handle = std::exchange(state->handle, nullptr);
     const int rc = sqlite3_close(handle);
@@ -555,13 +684,6 @@ void connection::close() {
     throw db::error(
         std::string(backend_name), "", code,
         "close " + description_ + ": " + message + "; it closes when they are finalized", "");
-}
-
-connection::impl& connection::live(std::string_view operation) const {
-    if (impl_ == nullptr) {
-        throw closed_error(std::string(operation) + " on closed sqlite connection " + description_);
-    }
-    return *impl_;
 }
 
 bool connection::is_open() const noexcept {
@@ -608,19 +730,42 @@ std::size_t connection::cached_statements() const noexcept {
 std::int64_t connection::run(std::string_view sql, std::span<const db::param> params) {
     impl& state = live("execute");
     statement* s = state.acquire(sql, params, false);
-    db::detail::cursor_lease lease(s);
-    const std::int64_t changes_before = sqlite3_total_changes64(state.handle);
+    struct release_at_end {
+        statement* s;
+        ~release_at_end() { s->finish(); }
+    } guard{s};
     std::int64_t returned = 0;
-    while (s->next()) ++returned;
-    // A statement that changed nothing (a SELECT, DDL) must not report the changes of the
-    // last INSERT, which is what sqlite3_changes64 would say.
-    if (sqlite3_total_changes64(state.handle) == changes_before) return returned;
-    return sqlite3_changes64(state.handle);
+    while (s->step()) ++returned;
+    // sqlite3_changes64 still holds the count of the last INSERT, UPDATE or DELETE after a
+    // statement of another kind: ask it only after one of those.
+    return s->changes_rows() ? sqlite3_changes64(state.handle) : returned;
 }
 
 db::detail::cursor* connection::open(std::string_view sql, std::span<const db::param> params,
                                      bool copy_parameters) {
     return live("query").acquire(sql, params, copy_parameters);
+}
+
+void connection::fetch_first(std::string_view sql, std::span<const db::param> params,
+                             db::detail::first_value& value) {
+    // The statement's class is final: these calls are direct, not through the vtable.
+    statement* s = live("query").acquire(sql, params, false);
+    struct release_at_end {
+        statement* s;
+        ~release_at_end() { s->finish(); }
+    } guard{s};
+    if (!s->step()) return;
+    value.row = true;
+    // The common case, an integer where one is wanted, without the general path's call.
+    if (value.plain_integer) {
+        sqlite3_value* v = sqlite3_column_value(s->handle(), 0);
+        if (sqlite3_value_type(v) == SQLITE_INTEGER) [[likely]] {
+            *static_cast<std::int64_t*>(value.out) = sqlite3_value_int64(v);
+            return;
+        }
+    }
+    s->refresh_columns();
+    db::detail::read_first(*s, value);  // and its errors
 }
 
 void connection::begin(const db::transaction_options& options) {

@@ -117,6 +117,15 @@ template <class T>
 inline constexpr bool is_optional_v<std::optional<T>> = true;
 
 template <class T>
+struct unwrap_optional {
+    using type = T;
+};
+template <class T>
+struct unwrap_optional<std::optional<T>> {
+    using type = T;
+};
+
+template <class T>
 inline constexpr bool is_character_v =
     std::is_same_v<T, char> || std::is_same_v<T, wchar_t> || std::is_same_v<T, char8_t> ||
     std::is_same_v<T, char16_t> || std::is_same_v<T, char32_t>;
@@ -253,7 +262,8 @@ class cursor {
 
     // Moves to the next row (the first, on the first call); false past the last.
     virtual bool next() = 0;
-    [[nodiscard]] virtual std::size_t columns() const noexcept = 0;
+    // Kept in a member by the back end, so that checking a column index costs no call.
+    [[nodiscard]] std::size_t columns() const noexcept { return columns_; }
     [[nodiscard]] virtual std::string_view name(std::size_t column) const = 0;
     [[nodiscard]] virtual bool is_null(std::size_t column) const = 0;
     [[nodiscard]] virtual std::int64_t integer(std::size_t column) const = 0;
@@ -271,6 +281,7 @@ class cursor {
 
   protected:
     virtual ~cursor() = default;
+    std::size_t columns_ = 0;
 };
 
 // Owns a cursor until release().
@@ -340,6 +351,149 @@ inline std::string describe_column(const cursor& c, std::size_t column) {
                            std::string(c.sql()));
 }
 
+[[noreturn, gnu::cold]] inline void throw_no_column(const cursor& c, std::size_t column) {
+    throw std::out_of_range("column " + std::to_string(column) +
+                            " does not exist: " + std::to_string(c.columns()) +
+                            " columns in: " + error::shorten(std::string(c.sql())));
+}
+
+// Throws std::out_of_range unless the result has column `column`.
+inline void check_column(const cursor& c, std::size_t column) {
+    if (column >= c.columns()) throw_no_column(c, column);
+}
+
+// The value of `column` as T, by db.hpp's rules (row::get and query_value).
+template <class T>
+T read_value(const cursor& c, std::size_t column) {
+    if constexpr (is_optional_v<T>) {
+        if (c.is_null(column)) return std::nullopt;
+        return read_value<typename T::value_type>(c, column);
+    } else if constexpr (std::same_as<T, bool>) {
+        return c.boolean(column);
+    } else if constexpr (integer<T>) {
+        const std::int64_t value = c.integer(column);
+        if constexpr (!std::same_as<T, std::int64_t>) {
+            if (!std::in_range<T>(value)) {
+                throw_conversion(c, column,
+                                 "holds " + std::to_string(value) + ", which is not " +
+                                     std::string(type_description<T>()));
+            }
+        }
+        return static_cast<T>(value);
+    } else if constexpr (std::floating_point<T>) {
+        return static_cast<T>(c.real(column));
+    } else if constexpr (std::same_as<T, std::string>) {
+        return std::string(c.text(column));
+    } else if constexpr (std::same_as<T, std::string_view>) {
+        return c.text(column);
+    } else {
+        static_assert(std::same_as<T, bytes>,
+                      "row.get<T>: T must be an integer, bool, double, float, std::string, "
+                      "std::string_view, ctxmgr::db::bytes or a std::optional of one");
+        return c.blob(column);
+    }
+}
+
+// What query_value asks of a back end: the first column of the first row, read as
+// `request` says into `out` (by read_first, on the back end's own cursor type, so that the
+// calls are direct). The request is a constant per type; this is made on every call.
+struct first_request {
+    enum class kind : unsigned char { integer, real, boolean, text, blob };
+
+    kind wanted;
+    bool nullable;     // reading into a std::optional: NULL is a value
+    std::int64_t min;  // an integer's range
+    std::int64_t max;
+    std::string_view description;  // "a 32-bit integer", for messages
+};
+
+struct first_value {
+    const first_request* request;
+    void* out;  // a std::int64_t, double, bool, std::string or bytes, as asked
+    // Any std::int64_t, not NULL: what a back end may read without looking at `request`.
+    bool plain_integer = false;
+    bool row = false;   // set by the back end: there was a row
+    bool null = false;  // set by the back end: the value was NULL (only when nullable)
+};
+
+// The type query_value<T> reads into before converting to T.
+template <class U>
+using first_storage_t = std::conditional_t<integer<U>, std::int64_t,
+                                           std::conditional_t<std::floating_point<U>, double, U>>;
+
+template <class T>
+inline constexpr first_request first_request_for = [] {
+    using U = typename unwrap_optional<T>::type;
+    first_request r{first_request::kind::integer, is_optional_v<T>,
+                    std::numeric_limits<std::int64_t>::min(),
+                    std::numeric_limits<std::int64_t>::max(), type_description<U>()};
+    if constexpr (std::same_as<U, bool>) {
+        r.wanted = first_request::kind::boolean;
+    } else if constexpr (integer<U>) {
+        if constexpr (std::in_range<std::int64_t>(std::numeric_limits<U>::min())) {
+            r.min = static_cast<std::int64_t>(std::numeric_limits<U>::min());
+        }
+        if constexpr (std::in_range<std::int64_t>(std::numeric_limits<U>::max())) {
+            r.max = static_cast<std::int64_t>(std::numeric_limits<U>::max());
+        }
+    } else if constexpr (std::floating_point<U>) {
+        r.wanted = first_request::kind::real;
+    } else if constexpr (std::same_as<U, std::string>) {
+        r.wanted = first_request::kind::text;
+    } else {
+        static_assert(std::same_as<U, bytes>,
+                      "query_value<T>: T must be an integer, bool, double, float, std::string, "
+                      "ctxmgr::db::bytes or a std::optional of one");
+        r.wanted = first_request::kind::blob;
+    }
+    return r;
+}();
+
+// query_value<T> for a T that is not optional found no row.
+[[noreturn, gnu::cold, gnu::noinline]] inline void throw_no_row(std::string_view backend,
+                                                                std::string_view description,
+                                                                std::string_view sql) {
+    throw conversion_error(std::string(backend), "", 0,
+                           "the query returned no row, so no value to read as " +
+                               std::string(description) + "; read a std::optional or use query_one",
+                           std::string(sql));
+}
+
+// Reads column 0 of the row `c` is on into `v`, with read_value's rules and errors.
+template <class Cursor>
+void read_first(const Cursor& c, first_value& v) {
+    const first_request& r = *v.request;
+    check_column(c, 0);
+    if (r.nullable && c.is_null(0)) {
+        v.null = true;
+        return;
+    }
+    switch (r.wanted) {
+        case first_request::kind::integer: {
+            const std::int64_t value = c.integer(0);
+            if (value < r.min || value > r.max) {
+                throw_conversion(c, 0,
+                                 "holds " + std::to_string(value) + ", which is not " +
+                                     std::string(r.description));
+            }
+            *static_cast<std::int64_t*>(v.out) = value;
+            break;
+        }
+        case first_request::kind::real:
+            *static_cast<double*>(v.out) = c.real(0);
+            break;
+        case first_request::kind::boolean:
+            *static_cast<bool*>(v.out) = c.boolean(0);
+            break;
+        case first_request::kind::text:
+            *static_cast<std::string*>(v.out) = c.text(0);
+            break;
+        case first_request::kind::blob:
+            *static_cast<bytes*>(v.out) = c.blob(0);
+            break;
+    }
+}
+
 }  // namespace detail
 
 // One row of a result. Rows yielded while iterating a db::rows are views: valid until the
@@ -397,41 +551,10 @@ class row {
     }
 
   private:
-    void check(std::size_t column) const {
-        if (column >= cursor_->columns()) {
-            throw std::out_of_range("column " + std::to_string(column) +
-                                    " does not exist: " + std::to_string(cursor_->columns()) +
-                                    " columns in: " + error::shorten(std::string(cursor_->sql())));
-        }
-    }
-
+    void check(std::size_t column) const { detail::check_column(*cursor_, column); }
     template <class T>
     T read(std::size_t column) const {
-        if constexpr (detail::is_optional_v<T>) {
-            if (cursor_->is_null(column)) return std::nullopt;
-            return read<typename T::value_type>(column);
-        } else if constexpr (std::same_as<T, bool>) {
-            return cursor_->boolean(column);
-        } else if constexpr (detail::integer<T>) {
-            const std::int64_t value = cursor_->integer(column);
-            if (!std::in_range<T>(value)) {
-                detail::throw_conversion(*cursor_, column,
-                                         "holds " + std::to_string(value) + ", which is not " +
-                                             std::string(detail::type_description<T>()));
-            }
-            return static_cast<T>(value);
-        } else if constexpr (std::floating_point<T>) {
-            return static_cast<T>(cursor_->real(column));
-        } else if constexpr (std::same_as<T, std::string>) {
-            return std::string(cursor_->text(column));
-        } else if constexpr (std::same_as<T, std::string_view>) {
-            return cursor_->text(column);
-        } else {
-            static_assert(std::same_as<T, bytes>,
-                          "row.get<T>: T must be an integer, bool, double, float, std::string, "
-                          "std::string_view, ctxmgr::db::bytes or a std::optional of one");
-            return cursor_->blob(column);
-        }
+        return detail::read_value<T>(*cursor_, column);
     }
 
     const detail::cursor* cursor_;
@@ -514,6 +637,7 @@ class transaction;
 // db::transaction, as friends:
 //   std::int64_t run(std::string_view sql, std::span<const param>)
 //   detail::cursor* open(std::string_view sql, std::span<const param>, bool copy_parameters)
+//   void fetch_first(std::string_view sql, std::span<const param>, detail::first_value&)
 //   void begin(const transaction_options&)
 //   bool closed() const noexcept
 // and the public members of the concept below (close, is_open, execute_script, ...).
@@ -563,27 +687,11 @@ class basic_connection {
     template <class T, bindable... Params>
     [[nodiscard]] T query_value(std::string_view sql, const Params&... params) {
         const std::array<param, sizeof...(Params)> bound{param(params)...};
-        return query_value<T>(sql, std::span<const param>(bound));
+        return first_value<T>(sql, std::span<const param>(bound));
     }
     template <class T>
     [[nodiscard]] T query_value(std::string_view sql, std::span<const param> params) {
-        static_assert(
-            !std::same_as<T, std::string_view> && !std::same_as<T, std::optional<std::string_view>>,
-            "query_value<std::string_view> would refer to a result already gone; "
-            "read a std::string");
-        detail::cursor_lease cursor(self().open(sql, params, false));
-        if (!cursor->next()) {
-            if constexpr (detail::is_optional_v<T>) {
-                return std::nullopt;
-            } else {
-                throw conversion_error(std::string(cursor->backend()), "", 0,
-                                       "the query returned no row, so no value to read as " +
-                                           std::string(detail::type_description<T>()) +
-                                           "; read a std::optional or use query_one",
-                                       std::string(sql));
-            }
-        }
-        return row(cursor.get()).template get<T>(0);
+        return first_value<T>(sql, params);
     }
 
     // A manager for a transaction on this connection: BEGIN (or SAVEPOINT inside one) on
@@ -640,6 +748,26 @@ class basic_connection {
     friend class db::transaction;
 
     Derived& self() noexcept { return static_cast<Derived&>(*this); }
+
+    template <class T>
+    T first_value(std::string_view sql, std::span<const param> params) {
+        static_assert(
+            !std::same_as<T, std::string_view> && !std::same_as<T, std::optional<std::string_view>>,
+            "query_value<std::string_view> would refer to a result already gone; "
+            "read a std::string");
+        using U = typename detail::unwrap_optional<T>::type;
+        detail::first_storage_t<U> value{};
+        detail::first_value v{&detail::first_request_for<T>, &value, std::same_as<T, std::int64_t>};
+        self().fetch_first(sql, params, v);
+        if (!v.row || v.null) [[unlikely]] {
+            if constexpr (detail::is_optional_v<T>) {
+                return std::nullopt;
+            } else {
+                detail::throw_no_row(self().backend(), v.request->description, sql);
+            }
+        }
+        return static_cast<U>(std::move(value));
+    }
 
     // Bookkeeping of db::transaction only: how many of ours are entered (to check they exit
     // in reverse order) and a counter naming savepoints. Whether a transaction is open is

@@ -124,6 +124,8 @@ class connection : public db::basic_connection<connection> {
     std::int64_t run(std::string_view sql, std::span<const db::param> params);
     db::detail::cursor* open(std::string_view sql, std::span<const db::param> params,
                              bool copy_parameters);
+    void fetch_first(std::string_view sql, std::span<const db::param> params,
+                     db::detail::first_value& value);
     void begin(const db::transaction_options& options);
     [[nodiscard]] bool closed() const noexcept { return impl_ == nullptr; }
     impl& live(std::string_view operation) const;

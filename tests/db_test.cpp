@@ -244,6 +244,21 @@ TYPED_TEST(Db, AnExceptionLeavesNoRowAndPropagatesUnchanged) {
     EXPECT_EQ(other.template query_value<std::int64_t>("SELECT count(*) FROM " + t), 0);
 }
 
+TYPED_TEST(Db, AConnectionErrorFromElsewhereStillRollsBackALiveConnection) {
+    auto c = this->connect();
+    const auto t = this->make_table(c);
+    EXPECT_THROW(ctxmgr::with(c.transaction(),
+                              [&](auto& tx) {
+                                  tx.execute("INSERT INTO " + t + " (id) VALUES (1)");
+                                  // Another connection of the block lost its server.
+                                  throw db::connection_error("postgresql", "08006", 0,
+                                                             "another server went away", "");
+                              }),
+                 db::connection_error);
+    EXPECT_EQ(c.transaction_state(), db::transaction_state::idle);
+    EXPECT_TRUE(this->ids(c, t).empty());
+}
+
 TYPED_TEST(Db, AnInnerSavepointRolledBackKeepsTheOuterWork) {
     auto c = this->connect();
     const auto t = this->make_table(c);

@@ -2,7 +2,8 @@
 //
 // The protocol and composition layers are header-only; leak tracking and the resources link
 // ctxmgr::ctxmgr.
-// The database back ends are included on purpose: <ctxmgr/sqlite.hpp>, <ctxmgr/postgres.hpp>.
+// The database back ends are included on purpose: <ctxmgr/sqlite.hpp>, <ctxmgr/postgres.hpp>;
+// what they share (<ctxmgr/db.hpp>: the db::connection concept, rows, transactions) is here.
 //
 //   #include <ctxmgr/ctxmgr.hpp>
 //   ctxmgr::with(ctxmgr::suppress<std::runtime_error>(), [] { ... });
@@ -10,6 +11,7 @@
 
 #include "contextlib.hpp"
 #include "contextmanager.hpp"
+#include "db.hpp"
 #include "errors.hpp"
 #include "exit_stack.hpp"
 #include "protocol.hpp"

@@ -18,8 +18,9 @@
 //   });                                                       // closed, even on an exception
 //
 // Parameters are always bound, never spliced into the SQL: `$1`, `$2`, ... on both back ends,
-// in any order, repeated as often as needed. Bindable: integers (64-bit signed on the wire),
-// double, bool, text (std::string, std::string_view, const char*), bytes
+// in any order, repeated as often as needed. Bindable: integers (any that a 64-bit signed
+// integer holds; a larger unsigned value is refused with conversion_error), double, bool,
+// text (std::string, std::string_view, const char*), bytes
 // (std::span<const std::byte>, db::bytes), std::nullopt and std::optional<T> for NULL. A
 // std::span<const db::param> binds a list built at run time. Column indexes start at 0.
 //
@@ -33,8 +34,9 @@
 //
 // Guarantees:
 //   - Every failure is typed (errors.hpp): db::error and its subclasses carry the back end,
-//     the SQLSTATE or SQLite's extended code, the server's message and the statement.
-//     connection_error means the session is gone (is_open() is then false).
+//     the SQLSTATE or SQLite's extended code, the server's message and the statement. A
+//     statement that throws connection_error has found its session gone: is_open() is then
+//     false, and the connection can only be closed.
 //   - A transaction whose block throws is rolled back and the block's exception propagates
 //     unchanged; one whose COMMIT fails throws and leaves no transaction open. On a
 //     connection already lost, exit does not try a rollback that can only fail: the
@@ -792,9 +794,10 @@ class basic_connection {
 // COMMIT or ROLLBACK, or by SQLite after a disk-full or I/O error) throws db::error too.
 //
 // exit(e) with an exception: ROLLBACK (ROLLBACK TO SAVEPOINT, then RELEASE), and `e`
-// propagates unchanged. When the connection is lost (e is a connection_error, or the back
-// end says so), no rollback is attempted: the server discards the transaction with the
-// session, and `e` alone propagates. Another failure to roll back is thrown with `e`
+// propagates unchanged. When the connection is lost (is_open() is false: the block's
+// statement met the broken link), no rollback is attempted: the server discards the
+// transaction with the session, and `e` alone propagates. A rollback that finds the link
+// broken is no error of its own either. Another failure to roll back is thrown with `e`
 // nested in it (throw_chained).
 //
 // Transactions of one connection exit in reverse order of entering (with() does that):
@@ -824,7 +827,7 @@ class [[nodiscard]] transaction {
     transaction& operator=(const transaction&) = delete;
 
     ~transaction() {
-        if (!entered_ || exited_ || base().epoch_ != epoch_) return;
+        if (!entered_ || exited_ || base().epoch_ != epoch_ || !connection_->is_open()) return;
         try {
             exited_ = true;
             --base().depth_;
@@ -875,7 +878,9 @@ class [[nodiscard]] transaction {
             commit();
             return;
         }
-        if (holds<connection_error>(e)) return;  // the server discards it with the session
+        // A lost session (PostgreSQL says so once a statement met the broken link): the
+        // server discards the transaction with it, and a ROLLBACK could only fail again.
+        if (!connection_->is_open()) return;
         try {
             roll_back();
         } catch (const connection_error&) {

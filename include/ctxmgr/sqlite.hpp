@@ -8,7 +8,7 @@
 //   ctxmgr::with(ctxmgr::sqlite::connect(path, {.busy_timeout = 2s, .wal = true}),
 //                [](ctxmgr::sqlite::connection& db) {
 //                    ctxmgr::with(db.transaction(), [](auto& tx) {
-//                        tx.execute("INSERT INTO log (at, line) VALUES ($1, $2)", now(), "x");
+//                        tx.execute("INSERT INTO log (at, line) VALUES ($1, $2)", 1700000000, "x");
 //                    });
 //                });
 //

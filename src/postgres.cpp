@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "recent_statements.hpp"
 #include "sql_text.hpp"
 
 namespace ctxmgr::postgres {
@@ -160,9 +161,15 @@ class result_cursor final : public db::detail::cursor {
     explicit result_cursor(std::unique_ptr<result_cursor>* home) noexcept : home_(home) {}
     ~result_cursor() override { PQclear(result_); }
 
-    void reset(PGresult* result, std::string_view sql, bool snapshot) {
+    // `sql` is copied when the cursor may outlive the caller's text (rows, snapshots).
+    void reset(PGresult* result, std::string_view sql, bool snapshot, bool copy_sql) {
         PQclear(std::exchange(result_, result));
-        sql_.assign(sql);
+        if (copy_sql) {
+            owned_sql_.assign(sql);
+            sql_ = owned_sql_;
+        } else {
+            sql_ = sql;
+        }
         row_ = snapshot ? 0 : -1;
         rows_ = PQntuples(result);
         columns_ = static_cast<std::size_t>(PQnfields(result));
@@ -255,7 +262,7 @@ class result_cursor final : public db::detail::cursor {
             }
         }
         auto out = std::make_shared<result_cursor>(nullptr);
-        out->reset(copy.release(), sql_, true);
+        out->reset(copy.release(), sql_, true, true);
         return out;
     }
     std::string_view backend() const noexcept override { return backend_name; }
@@ -294,7 +301,8 @@ class result_cursor final : public db::detail::cursor {
 
     std::unique_ptr<result_cursor>* home_;
     PGresult* result_ = nullptr;
-    std::string sql_;
+    std::string_view sql_;
+    std::string owned_sql_;
     int row_ = -1;
     int rows_ = 0;
     bool snapshot_ = false;
@@ -327,67 +335,65 @@ struct bound_parameters {
 
     void bind(std::span<const db::param> params, std::string_view sql) {
         const std::size_t n = params.size();
-        types.assign(n, 0);
-        values.assign(n, nullptr);
-        lengths.assign(n, 0);
-        formats.assign(n, 1);
-        binary.resize(n);
+        if (values.size() != n) {  // every element is written below
+            types.resize(n);
+            values.resize(n);
+            lengths.resize(n);
+            formats.resize(n);
+            binary.resize(n);
+        }
         text.clear();
         std::size_t text_size = 0;
         for (const db::param& p : params) {
             if (p.type() == db::param::kind::text) text_size += p.view().size() + 1;
         }
-        text.reserve(text_size);  // no reallocation below: the pointers stay valid
+        if (text_size > 0) text.reserve(text_size);  // no reallocation below: pointers stay
         for (std::size_t i = 0; i < n; ++i) {
             const db::param& p = params[i];
-            auto big_endian = [&](std::uint64_t bits, std::size_t size) {
-                for (std::size_t b = 0; b < size; ++b) {
-                    binary[i][size - 1 - b] = static_cast<char>((bits >> (8 * b)) & 0xff);
-                }
-                values[i] = binary[i].data();
-                lengths[i] = static_cast<int>(size);
-            };
-            switch (p.declared_type()) {
-                case db::param::kind::integer:
+            char* const bytes = binary[i].data();
+            formats[i] = 1;
+            switch (p.type()) {
+                case db::param::kind::integer: {
                     // The smallest type that holds the value, as psycopg 3 does: PostgreSQL
                     // casts integer up to bigint implicitly, never down (substr(text, $1)
                     // wants an integer).
-                    types[i] = p.type() == db::param::kind::integer &&
-                                       !std::in_range<std::int32_t>(p.integer())
-                                   ? int8_oid
-                                   : int4_oid;
+                    if (std::in_range<std::int32_t>(p.integer())) {
+                        const std::uint32_t big =
+                            __builtin_bswap32(static_cast<std::uint32_t>(p.integer()));
+                        std::memcpy(bytes, &big, 4);
+                        types[i] = int4_oid;
+                        lengths[i] = 4;
+                    } else {
+                        const std::uint64_t big =
+                            __builtin_bswap64(static_cast<std::uint64_t>(p.integer()));
+                        std::memcpy(bytes, &big, 8);
+                        types[i] = int8_oid;
+                        lengths[i] = 8;
+                    }
+                    values[i] = bytes;
                     break;
-                case db::param::kind::real:
+                }
+                case db::param::kind::real: {
+                    const std::uint64_t big =
+                        __builtin_bswap64(std::bit_cast<std::uint64_t>(p.real()));
+                    std::memcpy(bytes, &big, 8);
                     types[i] = float8_oid;
+                    values[i] = bytes;
+                    lengths[i] = 8;
                     break;
+                }
                 case db::param::kind::boolean:
+                    bytes[0] = p.boolean() ? 1 : 0;
                     types[i] = bool_oid;
+                    values[i] = bytes;
+                    lengths[i] = 1;
                     break;
                 case db::param::kind::blob:
                     types[i] = bytea_oid;
-                    break;
-                default:
-                    types[i] = 0;
-                    break;  // text and untyped NULL: the server decides
-            }
-            switch (p.type()) {
-                case db::param::kind::null:
-                    break;
-                case db::param::kind::integer:
-                    big_endian(static_cast<std::uint64_t>(p.integer()),
-                               types[i] == int4_oid ? 4 : 8);
-                    break;
-                case db::param::kind::real:
-                    big_endian(std::bit_cast<std::uint64_t>(p.real()), 8);
-                    break;
-                case db::param::kind::boolean:
-                    big_endian(p.boolean() ? 1 : 0, 1);
-                    break;
-                case db::param::kind::blob:
                     values[i] = p.view().data() != nullptr ? p.view().data() : "";
                     lengths[i] = static_cast<int>(p.view().size());
                     break;
-                case db::param::kind::text: {
+                case db::param::kind::text:
                     if (p.view().find('\0') != std::string_view::npos) {
                         throw db::conversion_error(
                             std::string(backend_name), "", 0,
@@ -396,13 +402,38 @@ struct bound_parameters {
                                 "bind bytes",
                             std::string(sql));
                     }
+                    // Typed `unknown`: the server reads it as whatever the context wants.
                     // Text-format values travel NUL-terminated: copy them.
+                    types[i] = 0;
                     values[i] = text.data() + text.size();
+                    lengths[i] = 0;
+                    formats[i] = 0;
                     text.append(p.view());
                     text.push_back('\0');
-                    formats[i] = 0;
                     break;
-                }
+                case db::param::kind::null:
+                    // A NULL has the type of the optional it came from; an integer one is
+                    // typed integer (no value says it needs bigint).
+                    switch (p.declared_type()) {
+                        case db::param::kind::integer:
+                            types[i] = int4_oid;
+                            break;
+                        case db::param::kind::real:
+                            types[i] = float8_oid;
+                            break;
+                        case db::param::kind::boolean:
+                            types[i] = bool_oid;
+                            break;
+                        case db::param::kind::blob:
+                            types[i] = bytea_oid;
+                            break;
+                        default:
+                            types[i] = 0;
+                            break;  // text, std::nullopt: the server decides
+                    }
+                    values[i] = nullptr;
+                    lengths[i] = 0;
+                    break;
                 case db::param::kind::out_of_range:
                     throw db::conversion_error(std::string(backend_name), "", 0,
                                                "parameter $" + std::to_string(i + 1) + ": " +
@@ -441,6 +472,11 @@ struct connection::impl {
     // By SQL, one entry per list of parameter types the SQL was called with.
     std::unordered_map<std::string, std::vector<prepared>, string_hash, std::equal_to<>> cache;
     std::size_t cached = 0;
+    using cache_entry = decltype(cache)::value_type;
+    struct key_of {
+        std::string_view operator()(const cache_entry& e) const noexcept { return e.first; }
+    };
+    db::detail::recent_statements<cache_entry, key_of> recent;
     std::vector<std::string> to_deallocate;  // evicted while a transaction had failed
     bound_parameters bound;
     std::unique_ptr<result_cursor> spare;
@@ -476,7 +512,10 @@ struct connection::impl {
     void forget(decltype(cache)::iterator entry, std::size_t variant) {
         std::string name = std::move(entry->second[variant].name);
         entry->second.erase(entry->second.begin() + static_cast<std::ptrdiff_t>(variant));
-        if (entry->second.empty()) cache.erase(entry);
+        if (entry->second.empty()) {
+            recent.forget(&*entry);
+            cache.erase(entry);
+        }
         --cached;
         deallocate(std::move(name));
     }
@@ -499,7 +538,14 @@ struct connection::impl {
 
     // The statement for `sql` with the bound parameters' types, prepared if need be.
     prepared& statement_for(std::string_view sql, std::size_t given) {
-        if (auto found = cache.find(sql); found != cache.end()) {
+        cache_entry* found = recent.find(sql);
+        if (found == nullptr) {
+            if (const auto it = cache.find(sql); it != cache.end()) {
+                found = &*it;
+                recent.remember(sql, found);
+            }
+        }
+        if (found != nullptr) {
             for (prepared& p : found->second) {
                 if (p.types == bound.types) return p;
             }
@@ -530,7 +576,10 @@ struct connection::impl {
                 break;
             }
         }
-        if (found->second.empty()) cache.erase(found);
+        if (found->second.empty()) {
+            recent.forget(&*found);
+            cache.erase(found);
+        }
     }
 
     static void check_count(std::string_view sql, std::size_t given, std::size_t expected) {
@@ -555,7 +604,6 @@ struct connection::impl {
             if (!succeeded(result.get())) fail(handle, result.get(), sql);
             return result;
         }
-        const bool idle_before = PQtransactionStatus(handle) == PQTRANS_IDLE;
         for (int attempt = 0;; ++attempt) {
             prepared& statement = statement_for(sql, params.size());
             check_count(sql, params.size(), statement.parameters);
@@ -567,7 +615,8 @@ struct connection::impl {
             // again, once, when no transaction was open that the error has now aborted.
             const char* state =
                 result ? PQresultErrorField(result.get(), PG_DIAG_SQLSTATE) : nullptr;
-            if (attempt == 0 && idle_before && state != nullptr &&
+            // Idle now means idle before: an error inside a transaction block leaves it failed.
+            if (attempt == 0 && PQtransactionStatus(handle) == PQTRANS_IDLE && state != nullptr &&
                 std::strcmp(state, "26000") == 0) {
                 drop_forgotten(sql);
                 continue;
@@ -576,10 +625,10 @@ struct connection::impl {
         }
     }
 
-    result_cursor* cursor_for(result_ptr result, std::string_view sql) {
+    result_cursor* cursor_for(result_ptr result, std::string_view sql, bool copy_sql) {
         std::unique_ptr<result_cursor> c =
             spare != nullptr ? std::move(spare) : std::make_unique<result_cursor>(&spare);
-        c->reset(result.release(), sql, false);
+        c->reset(result.release(), sql, false, copy_sql);
         return c.release();
     }
 };
@@ -803,13 +852,13 @@ db::detail::cursor* connection::open(std::string_view sql, std::span<const db::p
                                      bool) {
     // The result is complete when PQexecPrepared returns: nothing refers to the parameters.
     impl& state = live("query");
-    return state.cursor_for(state.execute(sql, params), sql);
+    return state.cursor_for(state.execute(sql, params), sql, true);
 }
 
 void connection::fetch_first(std::string_view sql, std::span<const db::param> params,
                              db::detail::first_value& value) {
     impl& state = live("query");
-    result_cursor* c = state.cursor_for(state.execute(sql, params), sql);
+    result_cursor* c = state.cursor_for(state.execute(sql, params), sql, false);
     struct release_at_end {
         result_cursor* c;
         ~release_at_end() { c->release(); }

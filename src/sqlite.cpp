@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "recent_statements.hpp"
 #include "sql_text.hpp"
 
 namespace ctxmgr::sqlite {
@@ -365,23 +366,17 @@ struct connection::impl {
     std::size_t capacity = 0;
     std::uint64_t clock = 0;
     std::unordered_map<std::string, std::unique_ptr<statement>, string_hash, std::equal_to<>> cache;
-    // The statements last found, by the address of their SQL text: a literal passed again
-    // is found with one comparison instead of hashing the text (a third of ctxmgr's cost on
-    // a point query). Always checked against the text itself.
-    std::array<statement*, 16> recent{};
-
-    static std::size_t slot(const char* text) noexcept {
-        const auto address = reinterpret_cast<std::uintptr_t>(text);
-        return (address >> 3) % 16;
-    }
+    struct key_of {
+        std::string_view operator()(const statement& s) const noexcept { return s.key(); }
+    };
+    db::detail::recent_statements<statement, key_of> recent;
 
     [[gnu::always_inline]] statement* find(std::string_view sql) {
-        statement*& hint = recent[slot(sql.data())];
-        if (hint != nullptr && std::string_view(hint->key()) == sql) return hint;
+        if (statement* s = recent.find(sql)) return s;
         const auto found = cache.find(sql);
         if (found == cache.end()) return nullptr;
-        hint = found->second.get();
-        return hint;
+        recent.remember(sql, found->second.get());
+        return found->second.get();
     }
 
     impl() = default;
@@ -497,9 +492,7 @@ struct connection::impl {
             }
         }
         if (oldest == cache.end()) return false;
-        for (statement*& hint : recent) {
-            if (hint == oldest->second.get()) hint = nullptr;
-        }
+        recent.forget(oldest->second.get());
         cache.erase(oldest);
         return true;
     }
@@ -671,7 +664,7 @@ void connection::close() {
     std::unique_ptr<impl> state = std::move(impl_);
     tracked_.release();
     forget_transactions();
-    state->recent.fill(nullptr);
+    state->recent.clear();
     state->cache.clear();
     sqlite3* handle = std::exchange(state->handle, nullptr);
     const int rc = sqlite3_close(handle);

@@ -67,12 +67,16 @@ int main(int argc, char** argv) {
                       [&] { sum += kernels::postgres_ctxmgr_query(*pg, id); });
         cases.emplace("postgres_raw_query",
                       [&] { sum += kernels::postgres_raw_query(pg_raw, id); });
+        cases.emplace("postgres_ctxmgr_insert", [&] { kernels::postgres_ctxmgr_insert(*pg, id); });
+        cases.emplace("postgres_raw_insert", [&] { kernels::postgres_raw_insert(pg_raw, id); });
     }
 
     if (cases.count(kernel) == 0) {
         std::fprintf(stderr, "usage: %s <kernel> [iterations]; kernels:", argv[0]);
         for (const auto& [name, _] : cases) std::fprintf(stderr, " %s", name.c_str());
-        std::fprintf(stderr, " postgres_ctxmgr_query postgres_raw_query\n");
+        std::fprintf(stderr,
+                     " postgres_ctxmgr_query postgres_raw_query postgres_ctxmgr_insert "
+                     "postgres_raw_insert\n");
         return 2;
     }
     const auto& run = cases.at(kernel);

@@ -188,6 +188,23 @@ CTXMGR_KERNEL inline std::int64_t postgres_raw_query(PGconn* conn, std::int64_t 
     return v;
 }
 
+CTXMGR_KERNEL inline void postgres_ctxmgr_insert(ctxmgr::postgres::connection& db, std::int64_t a) {
+    db.execute(insert_row, a, payload);
+}
+
+CTXMGR_KERNEL inline void postgres_raw_insert(PGconn* conn, std::int64_t a) {
+    const auto narrow = static_cast<std::uint32_t>(a);
+    const char value[4] = {static_cast<char>(narrow >> 24), static_cast<char>(narrow >> 16),
+                           static_cast<char>(narrow >> 8), static_cast<char>(narrow)};
+    const char* values[2] = {value, payload};
+    const int lengths[2] = {4, 0};
+    const int formats[2] = {1, 0};
+    PGresult* r = PQexecPrepared(conn, "insert", 2, values, lengths, formats, 0);
+    const bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    if (!ok) fail("insert");
+}
+
 CTXMGR_KERNEL inline void postgres_ctxmgr_insert_many(ctxmgr::postgres::connection& db, int n) {
     ctxmgr::with(db.transaction(), [&](ctxmgr::postgres::connection& tx) {
         for (int i = 0; i < n; ++i) tx.execute(insert_row, i, payload);

@@ -345,7 +345,9 @@ struct bound_parameters {
         text.clear();
         std::size_t text_size = 0;
         for (const db::param& p : params) {
-            if (p.type() == db::param::kind::text) text_size += p.view().size() + 1;
+            if (p.type() == db::param::kind::text && !p.nul_terminated()) {
+                text_size += p.view().size() + 1;
+            }
         }
         if (text_size > 0) text.reserve(text_size);  // no reallocation below: pointers stay
         for (std::size_t i = 0; i < n; ++i) {
@@ -403,13 +405,17 @@ struct bound_parameters {
                             std::string(sql));
                     }
                     // Typed `unknown`: the server reads it as whatever the context wants.
-                    // Text-format values travel NUL-terminated: copy them.
+                    // Text-format values travel NUL-terminated: copy those that are not.
                     types[i] = 0;
-                    values[i] = text.data() + text.size();
                     lengths[i] = 0;
                     formats[i] = 0;
-                    text.append(p.view());
-                    text.push_back('\0');
+                    if (p.nul_terminated()) {
+                        values[i] = p.view().data();
+                    } else {
+                        values[i] = text.data() + text.size();
+                        text.append(p.view());
+                        text.push_back('\0');
+                    }
                     break;
                 case db::param::kind::null:
                     // A NULL has the type of the optional it came from; an integer one is

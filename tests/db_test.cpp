@@ -375,6 +375,18 @@ TYPED_TEST(Db, ValuesRoundTripWithoutLoss) {
                                                std::numeric_limits<std::int64_t>::max()}));
 }
 
+TYPED_TEST(Db, TextParametersOfEveryShapeBindTheirCharactersOnly) {
+    auto c = this->connect();
+    const std::string_view longer = "abcdef";
+    const char array[8] = "ab\0cd";  // a char array is a C string: up to its first NUL
+    const std::string owned = "owned";
+    EXPECT_EQ(c.template query_value<std::string>("SELECT $1", longer.substr(0, 3)), "abc");
+    EXPECT_EQ(c.template query_value<std::string>("SELECT $1", array), "ab");
+    EXPECT_EQ(c.template query_value<std::string>("SELECT $1", owned), "owned");
+    EXPECT_EQ(c.template query_value<std::string>("SELECT $1 || $2", longer.substr(3), "!"),
+              "def!");
+}
+
 TYPED_TEST(Db, BadSqlThrowsAnErrorNamingTheSql) {
     auto c = this->connect();
     const std::string sql = "SELEC id FROM nowhere WHERE id = $1";

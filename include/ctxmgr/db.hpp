@@ -199,6 +199,10 @@ class param {
             }
             kind_ = kind::text;
             view_ = std::string_view(value);
+            // A C string, a char array (cut at its first NUL) and std::string end in a NUL:
+            // a back end that needs one (libpq's text format) can then skip a copy.
+            terminated_ =
+                std::is_pointer_v<U> || std::is_array_v<U> || std::same_as<U, std::string>;
         } else {
             kind_ = kind::blob;
             const std::span<const std::byte> data(value);
@@ -217,6 +221,8 @@ class param {
     [[nodiscard]] constexpr bool boolean() const noexcept { return boolean_; }
     // Text, or the bytes of a bytes value.
     [[nodiscard]] constexpr std::string_view view() const noexcept { return view_; }
+    // True when view().data()[view().size()] is a NUL that the caller's value owns.
+    [[nodiscard]] constexpr bool nul_terminated() const noexcept { return terminated_; }
     // The value of an unsigned parameter above INT64_MAX (kind::out_of_range): binding it
     // throws db::conversion_error naming the parameter.
     [[nodiscard]] constexpr std::uint64_t unsigned_value() const noexcept { return unsigned_; }
@@ -243,6 +249,7 @@ class param {
 
     kind kind_ = kind::null;
     kind declared_ = kind::null;
+    bool terminated_ = false;
     union {
         std::int64_t integer_ = 0;
         std::uint64_t unsigned_;

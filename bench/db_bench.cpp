@@ -7,11 +7,15 @@
 // Reproduce: see docs/performance.md.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
+#include <array>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "db_kernels.hpp"
 #include "postgres_cluster.hpp"
@@ -284,6 +288,110 @@ void postgres_many_pqxx(benchmark::State& state) {
 }
 BENCHMARK(postgres_many_pqxx)->Unit(benchmark::kMillisecond)->Iterations(1);
 #endif
+
+// ---- PostgreSQL, paired ------------------------------------------------------------
+// A round trip on this shared 2-core machine varies by tens of percent from one moment to
+// the next, far more than the difference measured. Here every iteration runs each variant
+// once, in an order that rotates, and times each: all see the same moments, and the ratios
+// (counters) are robust where the separate medians above are not.
+
+template <class Run>
+double timed(Run&& run) {
+    const auto start = std::chrono::steady_clock::now();
+    run();
+    return std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - start)
+        .count();
+}
+
+// Reports the median time of each variant and its ratio to the first: medians, because a
+// stall of the machine (tens of milliseconds) would weigh on a sum.
+template <std::size_t N>
+void report_pairs(benchmark::State& state, const std::array<const char*, N>& names,
+                  std::array<std::vector<double>, N>& times) {
+    std::array<double, N> median{};
+    for (std::size_t i = 0; i < N; ++i) {
+        auto& t = times[i];
+        if (t.empty()) return;
+        std::nth_element(t.begin(), t.begin() + static_cast<std::ptrdiff_t>(t.size() / 2), t.end());
+        median[i] = t[t.size() / 2];
+        state.counters[std::string(names[i]) + "_ns"] = median[i];
+        if (i > 0) state.counters[std::string(names[0]) + "/" + names[i]] = median[0] / median[i];
+    }
+}
+
+void postgres_query_paired(benchmark::State& state) {
+    if (skip_without_postgres(state)) return;
+    postgres_setup s;
+#if defined(CTXMGR_BENCH_PQXX)
+    pqxx::connection conn(postgres_server().conninfo);
+    conn.prepare("point", kernels::point_query);
+    pqxx::nontransaction tx(conn);
+    constexpr std::size_t variants = 3;
+    const std::array<const char*, variants> names{"ctxmgr", "raw", "pqxx"};
+#else
+    constexpr std::size_t variants = 2;
+    const std::array<const char*, variants> names{"ctxmgr", "raw"};
+#endif
+    std::array<std::vector<double>, variants> times;
+    std::int64_t id = 1;
+    std::size_t turn = 0;
+    for (auto _ : state) {
+        for (std::size_t k = 0; k < variants; ++k) {
+            const std::size_t which = (turn + k) % variants;
+            times[which].push_back(timed([&] {
+                if (which == 0) {
+                    benchmark::DoNotOptimize(kernels::postgres_ctxmgr_query(s.ctx, id));
+                } else if (which == 1) {
+                    benchmark::DoNotOptimize(kernels::postgres_raw_query(s.raw, id));
+                } else {
+#if defined(CTXMGR_BENCH_PQXX)
+                    benchmark::DoNotOptimize(kernels::postgres_pqxx_query(tx, id));
+#endif
+                }
+            }));
+        }
+        ++turn;
+        id = kernels::next_id(id);
+    }
+    report_pairs(state, names, times);
+}
+BENCHMARK(postgres_query_paired)->Iterations(20000);
+
+void postgres_many_paired(benchmark::State& state) {
+    if (skip_without_postgres(state)) return;
+    postgres_setup s;
+#if defined(CTXMGR_BENCH_PQXX)
+    pqxx::connection conn(postgres_server().conninfo);
+    conn.prepare("insert", kernels::insert_row);
+    constexpr std::size_t variants = 3;
+    const std::array<const char*, variants> names{"ctxmgr", "raw", "pqxx"};
+#else
+    constexpr std::size_t variants = 2;
+    const std::array<const char*, variants> names{"ctxmgr", "raw"};
+#endif
+    std::array<std::vector<double>, variants> times;
+    std::size_t turn = 0;
+    for (auto _ : state) {
+        for (std::size_t k = 0; k < variants; ++k) {
+            const std::size_t which = (turn + k) % variants;
+            times[which].push_back(timed([&] {
+                if (which == 0) {
+                    kernels::postgres_ctxmgr_insert_many(s.ctx, many_rows);
+                } else if (which == 1) {
+                    kernels::postgres_raw_insert_many(s.raw, many_rows);
+                } else {
+#if defined(CTXMGR_BENCH_PQXX)
+                    kernels::postgres_pqxx_insert_many(conn, many_rows);
+#endif
+                }
+            }));
+            s.ctx.execute_script("TRUNCATE u");
+        }
+        ++turn;
+    }
+    report_pairs(state, names, times);
+}
+BENCHMARK(postgres_many_paired)->Unit(benchmark::kMillisecond)->Iterations(3);
 
 }  // namespace
 

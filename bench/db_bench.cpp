@@ -24,6 +24,29 @@ namespace {
 
 constexpr int many_rows = 100000;
 
+// The loop of the point-query benchmarks: ids 1..1000, round and round.
+template <class Query>
+void run_queries(benchmark::State& state, Query&& query) {
+    std::int64_t id = 1;
+    for (auto _ : state) {
+        benchmark::DoNotOptimize(query(id));
+        id = kernels::next_id(id);
+    }
+}
+
+// The loop of the 100,000-row benchmarks: `insert_many` timed, `clear` (emptying the table)
+// not.
+template <class InsertMany, class Clear>
+void run_many(benchmark::State& state, InsertMany&& insert_many, Clear&& clear) {
+    for (auto _ : state) {
+        insert_many();
+        state.PauseTiming();
+        clear();
+        state.ResumeTiming();
+    }
+    state.SetItemsProcessed(state.iterations() * many_rows);
+}
+
 // ---- SQLite -----------------------------------------------------------------------------
 
 struct sqlite_setup {
@@ -52,21 +75,13 @@ struct sqlite_setup {
 
 void sqlite_query_ctxmgr(benchmark::State& state) {
     sqlite_setup s;
-    std::int64_t id = 1;
-    for (auto _ : state) {
-        benchmark::DoNotOptimize(kernels::sqlite_ctxmgr_query(s.ctx, id));
-        id = kernels::next_id(id);
-    }
+    run_queries(state, [&](std::int64_t id) { return kernels::sqlite_ctxmgr_query(s.ctx, id); });
 }
 BENCHMARK(sqlite_query_ctxmgr);
 
 void sqlite_query_raw(benchmark::State& state) {
     sqlite_setup s;
-    std::int64_t id = 1;
-    for (auto _ : state) {
-        benchmark::DoNotOptimize(kernels::sqlite_raw_query(s.raw_query, id));
-        id = kernels::next_id(id);
-    }
+    run_queries(state, [&](std::int64_t id) { return kernels::sqlite_raw_query(s.raw_query, id); });
 }
 BENCHMARK(sqlite_query_raw);
 
@@ -98,15 +113,11 @@ void sqlite_many_ctxmgr(benchmark::State& state) {
     {
         auto db = ctxmgr::sqlite::connect(file);
         kernels::create_sqlite_schema(db.native_handle());
-        for (auto _ : state) {
-            kernels::sqlite_ctxmgr_insert_many(db, many_rows);
-            state.PauseTiming();
-            db.execute_script("DELETE FROM u");
-            state.ResumeTiming();
-        }
+        run_many(
+            state, [&] { kernels::sqlite_ctxmgr_insert_many(db, many_rows); },
+            [&] { db.execute_script("DELETE FROM u"); });
     }
     std::remove(file.c_str());
-    state.SetItemsProcessed(state.iterations() * many_rows);
 }
 BENCHMARK(sqlite_many_ctxmgr)->Unit(benchmark::kMillisecond);
 
@@ -119,16 +130,12 @@ void sqlite_many_raw(benchmark::State& state) {
     sqlite3_stmt* insert = nullptr;
     sqlite3_prepare_v3(db, kernels::insert_row_sqlite, -1, SQLITE_PREPARE_PERSISTENT, &insert,
                        nullptr);
-    for (auto _ : state) {
-        kernels::sqlite_raw_insert_many(db, insert, many_rows);
-        state.PauseTiming();
-        sqlite3_exec(db, "DELETE FROM u", nullptr, nullptr, nullptr);
-        state.ResumeTiming();
-    }
+    run_many(
+        state, [&] { kernels::sqlite_raw_insert_many(db, insert, many_rows); },
+        [&] { sqlite3_exec(db, "DELETE FROM u", nullptr, nullptr, nullptr); });
     sqlite3_finalize(insert);
     sqlite3_close(db);
     std::remove(file.c_str());
-    state.SetItemsProcessed(state.iterations() * many_rows);
 }
 BENCHMARK(sqlite_many_raw)->Unit(benchmark::kMillisecond);
 
@@ -137,11 +144,7 @@ void sqlite_query_sqlitecpp(benchmark::State& state) {
     SQLite::Database db(":memory:", kernels::sqlite_flags);
     kernels::create_sqlite_schema(db.getHandle());
     SQLite::Statement query(db, kernels::point_query_sqlite);
-    std::int64_t id = 1;
-    for (auto _ : state) {
-        benchmark::DoNotOptimize(kernels::sqlite_sqlitecpp_query(query, id));
-        id = kernels::next_id(id);
-    }
+    run_queries(state, [&](std::int64_t id) { return kernels::sqlite_sqlitecpp_query(query, id); });
 }
 BENCHMARK(sqlite_query_sqlitecpp);
 
@@ -162,15 +165,11 @@ void sqlite_many_sqlitecpp(benchmark::State& state) {
         SQLite::Database db(file, kernels::sqlite_flags, 5000);
         kernels::create_sqlite_schema(db.getHandle());
         SQLite::Statement insert(db, kernels::insert_row_sqlite);
-        for (auto _ : state) {
-            kernels::sqlite_sqlitecpp_insert_many(db, insert, many_rows);
-            state.PauseTiming();
-            db.exec("DELETE FROM u");
-            state.ResumeTiming();
-        }
+        run_many(
+            state, [&] { kernels::sqlite_sqlitecpp_insert_many(db, insert, many_rows); },
+            [&] { db.exec("DELETE FROM u"); });
     }
     std::remove(file.c_str());
-    state.SetItemsProcessed(state.iterations() * many_rows);
 }
 BENCHMARK(sqlite_many_sqlitecpp)->Unit(benchmark::kMillisecond);
 #endif
@@ -213,48 +212,32 @@ struct postgres_setup {
 void postgres_query_ctxmgr(benchmark::State& state) {
     if (skip_without_postgres(state)) return;
     postgres_setup s;
-    std::int64_t id = 1;
-    for (auto _ : state) {
-        benchmark::DoNotOptimize(kernels::postgres_ctxmgr_query(s.ctx, id));
-        id = kernels::next_id(id);
-    }
+    run_queries(state, [&](std::int64_t id) { return kernels::postgres_ctxmgr_query(s.ctx, id); });
 }
 BENCHMARK(postgres_query_ctxmgr);
 
 void postgres_query_raw(benchmark::State& state) {
     if (skip_without_postgres(state)) return;
     postgres_setup s;
-    std::int64_t id = 1;
-    for (auto _ : state) {
-        benchmark::DoNotOptimize(kernels::postgres_raw_query(s.raw, id));
-        id = kernels::next_id(id);
-    }
+    run_queries(state, [&](std::int64_t id) { return kernels::postgres_raw_query(s.raw, id); });
 }
 BENCHMARK(postgres_query_raw);
 
 void postgres_many_ctxmgr(benchmark::State& state) {
     if (skip_without_postgres(state)) return;
     postgres_setup s;
-    for (auto _ : state) {
-        kernels::postgres_ctxmgr_insert_many(s.ctx, many_rows);
-        state.PauseTiming();
-        s.ctx.execute_script("TRUNCATE u");
-        state.ResumeTiming();
-    }
-    state.SetItemsProcessed(state.iterations() * many_rows);
+    run_many(
+        state, [&] { kernels::postgres_ctxmgr_insert_many(s.ctx, many_rows); },
+        [&] { s.ctx.execute_script("TRUNCATE u"); });
 }
 BENCHMARK(postgres_many_ctxmgr)->Unit(benchmark::kMillisecond)->Iterations(1);
 
 void postgres_many_raw(benchmark::State& state) {
     if (skip_without_postgres(state)) return;
     postgres_setup s;
-    for (auto _ : state) {
-        kernels::postgres_raw_insert_many(s.raw, many_rows);
-        state.PauseTiming();
-        s.ctx.execute_script("TRUNCATE u");
-        state.ResumeTiming();
-    }
-    state.SetItemsProcessed(state.iterations() * many_rows);
+    run_many(
+        state, [&] { kernels::postgres_raw_insert_many(s.raw, many_rows); },
+        [&] { s.ctx.execute_script("TRUNCATE u"); });
 }
 BENCHMARK(postgres_many_raw)->Unit(benchmark::kMillisecond)->Iterations(1);
 
@@ -265,11 +248,7 @@ void postgres_query_pqxx(benchmark::State& state) {
     pqxx::connection conn(postgres_server().conninfo);
     conn.prepare("point", kernels::point_query);
     pqxx::nontransaction tx(conn);
-    std::int64_t id = 1;
-    for (auto _ : state) {
-        benchmark::DoNotOptimize(kernels::postgres_pqxx_query(tx, id));
-        id = kernels::next_id(id);
-    }
+    run_queries(state, [&](std::int64_t id) { return kernels::postgres_pqxx_query(tx, id); });
 }
 BENCHMARK(postgres_query_pqxx);
 
@@ -278,13 +257,9 @@ void postgres_many_pqxx(benchmark::State& state) {
     postgres_setup s;
     pqxx::connection conn(postgres_server().conninfo);
     conn.prepare("insert", kernels::insert_row);
-    for (auto _ : state) {
-        kernels::postgres_pqxx_insert_many(conn, many_rows);
-        state.PauseTiming();
-        s.ctx.execute_script("TRUNCATE u");
-        state.ResumeTiming();
-    }
-    state.SetItemsProcessed(state.iterations() * many_rows);
+    run_many(
+        state, [&] { kernels::postgres_pqxx_insert_many(conn, many_rows); },
+        [&] { s.ctx.execute_script("TRUNCATE u"); });
 }
 BENCHMARK(postgres_many_pqxx)->Unit(benchmark::kMillisecond)->Iterations(1);
 #endif
@@ -319,6 +294,31 @@ void report_pairs(benchmark::State& state, const std::array<const char*, N>& nam
     }
 }
 
+// The variants of a paired benchmark: ctxmgr, raw libpq and, when installed, libpqxx.
+#if defined(CTXMGR_BENCH_PQXX)
+constexpr std::array<const char*, 3> paired_names{"ctxmgr", "raw", "pqxx"};
+#else
+constexpr std::array<const char*, 2> paired_names{"ctxmgr", "raw"};
+#endif
+
+// Runs run(variant, turn) for each variant once per iteration, timed, in an order that
+// rotates with `turn`; then after(variant), untimed.
+template <class Run, class After>
+void run_paired(benchmark::State& state, Run&& run, After&& after) {
+    constexpr std::size_t variants = paired_names.size();
+    std::array<std::vector<double>, variants> times;
+    std::size_t turn = 0;
+    for (auto _ : state) {
+        for (std::size_t k = 0; k < variants; ++k) {
+            const std::size_t which = (turn + k) % variants;
+            times[which].push_back(timed([&] { run(which, turn); }));
+            after(which);
+        }
+        ++turn;
+    }
+    report_pairs(state, paired_names, times);
+}
+
 void postgres_query_paired(benchmark::State& state) {
     if (skip_without_postgres(state)) return;
     postgres_setup s;
@@ -326,34 +326,22 @@ void postgres_query_paired(benchmark::State& state) {
     pqxx::connection conn(postgres_server().conninfo);
     conn.prepare("point", kernels::point_query);
     pqxx::nontransaction tx(conn);
-    constexpr std::size_t variants = 3;
-    const std::array<const char*, variants> names{"ctxmgr", "raw", "pqxx"};
-#else
-    constexpr std::size_t variants = 2;
-    const std::array<const char*, variants> names{"ctxmgr", "raw"};
 #endif
-    std::array<std::vector<double>, variants> times;
-    std::int64_t id = 1;
-    std::size_t turn = 0;
-    for (auto _ : state) {
-        for (std::size_t k = 0; k < variants; ++k) {
-            const std::size_t which = (turn + k) % variants;
-            times[which].push_back(timed([&] {
-                if (which == 0) {
-                    benchmark::DoNotOptimize(kernels::postgres_ctxmgr_query(s.ctx, id));
-                } else if (which == 1) {
-                    benchmark::DoNotOptimize(kernels::postgres_raw_query(s.raw, id));
-                } else {
+    run_paired(
+        state,
+        [&](std::size_t which, std::size_t turn) {
+            const auto id = static_cast<std::int64_t>(turn % kernels::table_rows) + 1;
+            if (which == 0) {
+                benchmark::DoNotOptimize(kernels::postgres_ctxmgr_query(s.ctx, id));
+            } else if (which == 1) {
+                benchmark::DoNotOptimize(kernels::postgres_raw_query(s.raw, id));
+            } else {
 #if defined(CTXMGR_BENCH_PQXX)
-                    benchmark::DoNotOptimize(kernels::postgres_pqxx_query(tx, id));
+                benchmark::DoNotOptimize(kernels::postgres_pqxx_query(tx, id));
 #endif
-                }
-            }));
-        }
-        ++turn;
-        id = kernels::next_id(id);
-    }
-    report_pairs(state, names, times);
+            }
+        },
+        [](std::size_t) {});
 }
 BENCHMARK(postgres_query_paired)->Iterations(20000);
 
@@ -363,33 +351,21 @@ void postgres_many_paired(benchmark::State& state) {
 #if defined(CTXMGR_BENCH_PQXX)
     pqxx::connection conn(postgres_server().conninfo);
     conn.prepare("insert", kernels::insert_row);
-    constexpr std::size_t variants = 3;
-    const std::array<const char*, variants> names{"ctxmgr", "raw", "pqxx"};
-#else
-    constexpr std::size_t variants = 2;
-    const std::array<const char*, variants> names{"ctxmgr", "raw"};
 #endif
-    std::array<std::vector<double>, variants> times;
-    std::size_t turn = 0;
-    for (auto _ : state) {
-        for (std::size_t k = 0; k < variants; ++k) {
-            const std::size_t which = (turn + k) % variants;
-            times[which].push_back(timed([&] {
-                if (which == 0) {
-                    kernels::postgres_ctxmgr_insert_many(s.ctx, many_rows);
-                } else if (which == 1) {
-                    kernels::postgres_raw_insert_many(s.raw, many_rows);
-                } else {
+    run_paired(
+        state,
+        [&](std::size_t which, std::size_t) {
+            if (which == 0) {
+                kernels::postgres_ctxmgr_insert_many(s.ctx, many_rows);
+            } else if (which == 1) {
+                kernels::postgres_raw_insert_many(s.raw, many_rows);
+            } else {
 #if defined(CTXMGR_BENCH_PQXX)
-                    kernels::postgres_pqxx_insert_many(conn, many_rows);
+                kernels::postgres_pqxx_insert_many(conn, many_rows);
 #endif
-                }
-            }));
-            s.ctx.execute_script("TRUNCATE u");
-        }
-        ++turn;
-    }
-    report_pairs(state, names, times);
+            }
+        },
+        [&](std::size_t) { s.ctx.execute_script("TRUNCATE u"); });
 }
 BENCHMARK(postgres_many_paired)->Unit(benchmark::kMillisecond)->Iterations(3);
 

@@ -156,6 +156,15 @@ CTXMGR_KERNEL inline std::int64_t postgres_ctxmgr_query(ctxmgr::postgres::connec
     return db.query_value<std::int64_t>(point_query, id);
 }
 
+// An integer parameter in libpq's binary format for int4, as ctxmgr sends it.
+inline void int4_big_endian(std::int64_t value, char (&out)[4]) {
+    const auto narrow = static_cast<std::uint32_t>(value);
+    out[0] = static_cast<char>(narrow >> 24);
+    out[1] = static_cast<char>(narrow >> 16);
+    out[2] = static_cast<char>(narrow >> 8);
+    out[3] = static_cast<char>(narrow);
+}
+
 // The same call sequence on libpq: a statement prepared once with an integer parameter,
 // sent in binary as ctxmgr sends it, the text result parsed.
 inline void prepare_raw_postgres(PGconn* conn) {
@@ -172,9 +181,8 @@ inline void prepare_raw_postgres(PGconn* conn) {
 }
 
 CTXMGR_KERNEL inline std::int64_t postgres_raw_query(PGconn* conn, std::int64_t id) {
-    const auto narrow = static_cast<std::uint32_t>(id);
-    const char value[4] = {static_cast<char>(narrow >> 24), static_cast<char>(narrow >> 16),
-                           static_cast<char>(narrow >> 8), static_cast<char>(narrow)};
+    char value[4];
+    int4_big_endian(id, value);
     const char* values[1] = {value};
     const int lengths[1] = {4};
     const int formats[1] = {1};
@@ -192,17 +200,21 @@ CTXMGR_KERNEL inline void postgres_ctxmgr_insert(ctxmgr::postgres::connection& d
     db.execute(insert_row, a, payload);
 }
 
-CTXMGR_KERNEL inline void postgres_raw_insert(PGconn* conn, std::int64_t a) {
-    const auto narrow = static_cast<std::uint32_t>(a);
-    const char value[4] = {static_cast<char>(narrow >> 24), static_cast<char>(narrow >> 16),
-                           static_cast<char>(narrow >> 8), static_cast<char>(narrow)};
+// One row inserted with the statement prepare_raw_postgres made; false when it failed.
+inline bool postgres_raw_insert_row(PGconn* conn, std::int64_t a) {
+    char value[4];
+    int4_big_endian(a, value);
     const char* values[2] = {value, payload};
     const int lengths[2] = {4, 0};
     const int formats[2] = {1, 0};
     PGresult* r = PQexecPrepared(conn, "insert", 2, values, lengths, formats, 0);
     const bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
     PQclear(r);
-    if (!ok) fail("insert");
+    return ok;
+}
+
+CTXMGR_KERNEL inline void postgres_raw_insert(PGconn* conn, std::int64_t a) {
+    if (!postgres_raw_insert_row(conn, a)) fail("insert");
 }
 
 CTXMGR_KERNEL inline void postgres_ctxmgr_insert_many(ctxmgr::postgres::connection& db, int n) {
@@ -220,16 +232,7 @@ CTXMGR_KERNEL inline void postgres_raw_insert_many(PGconn* conn, int n) {
     };
     if (!command("BEGIN")) fail("begin");
     for (int i = 0; i < n; ++i) {
-        const auto narrow = static_cast<std::uint32_t>(i);
-        const char value[4] = {static_cast<char>(narrow >> 24), static_cast<char>(narrow >> 16),
-                               static_cast<char>(narrow >> 8), static_cast<char>(narrow)};
-        const char* values[2] = {value, payload};
-        const int lengths[2] = {4, 0};
-        const int formats[2] = {1, 0};
-        PGresult* r = PQexecPrepared(conn, "insert", 2, values, lengths, formats, 0);
-        const bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
-        PQclear(r);
-        if (!ok) {
+        if (!postgres_raw_insert_row(conn, i)) {
             command("ROLLBACK");
             fail("insert");
         }

@@ -741,23 +741,13 @@ connection connect(std::string_view conninfo, const options& opts, std::source_l
 
 connection::connection(std::unique_ptr<impl> state, std::string description,
                        std::source_location where)
-    : impl_(std::move(state)),
-      description_(std::move(description)),
-      tracked_("postgresql connection", description_, where) {
+    : basic_connection(kind(), std::move(description), where), impl_(std::move(state)) {
 }
 
 connection::connection(connection&& other) noexcept = default;
 
-connection& connection::operator=(connection&& other) {
-    if (this != &other) {
-        close();
-        db::basic_connection<connection>::operator=(std::move(other));
-        impl_ = std::move(other.impl_);
-        description_ = std::move(other.description_);
-        tracked_ = std::move(other.tracked_);
-    }
-    return *this;
-}
+// The base closes this connection first.
+connection& connection::operator=(connection&& other) = default;
 
 connection::~connection() {
     close();
@@ -766,15 +756,12 @@ connection::~connection() {
 void connection::close() noexcept {
     if (impl_ == nullptr) return;
     impl_.reset();  // PQfinish: the server rolls back what is open
-    tracked_.release();
-    forget_transactions();
+    mark_closed();
 }
 
 connection::impl& connection::live(std::string_view operation) const {
-    if (impl_ == nullptr) {
-        throw closed_error(std::string(operation) + " on closed postgresql connection " +
-                           description_);
-    }
+    if (impl_ == nullptr) [[unlikely]]
+        throw_closed(operation);
     return *impl_;
 }
 
@@ -813,7 +800,7 @@ bool connection::rollback_any() {
             return false;
         case db::transaction_state::unknown:
             throw db::connection_error(std::string(backend_name), "", 0,
-                                       "rollback_any on " + description_ +
+                                       "rollback_any on " + description() +
                                            ": the connection is lost; " +
                                            one_line(PQerrorMessage(state.handle)),
                                        "ROLLBACK");

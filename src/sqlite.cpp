@@ -568,19 +568,9 @@ inline void statement::bind(std::span<const db::param> params, bool copy) {
 
 // --- connection ------------------------------------------------------------------------
 
-namespace {
-
-[[noreturn, gnu::cold, gnu::noinline]] void throw_closed(std::string_view operation,
-                                                         const std::string& description) {
-    throw closed_error(std::string(operation) + " on closed sqlite connection " + description);
-}
-
-}  // namespace
-
-// Inline: it is on the way of every statement.
 inline connection::impl& connection::live(std::string_view operation) const {
     if (impl_ == nullptr) [[unlikely]]
-        throw_closed(operation, description_);
+        throw_closed(operation);
     return *impl_;
 }
 
@@ -632,38 +622,27 @@ connection connect(std::string_view path, const options& opts, std::source_locat
 
 connection::connection(std::unique_ptr<impl> state, std::string description,
                        std::source_location where)
-    : impl_(std::move(state)),
-      description_(std::move(description)),
-      tracked_("sqlite connection", description_, where) {
+    : basic_connection(kind(), std::move(description), where), impl_(std::move(state)) {
 }
 
 connection::connection(connection&& other) noexcept = default;
 
-connection& connection::operator=(connection&& other) {
-    if (this != &other) {
-        close();
-        db::basic_connection<connection>::operator=(std::move(other));
-        impl_ = std::move(other.impl_);
-        description_ = std::move(other.description_);
-        tracked_ = std::move(other.tracked_);
-    }
-    return *this;
-}
+// The base closes this connection first.
+connection& connection::operator=(connection&& other) = default;
 
 connection::~connection() {
     if (impl_ == nullptr) return;
     try {
         close();
     } catch (...) {
-        report_current_unraisable("sqlite connection " + description_ + ": close in destructor");
+        report_current_unraisable("sqlite connection " + description() + ": close in destructor");
     }
 }
 
 void connection::close() {
     if (impl_ == nullptr) return;
     std::unique_ptr<impl> state = std::move(impl_);
-    tracked_.release();
-    forget_transactions();
+    mark_closed();
     state->recent.clear();
     state->cache.clear();
     sqlite3* handle = std::exchange(state->handle, nullptr);
@@ -676,7 +655,7 @@ void connection::close() {
     sqlite3_close_v2(handle);
     throw db::error(
         std::string(backend_name), "", code,
-        "close " + description_ + ": " + message + "; it closes when they are finalized", "");
+        "close " + description() + ": " + message + "; it closes when they are finalized", "");
 }
 
 bool connection::is_open() const noexcept {

@@ -56,6 +56,7 @@
 #include <limits>
 #include <memory>
 #include <optional>
+#include <source_location>
 #include <span>
 #include <string>
 #include <string_view>
@@ -65,6 +66,7 @@
 
 #include "errors.hpp"
 #include "protocol.hpp"
+#include "tracking.hpp"
 #include "unraisable.hpp"
 
 namespace ctxmgr::db {
@@ -710,13 +712,14 @@ class basic_connection {
         return db::transaction<Derived>(self(), options);
     }
 
+    // The quoted path or the connection string without its password, as the leak tracker
+    // and the error messages show it.
+    [[nodiscard]] const std::string& description() const noexcept { return description_; }
+
     // A connection is its own manager: enter() returns it, exit() closes it (what close()
     // throws is chained to a pending exception). Throws closed_error when already closed.
     Derived& enter() {
-        if (self().closed()) {
-            throw closed_error("enter on closed " + std::string(self().kind()) + ' ' +
-                               self().description());
-        }
+        if (self().closed()) throw_closed("enter");
         return self();
     }
     void exit(const std::exception_ptr& e) {
@@ -732,12 +735,23 @@ class basic_connection {
     }
 
   protected:
-    basic_connection() noexcept = default;
+    // Registers the connection with the leak tracker as `kind`, described by `description`
+    // (never a password), acquired at `where`.
+    basic_connection(std::string_view kind, std::string description, std::source_location where)
+        : description_(std::move(description)), tracked_(kind, description_, where) {}
     basic_connection(basic_connection&& other) noexcept
-        : depth_(std::exchange(other.depth_, 0)),
+        : description_(std::move(other.description_)),
+          tracked_(std::move(other.tracked_)),
+          depth_(std::exchange(other.depth_, 0)),
           savepoints_(std::exchange(other.savepoints_, 0)),
           epoch_(std::exchange(other.epoch_, other.epoch_ + 1)) {}
-    basic_connection& operator=(basic_connection&& other) noexcept {
+    // Closes this connection first (what close() throws propagates, and nothing is moved),
+    // so that Derived's defaulted move assignment is right. Not noexcept: closing may fail.
+    basic_connection& operator=(basic_connection&& other) {
+        if (this == &other) return *this;
+        self().close();
+        description_ = std::move(other.description_);
+        tracked_ = std::move(other.tracked_);
         depth_ = std::exchange(other.depth_, 0);
         savepoints_ = std::exchange(other.savepoints_, 0);
         epoch_ = std::exchange(other.epoch_, other.epoch_ + 1);
@@ -745,11 +759,24 @@ class basic_connection {
     }
     ~basic_connection() = default;
 
+    // The connection is closed: it leaves the leak tracker, and the transactions entered
+    // so far are over.
+    void mark_closed() noexcept {
+        tracked_.release();
+        forget_transactions();
+    }
+
     // Every transaction entered so far is over (rollback_any, close): their exits and
     // destructors must not touch whatever transaction the session has later.
     void forget_transactions() noexcept {
         depth_ = 0;
         ++epoch_;
+    }
+
+    // "<operation> on closed sqlite connection \"/tmp/x\"".
+    [[noreturn, gnu::cold, gnu::noinline]] void throw_closed(std::string_view operation) const {
+        throw closed_error(std::string(operation) + " on closed " + std::string(Derived::kind()) +
+                           ' ' + description_);
     }
 
   private:
@@ -781,6 +808,8 @@ class basic_connection {
     // Bookkeeping of db::transaction only: how many of ours are entered (to check they exit
     // in reverse order) and a counter naming savepoints. Whether a transaction is open is
     // asked of the back end.
+    std::string description_;
+    [[no_unique_address]] tracked tracked_;
     int depth_ = 0;
     std::uint64_t savepoints_ = 0;
     std::uint64_t epoch_ = 0;

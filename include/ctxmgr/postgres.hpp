@@ -45,7 +45,6 @@
 #include <string_view>
 
 #include "db.hpp"
-#include "tracking.hpp"
 
 struct pg_conn;
 
@@ -107,10 +106,12 @@ class connection : public db::basic_connection<connection> {
     // The server's version as an integer, 150004 for 15.4; 0 once closed.
     [[nodiscard]] int server_version() const noexcept;
 
-    [[nodiscard]] std::string_view backend() const noexcept { return "postgresql"; }
-    [[nodiscard]] std::string_view kind() const noexcept { return "postgresql connection"; }
-    // The connection string with its password hidden (redact_secrets).
-    [[nodiscard]] const std::string& description() const noexcept { return description_; }
+    [[nodiscard]] static constexpr std::string_view backend() noexcept { return "postgresql"; }
+    [[nodiscard]] static constexpr std::string_view kind() noexcept {
+        return "postgresql connection";
+    }
+    // description(), from db::basic_connection: the connection string with its password hidden
+    // (redact_secrets).
 
     // The libpq handle, for what ctxmgr does not wrap (LISTEN, COPY, ...); nullptr once
     // closed. Do not close it.
@@ -137,8 +138,6 @@ class connection : public db::basic_connection<connection> {
     impl& live(std::string_view operation) const;
 
     std::unique_ptr<impl> impl_;
-    std::string description_;
-    [[no_unique_address]] tracked tracked_;
 };
 
 static_assert(db::connection<connection>);

@@ -37,7 +37,6 @@
 #include <string_view>
 
 #include "db.hpp"
-#include "tracking.hpp"
 
 struct sqlite3;
 
@@ -101,10 +100,9 @@ class connection : public db::basic_connection<connection> {
     // The rowid of the last row inserted by this connection (0 if none).
     [[nodiscard]] std::int64_t last_insert_rowid() const;
 
-    [[nodiscard]] std::string_view backend() const noexcept { return "sqlite"; }
-    [[nodiscard]] std::string_view kind() const noexcept { return "sqlite connection"; }
-    // The quoted path, as given: "\"/tmp/app.db\"".
-    [[nodiscard]] const std::string& description() const noexcept { return description_; }
+    [[nodiscard]] static constexpr std::string_view backend() noexcept { return "sqlite"; }
+    [[nodiscard]] static constexpr std::string_view kind() noexcept { return "sqlite connection"; }
+    // description(), from db::basic_connection: "\"/tmp/app.db\"", the path as given.
 
     // The sqlite3 handle, for what ctxmgr does not wrap (user functions, backups, ...);
     // nullptr once closed. Do not close it.
@@ -131,8 +129,6 @@ class connection : public db::basic_connection<connection> {
     impl& live(std::string_view operation) const;
 
     std::unique_ptr<impl> impl_;
-    std::string description_;
-    [[no_unique_address]] tracked tracked_;
 };
 
 static_assert(db::connection<connection>);

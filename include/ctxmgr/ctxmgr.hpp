@@ -1,6 +1,7 @@
 // ctxmgr/ctxmgr.hpp: everything in ctxmgr that needs no third-party library.
 //
-// The protocol and composition layers are header-only; the resources link ctxmgr::ctxmgr.
+// The protocol and composition layers are header-only; leak tracking and the resources link
+// ctxmgr::ctxmgr.
 // The database back ends are included on purpose: <ctxmgr/sqlite.hpp>, <ctxmgr/postgres.hpp>.
 //
 //   #include <ctxmgr/ctxmgr.hpp>
@@ -13,5 +14,6 @@
 #include "exit_stack.hpp"
 #include "protocol.hpp"
 #include "scope.hpp"
+#include "tracking.hpp"
 #include "unraisable.hpp"
 #include "with.hpp"

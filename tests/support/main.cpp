@@ -1,17 +1,27 @@
 // main() of every test binary: GoogleTest plus the listener that fails a test which ends
-// with resources it did not have when it started.
+// with resources it did not have when it started: file descriptors and, when the compiled
+// library is linked, tracked resources (ctxmgr::expect_no_leaks around every test).
 #include <gtest/gtest.h>
 
 #include <map>
+#include <optional>
 #include <string>
 
 #include "resource_check.hpp"
+
+#if CTXMGR_TEST_LEAK_CHECK
+#include <ctxmgr/tracking.hpp>
+#endif
 
 namespace {
 
 class resource_listener final : public ::testing::EmptyTestEventListener {
     void OnTestStart(const ::testing::TestInfo&) override {
         descriptors_ = ctxmgr::testing::open_descriptors();
+#if CTXMGR_TEST_LEAK_CHECK
+        leaks_.emplace();
+        leaks_->enter();
+#endif
     }
 
     // Listeners' OnTestEnd run in reverse order of registration, so this runs before the
@@ -22,9 +32,21 @@ class resource_listener final : public ::testing::EmptyTestEventListener {
         if (!leaked.empty()) {
             ADD_FAILURE() << "file descriptors opened by this test are still open:\n" << leaked;
         }
+#if CTXMGR_TEST_LEAK_CHECK
+        try {
+            leaks_->exit(nullptr);
+        } catch (const ctxmgr::leak_error& e) {
+            ADD_FAILURE() << "tracked resources acquired by this test are still live:\n"
+                          << e.what();
+        }
+        leaks_.reset();
+#endif
     }
 
     std::map<int, std::string> descriptors_;
+#if CTXMGR_TEST_LEAK_CHECK
+    std::optional<ctxmgr::expect_no_leaks> leaks_;
+#endif
 };
 
 }  // namespace

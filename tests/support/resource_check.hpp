@@ -1,6 +1,6 @@
 // The checks every test binary runs around every test: no file descriptor opened during a
-// test may still be open at its end. Later components add their own checks here (the leak
-// tracker's live resources), so one listener covers every test.
+// test may still be open at its end. The listener in main.cpp runs them next to the leak
+// tracker's check (ctxmgr::expect_no_leaks), so one listener covers every test.
 #pragma once
 
 #include <map>

@@ -4,6 +4,7 @@
 #include <ctxmgr/unraisable.hpp>
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -12,6 +13,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstdint>
 #include <cstdlib>
 #include <limits>
 #include <stdexcept>
@@ -243,6 +245,21 @@ void make_owner_writable(const fs::path& directory) {
          it.increment(error)) {
         if (it->is_directory(error) && !it->is_symlink(error)) make_owner_writable(it->path());
     }
+}
+
+// Asks for transparent huge pages for the whole 2 MiB pages inside a large string's buffer
+// before anything is written to it: filling 100 MB of fresh memory takes 25,000 page faults,
+// which cost several times the copy itself (docs/performance.md). Only for sizes that glibc
+// always maps on their own (its mmap threshold grows to 32 MiB at most), so that the advice
+// goes away with the string and never lands on heap memory that malloc hands out again.
+void advise_huge_pages(std::string& s) noexcept {
+    constexpr std::uintptr_t huge_page = std::uintptr_t{2} << 20;
+    if (s.capacity() < 64 * (std::size_t{1} << 20)) return;
+    const auto begin = reinterpret_cast<std::uintptr_t>(s.data());
+    const std::uintptr_t first = (begin + huge_page - 1) & ~(huge_page - 1);
+    const std::uintptr_t last = (begin + s.capacity()) & ~(huge_page - 1);
+    // Advice only: where THP is off or the call fails, the pages are small, nothing else.
+    static_cast<void>(::madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE));
 }
 
 // Removes a tree; returns 0 or the errno. A tree that is already gone is not an error.
@@ -514,6 +531,17 @@ std::size_t file::take_buffered(char* into, std::size_t size) noexcept {
     return n;
 }
 
+// The bytes from the descriptor's position to the end of a regular file, plus one, so that
+// the read(2) after the one that gets them all finds EOF without growing the string; 0 when
+// the size says nothing (a pipe, a terminal, /proc).
+std::size_t file::size_hint() const noexcept {
+    struct stat status {};
+    if (::fstat(fd_, &status) != 0 || !S_ISREG(status.st_mode)) return 0;
+    const off_t position = ::lseek(fd_, 0, SEEK_CUR);
+    if (position < 0 || status.st_size < position) return 0;
+    return static_cast<std::size_t>(status.st_size - position) + 1;
+}
+
 // Appends up to `limit` bytes to `out`, read(2) straight into it until the limit or EOF;
 // the first read asks for `hint` bytes, later ones grow the string geometrically.
 void file::read_direct(std::string& out, std::size_t limit, std::size_t hint) {
@@ -545,7 +573,7 @@ std::string file::read(std::size_t n) {
     get_ += out.size();
     std::size_t remaining = n - out.size();
     if (remaining >= read_capacity()) {
-        read_direct(out, remaining, remaining);
+        read_direct(out, remaining, size_hint());
         return out;
     }
     while (remaining != 0 && fill() != 0) {
@@ -580,20 +608,31 @@ std::size_t file::read(std::span<std::byte> into) {
 std::string file::read_all() {
     require_open("read_all");
     begin_reading();
-    std::string out(get_, get_end_);
+    std::string out;
+    out.reserve(static_cast<std::size_t>(get_end_ - get_) + size_hint());
+    advise_huge_pages(out);
+    out.append(get_, static_cast<std::size_t>(get_end_ - get_));
     get_ = get_end_ = nullptr;
-    // One byte more than the rest of a regular file, so that the read(2) after the one that
-    // fills the string finds EOF without growing it.
-    std::size_t hint = 0;
-    struct stat status {};
-    if (::fstat(fd_, &status) == 0 && S_ISREG(status.st_mode)) {
-        const off_t position = ::lseek(fd_, 0, SEEK_CUR);
-        if (position >= 0 && status.st_size > position) {
-            hint = static_cast<std::size_t>(status.st_size - position) + 1;
-        }
+    // Through a chunk that stays in the cache, then one copy into the result: cheaper than
+    // zero-filling the result to read(2) into it (C++20's std::string cannot grow without
+    // initializing), which writes every byte of it twice.
+    constexpr std::size_t chunk_size = 64 * 1024;
+    std::unique_ptr<char[]> temporary;
+    char* chunk = nullptr;
+    std::size_t size = buffer_size_;
+    if (size >= chunk_size) {
+        chunk = buffer_ ? buffer_.get() : allocate_buffer();
+    } else {
+        temporary = std::make_unique_for_overwrite<char[]>(chunk_size);
+        chunk = temporary.get();
+        size = chunk_size;
     }
-    read_direct(out, std::numeric_limits<std::size_t>::max(), hint);
-    return out;
+    for (;;) {
+        const ssize_t n = retry([&] { return ::read(fd_, chunk, size); });
+        if (n < 0) throw_errno("read", path_);
+        if (n == 0) return out;
+        out.append(chunk, static_cast<std::size_t>(n));
+    }
 }
 
 std::string file::readline(std::size_t limit) {

@@ -138,8 +138,8 @@ class [[nodiscard]] file {
     [[nodiscard]] std::string read(std::size_t n);
     // Fills `into` up to its size, or to the end of the file; returns the bytes read.
     std::size_t read(std::span<std::byte> into);
-    // Everything from the current position to the end, read straight into the result
-    // (sized from fstat, so a regular file takes one read(2) and the one that sees EOF).
+    // Everything from the current position to the end. The result is sized from fstat once,
+    // so it is never copied to grow (for a regular file).
     [[nodiscard]] std::string read_all();
     // The next line with its '\n', or at most `limit` bytes of it; empty at the end.
     [[nodiscard]] std::string readline(std::size_t limit = std::string::npos);
@@ -202,6 +202,7 @@ class [[nodiscard]] file {
     std::size_t fill();
     std::size_t take_buffered(char* into, std::size_t size) noexcept;
     void read_direct(std::string& out, std::size_t limit, std::size_t hint);
+    [[nodiscard]] std::size_t size_hint() const noexcept;
     void drop_read_ahead();
     char* allocate_buffer();
     [[nodiscard]] std::size_t read_capacity() const noexcept;
@@ -267,7 +268,22 @@ class file::line_range {
     std::default_sentinel_t end() const noexcept { return {}; }
 
   private:
-    void next() { done_ = !file_->read_line_into(line_, std::string::npos); }
+    void next() {
+        // A whole line in the buffer, the common case, is taken here without a call; the
+        // pointers are equal unless the file is open and reading.
+        file& f = *file_;
+        if (f.get_ != f.get_end_) {
+            const auto available = static_cast<std::size_t>(f.get_end_ - f.get_);
+            if (const void* newline = std::memchr(f.get_, '\n', available)) {
+                const auto length =
+                    static_cast<std::size_t>(static_cast<const char*>(newline) - f.get_) + 1;
+                line_.assign(f.get_, length);
+                f.get_ += length;
+                return;
+            }
+        }
+        done_ = !f.read_line_into(line_, std::string::npos);
+    }
 
     file* file_;
     std::string line_;

@@ -149,7 +149,10 @@ class [[nodiscard]] file {
     // `const std::string&` to one string the range reuses (like std::views::istream): valid
     // until the next increment; copy what you keep. Read errors throw from begin() and ++.
     //   for (const std::string& line : f.lines()) count += line.size();
-    [[nodiscard]] line_range lines();
+    // Not on a temporary file: in `for (auto& line : ctxmgr::open(p).lines())` the file would
+    // be closed before the loop starts (C++20 does not extend its life), so that is an error.
+    [[nodiscard]] line_range lines() &;
+    line_range lines() && = delete;
 
     // Writes the buffer out (write(2) until done). On failure the bytes not written stay in
     // the buffer, and the next flush or close tries them again.
@@ -290,7 +293,7 @@ class file::line_range {
     bool done_ = false;
 };
 
-inline file::line_range file::lines() {
+inline file::line_range file::lines() & {
     require_open("lines");
     return line_range(*this);
 }

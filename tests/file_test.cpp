@@ -28,6 +28,7 @@
 #include <fstream>
 #include <functional>
 #include <iterator>
+#include <limits>
 #include <optional>
 #include <random>
 #include <ranges>
@@ -40,6 +41,7 @@
 #include <thread>
 #include <vector>
 
+#include "child.hpp"
 #include "recording.hpp"
 
 extern char** environ;
@@ -150,6 +152,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using ctxmgr::testing::exception_from;
+using ctxmgr::testing::in_child;
 using ctxmgr::testing::test_error;
 using ctxmgr::testing::throw_recorded;
 using ctxmgr::testing::unraisable_capture;
@@ -238,26 +241,6 @@ std::optional<ctxmgr::io_error> io_error_from(F&& f) {
 
 std::string message(int error_number) {
     return std::generic_category().message(error_number);
-}
-
-// Forks; the child runs `body` (true for success) and leaves with _exit, so none of this
-// process's exit handlers run twice. An alarm ends a child that hangs.
-template <class Body>
-bool in_child(Body body) {
-    const pid_t pid = ::fork();
-    if (pid < 0) return false;
-    if (pid == 0) {
-        ::alarm(30);
-        bool ok = false;
-        try {
-            ok = body();
-        } catch (...) {
-        }
-        ::_exit(ok ? 0 : 1);
-    }
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
 }
 
 // Runs a program found on PATH with its standard output and error in `output`; returns the
@@ -857,6 +840,14 @@ TEST_F(Files, ReadReturnsUpToNBytesAndEmptyAtTheEnd) {
     });
 }
 
+TEST_F(Files, ReadOfAHugeCountReturnsTheRestWithoutAllocatingTheCount) {
+    put(at("rest"), "abcdef");
+    ctxmgr::with(ctxmgr::open(at("rest")), [](ctxmgr::file& f) {
+        EXPECT_EQ(f.read(2), "ab");
+        EXPECT_EQ(f.read(std::numeric_limits<std::size_t>::max() / 2), "cdef");
+    });
+}
+
 TEST_F(Files, ReadIntoASpanFillsItOrStopsAtTheEnd) {
     const auto path = at("read-span");
     std::string text(300, '\0');
@@ -903,6 +894,19 @@ TEST_F(Files, ReadAllReadsTheRestOfFilesLargeAndSmall) {
     put(at("empty"), "");
     EXPECT_EQ(ctxmgr::with(ctxmgr::open(at("empty")), [](ctxmgr::file& f) { return f.read_all(); }),
               "");
+}
+
+TEST_F(Files, ReadAllOfAFileOfMoreThan64MiB) {
+    // The size from which read_all asks for huge pages for its result.
+    std::string text((65 << 20) + 12345, '\0');
+    for (std::size_t i = 0; i < text.size(); ++i) text[i] = static_cast<char>('a' + i % 23);
+    put(at("large"), text);
+    ctxmgr::with(ctxmgr::open(at("large")), [&](ctxmgr::file& f) {
+        EXPECT_EQ(f.read(3), text.substr(0, 3));
+        const std::string rest = f.read_all();
+        EXPECT_EQ(rest.size(), text.size() - 3);
+        EXPECT_TRUE(rest == std::string_view(text).substr(3));
+    });
 }
 
 TEST_F(Files, ReadAllDoesNotTrustTheSize) {

@@ -215,11 +215,8 @@ void lines_raw(benchmark::State& state) {
                 const auto* newline = static_cast<const char*>(
                     std::memchr(p, '\n', static_cast<std::size_t>(end - p)));
                 const char* stop = newline != nullptr ? newline + 1 : end;
-                if (partial) {
-                    line.append(p, stop);
-                } else {
-                    line.assign(p, stop);
-                }
+                if (!partial) line.clear();
+                line.append(p, static_cast<std::size_t>(stop - p));
                 partial = newline == nullptr;
                 if (!partial) bytes += line.size();
                 p = stop;

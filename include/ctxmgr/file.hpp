@@ -280,7 +280,9 @@ class file::line_range {
             if (const void* newline = std::memchr(f.get_, '\n', available)) {
                 const auto length =
                     static_cast<std::size_t>(static_cast<const char*>(newline) - f.get_) + 1;
-                line_.assign(f.get_, length);
+                // clear + append: libstdc++'s append is a third of assign's general replace.
+                line_.clear();
+                line_.append(f.get_, length);
                 f.get_ += length;
                 return;
             }

@@ -285,6 +285,19 @@ bool exited_with(int status, int code) {
 
 // --- open and modes -------------------------------------------------------------------------
 
+TEST_F(Files, TheHeadersExamplesWork) {
+    const auto back = fs::current_path();
+    fs::current_path(dir_);
+    ctxmgr::with(ctxmgr::open("hello.txt", "w"),
+                 [](ctxmgr::file& f) { f.write("Hello, world!\n"); });
+    ctxmgr::with(ctxmgr::atomic_write("settings.ini"),
+                 [](ctxmgr::file& f) { f.write("threads = 4\n"); });
+    std::string text = ctxmgr::open("hello.txt").read_all();
+    fs::current_path(back);
+    EXPECT_EQ(text, "Hello, world!\n");
+    EXPECT_EQ(contents(at("settings.ini")), "threads = 4\n");
+}
+
 TEST_F(Files, WriteModesCreateOrTruncateAndRefuseToRead) {
     for (const char* mode : {"w", "wb", "wt", "bw"}) {
         const auto path = at(std::string("w-") + mode);

@@ -9,9 +9,11 @@
 //       f.write("Hello, world!\n");
 //   });                                   // flushed and closed here; a failure throws
 //
-//   ctxmgr::with(ctxmgr::atomic_write("config.json"), [&](ctxmgr::file& f) {
-//       f.write(render(config));          // throws: config.json keeps its old bytes
-//   });                                   // fsync, rename over config.json, fsync the dir
+//   ctxmgr::with(ctxmgr::atomic_write("settings.ini"), [](ctxmgr::file& f) {
+//       f.write("threads = 4\n");         // a throw here leaves settings.ini as it was
+//   });                                   // fsync, rename over settings.ini, fsync the dir
+//
+//   std::string text = ctxmgr::open("hello.txt").read_all();   // closed at the semicolon
 //
 // Guarantees:
 //   - On error: every failing system call throws io_error (errors.hpp), whose code() is the
@@ -148,6 +150,7 @@ class [[nodiscard]] file {
     // The remaining lines, each with its '\n', as an input range whose elements are
     // `const std::string&` to one string the range reuses (like std::views::istream): valid
     // until the next increment; copy what you keep. Read errors throw from begin() and ++.
+    // The range refers to this file, which must not move while it is iterated.
     //   for (const std::string& line : f.lines()) count += line.size();
     // Not on a temporary file: in `for (auto& line : ctxmgr::open(p).lines())` the file would
     // be closed before the loop starts (C++20 does not extend its life), so that is an error.
@@ -174,9 +177,9 @@ class [[nodiscard]] file {
 
     // Flushes (and fsyncs with sync_on_close), then closes; removes a temporary_file.
     // Idempotent: closing a closed file does nothing. Every step is attempted, and the
-    // descriptor is released, even when an earlier one fails; the first failure is thrown
-    // with the later ones chained onto it, Python's __context__ order: the outermost
-    // exception is the last failure.
+    // descriptor is released, even when an earlier one fails. Each failure is thrown with the
+    // one before it nested (Python's __context__ order): the outermost is the last failure,
+    // e.g. close's EIO with the flush's ENOSPC inside.
     void close();
     [[nodiscard]] bool closed() const noexcept { return fd_ < 0; }
 
@@ -320,8 +323,8 @@ inline file::line_range file::lines() & {
 // followed by the rename: the target keeps its old bytes and the temporary is removed. If
 // the directory's fsync fails, the rename has happened: the new contents are in place but
 // may not survive a crash, and commit() throws io_error(`fsync directory "/dir"`). Closing
-// the file inside the block throws closed_error at the commit (the data of an unnamed
-// temporary is gone with its descriptor), and the target is untouched.
+// the file inside the block (or moving it away) makes the commit throw closed_error (the
+// data of an unnamed temporary is gone with its descriptor), and the target is untouched.
 //
 // The destructor of an atomic write neither committed nor discarded discards it (as a
 // transaction rolls back): only commit() and a clean exit() replace the target.

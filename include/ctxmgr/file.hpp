@@ -278,15 +278,16 @@ class file::line_range {
         // A whole line in the buffer, the common case, is taken here without a call; the
         // pointers are equal unless the file is open and reading.
         file& f = *file_;
-        if (f.get_ != f.get_end_) {
-            const auto available = static_cast<std::size_t>(f.get_end_ - f.get_);
-            if (const void* newline = std::memchr(f.get_, '\n', available)) {
+        char* const begin = f.get_;
+        if (begin != f.get_end_) {
+            const auto available = static_cast<std::size_t>(f.get_end_ - begin);
+            if (const void* newline = std::memchr(begin, '\n', available)) {
                 const auto length =
-                    static_cast<std::size_t>(static_cast<const char*>(newline) - f.get_) + 1;
+                    static_cast<std::size_t>(static_cast<const char*>(newline) - begin) + 1;
+                f.get_ = begin + length;
                 // clear + append: libstdc++'s append is a third of assign's general replace.
                 line_.clear();
-                line_.append(f.get_, length);
-                f.get_ += length;
+                line_.append(begin, length);
                 return;
             }
         }

@@ -30,6 +30,8 @@
 #include <utility>
 #include <vector>
 
+#include "child.hpp"
+
 extern char** environ;
 
 namespace {
@@ -694,24 +696,7 @@ TEST_F(Tracking, AtExitAForkedChildReportsOnlyItsOwnResources) {
     EXPECT_EQ(std::count(child.err.begin(), child.err.end(), '\n'), 1) << child.err;
 }
 
-// Forks; the child runs `body` (true for success) and exits at once, without running this
-// process's exit handlers. An alarm ends a child that deadlocks.
-bool in_child(auto body) {
-    const pid_t pid = ::fork();
-    if (pid < 0) return false;
-    if (pid == 0) {
-        ::alarm(10);
-        bool ok = false;
-        try {
-            ok = body();
-        } catch (...) {
-        }
-        ::_exit(ok ? 0 : 1);
-    }
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
-}
+using ctxmgr::testing::in_child;
 
 TEST_F(Tracking, AForkedChildListsOnlyItsOwnResources) {
     ctxmgr::tracked parents("socket", "the parent's");

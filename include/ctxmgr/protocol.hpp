@@ -82,13 +82,22 @@ bool exit_suppresses(M& m, const std::exception_ptr& e) {
 }
 
 // Calls m.exit(nullptr) after a block that ended normally.
+//
+// The null pointer is a const object, so no exit may change it, and the compiler is told so:
+// otherwise its destructor tests it again after every call that exit makes (an unlock, a
+// close), since the compiler cannot prove the call leaves it alone. That test is three
+// instructions, 4% of a with(lock(m)), which must cost what std::scoped_lock does.
 template <class M>
 void exit_normally(M& m) {
+    const std::exception_ptr none;
     if constexpr (can_suppress_v<M>) {
-        static_cast<void>(m.exit(std::exception_ptr()));
+        static_cast<void>(m.exit(none));
     } else {
-        m.exit(std::exception_ptr());
+        m.exit(none);
     }
+#if defined(__GNUC__)
+    if (none) __builtin_unreachable();
+#endif
 }
 
 // Calls exit(e) from inside a handler of `e`, as with() does, so that std::throw_with_nested

@@ -1,0 +1,652 @@
+// ctxmgr/lock.hpp: mutexes as context managers, with timeouts, several at once, and a
+// lock-order checker that reports possible deadlocks before they happen.
+//
+// Python's `with lock:` for any C++ mutex. Each manager locks in enter() and unlocks in
+// exit(), so with() and exit_stack acquire in the order the managers are written:
+//
+//   std::mutex m, a, b;
+//   std::timed_mutex t;
+//   std::shared_mutex s;
+//   int counter = 0;
+//   ctxmgr::with(ctxmgr::lock(m), [&] { ++counter; });      // exactly m.lock(), m.unlock()
+//   ctxmgr::with(ctxmgr::lock(a, b), [&] { ++counter; });   // std::lock's algorithm: no deadlock
+//   ctxmgr::with(ctxmgr::lock_for(std::chrono::milliseconds(50), t),
+//                [&] { ++counter; });                        // or ctxmgr::timeout_error
+//   ctxmgr::with(ctxmgr::shared(s), [&] { return counter; });
+//
+//   lock(m...)              lock() each, deadlock-free for several (std::lock); unlock() in
+//                           reverse order. Any BasicLockable; several need try_lock() too.
+//   lock_for(d, m...)       the same, waiting at most d; throws timeout_error. Several: one
+//   lock_until(t, m...)     deadline for all (lock one until it, try the others, back off
+//                           and rotate). Needs try_lock_until (std::timed_mutex, ...).
+//   shared(m)               lock_shared() / unlock_shared() (std::shared_mutex, ...).
+//   shared_for(d, m), shared_until(t, m)
+//
+// Cost: lock(m) compiles to what std::scoped_lock does (docs/performance.md: the same
+// instruction count). That is why these managers do NOT register with the leak tracker: a
+// registration costs about 20 ns, several times an uncontended lock. file_lock.hpp's
+// file_lock, a system resource, does.
+//
+// Guarantees:
+//   - enter() throws what lock() throws (std::system_error), timeout_error (timed managers:
+//     naming each lock by type and address, the one still busy, the manager's source line
+//     and the time waited), or protocol_error (entered again before exit; the same mutex
+//     passed twice). After any failure nothing is locked.
+//   - exit() and the destructor never throw; the destructor unlocks what a manager entered
+//     and never exited. A manager may be entered again after exit.
+//   - Timed waits run against std::chrono::steady_clock: lock_for's duration counts from
+//     enter(); lock_until converts another clock's time point to a steady deadline when the
+//     manager is made, so a jump of the wall clock neither ends nor prolongs the wait. A
+//     duration <= 0 (or a past time point) tries each lock once.
+//   - Thread-compatible: a manager is used by one thread at a time (the thread that unlocks
+//     must be the one that locked, as for the standard mutexes); distinct managers of the
+//     same mutexes are what threads share.
+//
+// Lock-order checking (CTXMGR_LOCK_ORDER_CHECK=1: the CMake option, on in the debug, asan
+// and tsan presets). The library records, for each thread, which ctxmgr-managed locks it
+// holds when it takes another, as a graph "A held while B taken", like Linux's lockdep and
+// abseil's Mutex deadlock detector. The first time a new edge closes a cycle (A then B in
+// one place, B then A in another), even if no deadlock happened, it passes a report naming
+// the acquisition sites of every edge of the cycle (file:line and function) to the handler
+// set with set_lock_order_handler (default: print to stderr and abort). The check runs
+// before the thread blocks, so a real deadlock is reported too. Rules:
+//   - The mutexes of one lock(a, b) call are taken as a set, in no order: no edge between
+//     them, so the std::lock algorithm is never reported.
+//   - Timed acquisitions count like blocking ones (an inversion between them turns into
+//     timeouts under load). A thread taking a lock it already holds adds no edge; for the
+//     standard non-recursive mutexes it is reported (it deadlocks, or is undefined).
+//   - A mutex is identified by its address. When a mutex is destroyed, another may reuse its
+//     address and inherit its recorded order: call forget_lock_order(m) before destroying a
+//     mutex whose address may be reused by one used in another order (a mutex in a
+//     reallocated vector, say). File locks are identified by their canonical path.
+//   - The handler runs on the reporting thread, before the lock is taken, with no checker
+//     lock held. If it throws, the exception propagates from enter() and nothing is locked.
+// With CTXMGR_LOCK_ORDER_CHECK=0 (the default and release builds) the hooks are empty
+// inline functions: no checker code runs and the managers carry no extra state.
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <cstddef>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <source_location>
+#include <string_view>
+#include <thread>
+#include <tuple>
+#include <type_traits>
+#include <typeinfo>
+#include <utility>
+
+#include "errors.hpp"
+
+#ifndef CTXMGR_LOCK_ORDER_CHECK
+#define CTXMGR_LOCK_ORDER_CHECK 0
+#endif
+
+// The destructors run on the exception path of a with(), where GCC would otherwise call them
+// out of line: the manager's address would escape, and its flag would live in memory on the
+// normal path too (eight instructions more than std::scoped_lock).
+#if defined(__GNUC__)
+#define CTXMGR_LOCK_INLINE [[gnu::always_inline]] inline
+#else
+#define CTXMGR_LOCK_INLINE inline
+#endif
+
+namespace ctxmgr {
+
+// True when this build checks lock order (CTXMGR_LOCK_ORDER_CHECK=1).
+inline constexpr bool lock_order_check_enabled = CTXMGR_LOCK_ORDER_CHECK != 0;
+
+// Receives a lock-order report: several lines, the first saying what was found.
+using lock_order_handler = std::function<void(std::string_view report)>;
+
+// Writes "ctxmgr: <report>" to stderr and aborts.
+[[noreturn]] void default_lock_order_handler(std::string_view report) noexcept;
+
+// Installs `handler` and returns the previous one, which can be installed again; an empty
+// handler restores the default. Thread-safe; a report uses the handler installed when it
+// started. In a build without the checker no report is ever made. Throws std::bad_alloc.
+lock_order_handler set_lock_order_handler(lock_order_handler handler);
+
+namespace detail {
+
+template <class M>
+concept basic_lockable = requires(M& m) {
+    m.lock();
+    m.unlock();
+};
+template <class M>
+concept lockable = basic_lockable<M> && requires(M& m) {
+    { m.try_lock() } -> std::convertible_to<bool>;
+};
+template <class M>
+concept timed_lockable = lockable<M> &&
+    requires(M& m, const std::chrono::steady_clock::time_point& t) {
+    { m.try_lock_until(t) } -> std::convertible_to<bool>;
+};
+template <class M>
+concept shared_lockable = requires(M& m) {
+    m.lock_shared();
+    m.unlock_shared();
+};
+template <class M>
+concept shared_timed_lockable = shared_lockable<M> &&
+    requires(M& m, const std::chrono::steady_clock::time_point& t) {
+    { m.try_lock_shared_until(t) } -> std::convertible_to<bool>;
+};
+
+// What taking a lock again does on a thread that already holds it.
+enum class reentry : unsigned char {
+    allowed,      // recursive mutexes, and user types, about which nothing is known
+    deadlocks,    // the standard non-recursive mutexes (deadlock or undefined behaviour)
+    shared_only,  // a file lock: two shared holds coexist, anything else blocks for ever
+};
+
+template <class M>
+inline constexpr reentry reentry_of =
+    std::is_same_v<M, std::mutex> || std::is_same_v<M, std::timed_mutex> ||
+            std::is_same_v<M, std::shared_mutex> || std::is_same_v<M, std::shared_timed_mutex>
+        ? reentry::deadlocks
+        : reentry::allowed;
+
+// A lock as the checker and the error messages see it. `type` is the mutex's type; for a
+// file lock it is null and `key` points to the lock's name, a std::string interned by the
+// checker (lock_order_file_key).
+struct lock_ref {
+    const void* key;
+    const std::type_info* type;
+    reentry again;
+    bool shared;
+};
+
+template <class M>
+lock_ref ref_of(M& m, bool shared) noexcept {
+    return {static_cast<const void*>(std::addressof(m)), &typeid(M), reentry_of<M>, shared};
+}
+
+template <class... Ms>
+std::array<lock_ref, sizeof...(Ms)> refs_of(const std::tuple<Ms&...>& mutexes,
+                                            bool shared) noexcept {
+    return std::apply(
+        [&](Ms&... ms) { return std::array<lock_ref, sizeof...(Ms)>{ref_of(ms, shared)...}; },
+        mutexes);
+}
+
+// Out of line (src/lock.cpp), so the managers' inline code stays small.
+[[noreturn]] void throw_lock_timeout(const char* manager, const lock_ref* locks, std::size_t count,
+                                     std::size_t busy, std::chrono::nanoseconds waited,
+                                     std::source_location where);
+[[noreturn]] void throw_lock_misuse(const char* manager, std::string_view problem,
+                                    const lock_ref* locks, std::size_t count,
+                                    std::source_location where);
+
+#if CTXMGR_LOCK_ORDER_CHECK
+// The checker (src/lock.cpp). order_before records the edges from every lock the thread
+// holds to `locks` and reports new cycles; it may throw (std::bad_alloc, or the handler's
+// exception). order_acquired marks them held (it cannot fail: order_before reserved room);
+// order_released forgets one hold of each, looking on other threads when the releasing
+// thread does not hold it.
+void order_before(const lock_ref* locks, std::size_t count, std::source_location where);
+void order_acquired(const lock_ref* locks, std::size_t count, std::source_location where) noexcept;
+void order_released(const lock_ref* locks, std::size_t count) noexcept;
+void order_forget(const void* key) noexcept;
+// The key of the file lock named `name` (`file lock "/canonical/path"`): the address of
+// an interned copy, the same for the same name, never freed.
+const void* lock_order_file_key(std::string_view name);
+#endif
+
+// The checker's hooks for one manager: empty inline functions when it is compiled out.
+template <class... Ms>
+struct order_hooks {
+    static void before([[maybe_unused]] bool shared, [[maybe_unused]] std::source_location where,
+                       [[maybe_unused]] Ms&... ms) {
+#if CTXMGR_LOCK_ORDER_CHECK
+        const lock_ref refs[] = {ref_of(ms, shared)...};
+        order_before(refs, sizeof...(Ms), where);
+#endif
+    }
+    static void acquired([[maybe_unused]] bool shared, [[maybe_unused]] std::source_location where,
+                         [[maybe_unused]] Ms&... ms) noexcept {
+#if CTXMGR_LOCK_ORDER_CHECK
+        const lock_ref refs[] = {ref_of(ms, shared)...};
+        order_acquired(refs, sizeof...(Ms), where);
+#endif
+    }
+    static void released([[maybe_unused]] bool shared, [[maybe_unused]] Ms&... ms) noexcept {
+#if CTXMGR_LOCK_ORDER_CHECK
+        const lock_ref refs[] = {ref_of(ms, shared)...};
+        order_released(refs, sizeof...(Ms));
+#endif
+    }
+};
+
+// protocol_error when the same mutex is passed twice: std::lock would deadlock on it.
+template <class... Ms>
+void check_distinct(const char* manager, std::source_location where, Ms&... ms) {
+    if constexpr (sizeof...(Ms) > 1) {
+        const void* addresses[] = {static_cast<const void*>(std::addressof(ms))...};
+        for (std::size_t i = 1; i < sizeof...(Ms); ++i) {
+            for (std::size_t j = 0; j < i; ++j) {
+                if (addresses[i] == addresses[j]) {
+                    const lock_ref refs[] = {ref_of(ms, false)...};
+                    throw_lock_misuse(manager, "the same mutex is passed twice", &refs[i], 1,
+                                      where);
+                }
+            }
+        }
+    }
+}
+
+// Unlocks in reverse order.
+template <bool Shared, class... Ms>
+void unlock_all(std::tuple<Ms&...>& mutexes) noexcept {
+    [&]<std::size_t... I>(std::index_sequence<I...>) {
+        constexpr std::size_t last = sizeof...(Ms) - 1;
+        if constexpr (Shared) {
+            (std::get<last - I>(mutexes).unlock_shared(), ...);
+        } else {
+            (std::get<last - I>(mutexes).unlock(), ...);
+        }
+    }
+    (std::index_sequence_for<Ms...>{});
+}
+
+// A duration as the steady clock's, rounded up and saturated: a wait is never shortened,
+// and duration::max() waits for ever rather than overflowing. <= 0 (or NaN) is zero.
+template <class Rep, class Period>
+constexpr std::chrono::steady_clock::duration steady_duration(
+    const std::chrono::duration<Rep, Period>& d) noexcept {
+    using target = std::chrono::steady_clock::duration;
+    if (!(d > std::chrono::duration<Rep, Period>::zero())) return target::zero();
+    if (std::chrono::duration<long double, target::period>(d) >=
+        std::chrono::duration<long double, target::period>(target::max())) {
+        return target::max();
+    }
+    return std::chrono::ceil<target>(d);
+}
+
+// now + d, saturated at the clock's end.
+inline std::chrono::steady_clock::time_point deadline_after(
+    std::chrono::steady_clock::time_point now, std::chrono::steady_clock::duration d) noexcept {
+    if (d > std::chrono::steady_clock::time_point::max() - now) {
+        return std::chrono::steady_clock::time_point::max();
+    }
+    return now + d;
+}
+
+// A time point of any clock as a steady-clock deadline, read once, now.
+template <class Clock, class Duration>
+std::chrono::steady_clock::time_point steady_deadline(
+    const std::chrono::time_point<Clock, Duration>& t) {
+    const auto now = std::chrono::steady_clock::now();
+    if constexpr (std::is_same_v<Clock, std::chrono::steady_clock>) {
+        return t <= now ? now : deadline_after(now, steady_duration(t - now));
+    } else {
+        return deadline_after(now, steady_duration(t - Clock::now()));
+    }
+}
+
+// Calls f(std::get<i>(t)) for a run-time index i.
+template <class Tuple, class F>
+void visit_at(Tuple& t, std::size_t i, F&& f) {
+    [&]<std::size_t... I>(std::index_sequence<I...>) {
+        static_cast<void>(((I == i ? (f(std::get<I>(t)), true) : false) || ...));
+    }
+    (std::make_index_sequence<std::tuple_size_v<Tuple>>{});
+}
+
+// Locks every mutex by `deadline`, without deadlock: lock one with the time left, try the
+// others; if one is busy, unlock, and start again from the busy one (std::lock's algorithm,
+// bounded by the deadline). Returns the number of mutexes on success, else the index of the
+// one still busy, with nothing locked.
+template <bool Shared, class... Ms>
+std::size_t lock_all_until(std::tuple<Ms&...>& mutexes,
+                           const std::chrono::steady_clock::time_point& deadline) {
+    constexpr std::size_t count = sizeof...(Ms);
+    if constexpr (count == 1) {
+        auto& m = std::get<0>(mutexes);
+        if constexpr (Shared) {
+            return m.try_lock_shared_until(deadline) ? 1 : 0;
+        } else {
+            return m.try_lock_until(deadline) ? 1 : 0;
+        }
+    } else {
+        std::size_t first = 0;
+        for (;;) {
+            bool locked = false;
+            visit_at(mutexes, first, [&](auto& m) { locked = m.try_lock_until(deadline); });
+            if (!locked) return first;
+            std::size_t taken = 1;  // mutexes first, first + 1, ... (mod count) are locked
+            auto unlock_taken = [&]() noexcept {
+                while (taken > 0) {
+                    --taken;
+                    visit_at(mutexes, (first + taken) % count, [](auto& m) { m.unlock(); });
+                }
+            };
+            try {
+                while (taken < count) {
+                    visit_at(mutexes, (first + taken) % count,
+                             [&](auto& m) { locked = m.try_lock(); });
+                    if (!locked) break;
+                    ++taken;
+                }
+            } catch (...) {
+                unlock_taken();
+                throw;
+            }
+            if (taken == count) return count;
+            const std::size_t busy = (first + taken) % count;
+            unlock_taken();
+            if (std::chrono::steady_clock::now() >= deadline) return busy;
+            first = busy;
+            std::this_thread::yield();
+        }
+    }
+}
+
+// What the timed managers share: they differ only in how enter() finds its deadline.
+template <bool Shared, class... Ms>
+class timed_lock_base {
+    static_assert(sizeof...(Ms) >= 1, "ctxmgr::lock_for / lock_until: give at least one mutex");
+
+  public:
+    timed_lock_base(const timed_lock_base&) = delete;
+    timed_lock_base& operator=(const timed_lock_base&) = delete;
+    timed_lock_base& operator=(timed_lock_base&&) = delete;
+
+    // Unlocks, in reverse order, what enter() locked; does nothing otherwise.
+    void exit(const std::exception_ptr&) noexcept {
+        if (held_) release();
+    }
+
+  protected:
+    timed_lock_base(const char* manager, std::source_location where, Ms&... ms) noexcept
+        : mutexes_(ms...), manager_(manager), where_(where) {}
+    timed_lock_base(timed_lock_base&& other) noexcept
+        : mutexes_(other.mutexes_),
+          manager_(other.manager_),
+          where_(other.where_),
+          held_(std::exchange(other.held_, false)) {}
+    ~timed_lock_base() {
+        if (held_) release();
+    }
+
+    void enter_until(std::chrono::steady_clock::time_point start,
+                     std::chrono::steady_clock::time_point deadline) {
+        if (held_) misuse("entered again before exit");
+        std::apply([&](Ms&... ms) { check_distinct(manager_, where_, ms...); }, mutexes_);
+        std::apply([&](Ms&... ms) { order_hooks<Ms...>::before(Shared, where_, ms...); }, mutexes_);
+        const std::size_t result = lock_all_until<Shared>(mutexes_, deadline);
+        if (result != sizeof...(Ms)) {
+            const auto refs = refs_of(mutexes_, Shared);
+            throw_lock_timeout(manager_, refs.data(), refs.size(), result,
+                               std::chrono::steady_clock::now() - start, where_);
+        }
+        held_ = true;
+        std::apply([&](Ms&... ms) { order_hooks<Ms...>::acquired(Shared, where_, ms...); },
+                   mutexes_);
+    }
+
+  private:
+    [[noreturn]] void misuse(std::string_view problem) const {
+        const auto refs = refs_of(mutexes_, Shared);
+        throw_lock_misuse(manager_, problem, refs.data(), refs.size(), where_);
+    }
+    void release() noexcept {
+        held_ = false;
+        unlock_all<Shared>(mutexes_);
+        std::apply([&](Ms&... ms) { order_hooks<Ms...>::released(Shared, ms...); }, mutexes_);
+    }
+
+    std::tuple<Ms&...> mutexes_;
+    const char* manager_;
+    std::source_location where_;
+    bool held_ = false;
+};
+
+}  // namespace detail
+
+// lock(m1, ..., mN): locks in enter(), unlocks in reverse order in exit(). One mutex: exactly
+// m.lock() and m.unlock(). Several: std::lock(m1, ..., mN), which cannot deadlock against
+// another thread locking an overlapping set in another order. Not movable once entered.
+// To pass `where` explicitly, name the types: ctxmgr::lock<std::mutex>(m, where).
+template <class... Ms>
+class [[nodiscard]] lock final {
+    static_assert(sizeof...(Ms) >= 1, "ctxmgr::lock: give at least one mutex");
+    static_assert((detail::basic_lockable<Ms> && ...),
+                  "ctxmgr::lock: every argument must be a non-const mutex lvalue with lock() and "
+                  "unlock() (BasicLockable)");
+    static_assert(sizeof...(Ms) == 1 || (detail::lockable<Ms> && ...),
+                  "ctxmgr::lock of several mutexes needs try_lock() on each (Lockable), for the "
+                  "deadlock-free std::lock algorithm");
+
+  public:
+    explicit lock(Ms&... mutexes,
+                  std::source_location where = std::source_location::current()) noexcept
+        : mutexes_(mutexes...), where_(where) {}
+    lock(lock&& other) noexcept
+        : mutexes_(other.mutexes_),
+          where_(other.where_),
+          held_(std::exchange(other.held_, false)) {}
+    lock(const lock&) = delete;
+    lock& operator=(const lock&) = delete;
+    lock& operator=(lock&&) = delete;
+    CTXMGR_LOCK_INLINE ~lock() {
+        if (held_) release();
+    }
+
+    // Locks. Throws what lock() throws, or protocol_error when entered again before exit or
+    // given the same mutex twice; then nothing is locked.
+    void enter() {
+        if (held_) misuse("entered again before exit");
+        std::apply(
+            [&](Ms&... ms) {
+                detail::check_distinct("lock", where_, ms...);
+                detail::order_hooks<Ms...>::before(false, where_, ms...);
+                if constexpr (sizeof...(Ms) == 1) {
+                    (ms.lock(), ...);
+                } else {
+                    std::lock(ms...);
+                }
+            },
+            mutexes_);
+        held_ = true;
+        std::apply([&](Ms&... ms) { detail::order_hooks<Ms...>::acquired(false, where_, ms...); },
+                   mutexes_);
+    }
+
+    // Unlocks what enter() locked, in reverse order; does nothing otherwise.
+    void exit(const std::exception_ptr&) noexcept {
+        if (held_) release();
+    }
+
+  private:
+    [[noreturn]] void misuse(std::string_view problem) const {
+        const auto refs = detail::refs_of(mutexes_, false);
+        detail::throw_lock_misuse("lock", problem, refs.data(), refs.size(), where_);
+    }
+    void release() noexcept {
+        held_ = false;
+        detail::unlock_all<false>(mutexes_);
+        std::apply([&](Ms&... ms) { detail::order_hooks<Ms...>::released(false, ms...); },
+                   mutexes_);
+    }
+
+    std::tuple<Ms&...> mutexes_;
+    std::source_location where_;
+    bool held_ = false;
+};
+
+template <class... Ms>
+lock(Ms&...) -> lock<Ms...>;
+
+// lock_for(d, m1, ..., mN): lock, waiting at most d from enter(), then timeout_error. With
+// several, one deadline bounds the whole deadlock-free algorithm.
+template <class... Ms>
+class [[nodiscard]] lock_for final : public detail::timed_lock_base<false, Ms...> {
+    static_assert((detail::timed_lockable<Ms> && ...),
+                  "ctxmgr::lock_for needs timed mutexes (try_lock(), try_lock_until()): "
+                  "std::timed_mutex, std::recursive_timed_mutex, std::shared_timed_mutex");
+
+  public:
+    template <class Rep, class Period>
+    explicit lock_for(const std::chrono::duration<Rep, Period>& timeout, Ms&... mutexes,
+                      std::source_location where = std::source_location::current()) noexcept
+        : detail::timed_lock_base<false, Ms...>("lock_for", where, mutexes...),
+          timeout_(detail::steady_duration(timeout)) {}
+
+    // Locks within the timeout. Throws timeout_error, what try_lock_until throws, or
+    // protocol_error (see lock); then nothing is locked.
+    void enter() {
+        const auto start = std::chrono::steady_clock::now();
+        this->enter_until(start, detail::deadline_after(start, timeout_));
+    }
+
+  private:
+    std::chrono::steady_clock::duration timeout_;
+};
+
+template <class Rep, class Period, class... Ms>
+lock_for(const std::chrono::duration<Rep, Period>&, Ms&...) -> lock_for<Ms...>;
+
+// lock_until(t, m1, ..., mN): lock by the time point t of any clock, then timeout_error.
+template <class... Ms>
+class [[nodiscard]] lock_until final : public detail::timed_lock_base<false, Ms...> {
+    static_assert((detail::timed_lockable<Ms> && ...),
+                  "ctxmgr::lock_until needs timed mutexes (try_lock(), try_lock_until()): "
+                  "std::timed_mutex, std::recursive_timed_mutex, std::shared_timed_mutex");
+
+  public:
+    template <class Clock, class Duration>
+    explicit lock_until(const std::chrono::time_point<Clock, Duration>& deadline, Ms&... mutexes,
+                        std::source_location where = std::source_location::current())
+        : detail::timed_lock_base<false, Ms...>("lock_until", where, mutexes...),
+          deadline_(detail::steady_deadline(deadline)) {}
+
+    // As lock_for's.
+    void enter() { this->enter_until(std::chrono::steady_clock::now(), deadline_); }
+
+  private:
+    std::chrono::steady_clock::time_point deadline_;
+};
+
+template <class Clock, class Duration, class... Ms>
+lock_until(const std::chrono::time_point<Clock, Duration>&, Ms&...) -> lock_until<Ms...>;
+
+// shared(m): lock_shared() in enter(), unlock_shared() in exit().
+template <class M>
+class [[nodiscard]] shared final {
+    static_assert(detail::shared_lockable<M>,
+                  "ctxmgr::shared needs a shared mutex (lock_shared(), unlock_shared()): "
+                  "std::shared_mutex, std::shared_timed_mutex");
+
+  public:
+    explicit shared(M& mutex, std::source_location where = std::source_location::current()) noexcept
+        : mutex_(mutex), where_(where) {}
+    shared(shared&& other) noexcept
+        : mutex_(other.mutex_), where_(other.where_), held_(std::exchange(other.held_, false)) {}
+    shared(const shared&) = delete;
+    shared& operator=(const shared&) = delete;
+    shared& operator=(shared&&) = delete;
+    ~shared() {
+        if (held_) release();
+    }
+
+    // Locks shared. Throws what lock_shared() throws, or protocol_error when entered again
+    // before exit.
+    void enter() {
+        if (held_) {
+            const detail::lock_ref ref = detail::ref_of(mutex_, true);
+            detail::throw_lock_misuse("shared", "entered again before exit", &ref, 1, where_);
+        }
+        detail::order_hooks<M>::before(true, where_, mutex_);
+        mutex_.lock_shared();
+        held_ = true;
+        detail::order_hooks<M>::acquired(true, where_, mutex_);
+    }
+
+    // Unlocks what enter() locked; does nothing otherwise.
+    void exit(const std::exception_ptr&) noexcept {
+        if (held_) release();
+    }
+
+  private:
+    void release() noexcept {
+        held_ = false;
+        mutex_.unlock_shared();
+        detail::order_hooks<M>::released(true, mutex_);
+    }
+
+    M& mutex_;
+    std::source_location where_;
+    bool held_ = false;
+};
+
+template <class M>
+shared(M&) -> shared<M>;
+
+// shared_for(d, m): lock shared, waiting at most d from enter(), then timeout_error.
+template <class M>
+class [[nodiscard]] shared_for final : public detail::timed_lock_base<true, M> {
+    static_assert(detail::shared_timed_lockable<M>,
+                  "ctxmgr::shared_for needs a timed shared mutex (try_lock_shared_until()): "
+                  "std::shared_timed_mutex");
+
+  public:
+    template <class Rep, class Period>
+    explicit shared_for(const std::chrono::duration<Rep, Period>& timeout, M& mutex,
+                        std::source_location where = std::source_location::current()) noexcept
+        : detail::timed_lock_base<true, M>("shared_for", where, mutex),
+          timeout_(detail::steady_duration(timeout)) {}
+
+    // As lock_for's.
+    void enter() {
+        const auto start = std::chrono::steady_clock::now();
+        this->enter_until(start, detail::deadline_after(start, timeout_));
+    }
+
+  private:
+    std::chrono::steady_clock::duration timeout_;
+};
+
+template <class Rep, class Period, class M>
+shared_for(const std::chrono::duration<Rep, Period>&, M&) -> shared_for<M>;
+
+// shared_until(t, m): lock shared by the time point t of any clock, then timeout_error.
+template <class M>
+class [[nodiscard]] shared_until final : public detail::timed_lock_base<true, M> {
+    static_assert(detail::shared_timed_lockable<M>,
+                  "ctxmgr::shared_until needs a timed shared mutex (try_lock_shared_until()): "
+                  "std::shared_timed_mutex");
+
+  public:
+    template <class Clock, class Duration>
+    explicit shared_until(const std::chrono::time_point<Clock, Duration>& deadline, M& mutex,
+                          std::source_location where = std::source_location::current())
+        : detail::timed_lock_base<true, M>("shared_until", where, mutex),
+          deadline_(detail::steady_deadline(deadline)) {}
+
+    // As lock_for's.
+    void enter() { this->enter_until(std::chrono::steady_clock::now(), deadline_); }
+
+  private:
+    std::chrono::steady_clock::time_point deadline_;
+};
+
+template <class Clock, class Duration, class M>
+shared_until(const std::chrono::time_point<Clock, Duration>&, M&) -> shared_until<M>;
+
+// Forgets what the lock-order checker learned about m, before m is destroyed and its
+// address reused by a mutex taken in another order. Does nothing without the checker.
+template <class M>
+void forget_lock_order([[maybe_unused]] const M& m) noexcept {
+#if CTXMGR_LOCK_ORDER_CHECK
+    detail::order_forget(static_cast<const void*>(std::addressof(m)));
+#endif
+}
+
+}  // namespace ctxmgr

@@ -335,3 +335,5 @@ void forget_lock_order([[maybe_unused]] const M& m) noexcept {
 }
 
 }  // namespace ctxmgr
+
+#undef CTXMGR_LOCK_INLINE

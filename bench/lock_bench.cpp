@@ -22,28 +22,11 @@ std::mutex first_mutex, second_mutex;
 std::timed_mutex timed_mutex;
 std::shared_mutex shared_mutex;
 
-template <auto Kernel>
-void one_mutex(benchmark::State& state) {
+// Runs Kernel(mutexes..., work).
+template <auto Kernel, auto&... Mutexes>
+void on(benchmark::State& state) {
     int work = 0;
-    for (auto _ : state) Kernel(first_mutex, work);
-}
-
-template <auto Kernel>
-void two_mutexes(benchmark::State& state) {
-    int work = 0;
-    for (auto _ : state) Kernel(first_mutex, second_mutex, work);
-}
-
-template <auto Kernel>
-void timed(benchmark::State& state) {
-    int work = 0;
-    for (auto _ : state) Kernel(timed_mutex, work);
-}
-
-template <auto Kernel>
-void shared(benchmark::State& state) {
-    int work = 0;
-    for (auto _ : state) Kernel(shared_mutex, work);
+    for (auto _ : state) Kernel(Mutexes..., work);
 }
 
 // A lock file in a fresh directory of $TMPDIR (or /tmp), removed at the end.
@@ -62,17 +45,23 @@ void file(benchmark::State& state) {
 
 }  // namespace
 
-BENCHMARK(one_mutex<kernels::with_lock>)->Name("with_lock")->Threads(1)->Threads(2);
-BENCHMARK(one_mutex<kernels::scoped_lock>)->Name("scoped_lock")->Threads(1)->Threads(2);
-BENCHMARK(two_mutexes<kernels::with_lock_two>)->Name("with_lock_two")->Threads(1)->Threads(2);
-BENCHMARK(two_mutexes<kernels::scoped_lock_two>)->Name("scoped_lock_two")->Threads(1)->Threads(2);
-BENCHMARK(two_mutexes<kernels::with_lock_nested>)->Name("with_lock_nested");
-BENCHMARK(two_mutexes<kernels::with_lock_then_lock>)->Name("with_lock_then_lock");
-BENCHMARK(two_mutexes<kernels::scoped_lock_nested>)->Name("scoped_lock_nested");
-BENCHMARK(timed<kernels::with_lock_for>)->Name("with_lock_for");
-BENCHMARK(timed<kernels::unique_lock_for>)->Name("unique_lock_for");
-BENCHMARK(shared<kernels::with_shared>)->Name("with_shared");
-BENCHMARK(shared<kernels::shared_lock>)->Name("shared_lock");
+BENCHMARK(on<kernels::with_lock, first_mutex>)->Name("with_lock")->Threads(1)->Threads(2);
+BENCHMARK(on<kernels::scoped_lock, first_mutex>)->Name("scoped_lock")->Threads(1)->Threads(2);
+BENCHMARK(on<kernels::with_lock_two, first_mutex, second_mutex>)
+    ->Name("with_lock_two")
+    ->Threads(1)
+    ->Threads(2);
+BENCHMARK(on<kernels::scoped_lock_two, first_mutex, second_mutex>)
+    ->Name("scoped_lock_two")
+    ->Threads(1)
+    ->Threads(2);
+BENCHMARK(on<kernels::with_lock_nested, first_mutex, second_mutex>)->Name("with_lock_nested");
+BENCHMARK(on<kernels::with_lock_then_lock, first_mutex, second_mutex>)->Name("with_lock_then_lock");
+BENCHMARK(on<kernels::scoped_lock_nested, first_mutex, second_mutex>)->Name("scoped_lock_nested");
+BENCHMARK(on<kernels::with_lock_for, timed_mutex>)->Name("with_lock_for");
+BENCHMARK(on<kernels::unique_lock_for, timed_mutex>)->Name("unique_lock_for");
+BENCHMARK(on<kernels::with_shared, shared_mutex>)->Name("with_shared");
+BENCHMARK(on<kernels::shared_lock, shared_mutex>)->Name("shared_lock");
 BENCHMARK(file<kernels::with_file_lock>)->Name("with_file_lock");
 BENCHMARK(file<kernels::raw_fcntl_lock>)->Name("raw_fcntl_lock");
 

@@ -2,12 +2,7 @@
 //   lock_instructions <kernel> [iterations]
 // bench/instructions runs it under callgrind and compares a kernel with its baseline, e.g.
 //   bench/instructions build/default/bench/lock_instructions with_lock scoped_lock
-#include <cstdio>
-#include <cstdlib>
-#include <functional>
-#include <map>
-#include <string>
-
+#include "instructions_main.hpp"
 #include "lock_kernels.hpp"
 
 int main(int argc, char** argv) {
@@ -15,7 +10,7 @@ int main(int argc, char** argv) {
     std::timed_mutex t;
     std::shared_mutex s;
     int work = 0;
-    const std::map<std::string, std::function<void()>> cases = {
+    const kernels::kernel_cases cases = {
         {"with_lock", [&] { kernels::with_lock(a, work); }},
         {"scoped_lock", [&] { kernels::scoped_lock(a, work); }},
         {"with_lock_barrier", [&] { kernels::with_lock_barrier(a, work); }},
@@ -30,15 +25,5 @@ int main(int argc, char** argv) {
         {"scoped_lock_nested", [&] { kernels::scoped_lock_nested(a, b, work); }},
         {"with_lock_then_lock", [&] { kernels::with_lock_then_lock(a, b, work); }},
     };
-    if (argc < 2 || cases.count(argv[1]) == 0) {
-        std::fprintf(stderr, "usage: %s <kernel> [iterations]; kernels:", argv[0]);
-        for (const auto& [name, _] : cases) std::fprintf(stderr, " %s", name.c_str());
-        std::fprintf(stderr, "\n");
-        return 2;
-    }
-    const long iterations = argc > 2 ? std::atol(argv[2]) : 100000;
-    const auto& run = cases.at(argv[1]);
-    for (long i = 0; i < iterations; ++i) run();
-    std::printf("%s: %ld iterations, work %d\n", argv[1], iterations, work);
-    return 0;
+    return kernels::run_kernel(argc, argv, cases, work);
 }

@@ -5,7 +5,6 @@
 
 #include <gtest/gtest.h>
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -15,7 +14,6 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
-#include <climits>
 #include <cstdlib>
 #include <exception>
 #include <filesystem>
@@ -31,6 +29,7 @@
 #include <vector>
 
 #include "recording.hpp"
+#include "resource_check.hpp"
 
 namespace {
 
@@ -97,22 +96,10 @@ int in_child(F&& child) {
 // The descriptor this process has open on `path`, or -1.
 int descriptor_for(const std::filesystem::path& path) {
     const auto wanted = std::filesystem::canonical(path).string();
-    DIR* dir = ::opendir("/proc/self/fd");
-    int found = -1;
-    const int own = ::dirfd(dir);
-    while (const dirent* entry = ::readdir(dir)) {
-        char* end = nullptr;
-        const long fd = std::strtol(entry->d_name, &end, 10);
-        if (end == entry->d_name || *end != '\0' || fd == own) continue;
-        char target[PATH_MAX];
-        const std::string link = std::string("/proc/self/fd/") + entry->d_name;
-        const ssize_t n = ::readlink(link.c_str(), target, sizeof target - 1);
-        if (n > 0 && std::string(target, static_cast<std::size_t>(n)) == wanted) {
-            found = static_cast<int>(fd);
-        }
+    for (const auto& [fd, target] : ctxmgr::testing::open_descriptors()) {
+        if (target == wanted) return fd;
     }
-    ::closedir(dir);
-    return found;
+    return -1;
 }
 
 // --- the type -------------------------------------------------------------------------------

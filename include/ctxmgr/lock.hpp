@@ -100,8 +100,7 @@ lock_order_handler set_lock_order_handler(lock_order_handler handler);
 // the hold.
 // To pass `where` explicitly, name the types: ctxmgr::lock<std::mutex>(m, where).
 template <class... Ms>
-class [[nodiscard]] lock final {
-    static_assert(sizeof...(Ms) >= 1, "ctxmgr::lock: give at least one mutex");
+class [[nodiscard]] lock final : public detail::lock_base<detail::manager_kind::lock, Ms...> {
     static_assert((detail::basic_lockable<Ms> && ...),
                   "ctxmgr::lock: every argument must be a non-const mutex lvalue with lock() and "
                   "unlock() (BasicLockable)");
@@ -112,58 +111,11 @@ class [[nodiscard]] lock final {
   public:
     explicit lock(Ms&... mutexes,
                   std::source_location where = std::source_location::current()) noexcept
-        : mutexes_(mutexes...), where_(where) {}
-    lock(lock&& other) noexcept
-        : mutexes_(other.mutexes_),
-          where_(other.where_),
-          held_(std::exchange(other.held_, false)) {}
-    lock(const lock&) = delete;
-    lock& operator=(const lock&) = delete;
-    lock& operator=(lock&&) = delete;
-    CTXMGR_LOCK_INLINE ~lock() {
-        if (held_) release();
-    }
+        : detail::lock_base<detail::manager_kind::lock, Ms...>(where, mutexes...) {}
 
     // Locks. Throws what lock() throws, or protocol_error when entered again before exit or
     // given the same mutex twice; then nothing is locked.
-    void enter() {
-        if (held_) misuse("entered again before exit");
-        std::apply(
-            [&](Ms&... ms) {
-                detail::check_distinct("lock", where_, ms...);
-                detail::order_hooks<Ms...>::before(false, where_, ms...);
-                if constexpr (sizeof...(Ms) == 1) {
-                    (ms.lock(), ...);
-                } else {
-                    std::lock(ms...);
-                }
-            },
-            mutexes_);
-        held_ = true;
-        std::apply([&](Ms&... ms) { detail::order_hooks<Ms...>::acquired(false, where_, ms...); },
-                   mutexes_);
-    }
-
-    // Unlocks what enter() locked, in reverse order; does nothing otherwise.
-    void exit(const std::exception_ptr&) noexcept {
-        if (held_) release();
-    }
-
-  private:
-    [[noreturn]] void misuse(std::string_view problem) const {
-        const auto refs = detail::refs_of(mutexes_, false);
-        detail::throw_lock_misuse("lock", problem, refs.data(), refs.size(), where_);
-    }
-    void release() noexcept {
-        held_ = false;
-        detail::unlock_all<false>(mutexes_);
-        std::apply([&](Ms&... ms) { detail::order_hooks<Ms...>::released(false, ms...); },
-                   mutexes_);
-    }
-
-    std::tuple<Ms&...> mutexes_;
-    std::source_location where_;
-    bool held_ = false;
+    void enter() { this->enter_blocking(); }
 };
 
 template <class... Ms>
@@ -172,7 +124,8 @@ lock(Ms&...) -> lock<Ms...>;
 // lock_for(d, m1, ..., mN): lock, waiting at most d from enter(), then timeout_error. With
 // several, one deadline bounds the whole deadlock-free algorithm.
 template <class... Ms>
-class [[nodiscard]] lock_for final : public detail::timed_lock_base<false, Ms...> {
+class [[nodiscard]] lock_for final
+    : public detail::lock_base<detail::manager_kind::lock_for, Ms...> {
     static_assert((detail::timed_lockable<Ms> && ...),
                   "ctxmgr::lock_for needs timed mutexes (try_lock(), try_lock_until()): "
                   "std::timed_mutex, std::recursive_timed_mutex, std::shared_timed_mutex");
@@ -181,15 +134,12 @@ class [[nodiscard]] lock_for final : public detail::timed_lock_base<false, Ms...
     template <class Rep, class Period>
     explicit lock_for(const std::chrono::duration<Rep, Period>& timeout, Ms&... mutexes,
                       std::source_location where = std::source_location::current()) noexcept
-        : detail::timed_lock_base<false, Ms...>("lock_for", where, mutexes...),
+        : detail::lock_base<detail::manager_kind::lock_for, Ms...>(where, mutexes...),
           timeout_(detail::steady_duration(timeout)) {}
 
     // Locks within the timeout. Throws timeout_error, what try_lock_until throws, or
     // protocol_error (see lock); then nothing is locked.
-    void enter() {
-        const auto start = std::chrono::steady_clock::now();
-        this->enter_until(start, detail::deadline_after(start, timeout_));
-    }
+    void enter() { this->enter_within(timeout_); }
 
   private:
     std::chrono::steady_clock::duration timeout_;
@@ -200,7 +150,8 @@ lock_for(const std::chrono::duration<Rep, Period>&, Ms&...) -> lock_for<Ms...>;
 
 // lock_until(t, m1, ..., mN): lock by the time point t of any clock, then timeout_error.
 template <class... Ms>
-class [[nodiscard]] lock_until final : public detail::timed_lock_base<false, Ms...> {
+class [[nodiscard]] lock_until final
+    : public detail::lock_base<detail::manager_kind::lock_until, Ms...> {
     static_assert((detail::timed_lockable<Ms> && ...),
                   "ctxmgr::lock_until needs timed mutexes (try_lock(), try_lock_until()): "
                   "std::timed_mutex, std::recursive_timed_mutex, std::shared_timed_mutex");
@@ -209,7 +160,7 @@ class [[nodiscard]] lock_until final : public detail::timed_lock_base<false, Ms.
     template <class Clock, class Duration>
     explicit lock_until(const std::chrono::time_point<Clock, Duration>& deadline, Ms&... mutexes,
                         std::source_location where = std::source_location::current())
-        : detail::timed_lock_base<false, Ms...>("lock_until", where, mutexes...),
+        : detail::lock_base<detail::manager_kind::lock_until, Ms...>(where, mutexes...),
           deadline_(detail::steady_deadline(deadline)) {}
 
     // As lock_for's.
@@ -224,51 +175,18 @@ lock_until(const std::chrono::time_point<Clock, Duration>&, Ms&...) -> lock_unti
 
 // shared(m): lock_shared() in enter(), unlock_shared() in exit().
 template <class M>
-class [[nodiscard]] shared final {
+class [[nodiscard]] shared final : public detail::lock_base<detail::manager_kind::shared, M> {
     static_assert(detail::shared_lockable<M>,
                   "ctxmgr::shared needs a shared mutex (lock_shared(), unlock_shared()): "
                   "std::shared_mutex, std::shared_timed_mutex");
 
   public:
     explicit shared(M& mutex, std::source_location where = std::source_location::current()) noexcept
-        : mutex_(mutex), where_(where) {}
-    shared(shared&& other) noexcept
-        : mutex_(other.mutex_), where_(other.where_), held_(std::exchange(other.held_, false)) {}
-    shared(const shared&) = delete;
-    shared& operator=(const shared&) = delete;
-    shared& operator=(shared&&) = delete;
-    CTXMGR_LOCK_INLINE ~shared() {
-        if (held_) release();
-    }
+        : detail::lock_base<detail::manager_kind::shared, M>(where, mutex) {}
 
     // Locks shared. Throws what lock_shared() throws, or protocol_error when entered again
-    // before exit.
-    void enter() {
-        if (held_) {
-            const detail::lock_ref ref = detail::ref_of(mutex_, true);
-            detail::throw_lock_misuse("shared", "entered again before exit", &ref, 1, where_);
-        }
-        detail::order_hooks<M>::before(true, where_, mutex_);
-        mutex_.lock_shared();
-        held_ = true;
-        detail::order_hooks<M>::acquired(true, where_, mutex_);
-    }
-
-    // Unlocks what enter() locked; does nothing otherwise.
-    void exit(const std::exception_ptr&) noexcept {
-        if (held_) release();
-    }
-
-  private:
-    void release() noexcept {
-        held_ = false;
-        mutex_.unlock_shared();
-        detail::order_hooks<M>::released(true, mutex_);
-    }
-
-    M& mutex_;
-    std::source_location where_;
-    bool held_ = false;
+    // before exit; then nothing is locked.
+    void enter() { this->enter_blocking(); }
 };
 
 template <class M>
@@ -276,7 +194,8 @@ shared(M&) -> shared<M>;
 
 // shared_for(d, m): lock shared, waiting at most d from enter(), then timeout_error.
 template <class M>
-class [[nodiscard]] shared_for final : public detail::timed_lock_base<true, M> {
+class [[nodiscard]] shared_for final
+    : public detail::lock_base<detail::manager_kind::shared_for, M> {
     static_assert(detail::shared_timed_lockable<M>,
                   "ctxmgr::shared_for needs a timed shared mutex (try_lock_shared_until()): "
                   "std::shared_timed_mutex");
@@ -285,14 +204,11 @@ class [[nodiscard]] shared_for final : public detail::timed_lock_base<true, M> {
     template <class Rep, class Period>
     explicit shared_for(const std::chrono::duration<Rep, Period>& timeout, M& mutex,
                         std::source_location where = std::source_location::current()) noexcept
-        : detail::timed_lock_base<true, M>("shared_for", where, mutex),
+        : detail::lock_base<detail::manager_kind::shared_for, M>(where, mutex),
           timeout_(detail::steady_duration(timeout)) {}
 
     // As lock_for's.
-    void enter() {
-        const auto start = std::chrono::steady_clock::now();
-        this->enter_until(start, detail::deadline_after(start, timeout_));
-    }
+    void enter() { this->enter_within(timeout_); }
 
   private:
     std::chrono::steady_clock::duration timeout_;
@@ -303,7 +219,8 @@ shared_for(const std::chrono::duration<Rep, Period>&, M&) -> shared_for<M>;
 
 // shared_until(t, m): lock shared by the time point t of any clock, then timeout_error.
 template <class M>
-class [[nodiscard]] shared_until final : public detail::timed_lock_base<true, M> {
+class [[nodiscard]] shared_until final
+    : public detail::lock_base<detail::manager_kind::shared_until, M> {
     static_assert(detail::shared_timed_lockable<M>,
                   "ctxmgr::shared_until needs a timed shared mutex (try_lock_shared_until()): "
                   "std::shared_timed_mutex");
@@ -312,7 +229,7 @@ class [[nodiscard]] shared_until final : public detail::timed_lock_base<true, M>
     template <class Clock, class Duration>
     explicit shared_until(const std::chrono::time_point<Clock, Duration>& deadline, M& mutex,
                           std::source_location where = std::source_location::current())
-        : detail::timed_lock_base<true, M>("shared_until", where, mutex),
+        : detail::lock_base<detail::manager_kind::shared_until, M>(where, mutex),
           deadline_(detail::steady_deadline(deadline)) {}
 
     // As lock_for's.

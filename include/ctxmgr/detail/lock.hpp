@@ -269,15 +269,34 @@ std::size_t lock_all_until(std::tuple<Ms&...>& mutexes,
     }
 }
 
-// What the timed managers share: they differ only in how enter() finds its deadline.
-template <bool Shared, class... Ms>
-class timed_lock_base {
-    static_assert(sizeof...(Ms) >= 1, "ctxmgr::lock_for / lock_until: give at least one mutex");
+// Which manager: its name in messages, and whether it locks shared.
+enum class manager_kind : unsigned char {
+    lock,
+    lock_for,
+    lock_until,
+    shared,
+    shared_for,
+    shared_until
+};
+
+constexpr const char* name_of(manager_kind kind) noexcept {
+    constexpr const char* names[] = {"lock",   "lock_for",   "lock_until",
+                                     "shared", "shared_for", "shared_until"};
+    return names[static_cast<unsigned char>(kind)];
+}
+
+// What every mutex manager is: the mutexes, the call site, whether it holds them; enter() is
+// the managers' own, exit() and the destructor are this class's.
+template <manager_kind Kind, class... Ms>
+class lock_base {
+    static_assert(sizeof...(Ms) >= 1, "ctxmgr::lock and the other managers: give a mutex");
+    static constexpr bool shared = Kind >= manager_kind::shared;
+    static constexpr const char* manager = name_of(Kind);
 
   public:
-    timed_lock_base(const timed_lock_base&) = delete;
-    timed_lock_base& operator=(const timed_lock_base&) = delete;
-    timed_lock_base& operator=(timed_lock_base&&) = delete;
+    lock_base(const lock_base&) = delete;
+    lock_base& operator=(const lock_base&) = delete;
+    lock_base& operator=(lock_base&&) = delete;
 
     // Unlocks, in reverse order, what enter() locked; does nothing otherwise.
     void exit(const std::exception_ptr&) noexcept {
@@ -285,46 +304,77 @@ class timed_lock_base {
     }
 
   protected:
-    timed_lock_base(const char* manager, std::source_location where, Ms&... ms) noexcept
-        : mutexes_(ms...), manager_(manager), where_(where) {}
-    timed_lock_base(timed_lock_base&& other) noexcept
+    lock_base(std::source_location where, Ms&... ms) noexcept : mutexes_(ms...), where_(where) {}
+    lock_base(lock_base&& other) noexcept
         : mutexes_(other.mutexes_),
-          manager_(other.manager_),
           where_(other.where_),
           held_(std::exchange(other.held_, false)) {}
-    CTXMGR_LOCK_INLINE ~timed_lock_base() {
+    CTXMGR_LOCK_INLINE ~lock_base() {
         if (held_) release();
     }
 
+    // lock() (std::lock for several) or lock_shared(), waiting as long as it takes.
+    void enter_blocking() {
+        prepare();
+        std::apply(
+            [](Ms&... ms) {
+                if constexpr (shared) {
+                    (ms.lock_shared(), ...);
+                } else if constexpr (sizeof...(Ms) == 1) {
+                    (ms.lock(), ...);
+                } else {
+                    std::lock(ms...);
+                }
+            },
+            mutexes_);
+        acquired();
+    }
+
+    // The same by `deadline`, else timeout_error (which says how long since `start`).
     void enter_until(std::chrono::steady_clock::time_point start,
                      std::chrono::steady_clock::time_point deadline) {
-        if (held_) misuse("entered again before exit");
-        std::apply([&](Ms&... ms) { check_distinct(manager_, where_, ms...); }, mutexes_);
-        std::apply([&](Ms&... ms) { order_hooks<Ms...>::before(Shared, where_, ms...); }, mutexes_);
-        const std::size_t result = lock_all_until<Shared>(mutexes_, deadline);
+        prepare();
+        const std::size_t result = lock_all_until<shared>(mutexes_, deadline);
         if (result != sizeof...(Ms)) {
-            const auto refs = refs_of(mutexes_, Shared);
-            throw_lock_timeout(manager_, refs.data(), refs.size(), result,
+            const auto refs = refs_of(mutexes_, shared);
+            throw_lock_timeout(manager, refs.data(), refs.size(), result,
                                std::chrono::steady_clock::now() - start, where_);
         }
-        held_ = true;
-        std::apply([&](Ms&... ms) { order_hooks<Ms...>::acquired(Shared, where_, ms...); },
-                   mutexes_);
+        acquired();
+    }
+
+    // The same within `timeout` from now.
+    void enter_within(std::chrono::steady_clock::duration timeout) {
+        const auto start = std::chrono::steady_clock::now();
+        enter_until(start, deadline_after(start, timeout));
     }
 
   private:
+    void prepare() {
+        if (held_) misuse("entered again before exit");
+        std::apply(
+            [&](Ms&... ms) {
+                check_distinct(manager, where_, ms...);
+                order_hooks<Ms...>::before(shared, where_, ms...);
+            },
+            mutexes_);
+    }
+    void acquired() noexcept {
+        held_ = true;
+        std::apply([&](Ms&... ms) { order_hooks<Ms...>::acquired(shared, where_, ms...); },
+                   mutexes_);
+    }
     [[noreturn]] void misuse(std::string_view problem) const {
-        const auto refs = refs_of(mutexes_, Shared);
-        throw_lock_misuse(manager_, problem, refs.data(), refs.size(), where_);
+        const auto refs = refs_of(mutexes_, shared);
+        throw_lock_misuse(manager, problem, refs.data(), refs.size(), where_);
     }
     void release() noexcept {
         held_ = false;
-        unlock_all<Shared>(mutexes_);
-        std::apply([&](Ms&... ms) { order_hooks<Ms...>::released(Shared, ms...); }, mutexes_);
+        unlock_all<shared>(mutexes_);
+        std::apply([&](Ms&... ms) { order_hooks<Ms...>::released(shared, ms...); }, mutexes_);
     }
 
     std::tuple<Ms&...> mutexes_;
-    const char* manager_;
     std::source_location where_;
     bool held_ = false;
 };

@@ -31,6 +31,17 @@
 #define CTXMGR_LOCK_INLINE inline
 #endif
 
+// GCC 12's ThreadSanitizer does not intercept pthread_mutex_clocklock, which libstdc++ uses
+// for a steady-clock timed wait on std::timed_mutex and std::recursive_timed_mutex: it would
+// miss the lock (and the synchronization), then report the unlock as one of an unlocked mutex.
+// try_lock_until below tells it about the lock instead.
+#if defined(__SANITIZE_THREAD__) && !defined(__clang__) && __GNUC__ <= 12
+#include <sanitizer/tsan_interface.h>
+#define CTXMGR_TSAN_CLOCKLOCK 1
+#else
+#define CTXMGR_TSAN_CLOCKLOCK 0
+#endif
+
 namespace ctxmgr {
 
 namespace detail {
@@ -220,6 +231,23 @@ void visit_at(Tuple& t, std::size_t i, F&& f) {
     (std::make_index_sequence<std::tuple_size_v<Tuple>>{});
 }
 
+// m.try_lock_until(deadline), made visible to ThreadSanitizer where it needs help (above).
+template <class M>
+bool try_lock_until(M& m, const std::chrono::steady_clock::time_point& deadline) {
+#if CTXMGR_TSAN_CLOCKLOCK
+    if constexpr (std::is_same_v<M, std::timed_mutex> ||
+                  std::is_same_v<M, std::recursive_timed_mutex>) {
+        void* const handle = m.native_handle();
+        __tsan_mutex_pre_lock(handle, __tsan_mutex_try_lock);
+        const bool locked = m.try_lock_until(deadline);
+        __tsan_mutex_post_lock(
+            handle, __tsan_mutex_try_lock | (locked ? 0u : __tsan_mutex_try_lock_failed), 0);
+        return locked;
+    }
+#endif
+    return m.try_lock_until(deadline);
+}
+
 // Locks every mutex by `deadline`, without deadlock: lock one with the time left, try the
 // others; if one is busy, unlock, and start again from the busy one (std::lock's algorithm,
 // bounded by the deadline). Returns the number of mutexes on success, else the index of the
@@ -233,13 +261,13 @@ std::size_t lock_all_until(std::tuple<Ms&...>& mutexes,
         if constexpr (Shared) {
             return m.try_lock_shared_until(deadline) ? 1 : 0;
         } else {
-            return m.try_lock_until(deadline) ? 1 : 0;
+            return try_lock_until(m, deadline) ? 1 : 0;
         }
     } else {
         std::size_t first = 0;
         for (;;) {
             bool locked = false;
-            visit_at(mutexes, first, [&](auto& m) { locked = m.try_lock_until(deadline); });
+            visit_at(mutexes, first, [&](auto& m) { locked = try_lock_until(m, deadline); });
             if (!locked) return first;
             std::size_t taken = 1;  // mutexes first, first + 1, ... (mod count) are locked
             auto unlock_taken = [&]() noexcept {

@@ -2,10 +2,12 @@
 #include "ctxmgr/file_lock.hpp"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <stdexcept>
 #include <system_error>
@@ -33,6 +35,23 @@ struct flock whole_file(short type) noexcept {
     request.l_type = type;
     request.l_whence = SEEK_SET;
     return request;
+}
+
+// Counts the fork()s this process descends through: a file_lock compares the count at
+// release with the one at enter to tell whether it runs in a child of the process that locked
+// (getpid() would cost two system calls, 200 ns, per lock). An atfork handler, since fork()
+// and every other way for a child to run C++ code (posix_spawn and vfork children exec or
+// _exit at once) pass through it.
+constinit std::atomic<unsigned> forks_seen{0};
+
+void count_fork() noexcept {
+    forks_seen.fetch_add(1, std::memory_order_relaxed);
+}
+
+unsigned fork_generation() noexcept {
+    [[maybe_unused]] static const bool installed =
+        ::pthread_atfork(nullptr, nullptr, &count_fork) == 0;
+    return forks_seen.load(std::memory_order_relaxed);
 }
 
 std::string quoted(const std::filesystem::path& path) {
@@ -125,35 +144,48 @@ file_lock& file_lock::enter() {
                              "reentrant)");
     }
     const auto start = steady_clock::now();
-    // O_NONBLOCK: opening a FIFO by mistake must fail below, not wait for a writer. It does
-    // not affect regular files or fcntl locks. The access mode is the least each lock needs.
+    // O_NONBLOCK: opening a FIFO by mistake must not wait for a writer (it is refused below).
+    // It does not affect regular files or fcntl locks. O_CREAT refuses directories (EISDIR).
+    // The access mode is the least each lock needs.
     const int flags = O_CREAT | O_CLOEXEC | O_NOCTTY | O_NONBLOCK |
                       (mode_ == lock_mode::exclusive ? O_WRONLY : O_RDONLY);
-    int fd;
-    do {
-        fd = ::open(path_.c_str(), flags, 0666);
-    } while (fd < 0 && errno == EINTR);
-    if (fd < 0) throw io_error("open lock file", path_.string(), errno);
-    try {
-        struct stat status {};
-        if (::fstat(fd, &status) != 0) throw io_error("stat lock file", path_.string(), errno);
-        if (!S_ISREG(status.st_mode)) {
-            throw io_error("open lock file (not a regular file)", path_.string(),
-                           S_ISDIR(status.st_mode) ? EISDIR : EINVAL);
-        }
+    [[maybe_unused]] bool checked_order = false;  // by the lock-order checker, once
+    for (;;) {
+        int fd;
+        do {
+            fd = ::open(path_.c_str(), flags, 0666);
+        } while (fd < 0 && errno == EINTR);
+        if (fd < 0) throw io_error("open lock file", path_.string(), errno);
+        try {
 #if CTXMGR_LOCK_ORDER_CHECK
-        const auto ref = order_ref(path_, mode_, timeout_.has_value(), order_key_);
-        detail::order_before(&ref, 1, where_);
+            if (!checked_order) {
+                const auto ref = order_ref(path_, mode_, timeout_.has_value(), order_key_);
+                detail::order_before(&ref, 1, where_);
+            }
 #endif
-        lock_descriptor(fd, start);
-        // Closing the descriptor, below, drops the lock if registering fails.
-        tracked_ = tracked("file lock", description(), where_);
-    } catch (...) {
-        ::close(fd);
-        throw;
+            checked_order = true;
+            lock_descriptor(fd, start);
+            struct stat status {};
+            if (::fstat(fd, &status) != 0) throw io_error("stat lock file", path_.string(), errno);
+            if (!S_ISREG(status.st_mode)) {
+                throw io_error("open lock file (not a regular file)", path_.string(), EINVAL);
+            }
+            if (status.st_nlink == 0) {
+                // Someone deleted the file while this waited: the lock is on a file nobody
+                // else will open. Lock what the path names now (Python's filelock, again).
+                ::close(fd);
+                continue;
+            }
+            // Closing the descriptor, below, drops the lock if registering fails.
+            tracked_ = tracked("file lock", description(), where_);
+        } catch (...) {
+            ::close(fd);
+            throw;
+        }
+        fd_ = fd;
+        break;
     }
-    fd_ = fd;
-    owner_ = static_cast<int>(::getpid());
+    owner_ = fork_generation();
 #if CTXMGR_LOCK_ORDER_CHECK
     const auto ref = order_ref(path_, mode_, timeout_.has_value(), order_key_);
     detail::order_acquired(&ref, 1, where_);
@@ -163,10 +195,12 @@ file_lock& file_lock::enter() {
 
 void file_lock::lock_descriptor(int fd, steady_clock::time_point start) {
     struct flock request = whole_file(mode_ == lock_mode::exclusive ? F_WRLCK : F_RDLCK);
-    const std::string operation = std::string("lock (") + to_string(mode_) + ')';
+    auto fail = [&](int error) {
+        throw io_error(std::string("lock (") + to_string(mode_) + ')', path_.string(), error);
+    };
     if (!timeout_) {
         while (::fcntl(fd, F_OFD_SETLKW, &request) != 0) {
-            if (errno != EINTR) throw io_error(operation, path_.string(), errno);
+            if (errno != EINTR) fail(errno);
         }
         return;
     }
@@ -174,9 +208,7 @@ void file_lock::lock_descriptor(int fd, steady_clock::time_point start) {
     std::chrono::nanoseconds backoff = first_backoff;
     for (;;) {
         if (::fcntl(fd, F_OFD_SETLK, &request) == 0) return;
-        if (errno != EAGAIN && errno != EACCES && errno != EINTR) {
-            throw io_error(operation, path_.string(), errno);
-        }
+        if (errno != EAGAIN && errno != EACCES && errno != EINTR) fail(errno);
         const auto now = steady_clock::now();
         if (now >= deadline) {
             throw timeout_error(std::string(to_string(mode_)) + " file lock " + quoted(path_),
@@ -196,7 +228,7 @@ void file_lock::release() {
     const char* operation = nullptr;
     // A child of fork() shares the parent's description: unlocking it there would release
     // the parent's lock, so a copy in another process only closes its descriptor.
-    if (owner_ == static_cast<int>(::getpid())) {
+    if (owner_ == fork_generation()) {
         struct flock request = whole_file(F_UNLCK);
         if (::fcntl(fd, F_OFD_SETLK, &request) != 0) {
             error = errno;

@@ -93,13 +93,20 @@ int in_child(F&& child) {
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
+// The descriptors this process has open on `path`.
+std::vector<int> descriptors_for(const std::filesystem::path& path) {
+    const auto wanted = std::filesystem::canonical(path).string();
+    std::vector<int> found;
+    for (const auto& [fd, target] : ctxmgr::testing::open_descriptors()) {
+        if (target == wanted) found.push_back(fd);
+    }
+    return found;
+}
+
 // The descriptor this process has open on `path`, or -1.
 int descriptor_for(const std::filesystem::path& path) {
-    const auto wanted = std::filesystem::canonical(path).string();
-    for (const auto& [fd, target] : ctxmgr::testing::open_descriptors()) {
-        if (target == wanted) return fd;
-    }
-    return -1;
+    const auto found = descriptors_for(path);
+    return found.empty() ? -1 : found.front();
 }
 
 // --- the type -------------------------------------------------------------------------------
@@ -358,6 +365,34 @@ TEST_F(FileLock, IsReleasedWhenTheHolderIsKilled) {
     ctxmgr::with(ctxmgr::file_lock(path_, lock_mode::exclusive, 10s), [&] { acquired = true; });
     EXPECT_TRUE(acquired);
     EXPECT_TRUE(std::filesystem::exists(path_));
+}
+
+TEST_F(FileLock, AWaiterDoesNotKeepALockOnAFileDeletedMeanwhile) {
+    ctxmgr::file_lock first(path_);
+    first.enter();
+    std::promise<void> holding;
+    std::promise<void> done;
+    std::thread waiter([&] {
+        ctxmgr::with(ctxmgr::file_lock(path_, lock_mode::exclusive, 60s), [&] {
+            holding.set_value();
+            done.get_future().wait();
+        });
+    });
+    // Once the waiter has the old file open, delete it (as a careless cleaner would), then
+    // release: the waiter's lock on the deleted file would exclude no one.
+    const auto deadline = std::chrono::steady_clock::now() + 30s;
+    while (descriptors_for(path_).size() < 2 && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(1ms);
+    }
+    ASSERT_EQ(descriptors_for(path_).size(), 2u);
+    ASSERT_EQ(::unlink(path_.c_str()), 0);
+    first.release();
+    holding.get_future().wait();
+    EXPECT_TRUE(std::filesystem::exists(path_)) << "the waiter created the file again";
+    EXPECT_FALSE(lockable_now(path_)) << "and holds the lock on the file the path names";
+    done.set_value();
+    waiter.join();
+    EXPECT_TRUE(lockable_now(path_));
 }
 
 TEST_F(FileLock, ExcludesOtherThreadsAndWakesWaiters) {

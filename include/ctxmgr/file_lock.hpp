@@ -10,7 +10,9 @@
 //     trap of classic POSIX record locks, which any close() of the file drops).
 // The lock file is created if missing (mode 0666 less the umask, O_CLOEXEC) and never
 // deleted: deleting it would let one process lock the old file while another creates and
-// locks a new one (the bug Python's filelock package fixed twice).
+// locks a new one (the bug Python's filelock package fixed twice). Should something else
+// delete it while a process waits, the waiter notices (no links left) once it has the lock
+// and locks the file the path names then.
 //
 //   ctxmgr::with(ctxmgr::file_lock("/tmp/app.lock"), [] { /* only one process here */ });
 //   ctxmgr::with(ctxmgr::file_lock("/tmp/app.lock", ctxmgr::lock_mode::shared,
@@ -27,8 +29,8 @@
 // Guarantees:
 //   - enter() throws timeout_error (`exclusive file lock "/tmp/app.lock"`, and how long it
 //     waited), io_error with the errno and the path (the file cannot be created or opened,
-//     is not a regular file, or fcntl fails), or protocol_error (this object already holds
-//     the lock: a file_lock is not reentrant). After any failure nothing is held and no
+//     is a directory or not a regular file, or fcntl fails), or protocol_error (this object already
+//     holds the lock: a file_lock is not reentrant). After any failure nothing is held and no
 //     descriptor is left open.
 //   - release() is idempotent and throws io_error when unlocking or closing fails (the lock
 //     is released even then); exit(e) throws it too, chained to a pending `e`
@@ -110,7 +112,7 @@ class [[nodiscard]] file_lock {
     std::optional<std::chrono::nanoseconds> timeout_;
     std::source_location where_;
     int fd_ = -1;
-    int owner_ = 0;                    // the process that locked: see release()
+    unsigned owner_ = 0;               // the fork generation that locked: see release()
     const void* order_key_ = nullptr;  // the lock-order checker's key, when it is on
     lock_mode mode_;
     [[no_unique_address]] tracked tracked_;

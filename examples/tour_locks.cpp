@@ -11,6 +11,7 @@
 #include <future>
 #include <mutex>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -117,12 +118,19 @@ void order_checking() {
         return;
     }
     std::mutex a, b;
+    // This handler prints the report, then throws: the lock is not taken, and the exception
+    // leaves the with() like any other (the default handler aborts instead).
     auto previous = ctxmgr::set_lock_order_handler([](std::string_view report) {
         say("the checker reports, though no deadlock happened (one thread):");
         say_each_line(report);
+        throw std::logic_error("lock-order inversion");
     });
     ctxmgr::with(ctxmgr::lock(a), [&] { ctxmgr::with(ctxmgr::lock(b), [] {}); });
-    ctxmgr::with(ctxmgr::lock(b), [&] { ctxmgr::with(ctxmgr::lock(a), [] {}); });
+    try {
+        ctxmgr::with(ctxmgr::lock(b), [&] { ctxmgr::with(ctxmgr::lock(a), [] {}); });
+    } catch (const std::logic_error& e) {
+        say(std::string("the handler threw \"") + e.what() + "\" before `a` was taken");
+    }
     ctxmgr::set_lock_order_handler(std::move(previous));
     ctxmgr::forget_lock_order(a);
     ctxmgr::forget_lock_order(b);

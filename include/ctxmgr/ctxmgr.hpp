@@ -1,7 +1,7 @@
 // ctxmgr/ctxmgr.hpp: everything in ctxmgr that needs no third-party library.
 //
-// The protocol and composition layers are header-only; leak tracking and the resources link
-// ctxmgr::ctxmgr.
+// The protocol and composition layers are header-only; leak tracking and the resources (locks,
+// file locks, ...) link ctxmgr::ctxmgr.
 // The database back ends are included on purpose: <ctxmgr/sqlite.hpp>, <ctxmgr/postgres.hpp>.
 //
 //   #include <ctxmgr/ctxmgr.hpp>
@@ -13,6 +13,8 @@
 #include "errors.hpp"
 #include "exit_stack.hpp"
 #include "file.hpp"
+#include "file_lock.hpp"
+#include "lock.hpp"
 #include "protocol.hpp"
 #include "scope.hpp"
 #include "tracking.hpp"

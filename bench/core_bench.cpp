@@ -6,98 +6,51 @@
 
 namespace {
 
-void with_trivial(benchmark::State& state) {
+// Runs a kernel that takes the work counter.
+template <auto Kernel>
+void on_work(benchmark::State& state) {
+    int work = 0;
+    for (auto _ : state) Kernel(work);
+}
+
+// Runs a kernel that takes one or two managers and the work counter.
+template <auto Kernel>
+void on_manager(benchmark::State& state) {
     kernels::counter m;
     int work = 0;
-    for (auto _ : state) kernels::with_trivial(m, work);
+    for (auto _ : state) Kernel(m, work);
 }
-BENCHMARK(with_trivial);
 
-void handwritten_trivial(benchmark::State& state) {
-    kernels::counter m;
-    int work = 0;
-    for (auto _ : state) kernels::handwritten_trivial(m, work);
-}
-BENCHMARK(handwritten_trivial);
-
-void with_two_managers(benchmark::State& state) {
+template <auto Kernel>
+void on_two_managers(benchmark::State& state) {
     kernels::counter a, b;
     int work = 0;
-    for (auto _ : state) kernels::with_two(a, b, work);
+    for (auto _ : state) Kernel(a, b, work);
 }
-BENCHMARK(with_two_managers);
-
-void handwritten_two_managers(benchmark::State& state) {
-    kernels::counter a, b;
-    int work = 0;
-    for (auto _ : state) kernels::handwritten_two(a, b, work);
-}
-BENCHMARK(handwritten_two_managers);
-
-template <int N>
-void exit_stack_callbacks(benchmark::State& state) {
-    int work = 0;
-    for (auto _ : state) kernels::exit_stack_callbacks<N>(work);
-}
-BENCHMARK(exit_stack_callbacks<1>);
-BENCHMARK(exit_stack_callbacks<4>);
-BENCHMARK(exit_stack_callbacks<16>);
-
-template <int N>
-void handwritten_guards(benchmark::State& state) {
-    int work = 0;
-    for (auto _ : state) kernels::handwritten_guards<N>(work);
-}
-BENCHMARK(handwritten_guards<1>);
-BENCHMARK(handwritten_guards<4>);
-BENCHMARK(handwritten_guards<16>);
-
-void contextmanager_coroutine(benchmark::State& state) {
-    int work = 0;
-    for (auto _ : state) kernels::with_contextmanager(work);
-}
-BENCHMARK(contextmanager_coroutine);
-
-void contextmanager_class(benchmark::State& state) {
-    int work = 0;
-    for (auto _ : state) kernels::with_class_manager(work);
-}
-BENCHMARK(contextmanager_class);
-
-void guard_finally(benchmark::State& state) {
-    int work = 0;
-    for (auto _ : state) kernels::guard_finally(work);
-}
-BENCHMARK(guard_finally);
-
-void guard_scope_fail(benchmark::State& state) {
-    int work = 0;
-    for (auto _ : state) kernels::guard_scope_fail(work);
-}
-BENCHMARK(guard_scope_fail);
-
-void guard_handwritten(benchmark::State& state) {
-    int work = 0;
-    for (auto _ : state) kernels::guard_handwritten(work);
-}
-BENCHMARK(guard_handwritten);
-
-#if defined(CTXMGR_BENCH_ABSL)
-void guard_absl_cleanup(benchmark::State& state) {
-    int work = 0;
-    for (auto _ : state) kernels::guard_absl_cleanup(work);
-}
-BENCHMARK(guard_absl_cleanup);
-#endif
-
-#if defined(CTXMGR_BENCH_GSL)
-void guard_gsl_finally(benchmark::State& state) {
-    int work = 0;
-    for (auto _ : state) kernels::guard_gsl_finally(work);
-}
-BENCHMARK(guard_gsl_finally);
-#endif
 
 }  // namespace
+
+BENCHMARK(on_manager<kernels::with_trivial>)->Name("with_trivial");
+BENCHMARK(on_manager<kernels::handwritten_trivial>)->Name("handwritten_trivial");
+BENCHMARK(on_two_managers<kernels::with_two>)->Name("with_two_managers");
+BENCHMARK(on_two_managers<kernels::handwritten_two>)->Name("handwritten_two_managers");
+BENCHMARK(on_work<kernels::exit_stack_callbacks<1>>)->Name("exit_stack_callbacks<1>");
+BENCHMARK(on_work<kernels::exit_stack_callbacks<4>>)->Name("exit_stack_callbacks<4>");
+BENCHMARK(on_work<kernels::exit_stack_callbacks<16>>)->Name("exit_stack_callbacks<16>");
+BENCHMARK(on_work<kernels::handwritten_guards<1>>)->Name("handwritten_guards<1>");
+BENCHMARK(on_work<kernels::handwritten_guards<4>>)->Name("handwritten_guards<4>");
+BENCHMARK(on_work<kernels::handwritten_guards<16>>)->Name("handwritten_guards<16>");
+BENCHMARK(on_work<kernels::with_contextmanager>)->Name("contextmanager_coroutine");
+BENCHMARK(on_work<kernels::with_class_manager>)->Name("contextmanager_class");
+BENCHMARK(on_work<kernels::guard_finally>)->Name("guard_finally");
+BENCHMARK(on_work<kernels::guard_scope_fail>)->Name("guard_scope_fail");
+BENCHMARK(on_work<kernels::guard_handwritten>)->Name("guard_handwritten");
+BENCHMARK(on_work<kernels::guard_handwritten_fail>)->Name("guard_handwritten_fail");
+#if defined(CTXMGR_BENCH_ABSL)
+BENCHMARK(on_work<kernels::guard_absl_cleanup>)->Name("guard_absl_cleanup");
+#endif
+#if defined(CTXMGR_BENCH_GSL)
+BENCHMARK(on_work<kernels::guard_gsl_finally>)->Name("guard_gsl_finally");
+#endif
 
 BENCHMARK_MAIN();

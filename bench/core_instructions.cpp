@@ -25,6 +25,11 @@ int main(int argc, char** argv) {
         {"guard_finally", [&] { kernels::guard_finally(work); }},
         {"guard_scope_fail", [&] { kernels::guard_scope_fail(work); }},
         {"guard_handwritten", [&] { kernels::guard_handwritten(work); }},
+        {"guard_handwritten_fail", [&] { kernels::guard_handwritten_fail(work); }},
+        {"exit_stack_callbacks<1>", [&] { kernels::exit_stack_callbacks<1>(work); }},
+        {"handwritten_guards<1>", [&] { kernels::handwritten_guards<1>(work); }},
+        {"exit_stack_callbacks<16>", [&] { kernels::exit_stack_callbacks<16>(work); }},
+        {"handwritten_guards<16>", [&] { kernels::handwritten_guards<16>(work); }},
     };
     if (argc < 2 || cases.count(argv[1]) == 0) {
         std::fprintf(stderr, "usage: %s <kernel> [iterations]; kernels:", argv[0]);

@@ -136,6 +136,20 @@ CTXMGR_KERNEL inline void guard_handwritten(int& work) {
     bump_guard g{&work};
 }
 
+// What scope_fail replaces: a guard that compares the exceptions in flight.
+struct bump_on_failure {
+    int* target;
+    int exceptions = std::uncaught_exceptions();
+    ~bump_on_failure() {
+        if (std::uncaught_exceptions() > exceptions) escape(++*target);
+    }
+};
+
+CTXMGR_KERNEL inline void guard_handwritten_fail(int& work) {
+    bump_on_failure g{&work};
+    escape(work);
+}
+
 #if defined(CTXMGR_BENCH_ABSL)
 CTXMGR_KERNEL inline void guard_absl_cleanup(int& work) {
     absl::Cleanup g = [&] { escape(++work); };

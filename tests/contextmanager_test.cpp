@@ -111,19 +111,10 @@ contextmanager<void> rethrowing(int& cleanups) {
 
 TEST(ContextManager, RethrowingPropagatesTheOriginalObject) {
     int cleanups = 0;
-    std::exception_ptr thrown, caught;
-    try {
-        ctxmgr::with(rethrowing(cleanups), [&] {
-            try {
-                throw test_error("original");
-            } catch (...) {
-                thrown = std::current_exception();
-                throw;
-            }
-        });
-    } catch (...) {
-        caught = std::current_exception();
-    }
+    std::exception_ptr thrown;
+    const auto caught = ctxmgr::testing::exception_from([&] {
+        ctxmgr::with(rethrowing(cleanups), [&] { ctxmgr::testing::throw_recorded(thrown); });
+    });
     EXPECT_EQ(cleanups, 1);
     EXPECT_EQ(caught, thrown);
     auto m = rethrowing(cleanups);

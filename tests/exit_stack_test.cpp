@@ -15,29 +15,17 @@
 namespace {
 
 using ctxmgr::exit_stack;
+using ctxmgr::testing::exception_from;
 using ctxmgr::testing::on_exit;
 using ctxmgr::testing::other_error;
 using ctxmgr::testing::recorder;
 using ctxmgr::testing::suppressing_recorder;
 using ctxmgr::testing::test_error;
+using ctxmgr::testing::throw_recorded;
 using ctxmgr::testing::trace;
+using ctxmgr::testing::unraisable_capture;
 using ctxmgr::testing::what_of;
 using events = std::vector<std::string>;
-
-// Installs a hook that collects unraisable reports for the test's duration.
-class unraisable_capture {
-  public:
-    unraisable_capture()
-        : previous_(
-              ctxmgr::set_unraisable_hook([this](std::exception_ptr e, std::string_view where) {
-                  reports.push_back(std::string(where) + ": " + what_of(e));
-              })) {}
-    ~unraisable_capture() { ctxmgr::set_unraisable_hook(std::move(previous_)); }
-    std::vector<std::string> reports;
-
-  private:
-    ctxmgr::unraisable_hook previous_;
-};
 
 TEST(ExitStack, IsAContextManagerWhoseTargetIsItself) {
     static_assert(ctxmgr::context_manager<exit_stack>);
@@ -265,20 +253,13 @@ TEST(ExitStack, WithSeesTheBodysExceptionAndTheStackMaySuppressIt) {
 
 TEST(ExitStack, WithRethrowsTheOriginalObjectWhenNothingSuppresses) {
     trace log;
-    std::exception_ptr thrown, caught;
-    try {
+    std::exception_ptr thrown;
+    const auto caught = exception_from([&] {
         ctxmgr::with(exit_stack(), [&](exit_stack& stack) {
             stack.push(recorder{log, "r"});
-            try {
-                throw test_error("boom");
-            } catch (...) {
-                thrown = std::current_exception();
-                throw;
-            }
+            throw_recorded(thrown);
         });
-    } catch (...) {
-        caught = std::current_exception();
-    }
+    });
     EXPECT_EQ(caught, thrown);
     EXPECT_EQ(log.seen.at(0), thrown);
 }

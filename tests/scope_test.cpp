@@ -12,20 +12,7 @@
 namespace {
 
 using ctxmgr::testing::test_error;
-
-class unraisable_capture {
-  public:
-    unraisable_capture()
-        : previous_(
-              ctxmgr::set_unraisable_hook([this](std::exception_ptr e, std::string_view where) {
-                  reports.push_back(std::string(where) + ": " + ctxmgr::testing::what_of(e));
-              })) {}
-    ~unraisable_capture() { ctxmgr::set_unraisable_hook(std::move(previous_)); }
-    std::vector<std::string> reports;
-
-  private:
-    ctxmgr::unraisable_hook previous_;
-};
+using ctxmgr::testing::unraisable_capture;
 
 // Runs body in a scope holding all three guards and says which ran.
 template <class Body>

@@ -13,11 +13,13 @@
 
 namespace {
 
+using ctxmgr::testing::exception_from;
 using ctxmgr::testing::on_exit;
 using ctxmgr::testing::other_error;
 using ctxmgr::testing::recorder;
 using ctxmgr::testing::suppressing_recorder;
 using ctxmgr::testing::test_error;
+using ctxmgr::testing::throw_recorded;
 using ctxmgr::testing::trace;
 using events = std::vector<std::string>;
 
@@ -52,12 +54,7 @@ TEST(With, OuterManagerMaySuppressAFailingEnter) {
 TEST(With, ExitSeesTheOriginalEnterException) {
     trace log;
     recorder a{log, "a"}, b{log, "b", true};
-    std::exception_ptr caught;
-    try {
-        ctxmgr::with(a, b, [] {});
-    } catch (...) {
-        caught = std::current_exception();
-    }
+    const auto caught = exception_from([&] { ctxmgr::with(a, b, [] {}); });
     ASSERT_EQ(log.seen.size(), 1u);
     EXPECT_EQ(log.seen[0], caught);
 }
@@ -219,14 +216,7 @@ TEST(With, ThrowWithNestedInExitChainsTheBodysException) {
     recorder a{log, "a", false, on_exit::throw_nested};
     std::exception_ptr body_error;
     try {
-        ctxmgr::with(a, [&] {
-            try {
-                throw test_error("boom");
-            } catch (...) {
-                body_error = std::current_exception();
-                throw;
-            }
-        });
+        ctxmgr::with(a, [&] { throw_recorded(body_error); });
         FAIL() << "expected an exception";
     } catch (const other_error& e) {
         const auto* nested = dynamic_cast<const std::nested_exception*>(&e);
@@ -249,19 +239,9 @@ TEST(With, OuterManagerMaySuppressAnExceptionThrownByAnInnerExit) {
 TEST(With, RethrowsTheOriginalExceptionObject) {
     trace log;
     recorder a{log, "a"}, b{log, "b"};
-    std::exception_ptr thrown, caught;
-    try {
-        ctxmgr::with(a, b, [&] {
-            try {
-                throw test_error("boom");
-            } catch (...) {
-                thrown = std::current_exception();
-                throw;
-            }
-        });
-    } catch (...) {
-        caught = std::current_exception();
-    }
+    std::exception_ptr thrown;
+    const auto caught =
+        exception_from([&] { ctxmgr::with(a, b, [&] { throw_recorded(thrown); }); });
     EXPECT_EQ(thrown, caught);
     EXPECT_EQ(log.seen[0], thrown);
     EXPECT_EQ(log.seen[1], thrown);

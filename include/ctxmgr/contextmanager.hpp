@@ -189,11 +189,10 @@ class [[nodiscard]] contextmanager {
                                      : "contextmanager: entered after it finished");
         }
         state_ = state::entered;
-        handle_.resume();
-        if (handle_.done()) {
-            std::exception_ptr thrown = std::move(handle_.promise().thrown_);
-            finish();
-            if (thrown) std::rethrow_exception(thrown);
+        resume(nullptr);
+        if (!handle_) {  // the coroutine finished, and its frame is gone
+            state_ = state::finished;
+            if (thrown_) std::rethrow_exception(std::exchange(thrown_, nullptr));
             throw protocol_error("contextmanager: the coroutine did not yield");
         }
         if constexpr (std::is_void_v<T>) {
@@ -216,11 +215,10 @@ class [[nodiscard]] contextmanager {
             throw protocol_error(state_ == state::created ? "contextmanager: exit without enter"
                                                           : "contextmanager: exited twice");
         }
-        promise_type& promise = handle_.promise();
-        promise.resume_with_ = e;
-        handle_.resume();
-        if (!handle_.done()) {
-            finish();
+        resume(&e);
+        state_ = state::finished;
+        if (handle_) {  // suspended at a second co_yield
+            destroy();
             if (!e)
                 throw protocol_error(
                     "contextmanager: the coroutine did not stop (it yielded twice)");
@@ -229,9 +227,8 @@ class [[nodiscard]] contextmanager {
             std::throw_with_nested(protocol_error(
                 "contextmanager: the coroutine did not stop after the exception was thrown in"));
         }
-        std::exception_ptr thrown = std::move(promise.thrown_);
-        finish();
-        if (!thrown) return static_cast<bool>(e);
+        if (!thrown_) return static_cast<bool>(e);
+        std::exception_ptr thrown = std::exchange(thrown_, nullptr);
         // The coroutine let e through, or rethrew it: not suppressed, and with() rethrows the
         // original object. Compared by identity, so a different exception of the same type
         // is never mistaken for e (CPython's `exc is value` check).
@@ -248,9 +245,19 @@ class [[nodiscard]] contextmanager {
             return contextmanager(handle_type::from_promise(*this));
         }
         std::suspend_always initial_suspend() noexcept { return {}; }
-        std::suspend_always final_suspend() noexcept { return {}; }
+        // The frame frees itself as the coroutine finishes: one fewer trip through the
+        // coroutine's state machine than a final suspension followed by destroy().
+        std::suspend_never final_suspend() noexcept { return {}; }
         void return_void() noexcept {}
-        void unhandled_exception() noexcept { thrown_ = std::current_exception(); }
+        void unhandled_exception() noexcept { owner_->thrown_ = std::current_exception(); }
+
+        promise_type() = default;
+        promise_type(const promise_type&) = delete;
+        promise_type& operator=(const promise_type&) = delete;
+        // Tells the manager its frame is gone, whichever way it went.
+        ~promise_type() {
+            if (owner_ != nullptr) owner_->handle_ = nullptr;
+        }
 
         // Rethrows, at the co_yield, the exception exit() was given.
         struct yield_awaiter {
@@ -258,9 +265,8 @@ class [[nodiscard]] contextmanager {
             bool await_ready() const noexcept { return false; }
             void await_suspend(handle_type) const noexcept {}
             void await_resume() const {
-                if (promise.resume_with_) {
-                    std::rethrow_exception(std::exchange(promise.resume_with_, nullptr));
-                }
+                const std::exception_ptr* e = std::exchange(promise.resume_with_, nullptr);
+                if (e != nullptr && *e) std::rethrow_exception(*e);
             }
         };
 
@@ -306,8 +312,11 @@ class [[nodiscard]] contextmanager {
 
       private:
         friend class contextmanager;
-        std::exception_ptr thrown_;       // what escaped the coroutine body
-        std::exception_ptr resume_with_;  // what exit() throws in at the co_yield
+        // The manager that resumes or destroys the frame, set before each: the manager
+        // may have been moved since the last time.
+        contextmanager* owner_ = nullptr;
+        // What exit() throws in at the co_yield; it lives in exit()'s frame meanwhile.
+        const std::exception_ptr* resume_with_ = nullptr;
         [[no_unique_address]] detail::yielded<T> yielded_;
     };
 
@@ -316,16 +325,22 @@ class [[nodiscard]] contextmanager {
 
     explicit contextmanager(handle_type handle) noexcept : handle_(handle) {}
 
-    void finish() noexcept {
-        destroy();
-        state_ = state::finished;
+    void resume(const std::exception_ptr* e) {
+        promise_type& promise = handle_.promise();
+        promise.owner_ = this;
+        promise.resume_with_ = e;
+        handle_.resume();  // never throws: the body's exceptions land in thrown_
     }
 
     void destroy() noexcept {
-        if (handle_) std::exchange(handle_, nullptr).destroy();
+        if (handle_) {
+            handle_.promise().owner_ = this;
+            handle_.destroy();  // the promise's destructor clears handle_
+        }
     }
 
     handle_type handle_;
+    std::exception_ptr thrown_;  // what escaped the coroutine body
     state state_ = state::created;
 };
 

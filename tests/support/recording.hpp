@@ -1,9 +1,12 @@
 // Test managers that record what happens to them, shared by the core tests.
 #pragma once
 
+#include <ctxmgr/unraisable.hpp>
+
 #include <exception>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -36,6 +39,42 @@ inline std::string what_of(const std::exception_ptr& e) {
         return "?";
     }
 }
+
+// Runs f and returns what it threw, or null.
+template <class F>
+std::exception_ptr exception_from(F&& f) {
+    try {
+        std::forward<F>(f)();
+    } catch (...) {
+        return std::current_exception();
+    }
+    return nullptr;
+}
+
+// Throws a test_error and keeps a pointer to that very object in `thrown`, so a test can
+// check that what arrives elsewhere is the original and not a copy.
+[[noreturn]] inline void throw_recorded(std::exception_ptr& thrown, const char* what = "boom") {
+    thrown = std::make_exception_ptr(test_error(what));
+    std::rethrow_exception(thrown);
+}
+
+// Collects what reaches the unraisable hook ("where: what") while it lives.
+class unraisable_capture {
+  public:
+    unraisable_capture()
+        : previous_(
+              ctxmgr::set_unraisable_hook([this](std::exception_ptr e, std::string_view where) {
+                  reports.push_back(std::string(where) + ": " + what_of(e));
+              })) {}
+    unraisable_capture(const unraisable_capture&) = delete;
+    unraisable_capture& operator=(const unraisable_capture&) = delete;
+    ~unraisable_capture() { ctxmgr::set_unraisable_hook(std::move(previous_)); }
+
+    std::vector<std::string> reports;
+
+  private:
+    ctxmgr::unraisable_hook previous_;
+};
 
 // What a recorder does on exit.
 enum class on_exit { pass, suppress, throw_error, throw_nested };

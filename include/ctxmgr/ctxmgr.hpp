@@ -12,6 +12,7 @@
 #include "contextmanager.hpp"
 #include "errors.hpp"
 #include "exit_stack.hpp"
+#include "net.hpp"
 #include "protocol.hpp"
 #include "scope.hpp"
 #include "tracking.hpp"

@@ -62,10 +62,12 @@ class resolve_category_type final : public std::error_category {
 
 // ---- time limits -------------------------------------------------------------------------
 
-void check_not_negative(milliseconds duration, std::string_view what) {
+// `what` and `suffix` are joined only for the message: the check runs on every timed call.
+void check_not_negative(milliseconds duration, std::string_view what,
+                        std::string_view suffix = {}) {
     if (duration.count() < 0) {
-        throw std::invalid_argument("ctxmgr::tcp: " + std::string(what) + " is negative (" +
-                                    format_duration(duration) + ')');
+        throw std::invalid_argument("ctxmgr::tcp: " + std::string(what) + std::string(suffix) +
+                                    " is negative (" + format_duration(duration) + ')');
     }
 }
 
@@ -74,7 +76,7 @@ class deadline {
   public:
     deadline(const std::optional<milliseconds>& timeout, std::string_view operation) {
         if (!timeout) return;
-        check_not_negative(*timeout, std::string(operation) + " timeout");
+        check_not_negative(*timeout, operation, " timeout");
         timeout_ = *timeout;
         const auto now = steady_clock::now();
         // Saturate: a timeout of milliseconds::max() is as good as none, not an overflow.
@@ -103,22 +105,22 @@ class deadline {
     std::optional<steady_clock::time_point> at_;
 };
 
-enum class readiness { ready, timed_out };
-
 // Waits until `fd` is ready for `events` (or has an error or hang-up, which the next call
-// reports) or the deadline passes. EINTR is retried with the time left.
-readiness wait_for(int fd, short events, const deadline& limit, std::string_view operation,
-                   const std::string& peer) {
+// reports) or the deadline passes. EINTR is retried with the time left. Returns 0 when
+// ready, ETIMEDOUT when the deadline passed (poll itself never fails with it), else poll's
+// errno. The callers build their messages only on failure: formatting an endpoint costs more
+// user time than the poll.
+int wait_for(int fd, short events, const deadline& limit) noexcept {
     for (;;) {
         pollfd entry{fd, events, 0};
         const int n = ::poll(&entry, 1, limit.poll_timeout());
-        if (n > 0) return readiness::ready;
+        if (n > 0) return 0;
         if (n == 0) {
             // poll's timeout is rounded up to whole milliseconds; the clock has the last word.
-            if (limit.expired() || !limit.timed()) return readiness::timed_out;
+            if (limit.expired() || !limit.timed()) return ETIMEDOUT;
             continue;
         }
-        if (errno != EINTR) throw network_error(operation, peer, errno);
+        if (errno != EINTR) return errno;
     }
 }
 
@@ -134,15 +136,52 @@ struct socket_address {
     [[nodiscard]] int family() const noexcept { return storage.ss_family; }
 };
 
+// Writes the decimal digits of `value` at `out`; returns the end. Endpoints are formatted
+// by hand on every connect and accept (the tracked description): std::to_string and
+// inet_ntop's sprintf cost more user time than the rest of connect() together.
+char* write_decimal(char* out, unsigned value) noexcept {
+    char digits[10];
+    int n = 0;
+    do {
+        digits[n++] = static_cast<char>('0' + value % 10);
+        value /= 10;
+    } while (value != 0);
+    while (n > 0) *out++ = digits[--n];
+    return out;
+}
+
+// The longest endpoint text: "[" address (an IPv6 one with a scope id) "]:" port.
+constexpr std::size_t endpoint_text_size = INET6_ADDRSTRLEN + 12 + 8;
+
+// Writes "127.0.0.1:5000" or "[::1]:5000" at `out` (endpoint_text_size bytes); returns the end.
+char* write_endpoint(char* out, const endpoint& e) noexcept {
+    if (e.address.empty()) return out;
+    const std::size_t size = std::min(e.address.size(), endpoint_text_size - 8);
+    const bool v6 = e.address.find(':') != std::string::npos;
+    if (v6) *out++ = '[';
+    std::memcpy(out, e.address.data(), size);
+    out += size;
+    if (v6) *out++ = ']';
+    *out++ = ':';
+    return write_decimal(out, e.port);
+}
+
 endpoint to_endpoint(const sockaddr_storage& storage) {
     endpoint result;
-    char text[INET6_ADDRSTRLEN + 16] = {};
     if (storage.ss_family == AF_INET) {
+        // By hand: inet_ntop formats IPv4 with sprintf, about 1700 instructions a call.
         const auto& v4 = reinterpret_cast<const sockaddr_in&>(storage);
-        ::inet_ntop(AF_INET, &v4.sin_addr, text, sizeof text);
-        result.address = text;
+        const auto* octets = reinterpret_cast<const unsigned char*>(&v4.sin_addr);
+        char text[16];
+        char* end = text;
+        for (int i = 0; i < 4; ++i) {
+            if (i > 0) *end++ = '.';
+            end = write_decimal(end, octets[i]);
+        }
+        result.address.assign(text, end);
         result.port = ntohs(v4.sin_port);
     } else if (storage.ss_family == AF_INET6) {
+        char text[INET6_ADDRSTRLEN] = {};
         const auto& v6 = reinterpret_cast<const sockaddr_in6&>(storage);
         ::inet_ntop(AF_INET6, &v6.sin6_addr, text, sizeof text);
         result.address = text;
@@ -152,11 +191,13 @@ endpoint to_endpoint(const sockaddr_storage& storage) {
     return result;
 }
 
-endpoint local_endpoint_of(int fd, std::string_view operation, const std::string& peer) {
+// The local endpoint of `fd`, or the errno of getsockname.
+std::optional<endpoint> local_endpoint_of(int fd, int& error) {
     sockaddr_storage storage{};
     socklen_t length = sizeof storage;
     if (::getsockname(fd, reinterpret_cast<sockaddr*>(&storage), &length) != 0) {
-        throw network_error(operation, peer, errno);
+        error = errno;
+        return std::nullopt;
     }
     return to_endpoint(storage);
 }
@@ -223,6 +264,13 @@ std::string describe_peer(const endpoint& address, const std::string& host, bool
     std::string text = address.to_string();
     if (!numeric) text += " (" + host + ')';
     return text;
+}
+
+[[noreturn]] void throw_wait_failure(int error, std::string_view operation, const endpoint& peer,
+                                     const std::string& timed_out_waiting_for,
+                                     milliseconds timeout) {
+    if (error == ETIMEDOUT) throw timeout_error(timed_out_waiting_for, timeout);
+    throw network_error(operation, peer.to_string(), error);
 }
 
 void set_option(int fd, int level, int name, int value, std::string_view operation,
@@ -323,7 +371,11 @@ std::string quoted(std::string_view text) {
 }
 
 std::string description_of(const endpoint& local, const endpoint& remote) {
-    return local.to_string() + " -> " + remote.to_string();
+    char text[2 * endpoint_text_size + 4];
+    char* end = write_endpoint(text, local);
+    std::memcpy(end, " -> ", 4);
+    end = write_endpoint(end + 4, remote);
+    return std::string(text, end);
 }
 
 // One receive into [data, data + size): the bytes read, 0 at end of stream, nullopt when
@@ -332,21 +384,22 @@ std::string description_of(const endpoint& local, const endpoint& remote) {
 std::optional<std::size_t> receive_into(int fd, char* data, std::size_t size, const deadline& limit,
                                         const endpoint& remote) {
     const bool timed = limit.timed();
-    for (;;) {
-        if (timed && wait_for(fd, POLLIN, limit, "receive from", remote.to_string()) ==
-                         readiness::timed_out) {
-            return std::nullopt;
+    const auto wait = [&] {
+        const int error = wait_for(fd, POLLIN, limit);
+        if (error != 0 && error != ETIMEDOUT) {
+            throw network_error("receive from", remote.to_string(), error);
         }
+        return error == 0;
+    };
+    for (;;) {
+        if (timed && !wait()) return std::nullopt;
         const ssize_t got = ::recv(fd, data, size, timed ? MSG_DONTWAIT : 0);
         if (got >= 0) return static_cast<std::size_t>(got);
         if (errno == EINTR) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
             // Timed: poll saw data another thread took. Untimed: someone made the
             // descriptor non-blocking through native_handle(); wait as the call would have.
-            if (!timed && wait_for(fd, POLLIN, limit, "receive from", remote.to_string()) ==
-                              readiness::timed_out) {
-                return std::nullopt;
-            }
+            if (!timed && !wait()) return std::nullopt;
             continue;
         }
         throw network_error("receive from", remote.to_string(), errno);
@@ -366,11 +419,8 @@ const std::error_category& resolve_category() noexcept {
 }
 
 std::string endpoint::to_string() const {
-    if (address.empty()) return {};
-    if (address.find(':') != std::string::npos) {
-        return '[' + address + "]:" + std::to_string(port);
-    }
-    return address + ':' + std::to_string(port);
+    char text[endpoint_text_size];
+    return std::string(text, write_endpoint(text, *this));
 }
 
 // ---- connection --------------------------------------------------------------------------
@@ -409,15 +459,14 @@ struct connection::receive_buffer {
 
 connection::connection() noexcept = default;
 
+// If registering throws, the caller still owns `fd` and closes it.
 connection::connection(int fd, endpoint local, endpoint remote, milliseconds linger,
                        std::source_location where)
-    : fd_(fd), linger_(linger), local_(std::move(local)), remote_(std::move(remote)) {
-    try {
-        tracked_ = tracked(connection_kind, description_of(local_, remote_), where);
-    } catch (...) {
-        ::close(fd);  // the caller handed over the descriptor; nothing else will close it
-        throw;
-    }
+    : fd_(fd),
+      linger_(linger),
+      local_(std::move(local)),
+      remote_(std::move(remote)),
+      tracked_(connection_kind, description_of(local_, remote_), where) {
 }
 
 connection::connection(connection&& other) noexcept
@@ -505,11 +554,12 @@ void connection::send_all(std::span<const std::byte> data, std::optional<millise
         if (errno != EAGAIN && errno != EWOULDBLOCK) {
             throw network_error("send to", remote_.to_string(), errno);
         }
-        if (wait_for(fd_, POLLOUT, limit, "send to", remote_.to_string()) == readiness::timed_out) {
-            throw timeout_error("room to send to " + remote_.to_string() + " (" +
-                                    std::to_string(sent) + " of " + std::to_string(data.size()) +
-                                    " bytes sent)",
-                                limit.timeout());
+        if (const int error = wait_for(fd_, POLLOUT, limit); error != 0) {
+            throw_wait_failure(error, "send to", remote_,
+                               "room to send to " + remote_.to_string() + " (" +
+                                   std::to_string(sent) + " of " + std::to_string(data.size()) +
+                                   " bytes sent)",
+                               limit.timeout());
         }
     }
 }
@@ -527,8 +577,9 @@ std::size_t connection::send_some(std::span<const std::byte> data,
         if (errno != EAGAIN && errno != EWOULDBLOCK) {
             throw network_error("send to", remote_.to_string(), errno);
         }
-        if (wait_for(fd_, POLLOUT, limit, "send to", remote_.to_string()) == readiness::timed_out) {
-            throw timeout_error("room to send to " + remote_.to_string(), limit.timeout());
+        if (const int error = wait_for(fd_, POLLOUT, limit); error != 0) {
+            throw_wait_failure(error, "send to", remote_, "room to send to " + remote_.to_string(),
+                               limit.timeout());
         }
     }
 }
@@ -709,12 +760,11 @@ struct attempt_result {
 };
 
 attempt_result attempt(const socket_address& address, const deadline& limit,
-                       const connect_options& options, const std::string& peer) {
+                       const connect_options& options) {
     const int fd =
         ::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC | (limit.timed() ? SOCK_NONBLOCK : 0),
                  IPPROTO_TCP);
     if (fd < 0) return {-1, errno, false};
-    scope_fail close_on_throw([fd] { ::close(fd); });
     const auto fail = [fd](int error) {
         ::close(fd);
         return attempt_result{-1, error, false};
@@ -733,9 +783,9 @@ attempt_result attempt(const socket_address& address, const deadline& limit,
         // EINPROGRESS: a non-blocking connect under way. EINTR: a blocking one that a signal
         // interrupted, which the kernel carries on with. Either way, wait and ask SO_ERROR.
         if (errno != EINPROGRESS && errno != EINTR) return fail(errno);
-        if (wait_for(fd, POLLOUT, limit, "connect", peer) == readiness::timed_out) {
+        if (const int error = wait_for(fd, POLLOUT, limit); error != 0) {
             ::close(fd);
-            return {-1, 0, true};
+            return {-1, error, error == ETIMEDOUT};
         }
         int error = 0;
         socklen_t length = sizeof error;
@@ -765,35 +815,42 @@ connection connect(std::string_view host, std::uint16_t port, const connect_opti
     check_not_negative(options.linger, "linger");
     const deadline limit(options.timeout, "connect");
     const std::string name(host);
+    // A numeric address needs neither getaddrinfo nor a vector.
     const auto numeric = parse_numeric(name, port);
+    std::vector<socket_address> resolved;
+    if (!numeric) resolved = resolve(name, port, false);
     const auto addresses =
-        numeric ? std::vector<socket_address>{*numeric} : resolve(name, port, false);
+        numeric ? std::span<const socket_address>(&*numeric, 1) : std::span(resolved);
     std::exception_ptr failures;
     for (std::size_t i = 0; i < addresses.size(); ++i) {
         const auto& address = addresses[i];
         auto remote = to_endpoint(address.storage);
-        const auto peer = describe_peer(remote, name, numeric.has_value());
+        const auto peer = [&] { return describe_peer(remote, name, numeric.has_value()); };
         if (i > 0 && limit.expired()) {
-            throw_chained(timeout_error("connect to " + peer, limit.timeout()), failures);
+            throw_chained(timeout_error("connect to " + peer(), limit.timeout()), failures);
         }
-        const auto result = attempt(address, limit, options, peer);
+        const auto result = attempt(address, limit, options);
         if (result.timed_out) {
-            throw_chained(timeout_error("connect to " + peer, limit.timeout()), failures);
+            throw_chained(timeout_error("connect to " + peer(), limit.timeout()), failures);
         }
         if (result.fd < 0) {
-            network_error failure("connect", peer, result.error);
+            network_error failure("connect", peer(), result.error);
             if (i + 1 == addresses.size()) throw_chained(std::move(failure), failures);
             failures = chain(std::move(failure), failures);
             continue;
         }
-        endpoint local;
+        // try/catch rather than scope_fail on this path: free when nothing throws, where
+        // scope_fail asks std::uncaught_exceptions() twice.
         try {
-            local = local_endpoint_of(result.fd, "getsockname on connection to", peer);
+            int error = 0;
+            auto local = local_endpoint_of(result.fd, error);
+            if (!local) throw network_error("getsockname on connection to", peer(), error);
+            return connection(result.fd, std::move(*local), std::move(remote), options.linger,
+                              where);
         } catch (...) {
             ::close(result.fd);
             throw;
         }
-        return connection(result.fd, std::move(local), std::move(remote), options.linger, where);
     }
     // resolve() returns at least one address, so the loop returns or throws.
     throw network_error("connect", name, std::make_error_code(std::errc::address_not_available));
@@ -802,13 +859,9 @@ connection connect(std::string_view host, std::uint16_t port, const connect_opti
 // ---- listener ----------------------------------------------------------------------------
 
 listener::listener(int fd, endpoint local, std::source_location where)
-    : fd_(fd), local_(std::move(local)) {
-    try {
-        tracked_ = tracked(listener_kind, "listening on " + local_.to_string(), where);
-    } catch (...) {
-        ::close(fd);
-        throw;
-    }
+    : fd_(fd),
+      local_(std::move(local)),
+      tracked_(listener_kind, "listening on " + local_.to_string(), where) {
 }
 
 listener::listener(listener&& other) noexcept
@@ -877,9 +930,9 @@ connection listener::accept(std::optional<milliseconds> timeout, std::source_loc
 #if EWOULDBLOCK != EAGAIN
             case EWOULDBLOCK:
 #endif
-                if (wait_for(fd_, POLLIN, limit, "accept on", local_.to_string()) ==
-                    readiness::timed_out) {
-                    throw timeout_error("a connection on " + local_.to_string(), limit.timeout());
+                if (const int error = wait_for(fd_, POLLIN, limit); error != 0) {
+                    throw_wait_failure(error, "accept on", local_,
+                                       "a connection on " + local_.to_string(), limit.timeout());
                 }
                 continue;
             // A signal, or a connection that failed before it was accepted (accept(2):
@@ -899,18 +952,22 @@ connection listener::accept(std::optional<milliseconds> timeout, std::source_loc
                 throw network_error("accept on", local_.to_string(), errno);
         }
     }
-    endpoint remote;
-    endpoint local;
-    try {
-        remote = to_endpoint(storage);
-        const auto peer = remote.to_string();
-        set_option(fd, IPPROTO_TCP, TCP_NODELAY, 1, "set TCP_NODELAY on connection from", peer);
-        local = local_endpoint_of(fd, "getsockname on connection from", peer);
+    try {  // as in connect(): try/catch costs nothing when nothing throws
+        auto remote = to_endpoint(storage);
+        const int on = 1;
+        if (::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on) != 0) {
+            throw network_error("set TCP_NODELAY on connection from", remote.to_string(), errno);
+        }
+        int error = 0;
+        auto local = local_endpoint_of(fd, error);
+        if (!local) {
+            throw network_error("getsockname on connection from", remote.to_string(), error);
+        }
+        return connection(fd, std::move(*local), std::move(remote), milliseconds(1000), where);
     } catch (...) {
         ::close(fd);
         throw;
     }
-    return connection(fd, std::move(local), std::move(remote), milliseconds(1000), where);
 }
 
 void listener::close() {
@@ -949,15 +1006,14 @@ listener listen(std::string_view address, std::uint16_t port, int backlog,
                 error = errno;
             }
         }
+        std::optional<endpoint> local;
         if (error == 0) {
-            endpoint local;
-            try {
-                local = local_endpoint_of(fd, "getsockname on listener", text);
-            } catch (...) {
-                ::close(fd);
-                throw;
-            }
-            return listener(fd, std::move(local), where);
+            local = local_endpoint_of(fd, error);
+            if (!local) operation = "getsockname on listener";
+        }
+        if (error == 0) {
+            scope_fail close_on_throw([fd] { ::close(fd); });
+            return listener(fd, std::move(*local), where);
         }
         if (fd >= 0) ::close(fd);
         network_error failure(operation, text, error);

@@ -1033,3 +1033,26 @@ TEST(Net, OneThreadMaySendWhileAnotherReceives) {
 }
 
 }  // namespace
+
+namespace {
+
+// The example at the top of net.hpp, as written there, with a server that answers it.
+TEST(Net, TheHeadersExample) {
+    auto server = ctxmgr::tcp::listen("127.0.0.1", 0);  // port 0: the OS picks one
+    background pong([&] {
+        ctxmgr::with(server.accept(patience), [](tcp::connection& c) {
+            if (c.read_until("\n", 64, patience) == "ping\n") c.send_all("pong\n");
+        });
+    });
+    std::string answer;
+    ctxmgr::with(ctxmgr::tcp::connect("127.0.0.1", server.local_port(), {.timeout = 2s}),
+                 [&](ctxmgr::tcp::connection& c) {
+                     c.send_all("ping\n");
+                     std::string reply = c.read_until("\n", 1024, 500ms);  // "pong\n"
+                     answer = reply;
+                 });  // shut down, drain, close
+    pong.join();
+    EXPECT_EQ(answer, "pong\n");
+}
+
+}  // namespace

@@ -301,15 +301,10 @@ int drain(int fd, milliseconds linger) noexcept {
     char scratch[read_chunk];
     const deadline limit(linger, "linger");
     for (;;) {
-        pollfd entry{fd, POLLIN, 0};
-        const int n = ::poll(&entry, 1, limit.poll_timeout());
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            return errno;
-        }
-        if (n == 0) {
-            if (limit.expired()) return 0;
-            continue;
+        // Poll first: the peer's end of stream has rarely arrived yet when close() starts,
+        // so a receive first would mostly cost an extra EAGAIN.
+        if (const int error = wait_for(fd, POLLIN, limit); error != 0) {
+            return error == ETIMEDOUT ? 0 : error;
         }
         const ssize_t got = ::recv(fd, scratch, sizeof scratch, MSG_DONTWAIT);
         if (got == 0) return 0;
@@ -466,7 +461,8 @@ connection::connection(int fd, endpoint local, endpoint remote, milliseconds lin
       linger_(linger),
       local_(std::move(local)),
       remote_(std::move(remote)),
-      tracked_(connection_kind, description_of(local_, remote_), where) {
+      tracked_(connection_kind, tracking_enabled ? description_of(local_, remote_) : std::string(),
+               where) {
 }
 
 connection::connection(connection&& other) noexcept

@@ -1014,6 +1014,32 @@ TEST(Net, SixtyFourConcurrentConnectionsToOneListener) {
     server.close();
 }
 
+TEST(Net, SeveralThreadsMayAcceptOnOneListener) {
+    constexpr int acceptors = 3;
+    constexpr int per_acceptor = 8;
+    auto server = tcp::listen("127.0.0.1", 0);
+    std::atomic<int> accepted{0};
+    std::vector<std::unique_ptr<background>> threads;
+    for (int t = 0; t < acceptors; ++t) {
+        threads.push_back(std::make_unique<background>([&] {
+            for (int i = 0; i < per_acceptor; ++i) {
+                auto c = server.accept(patience);
+                EXPECT_EQ(c.read_until("\n", 16, patience), "hi\n");
+                ++accepted;
+                c.close();
+            }
+        }));
+    }
+    for (int i = 0; i < acceptors * per_acceptor; ++i) {
+        auto c = tcp::connect("127.0.0.1", server.local_port(), {.timeout = patience});
+        c.send_all("hi\n");
+        EXPECT_EQ(read_to_end(c), "");
+        c.close();
+    }
+    for (auto& t : threads) t->join();
+    EXPECT_EQ(accepted.load(), acceptors * per_acceptor);
+}
+
 TEST(Net, OneThreadMaySendWhileAnotherReceives) {
     auto [server, client, peer] = connect_pair();
     constexpr int messages = 200;

@@ -7,22 +7,27 @@
 // peer's next read fails with ECONNRESET), like Python's `with socket.create_connection()`
 // plus the "lingering close" of Apache and nginx.
 //
-//   auto server = ctxmgr::tcp::listen("127.0.0.1", 0);          // port 0: the OS picks one
+//   using namespace std::chrono_literals;
+//   auto server = ctxmgr::tcp::listen("127.0.0.1", 0);   // port 0: the OS picks one
+//   ...                                                   // a thread that answers "pong\n"
 //   ctxmgr::with(ctxmgr::tcp::connect("127.0.0.1", server.local_port(), {.timeout = 2s}),
 //                [](ctxmgr::tcp::connection& c) {
 //                    c.send_all("ping\n");
 //                    std::string reply = c.read_until("\n", 1024, 500ms);   // "pong\n"
-//                });                                    // shut down, drain, close
+//                });                                       // shut down, drain, close
 //
 // exit(e), the manager's half, with no pending exception is close(): shut down writing,
 // read and discard what the peer still sends until it closes its side or the linger time
-// (1 s by default) runs out, close. A peer that reset the connection is reported (close
-// throws network_error): it did not take everything that was sent (unless a receive or send already
-// threw that reset). With a pending exception it is abort(): SO_LINGER 0 and close, which sends a
-// reset at once and discards unsent data, so the peer learns the exchange failed instead of
-// mistaking a truncated message for a complete one. The destructor, for a connection never closed,
-// aborts while the stack unwinds an exception and otherwise closes without waiting (the kernel
-// still delivers what was sent, then end of stream); it never throws.
+// (1 s by default) runs out, close. Draining matters: closing a socket with unread data
+// makes the kernel send a reset, which can destroy the reply still in flight to the peer.
+// A reset from the peer is reported (close throws network_error): the peer did not take
+// everything that was sent; a reset that a receive or send already threw is not reported
+// twice. With a pending exception exit is abort(): SO_LINGER 0 and close, which sends a
+// reset at once and discards unsent data, so the peer learns that the exchange failed
+// instead of mistaking a truncated message for a complete one. The destructor, for a
+// connection never closed, aborts while the stack unwinds an exception and otherwise closes
+// without waiting (the kernel still delivers what was sent, then end of stream); it never
+// throws.
 //
 // Guarantees:
 //   - Errors: network_error (a std::system_error: code() keeps the errno, or the

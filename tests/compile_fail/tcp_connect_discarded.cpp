@@ -12,4 +12,5 @@ void use(std::uint16_t port) {
 #endif
 }
 
-int main() {}
+int main() {
+}

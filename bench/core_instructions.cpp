@@ -1,19 +1,13 @@
 // Runs one core kernel a fixed number of times, for callgrind's instruction counts:
 //   core_instructions <kernel> [iterations]
 // bench/instructions runs it under callgrind and compares a kernel with its baseline.
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <functional>
-#include <map>
-#include <string>
-
 #include "core_kernels.hpp"
+#include "instructions_main.hpp"
 
 int main(int argc, char** argv) {
     kernels::counter a, b;
     int work = 0;
-    const std::map<std::string, std::function<void()>> cases = {
+    const kernels::kernel_cases cases = {
         {"with_trivial", [&] { kernels::with_trivial(a, work); }},
         {"handwritten_trivial", [&] { kernels::handwritten_trivial(a, work); }},
         {"with_two", [&] { kernels::with_two(a, b, work); }},
@@ -31,15 +25,5 @@ int main(int argc, char** argv) {
         {"exit_stack_callbacks<16>", [&] { kernels::exit_stack_callbacks<16>(work); }},
         {"handwritten_guards<16>", [&] { kernels::handwritten_guards<16>(work); }},
     };
-    if (argc < 2 || cases.count(argv[1]) == 0) {
-        std::fprintf(stderr, "usage: %s <kernel> [iterations]; kernels:", argv[0]);
-        for (const auto& [name, _] : cases) std::fprintf(stderr, " %s", name.c_str());
-        std::fprintf(stderr, "\n");
-        return 2;
-    }
-    const long iterations = argc > 2 ? std::atol(argv[2]) : 100000;
-    const auto& run = cases.at(argv[1]);
-    for (long i = 0; i < iterations; ++i) run();
-    std::printf("%s: %ld iterations, work %d\n", argv[1], iterations, work);
-    return 0;
+    return kernels::run_kernel(argc, argv, cases, work);
 }

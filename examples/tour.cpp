@@ -8,7 +8,6 @@
 #include <cctype>
 #include <cstdio>
 #include <fstream>
-#include <iterator>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -90,23 +89,6 @@ void five_steps() {
     }
 }
 
-// The minimal file manager the core chapters use; the files chapter shows ctxmgr::open.
-struct text_file {
-    std::filesystem::path path;
-    std::ios::openmode mode;
-    std::fstream stream;
-
-    std::fstream& enter() {
-        stream.open(path, mode);
-        if (!stream) throw std::runtime_error("cannot open " + path.string());
-        return stream;
-    }
-    void exit(std::exception_ptr) {
-        stream.close();
-        say("closed " + path.filename().string());
-    }
-};
-
 void try_finally_versus_with() {
     const auto path = tour::scratch() / "hello.txt";
     say("by hand: acquire, then try/catch/rethrow, then release on both paths:");
@@ -122,8 +104,11 @@ void try_finally_versus_with() {
         say("closed hello.txt by hand");
     }
     say("with ctxmgr: the release is written once, by the manager, and cannot be forgotten:");
-    ctxmgr::with(text_file{path, std::ios::out | std::ios::app, {}},
-                 [](std::fstream& f) { f << "Hello again!\n"; });
+    ctxmgr::with(ctxmgr::open(path, "a"), [](ctxmgr::file& f) { f.write("Hello again!\n"); });
+    ctxmgr::with(ctxmgr::open(path), [](ctxmgr::file& f) {
+        for (const std::string& line : f.lines())
+            say("hello.txt: " + line.substr(0, line.size() - 1));
+    });
     say("and a finally guard for the code that is not a manager:");
     {
         int* buffer = new int[16];
@@ -138,28 +123,33 @@ void try_finally_versus_with() {
 void two_managers() {
     const auto input = tour::scratch() / "input.txt";
     const auto output = tour::scratch() / "output.txt";
-    std::ofstream(input) << "context managers\nrelease what they acquire\n";
-    ctxmgr::with(text_file{input, std::ios::in, {}}, text_file{output, std::ios::out, {}},
-                 [](std::fstream& in, std::fstream& out) {
-                     std::string text{std::istreambuf_iterator<char>(in), {}};
+    ctxmgr::with(ctxmgr::open(input, "w"),
+                 [](ctxmgr::file& f) { f.write("context managers\nrelease what they acquire\n"); });
+    ctxmgr::with(ctxmgr::open(input), ctxmgr::open(output, "w"),
+                 [](ctxmgr::file& in, ctxmgr::file& out) {
+                     std::string text = in.read_all();
                      std::transform(text.begin(), text.end(), text.begin(),
                                     [](unsigned char c) { return std::toupper(c); });
-                     out << text;
+                     out.write(text);
                  });
-    std::ifstream check(output);
-    std::string line;
-    while (std::getline(check, line)) say("output.txt: " + line);
+    say("both closed, output.txt first (exits run in reverse)");
+    ctxmgr::with(ctxmgr::open(output), [](ctxmgr::file& f) {
+        for (const std::string& line : f.lines())
+            say("output.txt: " + line.substr(0, line.size() - 1));
+    });
 }
 
 void when_the_body_throws() {
     const auto path = tour::scratch() / "partial.txt";
     try {
-        ctxmgr::with(text_file{path, std::ios::out, {}}, [](std::fstream& f) {
-            f << "half a record";
+        ctxmgr::with(ctxmgr::open(path, "w"), [](ctxmgr::file& f) {
+            f.write("half a record");
             throw std::runtime_error("the body failed halfway");
         });
     } catch (const std::exception& e) {
-        say(std::string("the file was closed before the exception reached us: ") + e.what());
+        say(std::string("the file was flushed and closed before the exception reached us: ") +
+            e.what());
+        say("partial.txt holds \"" + ctxmgr::open(path).read_all() + '"');
     }
 
     say("an exit that returns true suppresses the exception, and with returns nothing:");

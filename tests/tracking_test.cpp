@@ -30,6 +30,8 @@
 #include <utility>
 #include <vector>
 
+#include "child.hpp"
+
 extern char** environ;
 
 namespace {
@@ -694,24 +696,7 @@ TEST_F(Tracking, AtExitAForkedChildReportsOnlyItsOwnResources) {
     EXPECT_EQ(std::count(child.err.begin(), child.err.end(), '\n'), 1) << child.err;
 }
 
-// Forks; the child runs `body` (true for success) and exits at once, without running this
-// process's exit handlers. An alarm ends a child that deadlocks.
-bool in_child(auto body) {
-    const pid_t pid = ::fork();
-    if (pid < 0) return false;
-    if (pid == 0) {
-        ::alarm(20);
-        bool ok = false;
-        try {
-            ok = body();
-        } catch (...) {
-        }
-        ::_exit(ok ? 0 : 1);
-    }
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
-}
+using ctxmgr::testing::in_child;
 
 TEST_F(Tracking, AForkedChildListsOnlyItsOwnResources) {
     ctxmgr::tracked parents("socket", "the parent's");
@@ -728,27 +713,40 @@ TEST_F(Tracking, AForkedChildListsOnlyItsOwnResources) {
     EXPECT_TRUE(is_live(parent_id)) << "the parent still has its resource";
 }
 
-TEST_F(Tracking, ForkingWhileAnotherThreadRegistersDoesNotDeadlockTheChild) {
+TEST_F(Tracking, ForkingWhileOtherThreadsRegisterAndListDoesNotDeadlockTheChild) {
+    // One thread holds its shard lock, the other the registry mutex and every shard lock,
+    // for much of their time: without the fork handlers, a child would often inherit a
+    // lock that no thread of its own will ever release.
     std::atomic<bool> stop{false};
-    std::atomic<long> registered{0};
-    std::thread busy([&] {
-        // Bounded even if the main thread never says stop.
-        for (long i = 0; i < 50'000'000 && !stop.load(std::memory_order_relaxed); ++i) {
-            ctxmgr::tracked resource("socket", "busy");
-            registered.fetch_add(1, std::memory_order_relaxed);
-        }
-    });
-    while (registered.load() < 1000) std::this_thread::yield();
+    std::atomic<long> rounds{0};
+    auto until_stopped = [&](auto step) {
+        return [&, step] {
+            // Bounded even if the main thread never says stop.
+            for (long i = 0; i < 10'000'000 && !stop.load(std::memory_order_relaxed); ++i) {
+                step();
+                rounds.fetch_add(1, std::memory_order_relaxed);
+            }
+        };
+    };
+    std::vector<ctxmgr::tracked> held;
+    for (int i = 0; i < 32; ++i) held.emplace_back("socket", "held while forking");
+    std::thread registering(until_stopped([] { ctxmgr::tracked resource("socket", "busy"); }));
+    std::thread listing(until_stopped([] { static_cast<void>(ctxmgr::live_resources()); }));
+    while (rounds.load() < 1000) std::this_thread::yield();
+    // Each fork catches a held lock only now and then: many forks, so that a regression
+    // fails this test almost surely.
+    constexpr int forks = 60;
     int children_ok = 0;
-    for (int i = 0; i < 20; ++i) {
+    for (int i = 0; i < forks; ++i) {
         children_ok += in_child([] {
             ctxmgr::tracked own("socket", "in the child");
-            return !ctxmgr::live_resources().empty();
+            return ctxmgr::live_resources().size() == 1;
         });
     }
     stop = true;
-    busy.join();
-    EXPECT_EQ(children_ok, 20);
+    registering.join();
+    listing.join();
+    EXPECT_EQ(children_ok, forks);
 }
 
 // --- redact_secrets ------------------------------------------------------------------------

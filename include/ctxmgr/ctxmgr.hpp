@@ -1,9 +1,6 @@
 // ctxmgr/ctxmgr.hpp: everything in ctxmgr that needs no third-party library.
 //
-// The protocol and composition layers are header-only; leak tracking and the resources link
-// ctxmgr::ctxmgr.
-// The database back ends are included on purpose: <ctxmgr/sqlite.hpp>, <ctxmgr/postgres.hpp>;
-// what they share (<ctxmgr/db.hpp>: the db::connection concept, rows, transactions) is here.
+
 //
 //   #include <ctxmgr/ctxmgr.hpp>
 //   ctxmgr::with(ctxmgr::suppress<std::runtime_error>(), [] { ... });
@@ -14,6 +11,10 @@
 #include "db.hpp"
 #include "errors.hpp"
 #include "exit_stack.hpp"
+#include "file.hpp"
+#include "file_lock.hpp"
+#include "lock.hpp"
+#include "net.hpp"
 #include "protocol.hpp"
 #include "scope.hpp"
 #include "tracking.hpp"

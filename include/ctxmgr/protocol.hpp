@@ -81,10 +81,59 @@ bool exit_suppresses(M& m, const std::exception_ptr& e) {
     }
 }
 
+// Whether M's exit is one function taking its argument by reference (an overload set or a
+// template counts as not).
+template <class F>
+struct exit_parameter {
+    using type = void;
+};
+template <class R, class C, class P>
+struct exit_parameter<R (C::*)(P)> {
+    using type = P;
+};
+template <class R, class C, class P>
+struct exit_parameter<R (C::*)(P) noexcept> {
+    using type = P;
+};
+template <class R, class C, class P>
+struct exit_parameter<R (C::*)(P) const> {
+    using type = P;
+};
+template <class R, class C, class P>
+struct exit_parameter<R (C::*)(P) const noexcept> {
+    using type = P;
+};
+
+template <class M>
+constexpr bool exit_takes_reference() {
+    if constexpr (requires { &M::exit; }) {
+        return std::is_reference_v<typename exit_parameter<decltype(&M::exit)>::type>;
+    } else {
+        return false;
+    }
+}
+
 // Calls m.exit(nullptr) after a block that ended normally.
+//
+// An exit taking its argument by reference gets a const null object, and the compiler is
+// told that it stays null (no exit may change a const object): a temporary's destructor would
+// test it again after every call that exit makes (an unlock, a close), the compiler being
+// unable to prove the call leaves it alone. Three instructions, 4% of a with(lock(m)), which
+// must cost what std::scoped_lock does. An exit taking it by value gets the prvalue, which
+// initializes its parameter directly.
 template <class M>
 void exit_normally(M& m) {
-    if constexpr (can_suppress_v<M>) {
+    if constexpr (exit_takes_reference<M>()) {
+        const std::exception_ptr none;
+        if constexpr (can_suppress_v<M>) {
+            static_cast<void>(m.exit(none));
+        } else {
+            m.exit(none);
+        }
+#if defined(__GNUC__)
+        if (none) __builtin_unreachable();
+#endif
+    } else if constexpr (can_suppress_v<M>) {
         static_cast<void>(m.exit(std::exception_ptr()));
     } else {
         m.exit(std::exception_ptr());

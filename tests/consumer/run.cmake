@@ -26,4 +26,26 @@ endif()
 if(NOT output MATCHES "consumer: ok")
     message(FATAL_ERROR "the consumer program did not report success")
 endif()
+# The installed tree also serves pkg-config users: build the same program with its flags.
+if(MODE STREQUAL "find_package")
+    find_program(PKG_CONFIG pkg-config REQUIRED)
+    set(ENV{PKG_CONFIG_PATH} ${WORK_DIR}/prefix/lib/pkgconfig)
+    execute_process(COMMAND ${PKG_CONFIG} --cflags --libs ctxmgr
+        OUTPUT_VARIABLE pc_flags OUTPUT_STRIP_TRAILING_WHITESPACE COMMAND_ERROR_IS_FATAL ANY)
+    separate_arguments(pc_flags UNIX_COMMAND "${pc_flags}")
+    separate_arguments(extra_flags UNIX_COMMAND "${CXX_FLAGS} ${LINKER_FLAGS}")
+    set(definitions)
+    if(pc_flags MATCHES "-lctxmgr")
+        set(definitions -DCTXMGR_CONSUMER_COMPILED=1)
+    endif()
+    execute_process(
+        COMMAND ${CXX} ${extra_flags} ${definitions} ${SOURCE_DIR}/tests/consumer/main.cpp
+            ${pc_flags} -o ${WORK_DIR}/consumer-pkg-config
+        COMMAND_ERROR_IS_FATAL ANY)
+    execute_process(COMMAND ${WORK_DIR}/consumer-pkg-config
+        RESULT_VARIABLE status OUTPUT_VARIABLE output ERROR_VARIABLE output)
+    if(NOT status EQUAL 0 OR NOT output MATCHES "consumer: ok")
+        message(FATAL_ERROR "the program built with pkg-config failed: ${output}")
+    endif()
+endif()
 file(REMOVE_RECURSE ${WORK_DIR})

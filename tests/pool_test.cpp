@@ -340,6 +340,30 @@ TEST_F(Pool, AWaiterGetsTheConnectionAnotherThreadGivesBack) {
     EXPECT_EQ(s.created, 1U);
 }
 
+TEST_F(Pool, WaitersAreServedInTheOrderTheyCame) {
+    auto pool = make({.max_size = 1, .acquire_timeout = 30s});
+    auto held = pool.connection();
+    static_cast<void>(held.enter());
+    std::mutex mutex;
+    std::vector<int> order;
+    std::vector<std::thread> waiters;
+    for (int i = 0; i < 3; ++i) {
+        waiters.emplace_back([&, i] {
+            ctxmgr::with(pool.connection(), [&](sqlite::connection&) {
+                std::lock_guard lock(mutex);
+                order.push_back(i);
+            });
+        });
+        // The next one queues only once this one waits.
+        ASSERT_TRUE(
+            eventually([&] { return pool.stats().waiting == static_cast<std::size_t>(i + 1); }));
+    }
+    held.exit(nullptr);
+    for (auto& w : waiters) w.join();
+    EXPECT_EQ(order, (std::vector<int>{0, 1, 2}));
+    EXPECT_EQ(pool.stats().created, 1U);
+}
+
 TEST_F(Pool, ATimeoutCarriesTheLastConnectionFailure) {
     std::atomic<int> calls{0};
     sqlite_pool pool(

@@ -22,8 +22,10 @@
 // 53300) or never answers (a stopped postmaster) cannot hold it past its deadline. Then it
 // throws timeout_error naming the pool, its size, the source lines of the current borrowers
 // (where a leak would be) and the last connection failure (also nested in it). A connection
-// that arrives after its waiter gave up stays in the pool. Waiting is not FIFO: a borrower
-// arriving when a connection comes back may take it before one already waiting.
+// that arrives after its waiter gave up stays in the pool. Waiters are served first come,
+// first served, except that a borrower arriving just as a connection comes back may take it
+// before the waiter woken for it (which spares two context switches when threads outnumber
+// connections); a waiter overtaken so is handed the next connection outright.
 //
 // Giving back (exit): rollback_any() ends whatever transaction is open or failed, as the back
 // end reports it (and makes transaction managers still entered on it inert); a connection

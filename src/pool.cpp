@@ -580,7 +580,10 @@ class pool_core {
             // Entries hold coarse times, up to a tick behind: compare with the precise clock,
             // so that a wait never ends before what it waited for is due.
             const std::int64_t now = precise_now();
-            std::int64_t next = now + housekeeping_period_ns;
+            // A borrow that begins after this look is due leak_threshold after it at the
+            // earliest: looking again by then misses none.
+            std::int64_t next = now + (leak_ns_ > 0 ? std::min(leak_ns_, housekeeping_period_ns)
+                                                    : housekeeping_period_ns);
             std::vector<std::pair<std::uint64_t, resource_info>> leaks;
             std::vector<pool_entry*> retired;
             try {

@@ -170,6 +170,36 @@ std::string literal(connection& session, const std::string& value) {
     return quoted.get();
 }
 
+// The answer to a lock script: every statement's result, and the first that failed.
+struct script_answer {
+    std::vector<result_ptr> results;
+    std::size_t failed_at = 0;  // results.size() when none failed
+
+    [[nodiscard]] const PGresult* failure() const {
+        return failed_at < results.size() ? results[failed_at].get() : nullptr;
+    }
+};
+
+// Runs a lock script, waiting at most `timeout` (plus the grace) from `started`. A server
+// that has not answered by then gets the session closed (whatever it grants later goes with
+// the session) and timeout_error.
+script_answer run_lock_script(connection& session, const std::string& script,
+                              steady::time_point started, std::chrono::milliseconds timeout,
+                              const std::string& context) {
+    auto results = run_until(session, script, answer_deadline(started, timeout), context);
+    if (!results) {
+        session.close();
+        throw timeout_error(context + " (the server did not answer; session closed)",
+                            steady::now() - started);
+    }
+    script_answer answer{std::move(*results), 0};
+    while (answer.failed_at < answer.results.size() &&
+           !failed(answer.results[answer.failed_at].get())) {
+        ++answer.failed_at;
+    }
+    return answer;
+}
+
 }  // namespace
 
 // --- lock_key ------------------------------------------------------------------------------
@@ -266,36 +296,28 @@ lease& advisory_lock::enter() {
             ", 1) ON CONFLICT (key) DO UPDATE SET token = f.token + 1 RETURNING token; COMMIT";
         constexpr std::size_t lock_statement = 3;
         constexpr std::size_t token_statement = 4;
-        auto results =
-            run_until(session, script, answer_deadline(started, options_.timeout), context);
-        if (!results) {
-            // Whatever the server grants later goes when the session does.
-            session.close();
-            throw timeout_error(context + " (the server did not answer; session closed)",
-                                steady::now() - started);
-        }
-        const auto failure = std::find_if(results->begin(), results->end(),
-                                          [](const result_ptr& r) { return failed(r.get()); });
-        const auto failed_at = static_cast<std::size_t>(failure - results->begin());
-        if (failure == results->end() && results->size() > token_statement &&
-            PQntuples((*results)[token_statement].get()) == 1) {
-            held->token_ = std::stoll(PQgetvalue((*results)[token_statement].get(), 0, 0));
-        } else if (failure == results->end()) {
+        const script_answer answer =
+            run_lock_script(session, script, started, options_.timeout, context);
+        const PGresult* failure = answer.failure();
+        if (failure == nullptr && answer.results.size() > token_statement &&
+            PQntuples(answer.results[token_statement].get()) == 1) {
+            held->token_ = std::stoll(PQgetvalue(answer.results[token_statement].get(), 0, 0));
+        } else if (failure == nullptr) {
             unlock_after_failure();
             throw db::error(std::string(backend_name), "", 0,
                             context + ": unexpected answer to the lock script", script);
         } else if (!session.is_open()) {
-            fail(session, failure->get(), context, script);  // gone, and the lock with it
-        } else if (failed_at < lock_statement) {
+            fail(session, failure, context, script);  // gone, and the lock with it
+        } else if (answer.failed_at < lock_statement) {
             session.execute_script("ROLLBACK");
-            fail(session, failure->get(), context, script);
-        } else if (failed_at == lock_statement) {
-            const bool timed_out = sqlstate_of(failure->get()) == lock_timeout_sqlstate;
+            fail(session, failure, context, script);
+        } else if (answer.failed_at == lock_statement) {
+            const bool timed_out = sqlstate_of(failure) == lock_timeout_sqlstate;
             session.execute_script("ROLLBACK");
             if (timed_out) throw timeout_error(context, steady::now() - started);
-            fail(session, failure->get(), context, script);
-        } else if (failed_at == token_statement &&
-                   sqlstate_of(failure->get()) == undefined_table_sqlstate) {
+            fail(session, failure, context, script);
+        } else if (answer.failed_at == token_statement &&
+                   sqlstate_of(failure) == undefined_table_sqlstate) {
             // The lock is held (a session lock outlives the rollback); the table is made
             // and the token taken outside the script.
             try {
@@ -306,8 +328,8 @@ lease& advisory_lock::enter() {
                 throw;
             }
         } else {
-            const std::string sqlstate = sqlstate_of(failure->get());
-            const char* primary = PQresultErrorField(failure->get(), PG_DIAG_MESSAGE_PRIMARY);
+            const std::string sqlstate = sqlstate_of(failure);
+            const char* primary = PQresultErrorField(failure, PG_DIAG_MESSAGE_PRIMARY);
             const std::string message = primary != nullptr ? primary : "failed";
             unlock_after_failure();
             throw db::error(std::string(backend_name), sqlstate, 0, context + ": " + message,
@@ -444,23 +466,18 @@ connection& advisory_xact_lock::enter() {
         "; SET LOCAL statement_timeout = 0; SELECT pg_advisory_xact_lock" + shared + '(' +
         std::to_string(key_.value()) + "); " + restore + "; RELEASE SAVEPOINT ctxmgr_advisory_lock";
     constexpr std::size_t lock_statement = 3;
-    auto results = run_until(session, script, answer_deadline(started, options_.timeout), context);
-    if (!results) {
-        session.close();
-        throw timeout_error(context + " (the server did not answer; connection closed)",
-                            steady::now() - started);
-    }
-    const auto failure = std::find_if(results->begin(), results->end(),
-                                      [](const result_ptr& r) { return failed(r.get()); });
-    if (failure == results->end()) return session;
-    if (!session.is_open()) fail(session, failure->get(), context, script);
-    const bool timed_out = static_cast<std::size_t>(failure - results->begin()) == lock_statement &&
-                           sqlstate_of(failure->get()) == lock_timeout_sqlstate;
+    const script_answer answer =
+        run_lock_script(session, script, started, options_.timeout, context);
+    const PGresult* failure = answer.failure();
+    if (failure == nullptr) return session;
+    if (!session.is_open()) fail(session, failure, context, script);
+    const bool timed_out =
+        answer.failed_at == lock_statement && sqlstate_of(failure) == lock_timeout_sqlstate;
     // Back to the savepoint: the transaction goes on as it was, settings included.
     session.execute_script(
         "ROLLBACK TO SAVEPOINT ctxmgr_advisory_lock; RELEASE SAVEPOINT ctxmgr_advisory_lock");
     if (timed_out) throw timeout_error(context, steady::now() - started);
-    fail(session, failure->get(), context, script);
+    fail(session, failure, context, script);
 }
 
 }  // namespace ctxmgr::postgres

@@ -23,12 +23,14 @@
 #include <thread>
 #include <vector>
 
-#include "postgres_cluster.hpp"
+#include "eventually.hpp"
+#include "postgres_fixtures.hpp"
 #include "recording.hpp"
 
 namespace {
 
 using namespace std::chrono_literals;
+using ctxmgr::testing::eventually;
 using ctxmgr::testing::exception_from;
 using ctxmgr::testing::test_error;
 using ctxmgr::testing::what_of;
@@ -43,16 +45,6 @@ static_assert(!std::is_copy_constructible_v<postgres::advisory_lock>);
 static_assert(postgres::advisory_key("") == static_cast<std::int64_t>(0xcbf29ce484222325ULL));
 static_assert(postgres::advisory_key("a") == static_cast<std::int64_t>(0xaf63dc4c8601ec8cULL));
 static_assert(postgres::advisory_key("foobar") == static_cast<std::int64_t>(0x85944171f73967e8ULL));
-
-template <class Done>
-bool eventually(Done done, std::chrono::milliseconds limit = 10s) {
-    const auto deadline = std::chrono::steady_clock::now() + limit;
-    while (!done()) {
-        if (std::chrono::steady_clock::now() > deadline) return false;
-        std::this_thread::sleep_for(5ms);
-    }
-    return true;
-}
 
 // The advisory locks a backend holds on `key` (pg_locks splits a bigint key in two).
 std::int64_t locks_held(postgres::connection& admin, int pid, std::int64_t key) {
@@ -74,12 +66,8 @@ std::string unique(std::string_view stem) {
     return std::string(stem) + '_' + std::to_string(::getpid()) + '_' + std::to_string(++counter);
 }
 
-class DistributedLock : public ::testing::Test {
+class DistributedLock : public ctxmgr::testing::shared_postgres_test {
   protected:
-    void SetUp() override {
-        server_ = ctxmgr::testing::shared_postgres();
-        CTXMGR_REQUIRE_POSTGRES(server_);
-    }
     void TearDown() override {
         if (tables_.empty()) return;
         auto c = postgres::connect(server_.conninfo);
@@ -91,7 +79,6 @@ class DistributedLock : public ::testing::Test {
     }
     postgres::connection connect() { return postgres::connect(server_.conninfo); }
 
-    ctxmgr::testing::postgres_server server_;
     std::vector<std::string> tables_;
 };
 
@@ -438,12 +425,12 @@ TEST_F(DistributedLock, TheTransactionLockOutsideATransactionIsAProtocolError) {
 
 // ---- a holder killed ------------------------------------------------------------------
 
-TEST(DistributedLockDedicated, AHolderKilledWithSigkillIsReplacedWithinTheTimeout) {
-    std::string why;
-    const auto cluster = ctxmgr::testing::postgres_cluster::start({}, why);
-    const ctxmgr::testing::postgres_server server{cluster ? cluster->conninfo() : "", why};
-    CTXMGR_REQUIRE_POSTGRES(server);
-    const std::string conninfo = server.conninfo;
+using DistributedLockDedicated = ctxmgr::testing::dedicated_postgres_test;
+
+TEST_F(DistributedLockDedicated, AHolderKilledWithSigkillIsReplacedWithinTheTimeout) {
+    start();
+    CTXMGR_REQUIRE_POSTGRES(server_);
+    const std::string conninfo = server_.conninfo;
     const std::string name = "killed-holder";
     int ready[2];
     ASSERT_EQ(::pipe(ready), 0);

@@ -1012,15 +1012,24 @@ class [[nodiscard]] transaction {
 // checked here, each documents:
 //   - is_open(): holds a session that, as far as the client knows without any I/O, still
 //     works: not closed, not moved from, and (PostgreSQL) libpq has not seen the link
-//     break. noexcept.
-//   - ping(): asks the server (a round trip; SQLite: is_open()), true when it answers.
-//     Never throws: a lost connection is `false`.
+//     break. noexcept. libpq learns of a break only when it next uses the link: until a
+//     statement (or ping) meets it, is_open() and transaction_state() report what was
+//     last known.
+//   - ping(): asks the server (a round trip: an empty query, answered even inside a failed
+//     transaction; SQLite: is_open()), true when it answers. Never throws: a lost
+//     connection is `false` (and is_open() is false from then on).
 //   - close(): releases the session; idempotent; does not commit (an open transaction is
-//     rolled back by the back end).
-//   - transaction_state(): from the back end (see transaction_state). noexcept.
+//     rolled back by the back end). PostgreSQL's never fails; SQLite's throws db::error
+//     only when statements made through native_handle() are still open, and the connection
+//     counts as closed all the same.
+//   - transaction_state(): from the back end (see transaction_state); unknown once closed
+//     or lost. noexcept.
 //   - rollback_any(): rolls back whatever transaction is open, savepoints included, and
 //     returns whether there was one; throws connection_error when the session is lost,
-//     closed_error when closed.
+//     closed_error when closed. Transaction managers entered before it are over: their
+//     exit and destructor will not touch the session again.
+//   - a statement that finds the session gone throws connection_error (PostgreSQL: the
+//     link broke, SQLSTATE class 08 or 57P01-57P03), after which is_open() is false.
 //   - backend(): "sqlite" or "postgresql"; kind(): "sqlite connection", ...;
 //     description(): the quoted path or the redacted connection string (no password).
 template <class C>

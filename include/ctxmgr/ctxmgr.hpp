@@ -1,8 +1,6 @@
 // ctxmgr/ctxmgr.hpp: everything in ctxmgr that needs no third-party library.
 //
-// The protocol and composition layers are header-only; leak tracking and the resources (locks,
-// file locks, ...) link ctxmgr::ctxmgr.
-// The database back ends are included on purpose: <ctxmgr/sqlite.hpp>, <ctxmgr/postgres.hpp>.
+
 //
 //   #include <ctxmgr/ctxmgr.hpp>
 //   ctxmgr::with(ctxmgr::suppress<std::runtime_error>(), [] { ... });
@@ -10,6 +8,7 @@
 
 #include "contextlib.hpp"
 #include "contextmanager.hpp"
+#include "db.hpp"
 #include "errors.hpp"
 #include "exit_stack.hpp"
 #include "file.hpp"

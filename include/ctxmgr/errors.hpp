@@ -13,6 +13,8 @@
 //     timeout_error         a lock, connection or pool wait that ran out of time
 //     leak_error            resources still live where none should be
 //     db::error             a database error; subclasses follow the server's classes
+//                           (constraint_violation, serialization_failure,
+//                           connection_error), and conversion_error for values
 //
 // Guarantees: every message names the operation and the object (path, endpoint, redacted
 // connection string, lock name), so a log line alone says what failed. Constructing an
@@ -200,6 +202,15 @@ class serialization_failure : public error {
 // The connection could not be made or was lost (SQLSTATE class 08, 57P01-57P03, a closed
 // socket under libpq; SQLITE_CANTOPEN).
 class connection_error : public error {
+  public:
+    using error::error;
+};
+
+// A value that cannot be read as the type asked for (text read as an integer, NULL read
+// into a non-optional, 300 read into an int8_t, no row at all) or a parameter that cannot be
+// bound without loss (an unsigned value above INT64_MAX). Raised by the client, so
+// sqlstate() is empty and code() 0; the message names the column or the parameter.
+class conversion_error : public error {
   public:
     using error::error;
 };

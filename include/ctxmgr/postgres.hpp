@@ -1,0 +1,145 @@
+// ctxmgr/postgres.hpp: PostgreSQL connections on libpq (link ctxmgr::postgres).
+//
+// postgres::connect(conninfo, options) opens a session (a libpq connection string or a
+// postgresql:// URI) and returns a move-only connection that is its own manager: exit
+// closes it, so the server never keeps a forgotten session until an administrator kills it.
+// It offers everything of db::connection (see <ctxmgr/db.hpp>).
+//
+//   ctxmgr::with(ctxmgr::postgres::connect("host=db dbname=app", {.statement_timeout = 5s}),
+//                [](ctxmgr::postgres::connection& db) {
+//                    ctxmgr::with(db.transaction({.isolation =
+//                    ctxmgr::db::isolation_level::serializable}),
+//                                 [](auto& tx) { tx.execute("UPDATE t SET n = n + $1", 1); });
+//                });
+//
+// Statements are prepared on first use (PQprepare, one round trip) and kept per connection,
+// up to options.statement_cache_size (128 by default; the least recently used is
+// deallocated beyond that). Parameters travel typed, in binary, as psycopg 3 sends them:
+// an integer as integer (int4) when it fits and bigint otherwise (PostgreSQL casts up
+// implicitly, never down: substr(text, $1) wants an integer), double as float8, bool,
+// bytes as bytea; text as `unknown`, so that the server reads it as the column's type (a
+// date, a numeric, JSON). A statement is prepared for the parameter types of its call; the
+// same SQL called with other types (a value past 2^31, a NULL) is another cached statement. Results
+// come in text format and are converted by row.get<T> (db.hpp's rules: an integer from int2, int4,
+// int8, oid or an integral numeric; double from float4, float8, numeric or an integer type; bool
+// from bool; text from anything but bytea; bytes from bytea or text).
+//
+// Errors: db::error with the SQLSTATE, the server's message (and DETAIL) and the statement.
+// Class 23 is constraint_violation; 40001 and 40P01 serialization_failure; class 08,
+// 57P01-57P03 and a broken link (PQstatus CONNECTION_BAD) connection_error. A refused
+// connection carries 53300 (too many clients) or 57P03 (starting up, shutting down) when
+// the server said so in English, since libpq gives no SQLSTATE before a session exists.
+// Server notices (NOTICE, WARNING) are discarded.
+//
+// Guarantees: see db.hpp. Thread-compatible, as libpq's connections. Leak tracking: kind
+// "postgresql connection", described by the connection string without its password.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <source_location>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "db.hpp"
+
+struct pg_conn;
+
+namespace ctxmgr::postgres {
+
+struct options {
+    // The whole connection attempt (every host of the string, authentication included) ends
+    // by then with connection_error, measured by ctxmgr, in milliseconds, whatever the
+    // string's connect_timeout says: libpq has none by default and waits forever for a
+    // server that accepts TCP but never answers.
+    std::chrono::milliseconds connect_timeout{10000};
+    // The server cancels statements running longer (SQLSTATE 57014); 0 keeps the server's.
+    std::chrono::milliseconds statement_timeout{0};
+    // Shown in pg_stat_activity; empty keeps the string's, or "ctxmgr" when it has none.
+    std::string application_name{};
+    // Prepared statements kept per connection; 0 prepares every statement afresh.
+    std::size_t statement_cache_size = 128;
+};
+
+class connection;
+
+// Connects. Throws db::connection_error, whose message names the connection string without
+// its password, when the server cannot be reached, refuses, or does not answer within
+// options.connect_timeout; db::error for a malformed connection string.
+[[nodiscard]] connection connect(std::string_view conninfo, const options& opts = {},
+                                 std::source_location where = std::source_location::current());
+
+// A session with a PostgreSQL server. Members not marked noexcept may throw db::error (or a
+// subclass); every member that talks to the server throws closed_error after close().
+class connection : public db::basic_connection<connection> {
+  public:
+    connection(connection&& other) noexcept;
+    // Closes this connection first: not noexcept, as every close of the library.
+    connection& operator=(connection&& other);
+    connection(const connection&) = delete;
+    connection& operator=(const connection&) = delete;
+    ~connection();
+
+    // Ends the session (PQfinish); idempotent, never fails. An open transaction is rolled
+    // back by the server.
+    void close() noexcept;
+
+    // Open and libpq has not seen the link break (no I/O).
+    [[nodiscard]] bool is_open() const noexcept;
+    // An empty query, one round trip: true when the server answers. Never throws.
+    [[nodiscard]] bool ping() noexcept;
+    // PQtransactionStatus.
+    [[nodiscard]] db::transaction_state transaction_state() const noexcept;
+    // ROLLBACK when a transaction is open or failed; returns whether one was.
+    bool rollback_any();
+
+    // Runs one or several statements separated by `;` through the simple query protocol,
+    // without parameters and without preparing (schema scripts, transaction control).
+    void execute_script(std::string_view sql);
+
+    // The server process serving this session (PQbackendPID), as pg_stat_activity.pid and
+    // pg_terminate_backend know it; still known after the link broke, 0 once closed.
+    [[nodiscard]] int backend_pid() const noexcept;
+    // The server's version as an integer, 150004 for 15.4; 0 once closed.
+    [[nodiscard]] int server_version() const noexcept;
+
+    [[nodiscard]] static constexpr std::string_view backend() noexcept { return "postgresql"; }
+    [[nodiscard]] static constexpr std::string_view kind() noexcept {
+        return "postgresql connection";
+    }
+    // description(), from db::basic_connection: the connection string with its password hidden
+    // (redact_secrets).
+
+    // The libpq handle, for what ctxmgr does not wrap (LISTEN, COPY, ...); nullptr once
+    // closed. Do not close it.
+    [[nodiscard]] ::pg_conn* native_handle() const noexcept;
+
+    // How many prepared statements this connection keeps.
+    [[nodiscard]] std::size_t cached_statements() const noexcept;
+
+  private:
+    friend connection connect(std::string_view, const options&, std::source_location);
+    friend class db::basic_connection<connection>;
+    friend class db::transaction<connection>;
+    struct impl;
+
+    connection(std::unique_ptr<impl> state, std::string description, std::source_location where);
+
+    std::int64_t run(std::string_view sql, std::span<const db::param> params);
+    db::detail::cursor* open(std::string_view sql, std::span<const db::param> params,
+                             bool copy_parameters);
+    void fetch_first(std::string_view sql, std::span<const db::param> params,
+                     db::detail::first_value& value);
+    void begin(const db::transaction_options& options);
+    [[nodiscard]] bool closed() const noexcept { return impl_ == nullptr; }
+    impl& live(std::string_view operation) const;
+
+    std::unique_ptr<impl> impl_;
+};
+
+static_assert(db::connection<connection>);
+
+}  // namespace ctxmgr::postgres

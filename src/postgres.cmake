@@ -1,0 +1,18 @@
+# ctxmgr::postgres: PostgreSQL connections (include <ctxmgr/postgres.hpp>), linking libpq.
+# Built when find_package(PostgreSQL) succeeds; ctxmgrConfig.cmake then finds it again for
+# the consumers of the installed target.
+find_package(PostgreSQL)
+if(NOT PostgreSQL_FOUND)
+    message(STATUS "ctxmgr: libpq not found, ctxmgr::postgres not built")
+    return()
+endif()
+add_library(ctxmgr_postgres postgres.cpp)
+add_library(ctxmgr::postgres ALIAS ctxmgr_postgres)
+set_target_properties(ctxmgr_postgres PROPERTIES
+    EXPORT_NAME postgres
+    OUTPUT_NAME ctxmgr_postgres
+    POSITION_INDEPENDENT_CODE ON)
+target_link_libraries(ctxmgr_postgres PUBLIC ctxmgr_ctxmgr PRIVATE PostgreSQL::PostgreSQL)
+ctxmgr_warnings(ctxmgr_postgres)
+list(APPEND CTXMGR_EXPORTED_TARGETS ctxmgr_postgres)
+set(CTXMGR_HAS_POSTGRES ON)

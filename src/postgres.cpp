@@ -1,0 +1,883 @@
+// ctxmgr::postgres: connections on libpq.
+#include <libpq-fe.h>
+#include <poll.h>
+#include <ctxmgr/postgres.hpp>
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <cerrno>
+#include <charconv>
+#include <chrono>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "recent_statements.hpp"
+#include "sql_text.hpp"
+
+namespace ctxmgr::postgres {
+
+namespace {
+
+using db::detail::throw_conversion;
+
+constexpr std::string_view backend_name = "postgresql";
+
+// Type OIDs (pg_type.h, stable across versions).
+constexpr Oid bool_oid = 16, bytea_oid = 17, name_oid = 19, int8_oid = 20, int2_oid = 21,
+              int4_oid = 23, text_oid = 25, oid_oid = 26, float4_oid = 700, float8_oid = 701,
+              unknown_oid = 705, bpchar_oid = 1042, varchar_oid = 1043, numeric_oid = 1700;
+
+std::string type_name(Oid type) {
+    switch (type) {
+        case bool_oid:
+            return "boolean";
+        case bytea_oid:
+            return "bytea";
+        case name_oid:
+            return "name";
+        case int8_oid:
+            return "bigint";
+        case int2_oid:
+            return "smallint";
+        case int4_oid:
+            return "integer";
+        case text_oid:
+            return "text";
+        case oid_oid:
+            return "oid";
+        case float4_oid:
+            return "real";
+        case float8_oid:
+            return "double precision";
+        case unknown_oid:
+            return "unknown";
+        case bpchar_oid:
+            return "character";
+        case varchar_oid:
+            return "character varying";
+        case numeric_oid:
+            return "numeric";
+        default:
+            return "type oid " + std::to_string(type);
+    }
+}
+
+bool is_integer_type(Oid type) {
+    return type == int2_oid || type == int4_oid || type == int8_oid || type == oid_oid;
+}
+bool is_text_type(Oid type) {
+    return type == text_oid || type == varchar_oid || type == bpchar_oid || type == name_oid ||
+           type == unknown_oid;
+}
+
+// libpq's messages end with a newline and continue on indented lines: one line instead.
+std::string one_line(const char* text) {
+    std::string out;
+    for (const char* p = text; p != nullptr && *p != '\0'; ++p) {
+        if (*p == '\n' || *p == '\t') {
+            if (!out.empty() && out.back() != ' ') out += ' ';
+        } else {
+            out += *p;
+        }
+    }
+    while (!out.empty() && out.back() == ' ') out.pop_back();
+    return out;
+}
+
+bool lost(PGconn* conn) noexcept {
+    return conn == nullptr || PQstatus(conn) == CONNECTION_BAD;
+}
+
+// Throws the error of `result` (or of the connection when there is no result), typed by its
+// SQLSTATE and by the state of the link.
+[[noreturn]] void fail(PGconn* conn, const PGresult* result, std::string_view sql,
+                       std::string_view context = {}) {
+    std::string sqlstate;
+    std::string message;
+    if (result != nullptr) {
+        if (const char* state = PQresultErrorField(result, PG_DIAG_SQLSTATE)) sqlstate = state;
+        if (const char* primary = PQresultErrorField(result, PG_DIAG_MESSAGE_PRIMARY)) {
+            message = primary;
+            if (const char* detail = PQresultErrorField(result, PG_DIAG_MESSAGE_DETAIL)) {
+                message += "; ";
+                message += detail;
+            }
+        } else {
+            message = one_line(PQresultErrorMessage(result));
+        }
+    }
+    if (message.empty())
+        message = one_line(conn != nullptr ? PQerrorMessage(conn) : "no connection");
+    if (message.empty()) message = "unknown error";
+    if (!context.empty()) message = std::string(context) + ": " + message;
+    std::string statement(sql);
+    const std::string_view category = std::string_view(sqlstate).substr(0, 2);
+    // 08P01 with a working link is a protocol error of one message (a parameter count), not
+    // a lost connection.
+    if (lost(conn) || (category == "08" && sqlstate != "08P01") || sqlstate == "57P01" ||
+        sqlstate == "57P02" || sqlstate == "57P03") {
+        throw db::connection_error(std::string(backend_name), std::move(sqlstate), 0,
+                                   std::move(message), std::move(statement));
+    }
+    if (category == "23") {
+        throw db::constraint_violation(std::string(backend_name), std::move(sqlstate), 0,
+                                       std::move(message), std::move(statement));
+    }
+    if (sqlstate == "40001" || sqlstate == "40P01") {
+        throw db::serialization_failure(std::string(backend_name), std::move(sqlstate), 0,
+                                        std::move(message), std::move(statement));
+    }
+    throw db::error(std::string(backend_name), std::move(sqlstate), 0, std::move(message),
+                    std::move(statement));
+}
+
+struct result_deleter {
+    void operator()(PGresult* result) const noexcept { PQclear(result); }
+};
+using result_ptr = std::unique_ptr<PGresult, result_deleter>;
+
+bool succeeded(const PGresult* result) noexcept {
+    if (result == nullptr) return false;
+    const ExecStatusType status = PQresultStatus(result);
+    return status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK || status == PGRES_EMPTY_QUERY;
+}
+
+template <class T>
+bool parse_whole(std::string_view text, T& value) {
+    const char* end = text.data() + text.size();
+    const auto [stop, ec] = std::from_chars(text.data(), end, value);
+    return ec == std::errc() && stop == end;
+}
+
+// A text-format result, positioned on one row at a time.
+class result_cursor final : public db::detail::cursor {
+  public:
+    // `home`: where a connection keeps one cursor for reuse; release() goes back there.
+    explicit result_cursor(std::unique_ptr<result_cursor>* home) noexcept : home_(home) {}
+    ~result_cursor() override { PQclear(result_); }
+
+    // `sql` is copied when the cursor may outlive the caller's text (rows, snapshots).
+    void reset(PGresult* result, std::string_view sql, bool snapshot, bool copy_sql) {
+        PQclear(std::exchange(result_, result));
+        if (copy_sql) {
+            owned_sql_.assign(sql);
+            sql_ = owned_sql_;
+        } else {
+            sql_ = sql;
+        }
+        row_ = snapshot ? 0 : -1;
+        rows_ = PQntuples(result);
+        columns_ = static_cast<std::size_t>(PQnfields(result));
+        snapshot_ = snapshot;
+    }
+
+    bool next() override {
+        if (snapshot_ || row_ >= rows_) return false;
+        ++row_;
+        return row_ < rows_;
+    }
+    std::string_view name(std::size_t column) const override {
+        const char* name = PQfname(result_, index(column));
+        return name != nullptr ? name : "";
+    }
+    bool is_null(std::size_t column) const override {
+        return PQgetisnull(result_, row_, index(column)) != 0;
+    }
+    std::int64_t integer(std::size_t column) const override {
+        const std::string_view text = value(column, "an integer");
+        const Oid type = PQftype(result_, index(column));
+        std::int64_t out = 0;
+        if ((is_integer_type(type) || type == numeric_oid) && parse_whole(text, out)) return out;
+        wrong(column, type, text, "an integer");
+    }
+    double real(std::size_t column) const override {
+        const std::string_view text = value(column, "a number");
+        const Oid type = PQftype(result_, index(column));
+        if (is_integer_type(type)) {
+            const std::int64_t integral = integer(column);
+            constexpr std::int64_t exact = std::int64_t{1} << std::numeric_limits<double>::digits;
+            if (integral < -exact || integral > exact) {
+                throw_conversion(
+                    *this, column,
+                    "holds " + std::string(text) + ", which a double cannot represent exactly");
+            }
+            return static_cast<double>(integral);
+        }
+        double out = 0;
+        if ((type == float4_oid || type == float8_oid || type == numeric_oid) &&
+            parse_whole(text, out)) {
+            return out;
+        }
+        wrong(column, type, text, "a number");
+    }
+    bool boolean(std::size_t column) const override {
+        const std::string_view text = value(column, "a boolean");
+        const Oid type = PQftype(result_, index(column));
+        if (type == bool_oid && (text == "t" || text == "f")) return text == "t";
+        wrong(column, type, text, "a boolean");
+    }
+    std::string_view text(std::size_t column) const override {
+        const std::string_view text = value(column, "text");
+        const Oid type = PQftype(result_, index(column));
+        if (type == bytea_oid) wrong(column, type, {}, "text");
+        return text;
+    }
+    db::bytes blob(std::size_t column) const override {
+        const std::string_view text = value(column, "bytes");
+        const Oid type = PQftype(result_, index(column));
+        if (is_text_type(type)) {
+            const auto* data = reinterpret_cast<const std::byte*>(text.data());
+            return db::bytes(data, data + text.size());
+        }
+        if (type != bytea_oid) wrong(column, type, text, "bytes");
+        std::size_t length = 0;
+        unsigned char* raw =
+            PQunescapeBytea(reinterpret_cast<const unsigned char*>(text.data()), &length);
+        if (raw == nullptr) throw std::bad_alloc();
+        const auto* data = reinterpret_cast<const std::byte*>(raw);
+        db::bytes out;
+        try {
+            out.assign(data, data + length);
+        } catch (...) {
+            PQfreemem(raw);
+            throw;
+        }
+        PQfreemem(raw);
+        return out;
+    }
+    std::shared_ptr<const cursor> snapshot() const override {
+        result_ptr copy(PQcopyResult(result_, PG_COPYRES_ATTRS));
+        if (copy == nullptr) throw std::bad_alloc();
+        const int n = PQnfields(result_);
+        for (int c = 0; c < n; ++c) {
+            const bool null = PQgetisnull(result_, row_, c) != 0;
+            if (PQsetvalue(copy.get(), 0, c, null ? nullptr : PQgetvalue(result_, row_, c),
+                           null ? -1 : PQgetlength(result_, row_, c)) == 0) {
+                throw std::bad_alloc();
+            }
+        }
+        auto out = std::make_shared<result_cursor>(nullptr);
+        out->reset(copy.release(), sql_, true, true);
+        return out;
+    }
+    std::string_view backend() const noexcept override { return backend_name; }
+    std::string_view sql() const noexcept override { return sql_; }
+    void release() noexcept override {
+        PQclear(std::exchange(result_, nullptr));
+        if (home_ != nullptr && *home_ == nullptr) {
+            home_->reset(this);
+        } else {
+            delete this;
+        }
+    }
+
+  private:
+    static int index(std::size_t column) noexcept { return static_cast<int>(column); }
+
+    std::string_view value(std::size_t column, std::string_view wanted) const {
+        if (is_null(column)) {
+            throw_conversion(
+                *this, column,
+                "is NULL, which is not " + std::string(wanted) + "; read a std::optional");
+        }
+        return std::string_view(
+            PQgetvalue(result_, row_, index(column)),
+            static_cast<std::size_t>(PQgetlength(result_, row_, index(column))));
+    }
+
+    [[noreturn]] void wrong(std::size_t column, Oid type, std::string_view text,
+                            std::string_view wanted) const {
+        std::string shown(text.substr(0, 40));
+        if (text.size() > 40) shown += "...";
+        throw_conversion(*this, column,
+                         "holds " + type_name(type) + (text.empty() ? "" : " '" + shown + "'") +
+                             ", not " + std::string(wanted));
+    }
+
+    std::unique_ptr<result_cursor>* home_;
+    PGresult* result_ = nullptr;
+    std::string_view sql_;
+    std::string owned_sql_;
+    int row_ = -1;
+    int rows_ = 0;
+    bool snapshot_ = false;
+};
+
+struct string_hash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view text) const noexcept {
+        return std::hash<std::string_view>()(text);
+    }
+};
+
+// A statement prepared on the server for one list of parameter types.
+struct prepared {
+    std::string name;
+    std::vector<Oid> types;
+    std::size_t parameters = 0;
+    std::uint64_t last_used = 0;
+};
+
+// The parameters of one call in libpq's form. Kept by the connection and reused, so that a
+// call allocates nothing once the buffers have grown.
+struct bound_parameters {
+    std::vector<Oid> types;
+    std::vector<const char*> values;
+    std::vector<int> lengths;
+    std::vector<int> formats;
+    std::vector<std::array<char, 8>> binary;
+    std::string text;  // every text parameter, each followed by its NUL
+
+    void bind(std::span<const db::param> params, std::string_view sql) {
+        const std::size_t n = params.size();
+        if (values.size() != n) {  // every element is written below
+            types.resize(n);
+            values.resize(n);
+            lengths.resize(n);
+            formats.resize(n);
+            binary.resize(n);
+        }
+        text.clear();
+        std::size_t text_size = 0;
+        for (const db::param& p : params) {
+            if (p.type() == db::param::kind::text && !p.nul_terminated()) {
+                text_size += p.view().size() + 1;
+            }
+        }
+        if (text_size > 0) text.reserve(text_size);  // no reallocation below: pointers stay
+        for (std::size_t i = 0; i < n; ++i) {
+            const db::param& p = params[i];
+            char* const bytes = binary[i].data();
+            formats[i] = 1;
+            switch (p.type()) {
+                case db::param::kind::integer: {
+                    // The smallest type that holds the value, as psycopg 3 does: PostgreSQL
+                    // casts integer up to bigint implicitly, never down (substr(text, $1)
+                    // wants an integer).
+                    if (std::in_range<std::int32_t>(p.integer())) {
+                        const std::uint32_t big =
+                            __builtin_bswap32(static_cast<std::uint32_t>(p.integer()));
+                        std::memcpy(bytes, &big, 4);
+                        types[i] = int4_oid;
+                        lengths[i] = 4;
+                    } else {
+                        const std::uint64_t big =
+                            __builtin_bswap64(static_cast<std::uint64_t>(p.integer()));
+                        std::memcpy(bytes, &big, 8);
+                        types[i] = int8_oid;
+                        lengths[i] = 8;
+                    }
+                    values[i] = bytes;
+                    break;
+                }
+                case db::param::kind::real: {
+                    const std::uint64_t big =
+                        __builtin_bswap64(std::bit_cast<std::uint64_t>(p.real()));
+                    std::memcpy(bytes, &big, 8);
+                    types[i] = float8_oid;
+                    values[i] = bytes;
+                    lengths[i] = 8;
+                    break;
+                }
+                case db::param::kind::boolean:
+                    bytes[0] = p.boolean() ? 1 : 0;
+                    types[i] = bool_oid;
+                    values[i] = bytes;
+                    lengths[i] = 1;
+                    break;
+                case db::param::kind::blob:
+                    types[i] = bytea_oid;
+                    values[i] = p.view().data() != nullptr ? p.view().data() : "";
+                    lengths[i] = static_cast<int>(p.view().size());
+                    break;
+                case db::param::kind::text:
+                    if (p.view().find('\0') != std::string_view::npos) {
+                        throw db::conversion_error(
+                            std::string(backend_name), "", 0,
+                            "parameter $" + std::to_string(i + 1) +
+                                ": text holds a NUL character, which PostgreSQL text cannot; "
+                                "bind bytes",
+                            std::string(sql));
+                    }
+                    // Typed `unknown`: the server reads it as whatever the context wants.
+                    // Text-format values travel NUL-terminated: copy those that are not.
+                    types[i] = 0;
+                    lengths[i] = 0;
+                    formats[i] = 0;
+                    if (p.nul_terminated()) {
+                        values[i] = p.view().data();
+                    } else {
+                        values[i] = text.data() + text.size();
+                        text.append(p.view());
+                        text.push_back('\0');
+                    }
+                    break;
+                case db::param::kind::null:
+                    // A NULL has the type of the optional it came from; an integer one is
+                    // typed integer (no value says it needs bigint).
+                    switch (p.declared_type()) {
+                        case db::param::kind::integer:
+                            types[i] = int4_oid;
+                            break;
+                        case db::param::kind::real:
+                            types[i] = float8_oid;
+                            break;
+                        case db::param::kind::boolean:
+                            types[i] = bool_oid;
+                            break;
+                        case db::param::kind::blob:
+                            types[i] = bytea_oid;
+                            break;
+                        default:
+                            types[i] = 0;
+                            break;  // text, std::nullopt: the server decides
+                    }
+                    values[i] = nullptr;
+                    lengths[i] = 0;
+                    break;
+                case db::param::kind::out_of_range:
+                    throw db::conversion_error(std::string(backend_name), "", 0,
+                                               "parameter $" + std::to_string(i + 1) + ": " +
+                                                   std::to_string(p.unsigned_value()) +
+                                                   " does not fit a 64-bit signed integer",
+                                               std::string(sql));
+            }
+        }
+    }
+};
+
+// The SQLSTATE of a refusal that libpq reports only as text (no session, no error fields).
+std::string refusal_sqlstate(std::string_view message) {
+    if (message.find("too many clients") != std::string_view::npos ||
+        message.find("remaining connection slots are reserved") != std::string_view::npos) {
+        return "53300";
+    }
+    if (message.find("the database system is starting up") != std::string_view::npos ||
+        message.find("the database system is shutting down") != std::string_view::npos ||
+        message.find("the database system is in recovery mode") != std::string_view::npos ||
+        message.find("not yet accepting connections") != std::string_view::npos) {
+        return "57P03";
+    }
+    if (message.find("password authentication failed") != std::string_view::npos) return "28P01";
+    return "";
+}
+
+}  // namespace
+
+struct connection::impl {
+    PGconn* handle = nullptr;
+    int backend_pid = 0;  // kept: libpq forgets it once the link breaks
+    std::size_t capacity = 0;
+    std::uint64_t clock = 0;
+    std::uint64_t names = 0;
+    // By SQL, one entry per list of parameter types the SQL was called with.
+    std::unordered_map<std::string, std::vector<prepared>, string_hash, std::equal_to<>> cache;
+    std::size_t cached = 0;
+    using cache_entry = decltype(cache)::value_type;
+    struct key_of {
+        std::string_view operator()(const cache_entry& e) const noexcept { return e.first; }
+    };
+    db::detail::recent_statements<cache_entry, key_of> recent;
+    std::vector<std::string> to_deallocate;  // evicted while a transaction had failed
+    bound_parameters bound;
+    std::unique_ptr<result_cursor> spare;
+
+    impl() = default;
+    impl(const impl&) = delete;
+    impl& operator=(const impl&) = delete;
+    ~impl() {
+        spare.reset();
+        if (handle != nullptr) PQfinish(handle);
+    }
+
+    bool failed_transaction() const noexcept {
+        return PQtransactionStatus(handle) == PQTRANS_INERROR;
+    }
+
+    // Forgets a statement on the server. DEALLOCATE is refused in a failed transaction:
+    // names wait in to_deallocate until the next statement is prepared outside one.
+    void deallocate(std::string name) {
+        to_deallocate.push_back(std::move(name));
+        flush_deallocations();
+    }
+
+    void flush_deallocations() {
+        if (to_deallocate.empty() || failed_transaction() || lost(handle)) return;
+        std::string sql;
+        for (const std::string& name : to_deallocate) sql += "DEALLOCATE " + name + ';';
+        to_deallocate.clear();
+        PQclear(PQexec(handle, sql.c_str()));  // a lost link shows on the next statement
+    }
+
+    // Removes one prepared statement from the cache and from the server.
+    void forget(decltype(cache)::iterator entry, std::size_t variant) {
+        std::string name = std::move(entry->second[variant].name);
+        entry->second.erase(entry->second.begin() + static_cast<std::ptrdiff_t>(variant));
+        if (entry->second.empty()) {
+            recent.forget(&*entry);
+            cache.erase(entry);
+        }
+        --cached;
+        deallocate(std::move(name));
+    }
+
+    // Forgets the least recently used statement.
+    void evict() {
+        auto oldest = cache.end();
+        std::size_t oldest_variant = 0;
+        for (auto it = cache.begin(); it != cache.end(); ++it) {
+            for (std::size_t v = 0; v < it->second.size(); ++v) {
+                if (oldest == cache.end() ||
+                    it->second[v].last_used < oldest->second[oldest_variant].last_used) {
+                    oldest = it;
+                    oldest_variant = v;
+                }
+            }
+        }
+        if (oldest != cache.end()) forget(oldest, oldest_variant);
+    }
+
+    // The statement for `sql` with the bound parameters' types, prepared if need be.
+    prepared& statement_for(std::string_view sql, std::size_t given) {
+        cache_entry* found = recent.find(sql);
+        if (found == nullptr) {
+            if (const auto it = cache.find(sql); it != cache.end()) {
+                found = &*it;
+                recent.remember(sql, found);
+            }
+        }
+        if (found != nullptr) {
+            for (prepared& p : found->second) {
+                if (p.types == bound.types) return p;
+            }
+        }
+        const db::detail::sql_scan scan = scan_parameters(sql, db::detail::dialect::postgresql);
+        check_count(sql, given, scan.parameters);
+        if (cached >= capacity) evict();
+        flush_deallocations();
+        std::string name = "ctxmgr_" + std::to_string(++names);
+        const std::string text(sql);
+        result_ptr result(PQprepare(handle, name.c_str(), text.c_str(),
+                                    static_cast<int>(bound.types.size()), bound.types.data()));
+        if (!succeeded(result.get())) fail(handle, result.get(), sql);
+        std::vector<prepared>& variants = cache[text];
+        variants.push_back(prepared{std::move(name), bound.types, scan.parameters, 0});
+        ++cached;
+        return variants.back();
+    }
+
+    // Drops the entry of a statement the server no longer has (nothing to deallocate).
+    void drop_forgotten(std::string_view sql) {
+        const auto found = cache.find(sql);
+        if (found == cache.end()) return;
+        for (std::size_t v = 0; v < found->second.size(); ++v) {
+            if (found->second[v].types == bound.types) {
+                found->second.erase(found->second.begin() + static_cast<std::ptrdiff_t>(v));
+                --cached;
+                break;
+            }
+        }
+        if (found->second.empty()) {
+            recent.forget(&*found);
+            cache.erase(found);
+        }
+    }
+
+    static void check_count(std::string_view sql, std::size_t given, std::size_t expected) {
+        if (given == expected) return;
+        throw db::error(std::string(backend_name), "", 0,
+                        std::to_string(given) + " parameters given, the statement takes " +
+                            std::to_string(expected),
+                        std::string(sql));
+    }
+
+    // Binds, prepares if need be and executes; returns the successful result.
+    result_ptr execute(std::string_view sql, std::span<const db::param> params) {
+        bound.bind(params, sql);
+        const int n = static_cast<int>(params.size());
+        if (capacity == 0) {
+            check_count(sql, params.size(),
+                        scan_parameters(sql, db::detail::dialect::postgresql).parameters);
+            const std::string text(sql);
+            result_ptr result(PQexecParams(handle, text.c_str(), n, bound.types.data(),
+                                           bound.values.data(), bound.lengths.data(),
+                                           bound.formats.data(), 0));
+            if (!succeeded(result.get())) fail(handle, result.get(), sql);
+            return result;
+        }
+        for (int attempt = 0;; ++attempt) {
+            prepared& statement = statement_for(sql, params.size());
+            check_count(sql, params.size(), statement.parameters);
+            statement.last_used = ++clock;
+            result_ptr result(PQexecPrepared(handle, statement.name.c_str(), n, bound.values.data(),
+                                             bound.lengths.data(), bound.formats.data(), 0));
+            if (succeeded(result.get())) return result;
+            // The server forgot the statement (DISCARD ALL, DEALLOCATE by hand): prepare it
+            // again, once, when no transaction was open that the error has now aborted.
+            const char* state =
+                result ? PQresultErrorField(result.get(), PG_DIAG_SQLSTATE) : nullptr;
+            // Idle now means idle before: an error inside a transaction block leaves it failed.
+            if (attempt == 0 && PQtransactionStatus(handle) == PQTRANS_IDLE && state != nullptr &&
+                std::strcmp(state, "26000") == 0) {
+                drop_forgotten(sql);
+                continue;
+            }
+            fail(handle, result.get(), sql);
+        }
+    }
+
+    result_cursor* cursor_for(result_ptr result, std::string_view sql, bool copy_sql) {
+        std::unique_ptr<result_cursor> c =
+            spare != nullptr ? std::move(spare) : std::make_unique<result_cursor>(&spare);
+        c->reset(result.release(), sql, false, copy_sql);
+        return c.release();
+    }
+};
+
+// --- connection ------------------------------------------------------------------------
+
+namespace {
+
+// Waits until the socket is ready as libpq asked, or the deadline passes (false).
+bool wait_socket(PGconn* conn, bool for_reading, std::chrono::steady_clock::time_point deadline) {
+    pollfd descriptor{PQsocket(conn), static_cast<short>(for_reading ? POLLIN : POLLOUT), 0};
+    for (;;) {
+        const auto left = std::chrono::ceil<std::chrono::milliseconds>(
+            deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0) return false;
+        const int timeout = static_cast<int>(std::min<std::chrono::milliseconds::rep>(
+            left.count(), std::numeric_limits<int>::max()));
+        const int ready = ::poll(&descriptor, 1, timeout);
+        if (ready > 0) return true;
+        if (ready < 0 && errno != EINTR) return true;  // let PQconnectPoll report the error
+    }
+}
+
+struct connection_deleter {
+    void operator()(PGconn* conn) const noexcept { PQfinish(conn); }
+};
+
+}  // namespace
+
+connection connect(std::string_view conninfo, const options& opts, std::source_location where) {
+    std::string description = redact_secrets(conninfo);
+    const std::string context = "connect to " + description;
+    char* parse_error = nullptr;
+    PQconninfoOption* parsed = PQconninfoParse(std::string(conninfo).c_str(), &parse_error);
+    if (parsed == nullptr) {
+        const std::string message =
+            parse_error != nullptr ? one_line(parse_error) : "out of memory";
+        PQfreemem(parse_error);
+        throw db::error(std::string(backend_name), "", 0, context + ": " + message, "");
+    }
+    std::vector<std::pair<std::string, std::string>> settings;
+    for (const PQconninfoOption* option = parsed; option->keyword != nullptr; ++option) {
+        if (option->val != nullptr) settings.emplace_back(option->keyword, option->val);
+    }
+    PQconninfoFree(parsed);
+    auto setting = [&](std::string_view key) -> std::string* {
+        for (auto& [k, v] : settings) {
+            if (k == key) return &v;
+        }
+        return nullptr;
+    };
+    auto set = [&](std::string_view key, std::string value) {
+        if (std::string* existing = setting(key)) {
+            *existing = std::move(value);
+        } else {
+            settings.emplace_back(std::string(key), std::move(value));
+        }
+    };
+    if (!opts.application_name.empty()) set("application_name", opts.application_name);
+    if (setting("fallback_application_name") == nullptr) set("fallback_application_name", "ctxmgr");
+    if (setting("client_encoding") == nullptr) set("client_encoding", "UTF8");
+    if (opts.statement_timeout.count() > 0) {
+        std::string server_options = setting("options") != nullptr ? *setting("options") + ' ' : "";
+        server_options += "-c statement_timeout=" + std::to_string(opts.statement_timeout.count());
+        set("options", std::move(server_options));
+    }
+    std::vector<const char*> keywords, values;
+    for (const auto& [k, v] : settings) {
+        keywords.push_back(k.c_str());
+        values.push_back(v.c_str());
+    }
+    keywords.push_back(nullptr);
+    values.push_back(nullptr);
+
+    const auto deadline = std::chrono::steady_clock::now() + opts.connect_timeout;
+    std::unique_ptr<PGconn, connection_deleter> conn(
+        PQconnectStartParams(keywords.data(), values.data(), 0));
+    if (conn == nullptr) throw std::bad_alloc();
+    auto refused = [&]() {
+        const std::string message = one_line(PQerrorMessage(conn.get()));
+        throw db::connection_error(std::string(backend_name), refusal_sqlstate(message), 0,
+                                   context + ": " + message, "");
+    };
+    if (PQstatus(conn.get()) == CONNECTION_BAD) refused();
+    PostgresPollingStatusType status = PGRES_POLLING_WRITING;
+    while (status != PGRES_POLLING_OK) {
+        if (status == PGRES_POLLING_FAILED) refused();
+        if (!wait_socket(conn.get(), status == PGRES_POLLING_READING, deadline)) {
+            throw db::connection_error(
+                std::string(backend_name), "", 0,
+                context + ": no answer within " + format_duration(opts.connect_timeout), "");
+        }
+        status = PQconnectPoll(conn.get());
+    }
+    PQsetNoticeProcessor(
+        conn.get(), [](void*, const char*) {}, nullptr);
+
+    auto state = std::make_unique<connection::impl>();
+    state->handle = conn.release();
+    state->backend_pid = PQbackendPID(state->handle);
+    state->capacity = opts.statement_cache_size;
+    return connection(std::move(state), std::move(description), where);
+}
+
+connection::connection(std::unique_ptr<impl> state, std::string description,
+                       std::source_location where)
+    : basic_connection(kind(), std::move(description), where), impl_(std::move(state)) {
+}
+
+connection::connection(connection&& other) noexcept = default;
+
+// The base closes this connection first.
+connection& connection::operator=(connection&& other) = default;
+
+connection::~connection() {
+    close();
+}
+
+void connection::close() noexcept {
+    if (impl_ == nullptr) return;
+    impl_.reset();  // PQfinish: the server rolls back what is open
+    mark_closed();
+}
+
+connection::impl& connection::live(std::string_view operation) const {
+    if (impl_ == nullptr) [[unlikely]]
+        throw_closed(operation);
+    return *impl_;
+}
+
+bool connection::is_open() const noexcept {
+    return impl_ != nullptr && !lost(impl_->handle);
+}
+
+bool connection::ping() noexcept {
+    if (!is_open()) return false;
+    PGresult* result = PQexec(impl_->handle, "");
+    const bool answered = result != nullptr && PQresultStatus(result) == PGRES_EMPTY_QUERY;
+    PQclear(result);
+    return answered && !lost(impl_->handle);
+}
+
+db::transaction_state connection::transaction_state() const noexcept {
+    if (impl_ == nullptr) return db::transaction_state::unknown;
+    switch (PQtransactionStatus(impl_->handle)) {
+        case PQTRANS_IDLE:
+            return db::transaction_state::idle;
+        case PQTRANS_ACTIVE:
+        case PQTRANS_INTRANS:
+            return db::transaction_state::active;
+        case PQTRANS_INERROR:
+            return db::transaction_state::failed;
+        default:
+            return db::transaction_state::unknown;
+    }
+}
+
+bool connection::rollback_any() {
+    impl& state = live("rollback_any");
+    forget_transactions();
+    switch (transaction_state()) {
+        case db::transaction_state::idle:
+            return false;
+        case db::transaction_state::unknown:
+            throw db::connection_error(std::string(backend_name), "", 0,
+                                       "rollback_any on " + description() +
+                                           ": the connection is lost; " +
+                                           one_line(PQerrorMessage(state.handle)),
+                                       "ROLLBACK");
+        default:
+            execute_script("ROLLBACK");
+            return true;
+    }
+}
+
+void connection::execute_script(std::string_view sql) {
+    impl& state = live("execute_script");
+    const std::string text(sql);
+    result_ptr result(PQexec(state.handle, text.c_str()));
+    if (!succeeded(result.get())) fail(state.handle, result.get(), sql);
+}
+
+int connection::backend_pid() const noexcept {
+    return impl_ != nullptr ? impl_->backend_pid : 0;
+}
+
+int connection::server_version() const noexcept {
+    return impl_ != nullptr ? PQserverVersion(impl_->handle) : 0;
+}
+
+::pg_conn* connection::native_handle() const noexcept {
+    return impl_ != nullptr ? impl_->handle : nullptr;
+}
+
+std::size_t connection::cached_statements() const noexcept {
+    return impl_ != nullptr ? impl_->cached : 0;
+}
+
+std::int64_t connection::run(std::string_view sql, std::span<const db::param> params) {
+    const result_ptr result = live("execute").execute(sql, params);
+    const char* tuples = PQcmdTuples(result.get());
+    std::int64_t count = 0;
+    if (tuples != nullptr && *tuples != '\0') parse_whole(std::string_view(tuples), count);
+    return count;
+}
+
+db::detail::cursor* connection::open(std::string_view sql, std::span<const db::param> params,
+                                     bool) {
+    // The result is complete when PQexecPrepared returns: nothing refers to the parameters.
+    impl& state = live("query");
+    return state.cursor_for(state.execute(sql, params), sql, true);
+}
+
+void connection::fetch_first(std::string_view sql, std::span<const db::param> params,
+                             db::detail::first_value& value) {
+    impl& state = live("query");
+    result_cursor* c = state.cursor_for(state.execute(sql, params), sql, false);
+    struct release_at_end {
+        result_cursor* c;
+        ~release_at_end() { c->release(); }
+    } guard{c};
+    if (!c->next()) return;
+    value.row = true;
+    db::detail::read_first(*c, value);
+}
+
+void connection::begin(const db::transaction_options& options) {
+    std::string sql = "BEGIN";
+    switch (options.isolation) {
+        case db::isolation_level::server_default:
+            break;
+        case db::isolation_level::read_committed:
+            sql += " ISOLATION LEVEL READ COMMITTED";
+            break;
+        case db::isolation_level::repeatable_read:
+            sql += " ISOLATION LEVEL REPEATABLE READ";
+            break;
+        case db::isolation_level::serializable:
+            sql += " ISOLATION LEVEL SERIALIZABLE";
+            break;
+    }
+    if (options.read_only) sql += " READ ONLY";
+    execute_script(sql);
+}
+
+}  // namespace ctxmgr::postgres

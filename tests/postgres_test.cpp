@@ -1,0 +1,466 @@
+// PostgreSQL-specific behaviour on a real server: the seed's connection leak made real
+// (max_connections = 20), a server killed under a connection, a session terminated by the
+// administrator, connect failures and timeouts, the failed-transaction state, serialization
+// failures, the prepared-statement cache as the server sees it, and type conversions. The
+// behaviour shared with SQLite is in db_test.cpp.
+#include <libpq-fe.h>
+#include <ctxmgr/postgres.hpp>
+#include <ctxmgr/with.hpp>
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "postgres_cluster.hpp"
+#include "recording.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+using ctxmgr::testing::exception_from;
+using ctxmgr::testing::test_error;
+using ctxmgr::testing::what_of;
+namespace db = ctxmgr::db;
+namespace postgres = ctxmgr::postgres;
+
+// Tests on the shared server of the test run.
+class Postgres : public ::testing::Test {
+  protected:
+    void SetUp() override {
+        server_ = ctxmgr::testing::shared_postgres();
+        CTXMGR_REQUIRE_POSTGRES(server_);
+    }
+    postgres::connection connect(const postgres::options& opts = {}) {
+        return postgres::connect(server_.conninfo, opts);
+    }
+    ctxmgr::testing::postgres_server server_;
+};
+
+// Tests that need a server of their own: they break it.
+class PostgresDedicated : public ::testing::Test {
+  protected:
+    void start(ctxmgr::testing::postgres_cluster::options opts = {}) {
+        std::string why;
+        cluster_ = ctxmgr::testing::postgres_cluster::start(opts, why);
+        server_ = {cluster_ != nullptr ? cluster_->conninfo() : "", why};
+    }
+    std::unique_ptr<ctxmgr::testing::postgres_cluster> cluster_;
+    ctxmgr::testing::postgres_server server_;
+};
+
+// A loopback port that nothing listens on (bound, then released).
+int unused_port() {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address);
+    socklen_t length = sizeof address;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+    ::close(fd);
+    return ntohs(address.sin_port);
+}
+
+bool is_nested(const std::exception_ptr& e) {
+    try {
+        std::rethrow_exception(e);
+    } catch (const std::nested_exception& nested) {
+        return nested.nested_ptr() != nullptr;
+    } catch (...) {
+        return false;
+    }
+}
+
+std::int64_t client_sessions(postgres::connection& admin) {
+    return admin.query_value<std::int64_t>(
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'");
+}
+
+// Sessions end a moment after their client disconnects: wait (boundedly) for the count.
+std::int64_t settle_at(postgres::connection& admin, std::int64_t expected) {
+    std::int64_t now = client_sessions(admin);
+    for (int i = 0; i < 100 && now != expected; ++i) {
+        std::this_thread::sleep_for(20ms);
+        now = client_sessions(admin);
+    }
+    return now;
+}
+
+// The seed: connect, query, throw in 30% of iterations, a thousand times, against a server
+// that accepts 20 sessions. With ctxmgr every session ends; with raw libpq and no close, the
+// server refuses the 21st.
+TEST_F(PostgresDedicated, TheSeedsLeakMadeRealCtxmgrStaysAtBaselineRawLibpqRunsOut) {
+    start({.max_connections = 20});
+    CTXMGR_REQUIRE_POSTGRES(server_);
+    auto admin = postgres::connect(server_.conninfo);
+    const std::int64_t baseline = client_sessions(admin);
+    ASSERT_EQ(baseline, 1);
+    std::mt19937 random(20240601);
+    std::uniform_int_distribution<int> percent(0, 99);
+
+    int thrown = 0;
+    for (int i = 0; i < 1000; ++i) {
+        try {
+            ctxmgr::with(postgres::connect(server_.conninfo), [&](postgres::connection& c) {
+                EXPECT_EQ(c.query_value<std::int64_t>("SELECT $1::bigint * 2", i), 2 * i);
+                if (percent(random) < 30) throw test_error("request failed");
+            });
+        } catch (const test_error&) {
+            ++thrown;
+        }
+    }
+    EXPECT_GT(thrown, 200);
+    EXPECT_EQ(settle_at(admin, baseline), baseline);
+
+    // The same loop, written with raw libpq and no close (the handles are kept only so that
+    // the test can clean up after itself).
+    std::vector<PGconn*> leaked;
+    std::string refusal;
+    for (int i = 0; i < 1000 && refusal.empty(); ++i) {
+        try {
+            PGconn* c = PQconnectdb(server_.conninfo.c_str());
+            leaked.push_back(c);
+            if (PQstatus(c) != CONNECTION_OK) {
+                refusal = PQerrorMessage(c);
+                break;
+            }
+            PQclear(PQexec(c, "SELECT 1"));
+            if (percent(random) < 30) throw test_error("request failed");
+        } catch (const test_error&) {
+        }
+    }
+    EXPECT_NE(refusal.find("FATAL:  sorry, too many clients already"), std::string::npos)
+        << refusal;
+    EXPECT_EQ(leaked.size(), 20u);  // 19 sessions and the admin's fill the 20 slots
+    // And ctxmgr reports the refusal typed, with its SQLSTATE.
+    const auto e = exception_from([&] { static_cast<void>(postgres::connect(server_.conninfo)); });
+    ASSERT_TRUE(ctxmgr::holds<db::connection_error>(e)) << ctxmgr::describe(e);
+    try {
+        std::rethrow_exception(e);
+    } catch (const db::connection_error& error) {
+        EXPECT_EQ(error.sqlstate(), "53300");
+    }
+    for (PGconn* c : leaked) PQfinish(c);
+    EXPECT_EQ(settle_at(admin, baseline), baseline);
+}
+
+TEST_F(PostgresDedicated, AServerKilledUnderAConnectionGivesOneClearConnectionError) {
+    start();
+    CTXMGR_REQUIRE_POSTGRES(server_);
+    auto idle = postgres::connect(server_.conninfo);
+    auto in_block = postgres::connect(server_.conninfo);
+    auto committing = postgres::connect(server_.conninfo);
+    auto rolling_back = postgres::connect(server_.conninfo);
+    for (auto* c : {&idle, &in_block, &committing, &rolling_back}) {
+        c->execute_script("CREATE TABLE IF NOT EXISTS t (id bigint)");
+    }
+    auto commit_tx = committing.transaction();
+    commit_tx.enter();
+    committing.execute("INSERT INTO t VALUES ($1)", 1);
+    auto rollback_tx = rolling_back.transaction();
+    rollback_tx.enter();
+    rolling_back.execute("INSERT INTO t VALUES ($1)", 2);
+
+    // The block's statement meets the dead server: its error alone comes out of with().
+    std::exception_ptr from_body;
+    const auto e = exception_from([&] {
+        ctxmgr::with(in_block.transaction(), [&](auto& tx) {
+            tx.execute("INSERT INTO t VALUES ($1)", 3);
+            cluster_->kill();
+            try {
+                tx.execute("INSERT INTO t VALUES ($1)", 4);
+            } catch (...) {
+                from_body = std::current_exception();
+                throw;
+            }
+        });
+    });
+    ASSERT_TRUE(ctxmgr::holds<db::connection_error>(e)) << ctxmgr::describe(e);
+    EXPECT_EQ(e, from_body);  // not replaced by a failed rollback
+    EXPECT_FALSE(is_nested(e));
+    EXPECT_FALSE(in_block.is_open());
+    EXPECT_EQ(in_block.transaction_state(), db::transaction_state::unknown);
+
+    const auto lost =
+        exception_from([&] { static_cast<void>(idle.query_value<std::int64_t>("SELECT 1")); });
+    ASSERT_TRUE(ctxmgr::holds<db::connection_error>(lost)) << ctxmgr::describe(lost);
+    EXPECT_FALSE(idle.is_open());
+    EXPECT_FALSE(idle.ping());
+    EXPECT_THROW(idle.rollback_any(), db::connection_error);
+
+    // COMMIT on a lost connection: one connection_error.
+    const auto commit = exception_from([&] { commit_tx.exit(nullptr); });
+    ASSERT_TRUE(ctxmgr::holds<db::connection_error>(commit)) << ctxmgr::describe(commit);
+    EXPECT_FALSE(is_nested(commit));
+    // A block that failed for its own reasons: the rollback cannot happen and is not an
+    // error of its own; the block's exception goes on alone.
+    EXPECT_NO_THROW(rollback_tx.exit(std::make_exception_ptr(test_error("the block failed"))));
+    EXPECT_FALSE(committing.ping());
+    EXPECT_FALSE(rolling_back.ping());
+    EXPECT_FALSE(rolling_back.is_open());
+    for (auto* c : {&idle, &in_block, &committing, &rolling_back}) EXPECT_NO_THROW(c->close());
+}
+
+TEST_F(Postgres, ASessionTerminatedByTheAdministratorIsAConnectionError) {
+    auto victim = connect();
+    auto admin = connect();
+    const int pid = victim.backend_pid();
+    EXPECT_EQ(victim.query_value<std::int64_t>("SELECT pg_backend_pid()"), pid);
+    EXPECT_TRUE(admin.query_value<bool>("SELECT pg_terminate_backend($1)", pid));
+    const auto e = exception_from([&] { victim.execute("SELECT 1"); });
+    ASSERT_TRUE(ctxmgr::holds<db::connection_error>(e)) << ctxmgr::describe(e);
+    EXPECT_FALSE(victim.is_open());
+    EXPECT_FALSE(victim.ping());
+    EXPECT_EQ(victim.backend_pid(), pid);  // still known until close
+    victim.close();
+    EXPECT_EQ(victim.backend_pid(), 0);
+}
+
+TEST_F(Postgres, PingAnswersAndTheServerVersionIsKnown) {
+    auto c = connect();
+    EXPECT_TRUE(c.ping());
+    EXPECT_GE(c.server_version(), 100000);
+    EXPECT_NE(c.native_handle(), nullptr);
+}
+
+TEST_F(Postgres, ARefusedConnectionIsAConnectionErrorWithoutThePassword) {
+    const std::string conninfo = "host=127.0.0.1 port=" + std::to_string(unused_port()) +
+                                 " user=postgres password=s3cret-value dbname=postgres";
+    const auto e = exception_from([&] { static_cast<void>(postgres::connect(conninfo)); });
+    ASSERT_TRUE(ctxmgr::holds<db::connection_error>(e)) << ctxmgr::describe(e);
+    const std::string what = what_of(e);
+    EXPECT_EQ(what.find("s3cret-value"), std::string::npos) << what;
+    EXPECT_NE(what.find("connect to host=127.0.0.1"), std::string::npos) << what;
+    EXPECT_NE(what.find("password=***"), std::string::npos) << what;
+    EXPECT_NE(what.find("Connection refused"), std::string::npos) << what;
+}
+
+TEST_F(Postgres, APasswordNeverShowsInTheDescription) {
+    // Trust authentication ignores the password; the description hides it all the same.
+    auto c = postgres::connect(server_.conninfo + " password='s3cret value'");
+    EXPECT_EQ(c.description().find("s3cret"), std::string::npos) << c.description();
+    EXPECT_NE(c.description().find("password=***"), std::string::npos) << c.description();
+}
+
+TEST_F(Postgres, AServerThatNeverAnswersTimesOutAtTheDeadline) {
+    // Accepts TCP (the kernel's backlog) but never speaks, like a stopped postmaster.
+    const int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+    ASSERT_EQ(::listen(listener, 4), 0);
+    socklen_t length = sizeof address;
+    ::getsockname(listener, reinterpret_cast<sockaddr*>(&address), &length);
+    const std::string conninfo =
+        "host=127.0.0.1 port=" + std::to_string(ntohs(address.sin_port)) + " user=postgres";
+    const auto start = std::chrono::steady_clock::now();
+    const auto e = exception_from(
+        [&] { static_cast<void>(postgres::connect(conninfo, {.connect_timeout = 300ms})); });
+    const auto waited = std::chrono::steady_clock::now() - start;
+    ::close(listener);
+    ASSERT_TRUE(ctxmgr::holds<db::connection_error>(e)) << ctxmgr::describe(e);
+    EXPECT_NE(what_of(e).find("no answer within 300 ms"), std::string::npos) << what_of(e);
+    EXPECT_GE(waited, 290ms);
+    EXPECT_LT(waited, 5s);
+}
+
+TEST_F(Postgres, AMalformedConnectionStringIsAnErrorButNotAConnectionError) {
+    const auto e = exception_from(
+        [&] { static_cast<void>(postgres::connect("host=127.0.0.1 no_such_option=1")); });
+    ASSERT_TRUE(ctxmgr::holds<db::error>(e));
+    EXPECT_FALSE(ctxmgr::holds<db::connection_error>(e));
+    EXPECT_NE(what_of(e).find("no_such_option"), std::string::npos) << what_of(e);
+}
+
+TEST_F(Postgres, OptionsReachTheServer) {
+    auto plain = connect();
+    EXPECT_EQ(plain.query_value<std::string>("SHOW application_name"), "ctxmgr");
+    auto named = connect({.statement_timeout = 100ms, .application_name = "ctxmgr-tests"});
+    EXPECT_EQ(named.query_value<std::string>(
+                  "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()"),
+              "ctxmgr-tests");
+    const auto start = std::chrono::steady_clock::now();
+    const auto e = exception_from([&] { named.execute("SELECT pg_sleep(5)"); });
+    ASSERT_TRUE(ctxmgr::holds<db::error>(e)) << ctxmgr::describe(e);
+    try {
+        std::rethrow_exception(e);
+    } catch (const db::error& error) {
+        EXPECT_EQ(error.sqlstate(), "57014");  // query_canceled
+    }
+    EXPECT_LT(std::chrono::steady_clock::now() - start, 4s);
+    EXPECT_TRUE(named.ping());
+}
+
+TEST_F(Postgres, AnErrorCaughtInsideATransactionAbortsItAndExitSaysSo) {
+    auto c = connect();
+    c.execute_script("CREATE TEMP TABLE t (id bigint PRIMARY KEY)");
+    const auto e = exception_from([&] {
+        ctxmgr::with(c.transaction(), [&](auto& tx) {
+            tx.execute("INSERT INTO t VALUES ($1)", 1);
+            EXPECT_THROW(tx.execute("INSERT INTO t VALUES ($1)", 1), db::constraint_violation);
+            EXPECT_EQ(tx.transaction_state(), db::transaction_state::failed);
+            EXPECT_TRUE(tx.ping());  // an empty query is answered even now
+            const auto refused = exception_from([&] { tx.execute("SELECT 1"); });
+            EXPECT_NE(what_of(refused).find("25P02"), std::string::npos) << what_of(refused);
+        });
+    });
+    ASSERT_TRUE(ctxmgr::holds<db::error>(e));
+    EXPECT_NE(what_of(e).find("[25P02]"), std::string::npos) << what_of(e);
+    EXPECT_NE(what_of(e).find("rolled back instead of committed"), std::string::npos) << what_of(e);
+    EXPECT_EQ(c.transaction_state(), db::transaction_state::idle);
+    EXPECT_EQ(c.query_value<std::int64_t>("SELECT count(*) FROM t"), 0);
+}
+
+TEST_F(Postgres, AnErrorCaughtInsideASavepointRollsBackToItAndTheOuterWorkGoesOn) {
+    auto c = connect();
+    c.execute_script("CREATE TEMP TABLE t (id bigint PRIMARY KEY)");
+    ctxmgr::with(c.transaction(), [&](auto& tx) {
+        tx.execute("INSERT INTO t VALUES ($1)", 1);
+        const auto e = exception_from([&] {
+            ctxmgr::with(tx.transaction(), [&](auto& sp) {
+                sp.execute("INSERT INTO t VALUES ($1)", 2);
+                EXPECT_THROW(sp.execute("INSERT INTO t VALUES ($1)", 1), db::constraint_violation);
+            });
+        });
+        EXPECT_NE(what_of(e).find("rolled back to the savepoint"), std::string::npos) << what_of(e);
+        EXPECT_EQ(tx.transaction_state(), db::transaction_state::active);
+        tx.execute("INSERT INTO t VALUES ($1)", 3);
+    });
+    std::vector<std::int64_t> ids;
+    for (auto row : c.query("SELECT id FROM t ORDER BY id"))
+        ids.push_back(row.get<std::int64_t>(0));
+    EXPECT_EQ(ids, (std::vector<std::int64_t>{1, 3}));
+}
+
+TEST_F(Postgres, ConcurrentSerializableTransactionsThatConflictFailTyped) {
+    auto a = connect();
+    auto b = connect();
+    const std::string t = "serial_" + std::to_string(::getpid());
+    a.execute_script("DROP TABLE IF EXISTS " + t + "; CREATE TABLE " + t + " (n bigint)");
+    const db::transaction_options serializable{.isolation = db::isolation_level::serializable};
+    const auto e = exception_from([&] {
+        ctxmgr::with(b.transaction(serializable), [&](auto& tb) {
+            const auto seen_by_b =
+                tb.template query_value<std::int64_t>("SELECT count(*) FROM " + t);
+            ctxmgr::with(a.transaction(serializable), [&](auto& ta) {
+                const auto seen_by_a =
+                    ta.template query_value<std::int64_t>("SELECT count(*) FROM " + t);
+                ta.execute("INSERT INTO " + t + " VALUES ($1)", seen_by_a);
+            });
+            tb.execute("INSERT INTO " + t + " VALUES ($1)", seen_by_b);  // or COMMIT fails
+        });
+    });
+    ASSERT_TRUE(ctxmgr::holds<db::serialization_failure>(e)) << ctxmgr::describe(e);
+    EXPECT_NE(what_of(e).find("[40001]"), std::string::npos) << what_of(e);
+    EXPECT_EQ(b.transaction_state(), db::transaction_state::idle);
+    EXPECT_EQ(b.query_value<std::int64_t>("SELECT count(*) FROM " + t), 1);
+    a.execute_script("DROP TABLE " + t);
+}
+
+TEST_F(Postgres, AReadOnlyTransactionRefusesWrites) {
+    auto c = connect();
+    const std::string t = "read_only_" + std::to_string(::getpid());
+    c.execute_script("CREATE TABLE " + t + " (id bigint)");  // not TEMP: those stay writable
+    const auto e = exception_from([&] {
+        ctxmgr::with(c.transaction({.read_only = true}),
+                     [&](auto& tx) { tx.execute("INSERT INTO " + t + " VALUES ($1)", 1); });
+    });
+    EXPECT_NE(what_of(e).find("[25006]"), std::string::npos) << what_of(e);
+    EXPECT_EQ(c.transaction_state(), db::transaction_state::idle);
+    c.execute_script("DROP TABLE " + t);
+}
+
+TEST_F(Postgres, IntegersAreTypedByTheirValue) {
+    auto c = connect();
+    EXPECT_EQ(c.query_value<std::string>("SELECT substr('abcdef', $1, $2)", 2, 3), "bcd");
+    EXPECT_EQ(c.query_value<std::string>("SELECT pg_typeof($1)::text", 5), "integer");
+    EXPECT_EQ(c.query_value<std::string>("SELECT pg_typeof($1)::text", std::int64_t{1} << 40),
+              "bigint");
+    EXPECT_EQ(c.query_value<std::int64_t>("SELECT $1", std::int64_t{1} << 40),
+              std::int64_t{1} << 40);
+    EXPECT_EQ(c.query_value<std::int64_t>("SELECT $1", -5), -5);
+    // Both variants of one SQL stay prepared.
+    const auto before = c.cached_statements();
+    for (int i = 0; i < 3; ++i) {
+        EXPECT_EQ(c.query_value<std::int64_t>("SELECT $1 + 0", 1), 1);
+        EXPECT_EQ(c.query_value<std::int64_t>("SELECT $1 + 0", std::int64_t{1} << 40),
+                  std::int64_t{1} << 40);
+    }
+    EXPECT_EQ(c.cached_statements(), before + 2);
+}
+
+TEST_F(Postgres, TheServerHoldsOnePreparedStatementPerCachedStatement) {
+    auto c = connect({.statement_cache_size = 3});
+    const std::string count = "SELECT count(*) FROM pg_prepared_statements";
+    for (int i = 0; i < 5; ++i) EXPECT_EQ(c.query_value<std::int64_t>("SELECT $1 + 1", i), i + 1);
+    EXPECT_EQ(c.query_value<std::int64_t>(count), 2);  // that one and the counting one
+    for (int i = 0; i < 6; ++i) c.execute("SELECT " + std::to_string(i));
+    EXPECT_EQ(c.cached_statements(), 3u);
+    EXPECT_EQ(c.query_value<std::int64_t>(count), 3);  // evicted ones were deallocated
+    // The server forgets them all (a pooler's DISCARD ALL): prepared again, transparently.
+    c.execute_script("DISCARD ALL");
+    EXPECT_EQ(c.query_value<std::int64_t>(count), 1);
+    EXPECT_EQ(c.query_value<std::int64_t>("SELECT $1 + 1", 41), 42);
+    // The same SQL with other parameter types is prepared for those types.
+    EXPECT_EQ(c.query_value<std::string>("SELECT $1::text", 5), "5");
+    EXPECT_EQ(c.query_value<std::string>("SELECT $1::text", "five"), "five");
+}
+
+TEST_F(Postgres, EvictionWaitsOutAFailedTransaction) {
+    auto c = connect({.statement_cache_size = 1});
+    c.execute("SELECT 1");
+    const auto count = [&] {
+        return c.query_value<std::int64_t>("SELECT count(*) FROM pg_prepared_statements");
+    };
+    EXPECT_THROW(ctxmgr::with(c.transaction(),
+                              [&](auto& tx) {
+                                  EXPECT_THROW(tx.execute("SELECT 1/0"), db::error);
+                                  // Preparing is refused in a failed transaction, and so is
+                                  // DEALLOCATE of the evicted statement: it waits.
+                                  EXPECT_THROW(tx.execute("SELECT 2"), db::error);
+                                  throw test_error("give up");
+                              }),
+                 test_error);
+    EXPECT_EQ(count(), 1);  // only the counting statement is left on the server
+}
+
+TEST_F(Postgres, TextBecomesWhateverTheColumnIs) {
+    auto c = connect();
+    c.execute_script("CREATE TEMP TABLE d (day date, amount numeric, doc jsonb)");
+    c.execute("INSERT INTO d VALUES ($1, $2, $3)", "2024-05-06", "12.50", R"({"a": [1, 2]})");
+    const auto row = c.query_one("SELECT day, amount, doc, day + 1 AS next FROM d");
+    ASSERT_TRUE(row.has_value());
+    EXPECT_EQ(row->get<std::string>("day"), "2024-05-06");
+    EXPECT_EQ(row->get<std::string>("next"), "2024-05-07");
+    EXPECT_EQ(row->get<double>("amount"), 12.5);
+    EXPECT_THROW(static_cast<void>(row->get<std::int64_t>("amount")), db::conversion_error);
+    EXPECT_EQ(row->get<std::string>("doc"), R"({"a": [1, 2]})");
+    EXPECT_THROW(static_cast<void>(row->get<std::int64_t>("day")), db::conversion_error);
+    // Aggregates of bigint are numeric: read as integers when they are integral.
+    EXPECT_EQ(c.query_value<std::int64_t>("SELECT sum(x) FROM (VALUES (1::bigint), (2)) v (x)"), 3);
+    EXPECT_EQ(c.query_value<double>("SELECT 'Infinity'::float8"),
+              std::numeric_limits<double>::infinity());
+}
+
+TEST_F(Postgres, TextWithANulCharacterIsRefusedBeforeItIsCut) {
+    auto c = connect();
+    const auto e = exception_from([&] { c.execute("SELECT $1", std::string("a\0b", 3)); });
+    ASSERT_TRUE(ctxmgr::holds<db::conversion_error>(e));
+    EXPECT_NE(what_of(e).find("parameter $1"), std::string::npos) << what_of(e);
+    const db::bytes with_nul{std::byte{'a'}, std::byte{0}, std::byte{'b'}};
+    EXPECT_EQ(c.query_value<db::bytes>("SELECT $1", with_nul), with_nul);
+}
+
+}  // namespace

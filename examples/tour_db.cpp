@@ -4,8 +4,10 @@
 // directory) by default; with CTXMGR_POSTGRES set to a connection string, the same chapter
 // runs against PostgreSQL.
 #include <ctxmgr/ctxmgr.hpp>
-#include <ctxmgr/postgres.hpp>
 #include <ctxmgr/sqlite.hpp>
+#if CTXMGR_TOUR_POSTGRES
+#include <ctxmgr/postgres.hpp>
+#endif
 
 #include <unistd.h>
 
@@ -129,6 +131,7 @@ void walk_through(Open open, const std::string& table) {
 }
 
 void databases_chapter() {
+#if CTXMGR_TOUR_POSTGRES
     if (const char* conninfo = std::getenv("CTXMGR_POSTGRES"); conninfo != nullptr && *conninfo) {
         say("on PostgreSQL (CTXMGR_POSTGRES), as " + ctxmgr::redact_secrets(conninfo) + ":");
         say("");
@@ -140,6 +143,7 @@ void databases_chapter() {
             "tour_accounts_" + std::to_string(::getpid()));
         return;
     }
+#endif
     const std::string path = (tour::scratch() / "bank.db").string();
     say("on SQLite, in " + path + " (set CTXMGR_POSTGRES to run this on PostgreSQL):");
     say("");

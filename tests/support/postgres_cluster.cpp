@@ -83,8 +83,14 @@ bool in_ci() noexcept {
 }
 
 postgres_cluster::postgres_cluster(options opts) {
-    char pattern[] = "/tmp/ctxmgr-postgres-XXXXXX";
-    if (::mkdtemp(pattern) == nullptr) throw std::runtime_error("mkdtemp failed");
+    // Under CTXMGR_TEST_TMPDIR when scripts/test gives one: it removes what an interrupted
+    // test leaves there.
+    const char* base = std::getenv("CTXMGR_TEST_TMPDIR");
+    std::string pattern =
+        std::string(base != nullptr && *base ? base : "/tmp") + "/ctxmgr-postgres-XXXXXX";
+    if (::mkdtemp(pattern.data()) == nullptr) {
+        throw std::runtime_error("mkdtemp " + pattern + " failed");
+    }
     directory_ = pattern;
     std::string arguments = "start --dir " + quoted(directory_.string());
     if (opts.max_connections > 0) {

@@ -5,7 +5,8 @@
 //     `postgres` started, else one this process starts on first use and stops at exit.
 //   - postgres_cluster: a dedicated, throwaway cluster for a test that is destructive
 //     (max_connections = 20, killing or pausing the server, restarting it). RAII: the
-//     destructor stops it and removes its directory.
+//     destructor stops it and removes its directory (under CTXMGR_TEST_TMPDIR, which
+//     scripts/test sets and cleans, else /tmp).
 //   - CTXMGR_REQUIRE_POSTGRES(reason_or_value): skips a test with a visible reason when no
 //     server can be started, except under CI=true, where that is a failure.
 //

@@ -60,7 +60,7 @@
 //     reports to the unraisable hook instead of throwing. The pool must outlive enter().
 //   - Not fork-safe: a child process must not use its parent's pool (its threads are not
 //     there); make pools after fork().
-//   - Cost: borrow and return, uncontended, about 70 ns with the leak registration (see
+//   - Cost: borrow and return, uncontended, about 60 ns with the leak registration (see
 //     docs/performance.md); a pool name longer than 13 characters adds an allocation.
 #pragma once
 

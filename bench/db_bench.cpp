@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "db_kernels.hpp"
-#include "postgres_cluster.hpp"
+#include "postgres_server.hpp"
 
 namespace {
 
@@ -176,26 +176,8 @@ BENCHMARK(sqlite_many_sqlitecpp)->Unit(benchmark::kMillisecond);
 
 // ---- PostgreSQL -------------------------------------------------------------------------
 
-// The server of the run: CTXMGR_POSTGRES, else a cluster started on first use.
-const ctxmgr::testing::postgres_server& postgres_server() {
-    static std::unique_ptr<ctxmgr::testing::postgres_cluster> own;
-    static const ctxmgr::testing::postgres_server server = [] {
-        if (const char* given = std::getenv("CTXMGR_POSTGRES"); given != nullptr && *given) {
-            return ctxmgr::testing::postgres_server{given, ""};
-        }
-        std::string why;
-        own = ctxmgr::testing::postgres_cluster::start({}, why);
-        return own != nullptr ? ctxmgr::testing::postgres_server{own->conninfo(), ""}
-                              : ctxmgr::testing::postgres_server{"", why};
-    }();
-    return server;
-}
-
-bool skip_without_postgres(benchmark::State& state) {
-    if (postgres_server().available()) return false;
-    state.SkipWithError(("no PostgreSQL server: " + postgres_server().unavailable).c_str());
-    return true;
-}
+using bench::postgres_server;
+using bench::skip_without_postgres;
 
 struct postgres_setup {
     ctxmgr::postgres::connection ctx = ctxmgr::postgres::connect(postgres_server().conninfo);

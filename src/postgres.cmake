@@ -6,7 +6,9 @@ if(NOT PostgreSQL_FOUND)
     message(STATUS "ctxmgr: libpq not found, ctxmgr::postgres not built")
     return()
 endif()
-add_library(ctxmgr_postgres postgres.cpp)
+# With it, what the pool and the distributed locks need of libpq (pool.hpp's check of an idle
+# session, distributed_lock.hpp).
+add_library(ctxmgr_postgres postgres.cpp postgres_pool.cpp distributed_lock.cpp)
 add_library(ctxmgr::postgres ALIAS ctxmgr_postgres)
 set_target_properties(ctxmgr_postgres PROPERTIES
     EXPORT_NAME postgres

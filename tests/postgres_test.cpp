@@ -22,7 +22,7 @@
 #include <thread>
 #include <vector>
 
-#include "postgres_cluster.hpp"
+#include "postgres_fixtures.hpp"
 #include "recording.hpp"
 
 namespace {
@@ -35,29 +35,15 @@ namespace db = ctxmgr::db;
 namespace postgres = ctxmgr::postgres;
 
 // Tests on the shared server of the test run.
-class Postgres : public ::testing::Test {
+class Postgres : public ctxmgr::testing::shared_postgres_test {
   protected:
-    void SetUp() override {
-        server_ = ctxmgr::testing::shared_postgres();
-        CTXMGR_REQUIRE_POSTGRES(server_);
-    }
     postgres::connection connect(const postgres::options& opts = {}) {
         return postgres::connect(server_.conninfo, opts);
     }
-    ctxmgr::testing::postgres_server server_;
 };
 
 // Tests that need a server of their own: they break it.
-class PostgresDedicated : public ::testing::Test {
-  protected:
-    void start(ctxmgr::testing::postgres_cluster::options opts = {}) {
-        std::string why;
-        cluster_ = ctxmgr::testing::postgres_cluster::start(opts, why);
-        server_ = {cluster_ != nullptr ? cluster_->conninfo() : "", why};
-    }
-    std::unique_ptr<ctxmgr::testing::postgres_cluster> cluster_;
-    ctxmgr::testing::postgres_server server_;
-};
+using PostgresDedicated = ctxmgr::testing::dedicated_postgres_test;
 
 // A loopback port that nothing listens on (bound, then released).
 int unused_port() {

@@ -15,6 +15,7 @@
 #include "file_lock.hpp"
 #include "lock.hpp"
 #include "net.hpp"
+#include "pool.hpp"
 #include "protocol.hpp"
 #include "scope.hpp"
 #include "tracking.hpp"

@@ -1,0 +1,405 @@
+// ctxmgr/pool.hpp: a pool of database connections, borrowed for a block and given back.
+//
+// Connecting costs a server process and a few round trips; a pool keeps connections open and
+// lends them out. pool<Connection> works with any db::connection (ctxmgr::sqlite and
+// ctxmgr::postgres both), made by a factory the pool calls on a thread of its own. Borrowing
+// is a manager, so the connection always comes back, whatever the block does:
+//
+//   ctxmgr::pool pool([] { return ctxmgr::postgres::connect("host=db dbname=app"); },
+//                     {.name = "app", .max_size = 8, .acquire_timeout = std::chrono::seconds(2)});
+//   ctxmgr::with(pool.connection(), [](ctxmgr::postgres::connection& db) {
+//       db.execute("UPDATE t SET n = n + 1");
+//   });   // back in the pool: a transaction left open rolled back, a broken connection replaced
+//
+// Lending (enter): the most recently returned idle connection, checked first when it has
+// waited: idle longer than validate_after_idle, it is pinged (a round trip); idle for longer
+// than a millisecond, pool_traits<Connection>::usable looks at it without a round trip (for
+// PostgreSQL: is the socket closed or readable, as after a server restart or
+// pg_terminate_backend). A connection that fails is destroyed and the next one tried. With
+// none idle, a new one is asked of the factory (up to max_size), and the borrower waits on
+// a condition variable for whichever comes first, a new or a returned connection, at most
+// acquire_timeout; it is never inside a connect itself, so a server that refuses (SQLSTATE
+// 53300) or never answers (a stopped postmaster) cannot hold it past its deadline. Then it
+// throws timeout_error naming the pool, its size, the source lines of the current borrowers
+// (where a leak would be) and the last connection failure (also nested in it). A connection
+// that arrives after its waiter gave up stays in the pool. Waiters are served first come,
+// first served, except that a borrower arriving just as a connection comes back may take it
+// before the waiter woken for it (which spares two context switches when threads outnumber
+// connections); a waiter overtaken so is handed the next connection outright.
+//
+// Giving back (exit): rollback_any() ends whatever transaction is open or failed, as the back
+// end reports it (and makes transaction managers still entered on it inert); a connection
+// that is lost or closed, or whose rollback fails, is destroyed and its place freed for a new
+// one. A rollback failure other than a lost connection is thrown by exit (chained to a pending
+// exception); a lost connection is not an error of the return. Commit inside the block
+// (conn.transaction()): work left uncommitted is rolled back, as HikariCP does.
+//
+// Maintenance, on a thread of the pool: connections idle longer than idle_timeout are closed
+// down to min_idle, connections older than max_lifetime (less up to 2.5%, so that they do not
+// all go at once) are closed when idle and not lent again, and min_idle connections are kept
+// open. Every idle connection is looked at (pool_traits::usable) once a second, and at once
+// when a borrower found one broken: after a server restart, the sessions it ended are
+// replaced without a request failing. A borrow held longer than leak_threshold is reported once,
+// with the borrower's source line, to on_leak (HikariCP's leak detection): each borrow is
+// registered with the leak tracker (kind "pooled connection", described by the pool's quoted name),
+// so report_live() and expect_no_leaks() see borrows too.
+//
+// Guarantees:
+//   - Thread-safe: a pool is shared by any number of threads. A pooled_connection manager and
+//     the connection it lends are thread-compatible (one thread at a time; it may be returned
+//     on another thread). The factory runs on the pool's thread, one call at a time.
+//   - enter() throws timeout_error, closed_error (the pool is closed), protocol_error
+//     (entered twice); after a failure nothing is borrowed. exit() and the manager's
+//     destructor always give the connection back; the destructor sends a failure to the
+//     unraisable hook.
+//   - close(deadline) stops lending (waiters get closed_error), closes idle connections, waits
+//     for a connection attempt in progress (the factory's own connect timeout bounds it) and
+//     for borrowed connections until the deadline, then throws leak_error naming those never
+//     returned. A connection returned after that is closed; the pool's bookkeeping lives on
+//     until then, so returning late is safe. The destructor closes with close_timeout and
+//     reports to the unraisable hook instead of throwing. The pool must outlive enter().
+//   - Not fork-safe: a child process must not use its parent's pool (its threads are not
+//     there); make pools after fork().
+//   - Cost: borrow and return, uncontended, about 60 ns with the leak registration (see
+//     docs/performance.md); a pool name longer than 13 characters adds an allocation.
+#pragma once
+
+#include <chrono>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <source_location>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include "db.hpp"
+#include "errors.hpp"
+#include "tracking.hpp"
+#include "unraisable.hpp"
+
+namespace ctxmgr {
+
+// A duration of 0 disables what it limits, except validate_after_idle, where 0 pings every
+// connection before lending it. Negative durations and max_size 0 are refused with
+// std::invalid_argument naming the option.
+struct pool_options {
+    // In messages and leak reports.
+    std::string name = "pool";
+    // Connections open at most: idle, lent, or being made.
+    std::size_t max_size = 10;
+    // Idle connections kept open (made in the background), at most max_size.
+    std::size_t min_idle = 0;
+    // How long connection() waits for a connection before throwing timeout_error.
+    std::chrono::milliseconds acquire_timeout{30'000};
+    // A connection older than this is closed when idle, not lent again.
+    std::chrono::milliseconds max_lifetime{30 * 60'000};
+    // An idle connection beyond min_idle is closed after this long.
+    std::chrono::milliseconds idle_timeout{10 * 60'000};
+    // A connection idle longer than this is pinged before it is lent (HikariCP: 500 ms).
+    std::chrono::milliseconds validate_after_idle{500};
+    // A borrow held longer than this is reported to on_leak, once.
+    std::chrono::milliseconds leak_threshold{0};
+    // Receives the borrow (kind "pooled connection", its source line, when it began), on the
+    // pool's thread; what it throws goes to the unraisable hook. Empty: one line to stderr.
+    std::function<void(const resource_info&)> on_leak{};
+    // How long the destructor and exit() wait for borrowed connections.
+    std::chrono::milliseconds close_timeout{5'000};
+};
+
+// A snapshot. size == idle + in_use, and created - destroyed == size.
+struct pool_stats {
+    std::size_t size = 0;     // open connections
+    std::size_t idle = 0;     // ready to lend
+    std::size_t in_use = 0;   // lent (or being checked before lending)
+    std::size_t waiting = 0;  // borrowers waiting for a connection
+    std::uint64_t created = 0;
+    std::uint64_t destroyed = 0;
+    std::uint64_t timeouts = 0;  // waits that ended in timeout_error
+
+    friend bool operator==(const pool_stats&, const pool_stats&) = default;
+};
+
+// How the pool checks an idle connection without a round trip before lending it (when it has
+// been idle for more than a millisecond). The default trusts is_open(). Specialize it for a
+// connection type that can tell more; ctxmgr does for postgres::connection (defined in
+// ctxmgr::postgres): it looks at the socket, so that a session the server ended while it sat
+// in the pool (a restart, pg_terminate_backend, a crash) is never lent.
+template <class Connection>
+struct pool_traits {
+    static bool usable(Connection& connection) noexcept { return connection.is_open(); }
+};
+
+namespace postgres {
+class connection;
+}  // namespace postgres
+
+template <>
+struct pool_traits<postgres::connection> {
+    static bool usable(postgres::connection& connection) noexcept;
+};
+
+namespace detail {
+
+// What the type-erased core (src/pool.cpp) asks of a connection type.
+class pool_connector {
+  public:
+    pool_connector() = default;
+    pool_connector(const pool_connector&) = delete;
+    pool_connector& operator=(const pool_connector&) = delete;
+    virtual ~pool_connector() = default;
+
+    // A new connection from the factory; throws what the factory throws.
+    [[nodiscard]] virtual void* create() = 0;
+    virtual void destroy(void* connection) noexcept = 0;
+    [[nodiscard]] virtual bool ping(void* connection) noexcept = 0;
+    [[nodiscard]] virtual bool usable(void* connection) noexcept = 0;
+};
+
+// One connection's place in the pool; the rest of it is the core's.
+struct pool_entry_base {
+    void* connection = nullptr;
+};
+
+class pool_core;
+
+[[nodiscard]] pool_core* pool_open(std::unique_ptr<pool_connector> connector, pool_options options,
+                                   std::source_location where);
+// Closes and frees the core, or leaves it to the last borrower still out.
+void pool_dispose(pool_core* core) noexcept;
+[[nodiscard]] pool_entry_base* pool_acquire(pool_core& core, std::chrono::nanoseconds timeout,
+                                            const std::source_location& where);
+// After the borrow's leak registration is made: its id, for on_leak.
+void pool_registered(pool_entry_base& entry, std::uint64_t id) noexcept;
+void pool_release(pool_core& core, pool_entry_base& entry, bool reusable) noexcept;
+[[nodiscard]] pool_stats pool_statistics(const pool_core& core);
+void pool_close(pool_core& core, std::chrono::steady_clock::time_point deadline);
+// `pool "name"`, for messages.
+[[nodiscard]] const std::string& pool_description(const pool_core& core) noexcept;
+// `"name"`, a borrow's description in the leak tracker.
+[[nodiscard]] const std::string& pool_quoted_name(const pool_core& core) noexcept;
+[[nodiscard]] std::chrono::milliseconds pool_close_timeout(const pool_core& core) noexcept;
+
+template <class Connection>
+class typed_pool_connector final : public pool_connector {
+  public:
+    explicit typed_pool_connector(std::function<Connection()> factory)
+        : factory_(std::move(factory)) {}
+
+    void* create() override { return new Connection(factory_()); }
+    void destroy(void* connection) noexcept override {
+        // A close that fails (SQLite with statements of the user's still open) is reported by
+        // the connection's destructor.
+        delete static_cast<Connection*>(connection);
+    }
+    bool ping(void* connection) noexcept override {
+        return static_cast<Connection*>(connection)->ping();
+    }
+    bool usable(void* connection) noexcept override {
+        return pool_traits<Connection>::usable(*static_cast<Connection*>(connection));
+    }
+
+  private:
+    std::function<Connection()> factory_;
+};
+
+}  // namespace detail
+
+template <db::connection Connection>
+class pool;
+
+// The manager pool.connection() returns. enter() borrows a connection and returns it; exit()
+// gives it back (see the top of this header). It may be entered again after exit. Move-only;
+// the pool must outlive enter().
+template <db::connection Connection>
+class [[nodiscard]] pooled_connection {
+  public:
+    pooled_connection(pooled_connection&& other) noexcept
+        : core_(other.core_),
+          entry_(std::exchange(other.entry_, nullptr)),
+          timeout_(other.timeout_),
+          where_(other.where_),
+          tracked_(std::move(other.tracked_)) {}
+    pooled_connection& operator=(pooled_connection&&) = delete;
+    pooled_connection(const pooled_connection&) = delete;
+    pooled_connection& operator=(const pooled_connection&) = delete;
+
+    // Gives back a connection entered and never exited.
+    ~pooled_connection() {
+        if (entry_ == nullptr) return;
+        try {
+            give_back(nullptr);
+        } catch (...) {
+            report_current_unraisable(detail::pool_description(*core_) +
+                                      ": returning a connection in the destructor");
+        }
+    }
+
+    // Waits for a connection (see the top of this header). Throws timeout_error,
+    // closed_error, protocol_error when already entered.
+    Connection& enter() {
+        if (entry_ != nullptr) {
+            throw protocol_error(detail::pool_description(*core_) +
+                                 ": pooled connection entered twice");
+        }
+        detail::pool_entry_base* entry = detail::pool_acquire(*core_, timeout_, where_);
+        entry_ = entry;
+        if constexpr (tracking_enabled) {
+            try {
+                tracked_ = tracked("pooled connection", detail::pool_quoted_name(*core_), where_);
+            } catch (...) {
+                give_back(nullptr);
+                throw;
+            }
+            detail::pool_registered(*entry, tracked_.id());
+        }
+        return *static_cast<Connection*>(entry->connection);
+    }
+
+    // Gives the connection back: rolls back what is open; destroys it when lost, closed, or
+    // when the rollback fails, and throws that failure (chained to `e`). Throws
+    // protocol_error when not entered.
+    void exit(const std::exception_ptr& e) {
+        if (entry_ == nullptr) {
+            throw protocol_error("pooled connection exited without being entered");
+        }
+        give_back(e);
+    }
+
+    // The borrowed connection; nullptr when not entered.
+    [[nodiscard]] Connection* get() const noexcept {
+        return entry_ != nullptr ? static_cast<Connection*>(entry_->connection) : nullptr;
+    }
+
+  private:
+    friend class pool<Connection>;
+
+    pooled_connection(detail::pool_core& core, std::chrono::nanoseconds timeout,
+                      std::source_location where) noexcept
+        : core_(&core), timeout_(timeout), where_(where) {}
+
+    void give_back(const std::exception_ptr& e) {
+        detail::pool_entry_base& entry = *std::exchange(entry_, nullptr);
+        tracked_.release();
+        Connection& c = *static_cast<Connection*>(entry.connection);
+        bool reusable = c.is_open();
+        std::exception_ptr failure;
+        if (reusable) {
+            // Also when no transaction is open: transaction managers still entered on this
+            // connection must not touch it once another borrower has it.
+            try {
+                c.rollback_any();
+                reusable = c.is_open();
+            } catch (const db::connection_error&) {
+                reusable = false;  // lost: the server discards the transaction with it
+            } catch (...) {
+                reusable = false;
+                failure = std::current_exception();
+            }
+        }
+        detail::pool_release(*core_, entry, reusable);
+        if (failure) {
+            if (!e) std::rethrow_exception(failure);
+            try {
+                std::rethrow_exception(failure);
+            } catch (const db::error& error) {
+                throw_chained(error, e);
+            }
+        }
+    }
+
+    detail::pool_core* core_;
+    detail::pool_entry_base* entry_ = nullptr;
+    std::chrono::nanoseconds timeout_;
+    std::source_location where_;
+    [[no_unique_address]] tracked tracked_;
+};
+
+// A pool of connections made by `factory` (see the top of this header). Also a manager:
+// enter() returns the pool, exit() closes it with close_timeout (a leak_error chained to a
+// pending exception). Move-constructible; the moved-from pool may only be destroyed.
+template <db::connection Connection>
+class pool {
+  public:
+    using connection_type = Connection;
+    using factory_type = std::function<Connection()>;
+
+    // Starts the pool's threads; makes min_idle connections in the background. Throws
+    // std::invalid_argument for bad options, std::system_error when a thread cannot start.
+    template <class Factory>
+    requires std::is_invocable_r_v<Connection, Factory&>
+    explicit pool(Factory factory, pool_options options = {},
+                  std::source_location where = std::source_location::current())
+        : core_(detail::pool_open(std::make_unique<detail::typed_pool_connector<Connection>>(
+                                      factory_type(std::move(factory))),
+                                  std::move(options), where)) {}
+
+    pool(pool&& other) noexcept : core_(std::exchange(other.core_, nullptr)) {}
+    pool& operator=(pool&&) = delete;
+    pool(const pool&) = delete;
+    pool& operator=(const pool&) = delete;
+
+    // Closes with close_timeout; borrowed connections not back by then are reported to the
+    // unraisable hook (and closed when they come back).
+    ~pool() {
+        if (core_ != nullptr) detail::pool_dispose(core_);
+    }
+
+    // A manager lending a connection for a block; its enter() waits at most acquire_timeout,
+    // or `timeout` (<= 0: no wait, only an idle connection will do).
+    [[nodiscard]] pooled_connection<Connection> connection(
+        std::source_location where = std::source_location::current()) noexcept {
+        return connection(std::chrono::nanoseconds::max(), where);
+    }
+    [[nodiscard]] pooled_connection<Connection> connection(
+        std::chrono::nanoseconds timeout,
+        std::source_location where = std::source_location::current()) noexcept {
+        return pooled_connection<Connection>(*core_, timeout, where);
+    }
+
+    [[nodiscard]] pool_stats stats() const { return detail::pool_statistics(*core_); }
+
+    // See the top of this header. Idempotent; throws leak_error when connections are still
+    // borrowed at `deadline`.
+    void close(std::chrono::steady_clock::time_point deadline) {
+        detail::pool_close(*core_, deadline);
+    }
+    void close(std::chrono::nanoseconds timeout) {
+        close(std::chrono::steady_clock::now() + timeout);
+    }
+    void close() { close(detail::pool_close_timeout(*core_)); }
+
+    pool& enter() noexcept { return *this; }
+    void exit(const std::exception_ptr& e) {
+        if (!e) {
+            close();
+            return;
+        }
+        try {
+            close();
+        } catch (const leak_error& failure) {
+            throw_chained(failure, e);
+        }
+    }
+
+    // `pool "name"`, as messages show it.
+    [[nodiscard]] const std::string& description() const noexcept {
+        return detail::pool_description(*core_);
+    }
+
+  private:
+    detail::pool_core* core_;
+};
+
+template <class Factory>
+pool(Factory) -> pool<std::remove_cvref_t<std::invoke_result_t<Factory&>>>;
+template <class Factory>
+pool(Factory, pool_options) -> pool<std::remove_cvref_t<std::invoke_result_t<Factory&>>>;
+template <class Factory>
+pool(Factory, pool_options, std::source_location)
+    -> pool<std::remove_cvref_t<std::invoke_result_t<Factory&>>>;
+
+}  // namespace ctxmgr

@@ -1,0 +1,483 @@
+// ctxmgr::postgres::advisory_lock, lease and advisory_xact_lock (distributed_lock.hpp).
+//
+// Taking a session lock is one round trip, a simple-protocol script:
+//   BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = N; SET LOCAL statement_timeout =
+//   0; SELECT pg_advisory_lock(K); INSERT INTO ctxmgr_fencing_tokens ... RETURNING token; COMMIT
+// READ COMMITTED gives the INSERT a snapshot taken after the lock was granted, so it increments
+// the token the previous holder committed (ON CONFLICT DO UPDATE reads the latest row anyway;
+// under REPEATABLE READ it would fail instead). A session-level lock outlives the rollback of
+// the transaction that took it: when anything after the lock fails, it is unlocked explicitly.
+// The script is sent asynchronously and waited for with a deadline, so that a server that does
+// not answer cannot keep enter() past its timeout (plus a grace for the server's own timeout
+// to fire and its answer to arrive). The key is spliced into the SQL as a decimal integer,
+// formatted here: nothing from outside reaches the SQL text.
+#include "ctxmgr/distributed_lock.hpp"
+
+#include <libpq-fe.h>
+#include <poll.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace ctxmgr::postgres {
+
+namespace {
+
+using steady = std::chrono::steady_clock;
+
+// How long past the lock timeout the client waits for the server's answer.
+constexpr std::chrono::seconds answer_grace{2};
+// How long an unlock may take before the session is given up (closing it releases the lock).
+constexpr std::chrono::seconds unlock_wait{10};
+
+constexpr std::string_view backend_name = "postgresql";
+constexpr std::string_view lock_timeout_sqlstate = "55P03";
+constexpr std::string_view undefined_table_sqlstate = "42P01";
+
+constexpr std::string_view create_table =
+    "CREATE TABLE IF NOT EXISTS ctxmgr_fencing_tokens "
+    "(key bigint PRIMARY KEY, token bigint NOT NULL)";
+constexpr std::string_view next_token_sql =
+    "INSERT INTO ctxmgr_fencing_tokens AS f (key, token) VALUES ($1, 1) "
+    "ON CONFLICT (key) DO UPDATE SET token = f.token + 1 RETURNING token";
+
+struct result_deleter {
+    void operator()(PGresult* result) const noexcept { PQclear(result); }
+};
+using result_ptr = std::unique_ptr<PGresult, result_deleter>;
+
+std::string suffix(bool shared) {
+    return shared ? "_shared" : "";
+}
+
+std::string trimmed(const char* text) {
+    std::string out = text != nullptr ? text : "";
+    while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+    return out;
+}
+
+std::string sqlstate_of(const PGresult* result) {
+    const char* state = PQresultErrorField(result, PG_DIAG_SQLSTATE);
+    return state != nullptr ? state : "";
+}
+
+bool failed(const PGresult* result) {
+    const ExecStatusType status = PQresultStatus(result);
+    return status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK;
+}
+
+// Waits until the session's socket is readable or `deadline` passes (false).
+bool wait_readable(PGconn* conn, steady::time_point deadline) {
+    pollfd descriptor{PQsocket(conn), POLLIN, 0};
+    for (;;) {
+        int timeout = -1;
+        if (deadline != steady::time_point::max()) {
+            const auto left =
+                std::chrono::ceil<std::chrono::milliseconds>(deadline - steady::now());
+            if (left.count() <= 0) return false;
+            timeout =
+                static_cast<int>(std::min<std::chrono::milliseconds::rep>(left.count(), 1'000'000));
+        }
+        const int ready = ::poll(&descriptor, 1, timeout);
+        if (ready > 0) return true;
+        if (ready < 0 && errno != EINTR) return true;  // let PQconsumeInput report it
+    }
+}
+
+// Sends `sql` (one or several statements, simple protocol) and collects every result, or
+// returns nothing when the deadline passes first (the statement is then still running).
+// Throws connection_error when it cannot be sent.
+std::optional<std::vector<result_ptr>> run_until(connection& session, const std::string& sql,
+                                                 steady::time_point deadline,
+                                                 const std::string& context) {
+    PGconn* conn = session.native_handle();
+    if (conn == nullptr) throw closed_error(context + ": the session is closed");
+    if (PQsendQuery(conn, sql.c_str()) == 0) {
+        throw db::connection_error(std::string(backend_name), "", 0,
+                                   context + ": " + trimmed(PQerrorMessage(conn)), sql);
+    }
+    std::vector<result_ptr> results;
+    for (;;) {
+        while (PQisBusy(conn) == 0) {
+            PGresult* result = PQgetResult(conn);
+            if (result == nullptr) return results;
+            results.emplace_back(result);
+        }
+        if (!wait_readable(conn, deadline)) return std::nullopt;
+        if (PQconsumeInput(conn) == 0) {
+            // The link broke: PQgetResult now hands out the failure, then nothing.
+            continue;
+        }
+    }
+}
+
+// Throws the failure `result` stands for, typed: connection_error when the session is gone.
+[[noreturn]] void fail(connection& session, const PGresult* result, const std::string& context,
+                       std::string_view sql) {
+    std::string sqlstate = sqlstate_of(result);
+    const char* primary = PQresultErrorField(result, PG_DIAG_MESSAGE_PRIMARY);
+    std::string message = context + ": " +
+                          (primary != nullptr ? std::string(primary)
+                                              : trimmed(PQerrorMessage(session.native_handle())));
+    if (!session.is_open() || sqlstate.starts_with("08") || sqlstate == "57P01" ||
+        sqlstate == "57P02" || sqlstate == "57P03") {
+        throw db::connection_error(std::string(backend_name), std::move(sqlstate), 0,
+                                   std::move(message), std::string(sql));
+    }
+    throw db::error(std::string(backend_name), std::move(sqlstate), 0, std::move(message),
+                    std::string(sql));
+}
+
+// The next token of `key`; creates the table when it is missing. Throws db::error.
+std::int64_t next_token(connection& session, std::int64_t key) {
+    try {
+        return session.query_value<std::int64_t>(next_token_sql, key);
+    } catch (const db::error& e) {
+        if (e.sqlstate() != undefined_table_sqlstate) throw;
+    }
+    try {
+        session.execute_script(create_table);
+    } catch (const db::error& e) {
+        // Made by another session at the same moment (CREATE TABLE IF NOT EXISTS races).
+        if (e.sqlstate() != "23505" && e.sqlstate() != "42P07") throw;
+    }
+    return session.query_value<std::int64_t>(next_token_sql, key);
+}
+
+// "SET LOCAL lock_timeout = 1500" (milliseconds; 0: no limit).
+std::string lock_timeout_setting(std::chrono::milliseconds timeout) {
+    const auto ms = timeout >= lock_options::forever ? 0 : timeout.count();
+    return "SET LOCAL lock_timeout = " + std::to_string(ms);
+}
+
+steady::time_point answer_deadline(steady::time_point started, std::chrono::milliseconds timeout) {
+    if (timeout >= lock_options::forever) return steady::time_point::max();
+    return started + std::max(timeout, std::chrono::milliseconds(0)) + answer_grace;
+}
+
+// A quoted SQL literal of a value the server gave (a setting), for a script.
+std::string literal(connection& session, const std::string& value) {
+    std::unique_ptr<char, decltype(&PQfreemem)> quoted(
+        PQescapeLiteral(session.native_handle(), value.c_str(), value.size()), &PQfreemem);
+    if (!quoted) throw std::bad_alloc();
+    return quoted.get();
+}
+
+// The answer to a lock script: every statement's result, and the first that failed.
+struct script_answer {
+    std::vector<result_ptr> results;
+    std::size_t failed_at = 0;  // results.size() when none failed
+
+    [[nodiscard]] const PGresult* failure() const {
+        return failed_at < results.size() ? results[failed_at].get() : nullptr;
+    }
+};
+
+// Runs a lock script, waiting at most `timeout` (plus the grace) from `started`. A server
+// that has not answered by then gets the session closed (whatever it grants later goes with
+// the session) and timeout_error.
+script_answer run_lock_script(connection& session, const std::string& script,
+                              steady::time_point started, std::chrono::milliseconds timeout,
+                              const std::string& context) {
+    auto results = run_until(session, script, answer_deadline(started, timeout), context);
+    if (!results) {
+        session.close();
+        throw timeout_error(context + " (the server did not answer; session closed)",
+                            steady::now() - started);
+    }
+    script_answer answer{std::move(*results), 0};
+    while (answer.failed_at < answer.results.size() &&
+           !failed(answer.results[answer.failed_at].get())) {
+        ++answer.failed_at;
+    }
+    return answer;
+}
+
+}  // namespace
+
+// --- lock_key ------------------------------------------------------------------------------
+
+std::string lock_key::describe() const {
+    if (name_.empty()) return "advisory lock " + std::to_string(value_);
+    return "advisory lock \"" + name_ + "\" (key " + std::to_string(value_) + ')';
+}
+
+// --- lease ---------------------------------------------------------------------------------
+
+lease::lease(lock_key key, bool shared, std::source_location where)
+    : key_(std::move(key)), shared_(shared), where_(where) {
+}
+
+lease::~lease() = default;
+
+bool lease::lost() noexcept {
+    if (!lost_) lost_ = session_ == nullptr || !pool_traits<connection>::usable(*session_);
+    return lost_;
+}
+
+// --- advisory_lock -------------------------------------------------------------------------
+
+advisory_lock::advisory_lock(pool<connection>& source, lock_key key, lock_options options,
+                             std::source_location where)
+    : pool_(&source), key_(std::move(key)), options_(options), where_(where) {
+}
+
+advisory_lock::advisory_lock(std::string_view conninfo, lock_key key, lock_options options,
+                             std::source_location where)
+    : conninfo_(conninfo), key_(std::move(key)), options_(options), where_(where) {
+}
+
+advisory_lock::advisory_lock(advisory_lock&&) noexcept = default;
+
+advisory_lock::~advisory_lock() {
+    if (!lease_) return;
+    try {
+        unlock();
+    } catch (...) {
+        report_current_unraisable(key_.describe() + ": unlock in the destructor");
+    }
+}
+
+lease& advisory_lock::enter() {
+    if (lease_) throw protocol_error(key_.describe() + ": entered twice");
+    const auto started = steady::now();
+    std::unique_ptr<lease> held(new lease(key_, options_.shared, where_));
+    if (pool_ != nullptr) {
+        held->session_ = &held->borrowed_.emplace(pool_->connection(where_)).enter();
+    } else {
+        held->session_ = &held->owned_.emplace(connect(conninfo_, {}, where_));
+    }
+    connection& session = *held->session_;
+    const std::string context = key_.describe() + " on " + session.description();
+    const std::string key = std::to_string(key_.value());
+    const std::string shared = suffix(options_.shared);
+
+    // The lock is held from here: anything that fails must unlock before it throws.
+    auto unlock_after_failure = [&] {
+        try {
+            if (session.is_open() && session.transaction_state() != db::transaction_state::idle) {
+                session.execute_script("ROLLBACK");
+            }
+            if (session.is_open() &&
+                !session.query_value<bool>("SELECT pg_advisory_unlock" + shared + "($1)",
+                                           key_.value())) {
+                session.close();  // could not unlock: ending the session releases the lock
+            }
+        } catch (...) {
+            session.close();
+        }
+    };
+
+    if (options_.timeout.count() <= 0) {
+        const bool got = session.query_value<bool>("SELECT pg_try_advisory_lock" + shared + "($1)",
+                                                   key_.value());
+        if (!got) {
+            throw timeout_error(context + " (tried once: it is held elsewhere)",
+                                steady::now() - started);
+        }
+        try {
+            held->token_ = next_token(session, key_.value());
+        } catch (...) {
+            unlock_after_failure();
+            throw;
+        }
+    } else {
+        const std::string script =
+            "BEGIN ISOLATION LEVEL READ COMMITTED; " + lock_timeout_setting(options_.timeout) +
+            "; SET LOCAL statement_timeout = 0; SELECT pg_advisory_lock" + shared + '(' + key +
+            "); INSERT INTO ctxmgr_fencing_tokens AS f (key, token) VALUES (" + key +
+            ", 1) ON CONFLICT (key) DO UPDATE SET token = f.token + 1 RETURNING token; COMMIT";
+        constexpr std::size_t lock_statement = 3;
+        constexpr std::size_t token_statement = 4;
+        const script_answer answer =
+            run_lock_script(session, script, started, options_.timeout, context);
+        const PGresult* failure = answer.failure();
+        if (failure == nullptr && answer.results.size() > token_statement &&
+            PQntuples(answer.results[token_statement].get()) == 1) {
+            held->token_ = std::stoll(PQgetvalue(answer.results[token_statement].get(), 0, 0));
+        } else if (failure == nullptr) {
+            unlock_after_failure();
+            throw db::error(std::string(backend_name), "", 0,
+                            context + ": unexpected answer to the lock script", script);
+        } else if (!session.is_open()) {
+            fail(session, failure, context, script);  // gone, and the lock with it
+        } else if (answer.failed_at < lock_statement) {
+            session.execute_script("ROLLBACK");
+            fail(session, failure, context, script);
+        } else if (answer.failed_at == lock_statement) {
+            const bool timed_out = sqlstate_of(failure) == lock_timeout_sqlstate;
+            session.execute_script("ROLLBACK");
+            if (timed_out) throw timeout_error(context, steady::now() - started);
+            fail(session, failure, context, script);
+        } else if (answer.failed_at == token_statement &&
+                   sqlstate_of(failure) == undefined_table_sqlstate) {
+            // The lock is held (a session lock outlives the rollback); the table is made
+            // and the token taken outside the script.
+            try {
+                session.execute_script("ROLLBACK");
+                held->token_ = next_token(session, key_.value());
+            } catch (...) {
+                unlock_after_failure();
+                throw;
+            }
+        } else {
+            const std::string sqlstate = sqlstate_of(failure);
+            const char* primary = PQresultErrorField(failure, PG_DIAG_MESSAGE_PRIMARY);
+            const std::string message = primary != nullptr ? primary : "failed";
+            unlock_after_failure();
+            throw db::error(std::string(backend_name), sqlstate, 0, context + ": " + message,
+                            script);
+        }
+    }
+    held->pid_ = session.backend_pid();
+    if constexpr (tracking_enabled) {
+        try {
+            held->tracked_ = tracked(
+                "advisory lock",
+                (key_.name().empty()
+                     ? std::to_string(key_.value())
+                     : '"' + key_.name() + "\" (key " + std::to_string(key_.value()) + ')') +
+                    (options_.shared ? " shared" : "") + " on " + session.description(),
+                where_);
+        } catch (...) {
+            unlock_after_failure();
+            throw;
+        }
+    }
+    lease_ = std::move(held);
+    return *lease_;
+}
+
+void advisory_lock::unlock() {
+    if (!lease_) return;
+    const std::unique_ptr<lease> held = std::move(lease_);
+    held->tracked_.release();
+    connection& session = *held->session_;
+    const std::string context = key_.describe() + " on " + session.description();
+    const std::string sql = "SELECT pg_advisory_unlock" + suffix(held->shared_) + '(' +
+                            std::to_string(key_.value()) + ')';
+    std::exception_ptr failure;
+    try {
+        auto lost = [&](const std::string& why) {
+            return db::connection_error(
+                std::string(backend_name), "", 0,
+                context + ": the session holding it (backend pid " + std::to_string(held->pid_) +
+                    ") was lost" + why +
+                    "; the server released the lock then, and another holder may have had it "
+                    "while this one still ran",
+                sql);
+        };
+        if (!session.is_open()) throw lost("");
+        std::optional<std::vector<result_ptr>> results;
+        try {
+            results = run_until(session, sql, steady::now() + unlock_wait, context);
+        } catch (const db::connection_error& e) {
+            throw lost(" (" + e.message() + ')');
+        }
+        if (!results) {
+            session.close();
+            throw db::connection_error(std::string(backend_name), "", 0,
+                                       context + ": the server did not answer the unlock within " +
+                                           format_duration(unlock_wait) +
+                                           "; session closed, which releases the lock",
+                                       sql);
+        }
+        const PGresult* answer = results->empty() ? nullptr : results->front().get();
+        if (!session.is_open())
+            throw lost(answer != nullptr ? " (" + trimmed(PQresultErrorMessage(answer)) + ')' : "");
+        if (answer == nullptr || failed(answer)) {
+            fail(session, answer, context, sql);
+        }
+        if (std::string_view(PQgetvalue(answer, 0, 0)) != "t") {
+            throw db::error(std::string(backend_name), "", 0,
+                            context +
+                                ": pg_advisory_unlock answered false: the session (backend "
+                                "pid " +
+                                std::to_string(held->pid_) +
+                                ") no longer held the lock; it was released behind the lease's "
+                                "back (pg_advisory_unlock_all, an unlock by hand)",
+                            sql);
+        }
+    } catch (...) {
+        failure = std::current_exception();
+    }
+    // Give the session back: a lost one is closed by the pool on return.
+    if (held->borrowed_) {
+        try {
+            held->borrowed_->exit(nullptr);
+        } catch (...) {
+            if (!failure) failure = std::current_exception();
+        }
+    } else if (held->owned_) {
+        held->owned_->close();
+    }
+    if (failure) std::rethrow_exception(failure);
+}
+
+void advisory_lock::exit(const std::exception_ptr& e) {
+    if (!e) {
+        unlock();
+        return;
+    }
+    try {
+        unlock();
+    } catch (const db::connection_error& failure) {
+        throw_chained(failure, e);
+    } catch (const db::error& failure) {
+        throw_chained(failure, e);
+    }
+}
+
+// --- advisory_xact_lock --------------------------------------------------------------------
+
+connection& advisory_xact_lock::enter() {
+    connection& session = *connection_;
+    const std::string context = key_.describe() + " on " + session.description();
+    if (session.transaction_state() != db::transaction_state::active) {
+        throw protocol_error(context +
+                             ": advisory_xact_lock needs an open transaction (the lock ends with "
+                             "it; outside one it would end with the statement)");
+    }
+    const auto started = steady::now();
+    const std::string shared = suffix(options_.shared);
+    if (options_.timeout.count() <= 0) {
+        if (!session.query_value<bool>("SELECT pg_try_advisory_xact_lock" + shared + "($1)",
+                                       key_.value())) {
+            throw timeout_error(context + " (tried once: it is held elsewhere)",
+                                steady::now() - started);
+        }
+        return session;
+    }
+    // The transaction's own settings come back once the lock is granted.
+    const auto settings = session.query_one(
+        "SELECT current_setting('lock_timeout'), current_setting('statement_timeout')");
+    const std::string restore =
+        "SET LOCAL lock_timeout = " + literal(session, settings->get<std::string>(0)) +
+        "; SET LOCAL statement_timeout = " + literal(session, settings->get<std::string>(1));
+    const std::string script =
+        "SAVEPOINT ctxmgr_advisory_lock; " + lock_timeout_setting(options_.timeout) +
+        "; SET LOCAL statement_timeout = 0; SELECT pg_advisory_xact_lock" + shared + '(' +
+        std::to_string(key_.value()) + "); " + restore + "; RELEASE SAVEPOINT ctxmgr_advisory_lock";
+    constexpr std::size_t lock_statement = 3;
+    const script_answer answer =
+        run_lock_script(session, script, started, options_.timeout, context);
+    const PGresult* failure = answer.failure();
+    if (failure == nullptr) return session;
+    if (!session.is_open()) fail(session, failure, context, script);
+    const bool timed_out =
+        answer.failed_at == lock_statement && sqlstate_of(failure) == lock_timeout_sqlstate;
+    // Back to the savepoint: the transaction goes on as it was, settings included.
+    session.execute_script(
+        "ROLLBACK TO SAVEPOINT ctxmgr_advisory_lock; RELEASE SAVEPOINT ctxmgr_advisory_lock");
+    if (timed_out) throw timeout_error(context, steady::now() - started);
+    fail(session, failure, context, script);
+}
+
+}  // namespace ctxmgr::postgres

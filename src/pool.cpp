@@ -1,0 +1,783 @@
+// The core of ctxmgr::pool, the same for every connection type (pool.hpp's typed part makes,
+// checks and destroys connections through detail::pool_connector).
+//
+// One mutex guards everything. Lending and returning hold it for a few instructions (a pop
+// or a push on the idle stack), so uncontended they cost two lock/unlock pairs; every slow
+// thing (connecting, pinging, closing a connection, reporting) runs outside it. Borrowers that
+// wait queue first come, first served, each on a condition variable of its own, notified after
+// the mutex is unlocked (a waiter woken under it would block on it at once: a second context
+// switch). A returned connection goes to idle and the first waiter is woken for it, but a
+// borrower already running may take it first: when threads outnumber connections, that saves
+// a handoff's context switches (8 threads on a pool of 4: about 10% more queries a second
+// than handing every connection to the waiter). A waiter that lost a connection so is handed
+// the next one outright, so nobody is overtaken twice in a row. Two threads
+// per pool: the creator, the only caller of the factory (so a borrower never waits inside a
+// connect and always keeps its deadline), and the housekeeper (idle and lifetime limits,
+// leak reports). Connections live in max_size fixed slots, so an entry's address is stable
+// and lending allocates nothing. Times of the hot path come from the coarse monotonic clock
+// (a tick of 1 to 4 ms, a few nanoseconds to read), like the leak tracker's.
+//
+// Lifetime: the core is freed by the pool's destructor, or, when connections are still
+// borrowed after its close timeout, by the last of them to come back. A returning borrower
+// touches the core only under the mutex, so whoever frees it after seeing it drained (under
+// that mutex) cannot pull it from under a return in progress.
+#include "ctxmgr/pool.hpp"
+
+#include <time.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdio>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace ctxmgr::detail {
+
+namespace {
+
+using steady = std::chrono::steady_clock;
+
+constexpr std::int64_t never = std::numeric_limits<std::int64_t>::max();
+// An idle connection older than this is looked at (pool_traits::usable) before it is lent:
+// one coarse-clock tick at least, so that a borrow right after a return pays nothing.
+constexpr std::int64_t look_after_ns = 1'000'000;
+// How long the housekeeper sleeps at most, so that it sees entries made since it last looked.
+constexpr std::int64_t housekeeping_period_ns = 1'000'000'000;
+// Waits longer than this are unbounded for all purposes (and cannot overflow a time point).
+constexpr std::chrono::nanoseconds longest_wait = std::chrono::hours(24 * 365 * 10);
+// Borrowers listed in a message, at most.
+constexpr std::size_t listed_borrowers = 10;
+
+std::int64_t coarse_now() noexcept {
+    timespec now{};
+    ::clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
+    return std::int64_t{now.tv_sec} * 1'000'000'000 + now.tv_nsec;
+}
+
+// steady_clock is CLOCK_MONOTONIC on Linux, the coarse clock's epoch.
+std::int64_t precise_now() noexcept {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(steady::now().time_since_epoch())
+        .count();
+}
+
+steady::time_point to_steady(std::int64_t ns) noexcept {
+    return steady::time_point(
+        std::chrono::duration_cast<steady::duration>(std::chrono::nanoseconds(ns)));
+}
+
+std::int64_t count_ns(std::chrono::milliseconds d) noexcept {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
+}
+
+std::string what_of(const std::exception_ptr& e) {
+    try {
+        std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+        return ex.what();
+    } catch (...) {
+        return "an unknown exception";
+    }
+}
+
+std::string quoted(const std::string& name) {
+    return '"' + name + '"';
+}
+
+void check_options(const pool_options& o) {
+    const std::string pool = "pool " + quoted(o.name) + ": ";
+    if (o.max_size == 0) throw std::invalid_argument(pool + "max_size must be at least 1");
+    if (o.min_idle > o.max_size) {
+        throw std::invalid_argument(pool + "min_idle (" + std::to_string(o.min_idle) +
+                                    ") exceeds max_size (" + std::to_string(o.max_size) + ")");
+    }
+    const std::pair<const char*, std::chrono::milliseconds> durations[] = {
+        {"acquire_timeout", o.acquire_timeout}, {"max_lifetime", o.max_lifetime},
+        {"idle_timeout", o.idle_timeout},       {"validate_after_idle", o.validate_after_idle},
+        {"leak_threshold", o.leak_threshold},   {"close_timeout", o.close_timeout},
+    };
+    for (const auto& [name, value] : durations) {
+        if (value.count() < 0) {
+            throw std::invalid_argument(pool + name + " is negative (" + format_duration(value) +
+                                        ")");
+        }
+    }
+}
+
+}  // namespace
+
+struct pool_entry : pool_entry_base {
+    // Guarded by the core's mutex.
+    bool occupied = false;  // holds a connection, or one is being made or closed for it
+    bool lent = false;
+    bool leak_reported = false;
+    std::int64_t retire_at = never;  // coarse clock; max_lifetime
+    std::int64_t idle_since = 0;
+    std::int64_t lent_at = 0;
+    std::source_location where;
+    // The borrow's leak registration, written by the borrower once registered.
+    std::atomic<std::uint64_t> tracked_id{0};
+};
+
+// A borrower waiting for a connection, on its own stack, queued first come, first served.
+// Whoever takes it off the queue other than itself (a returner handing it a connection, the
+// creator, close()) notifies it after unlocking the mutex, so that it wakes to a free mutex
+// (not to block on it at once), then sets `released`: the waiter does not return (and free
+// its stack) before that, since the notify still touches `wake`.
+struct pool_waiter {
+    pool_waiter* prev = nullptr;
+    pool_waiter* next = nullptr;
+    std::source_location where;
+    pool_entry* handed = nullptr;  // the connection handed to it
+    bool dequeued = false;         // by someone else, who notifies it
+    bool overtaken = false;        // woken once for a connection another borrower took
+    std::condition_variable wake;
+    std::atomic<bool> released{false};
+
+    // Notifies, after the mutex was unlocked; the waiter may be gone when this returns.
+    void release() noexcept {
+        wake.notify_one();
+        released.store(true, std::memory_order_release);
+    }
+    // Waits until release() is done with this waiter.
+    void wait_released() const noexcept {
+        while (!released.load(std::memory_order_acquire)) std::this_thread::yield();
+    }
+};
+
+class pool_core {
+  public:
+    pool_core(std::unique_ptr<pool_connector> connector, pool_options options,
+              std::source_location where)
+        : connector_(std::move(connector)),
+          options_(std::move(options)),
+          quoted_name_(quoted(options_.name)),
+          description_("pool " + quoted_name_),
+          slots_(new pool_entry[options_.max_size]),
+          lifetime_ns_(options_.max_lifetime.count() > 0 ? count_ns(options_.max_lifetime) : never),
+          idle_timeout_ns_(count_ns(options_.idle_timeout)),
+          validate_ns_(count_ns(options_.validate_after_idle)),
+          leak_ns_(count_ns(options_.leak_threshold)),
+          jitter_(std::random_device{}()),
+          registration_("connection pool", quoted_name_, where) {
+        idle_.reserve(options_.max_size);
+    }
+
+    pool_core(const pool_core&) = delete;
+    pool_core& operator=(const pool_core&) = delete;
+    ~pool_core() = default;
+
+    void start() {
+        creator_ = std::thread([this] { run_creator(); });
+        try {
+            housekeeper_ = std::thread([this] { run_housekeeper(); });
+        } catch (...) {
+            stop_threads();
+            throw;
+        }
+    }
+
+    [[nodiscard]] const std::string& description() const noexcept { return description_; }
+    [[nodiscard]] const std::string& quoted_name() const noexcept { return quoted_name_; }
+    [[nodiscard]] std::chrono::milliseconds close_timeout() const noexcept {
+        return options_.close_timeout;
+    }
+
+    pool_entry* acquire(std::chrono::nanoseconds timeout, const std::source_location& where) {
+        const std::int64_t now = coarse_now();
+        std::unique_lock lock(mutex_);
+        if (!closing_ && !idle_.empty()) [[likely]] {
+            pool_entry& e = lend(now, where);
+            const bool fresh = now - e.idle_since < look_after_ns &&
+                               now - e.idle_since < validate_ns_ && now < e.retire_at;
+            lock.unlock();
+            if (fresh || ready(e, now)) return &e;
+            lock.lock();
+        }
+        return acquire_waiting(lock, timeout, where);
+    }
+
+    void release(pool_entry& e, bool reusable) noexcept {
+        const std::int64_t now = coarse_now();
+        {
+            std::unique_lock lock(mutex_);
+            e.lent = false;
+            --in_use_;
+            if (reusable && !closing_ && now < e.retire_at) [[likely]] {
+                e.idle_since = now;
+                if (waiters_ == nullptr) [[likely]] {
+                    idle_.push_back(&e);  // never allocates: reserved for max_size
+                    return;
+                }
+                // The longest waiting borrower is woken to take it, but a borrower already
+                // running may take it first (no context switch: far more throughput when
+                // threads outnumber connections). One that lost so once is handed the next
+                // connection outright: a waiter is overtaken at most once in a row.
+                pool_waiter* w = waiters_;
+                if (w->overtaken) {
+                    hand_over(e, now);
+                } else {
+                    idle_.push_back(&e);
+                    dequeue(*w);
+                }
+                lock.unlock();
+                w->release();
+                return;
+            }
+            ++destroyed_;
+            ++discarding_;
+        }
+        connector_->destroy(e.connection);
+        finish_discard(e);
+    }
+
+    [[nodiscard]] pool_stats stats() const {
+        std::lock_guard lock(mutex_);
+        return pool_stats{idle_.size() + in_use_,
+                          idle_.size(),
+                          in_use_,
+                          waiting_,
+                          created_,
+                          destroyed_,
+                          timeouts_};
+    }
+
+    void close(steady::time_point deadline) {
+        const auto self = std::this_thread::get_id();
+        if (self == creator_.get_id() || self == housekeeper_.get_id()) {
+            throw protocol_error(description_ +
+                                 ": close() from the pool's own thread (the factory or on_leak)");
+        }
+        std::lock_guard close_guard(close_mutex_);
+        std::vector<pool_entry*> idle;
+        std::vector<pool_waiter*> woken;
+        {
+            std::lock_guard lock(mutex_);
+            if (!closing_) {
+                closing_ = true;
+                idle.swap(idle_);
+                destroyed_ += idle.size();
+                discarding_ += idle.size();
+                registration_.release();
+            }
+            while (waiters_ != nullptr) woken.push_back(&dequeue(*waiters_));
+        }
+        for (pool_waiter* w : woken) w->release();  // they find the pool closed
+        creator_wake_.notify_all();
+        housekeeper_wake_.notify_all();
+        for (pool_entry* e : idle) {
+            connector_->destroy(e->connection);
+            finish_discard(*e);
+        }
+        stop_threads();
+        std::unique_lock lock(mutex_);
+        drained_.wait_until(lock, deadline, [this] { return drained(); });
+        if (in_use_ == 0) return;
+        std::string message = description_ + ": closed with " + std::to_string(in_use_) +
+                              (in_use_ == 1 ? " connection" : " connections") +
+                              " still borrowed; borrowed at " + borrowers(coarse_now()) +
+                              "; each is closed when it comes back";
+        throw leak_error(message);
+    }
+
+    // The pool object is gone: free the core now, or leave that to the last borrower.
+    static void dispose(pool_core* core) noexcept {
+        try {
+            core->close(steady::now() + core->options_.close_timeout);
+        } catch (...) {
+            report_current_unraisable(core->description_ + ": closing in the destructor");
+        }
+        bool free_now = false;
+        {
+            std::lock_guard lock(core->mutex_);
+            free_now = core->drained();
+            if (!free_now) core->orphaned_ = true;
+        }
+        if (free_now) delete core;
+    }
+
+  private:
+    [[nodiscard]] bool drained() const noexcept { return in_use_ == 0 && discarding_ == 0; }
+
+    // A connection is wanted from the creator: a borrower waits with none idle, or fewer than
+    // min_idle are idle; and there is room.
+    [[nodiscard]] bool creation_wanted() const noexcept {
+        return !closing_ && !creating_ && occupied_ < options_.max_size &&
+               (waiting_ > idle_.size() || idle_.size() < options_.min_idle);
+    }
+
+    // Lends the most recently returned idle connection (under the mutex).
+    pool_entry& lend(std::int64_t now, const std::source_location& where) noexcept {
+        pool_entry& e = *idle_.back();
+        idle_.pop_back();
+        lend(e, now, where);
+        if (idle_.size() < options_.min_idle && creation_wanted()) creator_wake_.notify_one();
+        return e;
+    }
+
+    void lend(pool_entry& e, std::int64_t now, const std::source_location& where) noexcept {
+        e.lent = true;
+        e.lent_at = now;
+        e.where = where;
+        e.leak_reported = false;
+        e.tracked_id.store(0, std::memory_order_relaxed);
+        ++in_use_;
+    }
+
+    // Checks a connection just lent (without the mutex); destroys it when it fails.
+    bool ready(pool_entry& e, std::int64_t now) noexcept {
+        const std::int64_t idle_for = now - e.idle_since;
+        if (now >= e.retire_at) {
+            release(e, false);
+            return false;
+        }
+        const bool ok = idle_for >= validate_ns_    ? connector_->ping(e.connection)
+                        : idle_for >= look_after_ns ? connector_->usable(e.connection)
+                                                    : true;
+        if (ok) return true;
+        // Broken while idle: probably not alone (a server restart ends every session). The
+        // housekeeper looks at the other idle connections now.
+        {
+            std::lock_guard lock(mutex_);
+            sweep_ = true;
+        }
+        housekeeper_wake_.notify_one();
+        release(e, false);
+        return false;
+    }
+
+    pool_entry* acquire_waiting(std::unique_lock<std::mutex>& lock,
+                                std::chrono::nanoseconds timeout,
+                                const std::source_location& where) {
+        if (timeout == std::chrono::nanoseconds::max()) timeout = options_.acquire_timeout;
+        const auto started = steady::now();
+        const auto deadline =
+            started + std::clamp(timeout, std::chrono::nanoseconds(0), longest_wait);
+        bool overtaken = false;
+        for (;;) {
+            if (closing_) throw closed_error("connection() on closed " + description_);
+            if (!idle_.empty()) {
+                const std::int64_t now = coarse_now();
+                pool_entry& e = lend(now, where);
+                lock.unlock();
+                if (ready(e, now)) return &e;
+                lock.lock();
+                continue;
+            }
+            const auto now = steady::now();
+            if (now >= deadline) {
+                ++timeouts_;
+                throw_timeout(lock, started, now);
+            }
+            pool_waiter w;
+            w.where = where;
+            w.overtaken = overtaken;
+            enqueue(w, overtaken);
+            if (creation_wanted()) creator_wake_.notify_one();
+            w.wake.wait_until(lock, deadline, [&] { return w.dequeued; });
+            if (!w.dequeued) {
+                dequeue(w);  // timed out; the next round throws
+                continue;
+            }
+            lock.unlock();
+            w.wait_released();
+            if (w.handed != nullptr && ready(*w.handed, coarse_now())) return w.handed;
+            lock.lock();
+            // Woken for an idle connection: gone already if another borrower took it. Then
+            // back to the front of the queue, to be handed the next one.
+            overtaken = w.handed == nullptr && idle_.empty();
+        }
+    }
+
+    // Queues `w` last, or first (under the mutex).
+    void enqueue(pool_waiter& w, bool first) noexcept {
+        if (first) {
+            w.prev = nullptr;
+            w.next = waiters_;
+            (waiters_ != nullptr ? waiters_->prev : waiters_tail_) = &w;
+            waiters_ = &w;
+        } else {
+            w.prev = waiters_tail_;
+            w.next = nullptr;
+            (waiters_tail_ != nullptr ? waiters_tail_->next : waiters_) = &w;
+            waiters_tail_ = &w;
+        }
+        ++waiting_;
+    }
+
+    // Takes `w` off the queue (under the mutex).
+    pool_waiter& dequeue(pool_waiter& w) noexcept {
+        (w.prev != nullptr ? w.prev->next : waiters_) = w.next;
+        (w.next != nullptr ? w.next->prev : waiters_tail_) = w.prev;
+        w.prev = w.next = nullptr;
+        w.dequeued = true;
+        --waiting_;
+        return w;
+    }
+
+    // Lends `e` to the first waiter (under the mutex); release() it after unlocking.
+    pool_waiter& hand_over(pool_entry& e, std::int64_t now) noexcept {
+        pool_waiter& w = dequeue(*waiters_);
+        lend(e, now, w.where);
+        w.handed = &e;
+        return w;
+    }
+
+    [[noreturn]] void throw_timeout(std::unique_lock<std::mutex>& lock, steady::time_point started,
+                                    steady::time_point now) {
+        std::string what = "a connection from " + description_ + " (max_size " +
+                           std::to_string(options_.max_size) + ": " + std::to_string(in_use_) +
+                           " in use, " + std::to_string(idle_.size()) + " idle, " +
+                           std::to_string(waiting_) + " waiting";
+        if (creating_) what += ", 1 being made";
+        what += ')';
+        if (in_use_ > 0) what += "; borrowed at " + borrowers(coarse_now());
+        std::exception_ptr failure;
+        if (last_failure_ && last_failure_at_ >= started) {
+            failure = last_failure_;
+            what += "; the last connection attempt failed " +
+                    format_duration(now - last_failure_at_) + " ago: " + what_of(failure);
+        }
+        lock.unlock();
+        timeout_error error(what, now - started);
+        if (failure) throw_chained(error, failure);
+        throw error;
+    }
+
+    // "app.cpp:42 in void f() (held 1.2 s), ..." for the lent connections, oldest first.
+    std::string borrowers(std::int64_t now) const {
+        std::vector<const pool_entry*> lent;
+        for (std::size_t i = 0; i < options_.max_size; ++i) {
+            if (slots_[i].lent) lent.push_back(&slots_[i]);
+        }
+        std::sort(lent.begin(), lent.end(),
+                  [](const pool_entry* a, const pool_entry* b) { return a->lent_at < b->lent_at; });
+        std::string text;
+        for (std::size_t i = 0; i < lent.size() && i < listed_borrowers; ++i) {
+            if (i > 0) text += ", ";
+            const pool_entry& e = *lent[i];
+            text += e.where.file_name();
+            text += ':';
+            text += std::to_string(e.where.line());
+            text += " in ";
+            text += e.where.function_name();
+            text += " (held ";
+            text += format_duration(std::chrono::nanoseconds(now - e.lent_at));
+            text += ')';
+        }
+        if (lent.size() > listed_borrowers) {
+            text += " and " + std::to_string(lent.size() - listed_borrowers) + " more";
+        }
+        return text;
+    }
+
+    // A connection has been closed by whoever decided to discard it: free its slot.
+    void finish_discard(pool_entry& e) noexcept {
+        bool free_core = false;
+        {
+            std::lock_guard lock(mutex_);
+            e.connection = nullptr;
+            e.occupied = false;
+            --occupied_;
+            --discarding_;
+            if (closing_) {
+                if (drained()) {
+                    drained_.notify_all();
+                    free_core = orphaned_;
+                }
+            } else if (creation_wanted()) {
+                creator_wake_.notify_one();
+            }
+        }
+        if (free_core) delete this;
+    }
+
+    pool_entry& free_slot() noexcept {
+        for (std::size_t i = 0;; ++i) {
+            if (!slots_[i].occupied) return slots_[i];
+        }
+    }
+
+    // The creator: the only caller of the factory.
+    void run_creator() noexcept {
+        std::unique_lock lock(mutex_);
+        std::chrono::milliseconds backoff{0};
+        for (;;) {
+            creator_wake_.wait(lock, [this] { return closing_ || creation_wanted(); });
+            if (closing_) return;
+            pool_entry& slot = free_slot();
+            slot.occupied = true;
+            ++occupied_;
+            creating_ = true;
+            lock.unlock();
+            void* made = nullptr;
+            std::exception_ptr failure;
+            try {
+                made = connector_->create();
+                if (!connector_->usable(made)) {
+                    connector_->destroy(std::exchange(made, nullptr));
+                    throw protocol_error(description_ +
+                                         ": the factory returned a connection that is not open");
+                }
+            } catch (...) {
+                failure = std::current_exception();
+            }
+            const std::int64_t now = coarse_now();
+            std::int64_t retire_at = never;
+            if (lifetime_ns_ != never) {
+                // Up to 2.5% early, so that connections made together do not all go together.
+                std::uniform_int_distribution<std::int64_t> early(0, lifetime_ns_ / 40);
+                retire_at = now + lifetime_ns_ - early(jitter_);
+            }
+            lock.lock();
+            creating_ = false;
+            if (failure) {
+                slot.occupied = false;
+                --occupied_;
+                last_failure_ = failure;
+                last_failure_at_ = steady::now();
+                // Retry, but do not hammer a server that refuses.
+                backoff = std::clamp(backoff * 2, std::chrono::milliseconds(10),
+                                     std::chrono::milliseconds(500));
+                creator_wake_.wait_for(lock, backoff, [this] { return closing_; });
+                continue;
+            }
+            backoff = std::chrono::milliseconds(0);
+            if (closing_) {
+                lock.unlock();
+                connector_->destroy(made);
+                lock.lock();
+                slot.occupied = false;
+                --occupied_;
+                if (drained()) drained_.notify_all();
+                return;
+            }
+            slot.connection = made;
+            slot.retire_at = retire_at;
+            slot.idle_since = now;
+            ++created_;
+            if (waiters_ == nullptr) {
+                idle_.push_back(&slot);
+                continue;
+            }
+            pool_waiter& w = hand_over(slot, now);
+            lock.unlock();
+            w.release();
+            lock.lock();
+        }
+    }
+
+    // The housekeeper: leak reports, idle and lifetime limits, min_idle.
+    void run_housekeeper() noexcept {
+        std::unique_lock lock(mutex_);
+        while (!closing_) {
+            // Entries hold coarse times, up to a tick behind: compare with the precise clock,
+            // so that a wait never ends before what it waited for is due.
+            const std::int64_t now = precise_now();
+            // A borrow that begins after this look is due leak_threshold after it at the
+            // earliest: looking again by then misses none.
+            std::int64_t next = now + (leak_ns_ > 0 ? std::min(leak_ns_, housekeeping_period_ns)
+                                                    : housekeeping_period_ns);
+            std::vector<std::pair<std::uint64_t, resource_info>> leaks;
+            std::vector<pool_entry*> retired;
+            try {
+                if (leak_ns_ > 0) {
+                    for (std::size_t i = 0; i < options_.max_size; ++i) {
+                        pool_entry& e = slots_[i];
+                        if (!e.lent || e.leak_reported) continue;
+                        const std::int64_t due = e.lent_at + leak_ns_;
+                        if (due > now) {
+                            next = std::min(next, due);
+                            continue;
+                        }
+                        e.leak_reported = true;
+                        resource_info info;
+                        info.id = e.tracked_id.load(std::memory_order_relaxed);
+                        info.kind = "pooled connection";
+                        info.description = quoted_name_;
+                        info.where = e.where;
+                        info.acquired_at = to_steady(e.lent_at);
+                        leaks.emplace_back(info.id, std::move(info));
+                    }
+                }
+                // Oldest first; beyond min_idle only for idle_timeout. Each is also looked at
+                // (pool_traits::usable, no round trip: a poll() for PostgreSQL), so that
+                // sessions the server ended are replaced before anyone asks for them.
+                sweep_ = false;
+                std::size_t open = idle_.size() + in_use_;
+                for (auto it = idle_.begin(); it != idle_.end();) {
+                    pool_entry& e = **it;
+                    const bool expired = now >= e.retire_at;
+                    const bool idle_out = idle_timeout_ns_ > 0 &&
+                                          now - e.idle_since >= idle_timeout_ns_ &&
+                                          open > options_.min_idle;
+                    if (expired || idle_out || !connector_->usable(e.connection)) {
+                        retired.push_back(&e);
+                        it = idle_.erase(it);
+                        --open;
+                        continue;
+                    }
+                    next = std::min(next, e.retire_at);
+                    if (idle_timeout_ns_ > 0 && open > options_.min_idle) {
+                        next = std::min(next, e.idle_since + idle_timeout_ns_);
+                    }
+                    ++it;
+                }
+            } catch (...) {
+                // Out of memory for the lists: what was collected is handled; try again later.
+            }
+            destroyed_ += retired.size();
+            discarding_ += retired.size();
+            if (creation_wanted()) creator_wake_.notify_one();
+            if (!leaks.empty() || !retired.empty()) {
+                lock.unlock();
+                report_leaks(leaks);
+                for (pool_entry* e : retired) {
+                    connector_->destroy(e->connection);
+                    finish_discard(*e);
+                }
+                lock.lock();
+                continue;  // look again: time has passed
+            }
+            housekeeper_wake_.wait_until(lock, to_steady(next),
+                                         [this] { return closing_ || sweep_; });
+        }
+    }
+
+    void report_leaks(std::vector<std::pair<std::uint64_t, resource_info>>& leaks) noexcept {
+        if (leaks.empty()) return;
+        try {
+            // The tracker's own record, when tracking is on: it knows the borrowing thread.
+            for (auto& resource : live_resources()) {
+                for (auto& [id, info] : leaks) {
+                    if (id != 0 && resource.id == id) info = resource;
+                }
+            }
+        } catch (...) {
+            // Out of memory: report what the pool knows.
+        }
+        for (const auto& [id, info] : leaks) {
+            try {
+                if (options_.on_leak) {
+                    options_.on_leak(info);
+                } else {
+                    const std::string line = "ctxmgr: " + description_ +
+                                             ": a connection has been borrowed longer than "
+                                             "leak_threshold (" +
+                                             format_duration(options_.leak_threshold) +
+                                             "): " + ctxmgr::describe(info) + '\n';
+                    std::fputs(line.c_str(), stderr);
+                }
+            } catch (...) {
+                report_current_unraisable(description_ + ": on_leak");
+            }
+        }
+    }
+
+    void stop_threads() noexcept {
+        {
+            std::lock_guard lock(mutex_);
+            closing_ = true;
+        }
+        creator_wake_.notify_all();
+        housekeeper_wake_.notify_all();
+        for (std::thread* t : {&creator_, &housekeeper_}) {
+            if (!t->joinable()) continue;
+            try {
+                t->join();
+            } catch (...) {
+                report_current_unraisable(description_ + ": stopping its threads");
+            }
+        }
+    }
+
+    const std::unique_ptr<pool_connector> connector_;
+    const pool_options options_;
+    const std::string quoted_name_;
+    const std::string description_;
+    const std::unique_ptr<pool_entry[]> slots_;
+    const std::int64_t lifetime_ns_;
+    const std::int64_t idle_timeout_ns_;
+    const std::int64_t validate_ns_;
+    const std::int64_t leak_ns_;
+    std::minstd_rand jitter_;  // the creator's
+
+    mutable std::mutex mutex_;
+    std::condition_variable creator_wake_;
+    std::condition_variable housekeeper_wake_;
+    std::condition_variable drained_;
+    std::vector<pool_entry*> idle_;   // most recently returned last
+    pool_waiter* waiters_ = nullptr;  // first come first
+    pool_waiter* waiters_tail_ = nullptr;
+    std::size_t in_use_ = 0;
+    std::size_t waiting_ = 0;
+    std::size_t occupied_ = 0;    // slots holding a connection, or one being made or closed
+    std::size_t discarding_ = 0;  // connections being closed, no longer counted in size
+    bool creating_ = false;
+    bool sweep_ = false;  // a borrower found a broken connection: look at the idle ones now
+    bool closing_ = false;
+    bool orphaned_ = false;  // the pool is gone; the last borrower to return frees the core
+    std::uint64_t created_ = 0;
+    std::uint64_t destroyed_ = 0;
+    std::uint64_t timeouts_ = 0;
+    std::exception_ptr last_failure_;
+    steady::time_point last_failure_at_;
+    tracked registration_;
+
+    std::mutex close_mutex_;  // one close() at a time
+    std::thread creator_;
+    std::thread housekeeper_;
+};
+
+pool_core* pool_open(std::unique_ptr<pool_connector> connector, pool_options options,
+                     std::source_location where) {
+    check_options(options);
+    auto core = std::make_unique<pool_core>(std::move(connector), std::move(options), where);
+    core->start();
+    return core.release();
+}
+
+void pool_dispose(pool_core* core) noexcept {
+    pool_core::dispose(core);
+}
+
+pool_entry_base* pool_acquire(pool_core& core, std::chrono::nanoseconds timeout,
+                              const std::source_location& where) {
+    return core.acquire(timeout, where);
+}
+
+void pool_registered(pool_entry_base& entry, std::uint64_t id) noexcept {
+    static_cast<pool_entry&>(entry).tracked_id.store(id, std::memory_order_relaxed);
+}
+
+void pool_release(pool_core& core, pool_entry_base& entry, bool reusable) noexcept {
+    core.release(static_cast<pool_entry&>(entry), reusable);
+}
+
+pool_stats pool_statistics(const pool_core& core) {
+    return core.stats();
+}
+
+void pool_close(pool_core& core, std::chrono::steady_clock::time_point deadline) {
+    core.close(deadline);
+}
+
+const std::string& pool_description(const pool_core& core) noexcept {
+    return core.description();
+}
+
+const std::string& pool_quoted_name(const pool_core& core) noexcept {
+    return core.quoted_name();
+}
+
+std::chrono::milliseconds pool_close_timeout(const pool_core& core) noexcept {
+    return core.close_timeout();
+}
+
+}  // namespace ctxmgr::detail

@@ -1,0 +1,803 @@
+// ctxmgr::pool: lending and giving back, what a returned connection is cleaned of, waiting and
+// its deadline (with the borrowers named), leak reports, closing, and the background work
+// (min_idle, idle_timeout, max_lifetime). Mostly on SQLite files, which are quick and
+// deterministic; on PostgreSQL what only a server can show: a session ended while idle in the
+// pool, a server restart, a server that refuses (53300) or never answers (a stopped
+// postmaster), and the pool under 16 threads.
+#include <libpq-fe.h>
+#include <ctxmgr/pool.hpp>
+#include <ctxmgr/postgres.hpp>
+#include <ctxmgr/sqlite.hpp>
+#include <ctxmgr/with.hpp>
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <set>
+#include <source_location>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "eventually.hpp"
+#include "postgres_fixtures.hpp"
+#include "recording.hpp"
+#include "temp_directory.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+using ctxmgr::testing::eventually;
+using ctxmgr::testing::exception_from;
+using ctxmgr::testing::test_error;
+using ctxmgr::testing::what_of;
+namespace db = ctxmgr::db;
+namespace sqlite = ctxmgr::sqlite;
+namespace postgres = ctxmgr::postgres;
+using sqlite_pool = ctxmgr::pool<sqlite::connection>;
+using postgres_pool = ctxmgr::pool<postgres::connection>;
+
+static_assert(ctxmgr::context_manager<ctxmgr::pooled_connection<sqlite::connection>>);
+static_assert(ctxmgr::context_manager<sqlite_pool>);
+static_assert(!std::is_copy_constructible_v<sqlite_pool>);
+static_assert(!std::is_copy_constructible_v<ctxmgr::pooled_connection<sqlite::connection>>);
+static_assert(std::is_nothrow_move_constructible_v<sqlite_pool>);
+
+void expect_consistent(const ctxmgr::pool_stats& s) {
+    EXPECT_EQ(s.size, s.idle + s.in_use);
+    EXPECT_EQ(s.created - s.destroyed, s.size);
+}
+
+// Unraisable reports from any thread (the pool's own, too).
+class unraisable_log {
+  public:
+    unraisable_log()
+        : previous_(
+              ctxmgr::set_unraisable_hook([this](std::exception_ptr e, std::string_view where) {
+                  std::lock_guard lock(mutex_);
+                  reports_.push_back(std::string(where) + ": " + ctxmgr::describe(e));
+              })) {}
+    unraisable_log(const unraisable_log&) = delete;
+    unraisable_log& operator=(const unraisable_log&) = delete;
+    ~unraisable_log() { ctxmgr::set_unraisable_hook(std::move(previous_)); }
+
+    std::vector<std::string> reports() const {
+        std::lock_guard lock(mutex_);
+        return reports_;
+    }
+
+  private:
+    mutable std::mutex mutex_;
+    std::vector<std::string> reports_;
+    ctxmgr::unraisable_hook previous_;
+};
+
+// Pools of SQLite connections to one file.
+class Pool : public ::testing::Test {
+  protected:
+    sqlite_pool make(ctxmgr::pool_options options = {},
+                     std::source_location where = std::source_location::current()) {
+        if (options.name == "pool") options.name = "test";
+        return sqlite_pool([this] { return sqlite::connect(file_, {.busy_timeout = 10s}); },
+                           std::move(options), where);
+    }
+    std::int64_t rows(const std::string& table) {
+        auto c = sqlite::connect(file_);
+        return c.query_value<std::int64_t>("SELECT count(*) FROM " + table);
+    }
+
+    ctxmgr::testing::temp_directory directory_;
+    std::string file_ = directory_.file("pool.db");
+};
+
+TEST_F(Pool, LendsAConnectionAndTakesItBack) {
+    auto pool = make();
+    EXPECT_EQ(pool.stats(), ctxmgr::pool_stats{});
+    sqlite::connection* first = nullptr;
+    ctxmgr::with(pool.connection(), [&](sqlite::connection& c) {
+        first = &c;
+        EXPECT_EQ(c.query_value<std::int64_t>("SELECT $1 + 1", 41), 42);
+        const auto s = pool.stats();
+        EXPECT_EQ(s.in_use, 1U);
+        EXPECT_EQ(s.idle, 0U);
+        EXPECT_EQ(s.created, 1U);
+    });
+    auto s = pool.stats();
+    EXPECT_EQ(s.size, 1U);
+    EXPECT_EQ(s.idle, 1U);
+    EXPECT_EQ(s.in_use, 0U);
+    // The same connection again: the pool does not connect for every borrow.
+    ctxmgr::with(pool.connection(), [&](sqlite::connection& c) { EXPECT_EQ(&c, first); });
+    s = pool.stats();
+    EXPECT_EQ(s.created, 1U);
+    EXPECT_EQ(s.destroyed, 0U);
+    expect_consistent(s);
+}
+
+TEST_F(Pool, DeducesTheConnectionTypeFromTheFactory) {
+    ctxmgr::pool pool([this] { return sqlite::connect(file_); }, {.name = "deduced"});
+    static_assert(std::is_same_v<decltype(pool), sqlite_pool>);
+    EXPECT_EQ(pool.description(), "pool \"deduced\"");
+    ctxmgr::with(pool.connection(), [](sqlite::connection& c) { EXPECT_TRUE(c.is_open()); });
+}
+
+TEST_F(Pool, ConcurrentBorrowsGetDistinctConnectionsUpToMaxSize) {
+    auto pool = make({.max_size = 3});
+    auto a = pool.connection();
+    auto b = pool.connection();
+    auto c = pool.connection();
+    std::set<sqlite::connection*> seen{&a.enter(), &b.enter(), &c.enter()};
+    EXPECT_EQ(seen.size(), 3U);
+    EXPECT_EQ(pool.stats().in_use, 3U);
+    EXPECT_EQ(a.get(), *seen.find(a.get()));
+    a.exit(nullptr);
+    EXPECT_EQ(a.get(), nullptr);
+    b.exit(nullptr);
+    c.exit(nullptr);
+    EXPECT_EQ(pool.stats().idle, 3U);
+}
+
+TEST_F(Pool, ATransactionLeftOpenIsRolledBackOnReturn) {
+    auto pool = make({.max_size = 1});
+    ctxmgr::with(pool.connection(), [](sqlite::connection& c) {
+        c.execute("CREATE TABLE t (id INTEGER)");
+        c.execute_script("BEGIN");
+        c.execute("INSERT INTO t VALUES ($1)", 1);
+        EXPECT_EQ(c.transaction_state(), db::transaction_state::active);
+    });
+    ctxmgr::with(pool.connection(), [](sqlite::connection& c) {
+        EXPECT_EQ(c.transaction_state(), db::transaction_state::idle);
+        EXPECT_EQ(c.query_value<std::int64_t>("SELECT count(*) FROM t"), 0);
+    });
+    EXPECT_EQ(pool.stats().destroyed, 0U);  // rolled back, and kept
+}
+
+TEST_F(Pool, AnExceptionRollsBackAndPropagatesUnchanged) {
+    auto pool = make({.max_size = 1});
+    ctxmgr::with(pool.connection(),
+                 [](sqlite::connection& c) { c.execute("CREATE TABLE t (id INTEGER)"); });
+    std::exception_ptr thrown;
+    const auto e = exception_from([&] {
+        ctxmgr::with(pool.connection(), [&](sqlite::connection& c) {
+            c.execute_script("BEGIN");
+            c.execute("INSERT INTO t VALUES ($1)", 1);
+            ctxmgr::testing::throw_recorded(thrown);
+        });
+    });
+    EXPECT_EQ(e, thrown);
+    EXPECT_EQ(rows("t"), 0);
+    const auto s = pool.stats();
+    EXPECT_EQ(s.idle, 1U);
+    EXPECT_EQ(s.destroyed, 0U);
+}
+
+TEST_F(Pool, ATransactionManagerStillEnteredIsInertOnceTheConnectionIsLentAgain) {
+    auto pool = make({.max_size = 1});
+    ctxmgr::with(pool.connection(),
+                 [](sqlite::connection& c) { c.execute("CREATE TABLE t (id INTEGER)"); });
+    std::optional<db::transaction<sqlite::connection>> forgotten;
+    ctxmgr::with(pool.connection(), [&](sqlite::connection& c) {
+        forgotten.emplace(c.transaction());
+        forgotten->enter();
+        c.execute("INSERT INTO t VALUES ($1)", 1);
+        c.execute_script("COMMIT");  // ended by hand: nothing left for the pool to roll back
+    });
+    ctxmgr::with(pool.connection(), [&](sqlite::connection& c) {
+        ctxmgr::with(c.transaction(), [&](sqlite::connection& tx) {
+            tx.execute("INSERT INTO t VALUES ($1)", 2);
+            // The first borrower's transaction ends now: it must not roll back ours.
+            forgotten.reset();
+        });
+    });
+    EXPECT_EQ(rows("t"), 2);
+}
+
+TEST_F(Pool, AConnectionClosedByItsBorrowerIsDestroyedAndReplaced) {
+    auto pool = make({.max_size = 1});
+    sqlite::connection* first = nullptr;
+    ctxmgr::with(pool.connection(), [&](sqlite::connection& c) {
+        first = &c;
+        c.close();
+    });
+    auto s = pool.stats();
+    EXPECT_EQ(s.size, 0U);
+    EXPECT_EQ(s.destroyed, 1U);
+    ctxmgr::with(pool.connection(), [&](sqlite::connection& c) {
+        EXPECT_TRUE(c.is_open());
+        EXPECT_EQ(c.query_value<std::int64_t>("SELECT 1"), 1);
+    });
+    s = pool.stats();
+    EXPECT_EQ(s.created, 2U);
+    expect_consistent(s);
+}
+
+TEST_F(Pool, AConnectionMovedOutOfThePoolIsTheBorrowersToKeep) {
+    auto pool = make({.max_size = 1});
+    std::optional<sqlite::connection> mine;
+    ctxmgr::with(pool.connection(), [&](sqlite::connection& c) { mine.emplace(std::move(c)); });
+    EXPECT_TRUE(mine->is_open());
+    EXPECT_EQ(mine->query_value<std::int64_t>("SELECT 5"), 5);
+    EXPECT_EQ(pool.stats().size, 0U);
+    mine->close();
+}
+
+TEST_F(Pool, EnteringTwiceOrExitingFirstIsAProtocolError) {
+    auto pool = make();
+    auto borrow = pool.connection();
+    EXPECT_THROW(borrow.exit(nullptr), ctxmgr::protocol_error);
+    static_cast<void>(borrow.enter());
+    EXPECT_THROW(static_cast<void>(borrow.enter()), ctxmgr::protocol_error);
+    EXPECT_EQ(pool.stats().in_use, 1U);
+    borrow.exit(nullptr);
+    // Again after exit.
+    static_cast<void>(borrow.enter());
+    borrow.exit(nullptr);
+    EXPECT_EQ(pool.stats().in_use, 0U);
+}
+
+TEST_F(Pool, TheManagersDestructorGivesBackWhatWasNeverExited) {
+    auto pool = make();
+    {
+        auto borrow = pool.connection();
+        borrow.enter().execute_script("BEGIN");
+    }
+    const auto s = pool.stats();
+    EXPECT_EQ(s.in_use, 0U);
+    EXPECT_EQ(s.idle, 1U);
+    ctxmgr::with(pool.connection(), [](sqlite::connection& c) {
+        EXPECT_EQ(c.transaction_state(), db::transaction_state::idle);
+    });
+}
+
+TEST_F(Pool, EachBorrowIsATrackedResourceNamingTheBorrowersLine) {
+    if (!ctxmgr::tracking_enabled) GTEST_SKIP() << "tracking is compiled out";
+    auto pool = make({.name = "orders"});
+    const auto line = std::source_location::current().line() + 1;
+    ctxmgr::with(pool.connection(), [&](sqlite::connection&) {
+        const auto live = ctxmgr::live_resources();
+        const auto found = std::find_if(
+            live.begin(), live.end(), [](const auto& r) { return r.kind == "pooled connection"; });
+        ASSERT_NE(found, live.end());
+        EXPECT_EQ(found->description, "\"orders\"");
+        EXPECT_EQ(found->where.line(), line);
+        EXPECT_NE(std::string(found->where.file_name()).find("pool_test.cpp"), std::string::npos);
+    });
+    const auto after = ctxmgr::live_resources();
+    EXPECT_TRUE(std::none_of(after.begin(), after.end(),
+                             [](const auto& r) { return r.kind == "pooled connection"; }));
+    // The pool itself is tracked until it is closed.
+    EXPECT_TRUE(std::any_of(after.begin(), after.end(), [](const auto& r) {
+        return r.kind == "connection pool" && r.description == "\"orders\"";
+    }));
+    pool.close();
+    const auto closed = ctxmgr::live_resources();
+    EXPECT_TRUE(std::none_of(closed.begin(), closed.end(),
+                             [](const auto& r) { return r.kind == "connection pool"; }));
+}
+
+TEST_F(Pool, AnAcquireTimeoutNamesThePoolItsSizeAndTheBorrowersLines) {
+    auto pool = make({.name = "orders", .max_size = 1});
+    auto held = pool.connection();
+    const auto line = std::source_location::current().line() - 1;
+    static_cast<void>(held.enter());
+    const auto start = std::chrono::steady_clock::now();
+    const auto e = exception_from([&] {
+        ctxmgr::with(pool.connection(150ms), [](sqlite::connection&) { FAIL() << "lent twice"; });
+    });
+    const auto waited = std::chrono::steady_clock::now() - start;
+    ASSERT_TRUE(ctxmgr::holds<ctxmgr::timeout_error>(e)) << ctxmgr::describe(e);
+    const std::string what = what_of(e);
+    EXPECT_NE(what.find("pool \"orders\""), std::string::npos) << what;
+    EXPECT_NE(what.find("max_size 1"), std::string::npos) << what;
+    EXPECT_NE(what.find("1 in use"), std::string::npos) << what;
+    EXPECT_NE(what.find("pool_test.cpp:" + std::to_string(line)), std::string::npos) << what;
+    EXPECT_NE(what.find("timed out after"), std::string::npos) << what;
+    EXPECT_GE(waited, 140ms);
+    EXPECT_LT(waited, 5s);
+    auto s = pool.stats();
+    EXPECT_EQ(s.timeouts, 1U);
+    EXPECT_EQ(s.waiting, 0U);
+    held.exit(nullptr);
+    // A timeout <= 0 takes only what is idle, at once.
+    ctxmgr::with(pool.connection(0ms), [](sqlite::connection& c) { EXPECT_TRUE(c.is_open()); });
+    held.enter();
+    EXPECT_THROW(static_cast<void>(pool.connection(0ms).enter()), ctxmgr::timeout_error);
+    held.exit(nullptr);
+    EXPECT_EQ(pool.stats().timeouts, 2U);
+}
+
+TEST_F(Pool, AWaiterGetsTheConnectionAnotherThreadGivesBack) {
+    auto pool = make({.max_size = 1, .acquire_timeout = 30s});
+    auto held = pool.connection();
+    sqlite::connection* lent = &held.enter();
+    std::thread other([&] {
+        ctxmgr::with(pool.connection(), [&](sqlite::connection& c) { EXPECT_EQ(&c, lent); });
+    });
+    ASSERT_TRUE(eventually([&] { return pool.stats().waiting == 1; }));
+    held.exit(nullptr);
+    other.join();
+    const auto s = pool.stats();
+    EXPECT_EQ(s.timeouts, 0U);
+    EXPECT_EQ(s.created, 1U);
+}
+
+TEST_F(Pool, WaitersAreServedInTheOrderTheyCame) {
+    auto pool = make({.max_size = 1, .acquire_timeout = 30s});
+    auto held = pool.connection();
+    static_cast<void>(held.enter());
+    std::mutex mutex;
+    std::vector<int> order;
+    std::vector<std::thread> waiters;
+    for (int i = 0; i < 3; ++i) {
+        waiters.emplace_back([&, i] {
+            ctxmgr::with(pool.connection(), [&](sqlite::connection&) {
+                std::lock_guard lock(mutex);
+                order.push_back(i);
+            });
+        });
+        // The next one queues only once this one waits.
+        ASSERT_TRUE(
+            eventually([&] { return pool.stats().waiting == static_cast<std::size_t>(i + 1); }));
+    }
+    held.exit(nullptr);
+    for (auto& w : waiters) w.join();
+    EXPECT_EQ(order, (std::vector<int>{0, 1, 2}));
+    EXPECT_EQ(pool.stats().created, 1U);
+}
+
+TEST_F(Pool, ATimeoutCarriesTheLastConnectionFailure) {
+    std::atomic<int> calls{0};
+    sqlite_pool pool(
+        [&]() -> sqlite::connection {
+            ++calls;
+            return sqlite::connect(directory_.file("no/such/dir/x.db"));
+        },
+        {.name = "broken", .acquire_timeout = 300ms});
+    const auto e = exception_from([&] { static_cast<void>(pool.connection().enter()); });
+    ASSERT_TRUE(ctxmgr::holds<ctxmgr::timeout_error>(e)) << ctxmgr::describe(e);
+    EXPECT_NE(what_of(e).find("the last connection attempt failed"), std::string::npos)
+        << what_of(e);
+    EXPECT_NE(what_of(e).find("no/such/dir"), std::string::npos) << what_of(e);
+    try {
+        std::rethrow_exception(e);
+    } catch (const std::nested_exception& nested) {
+        EXPECT_TRUE(ctxmgr::holds<db::connection_error>(nested.nested_ptr()));
+    } catch (...) {
+        ADD_FAILURE() << "not nested: " << ctxmgr::describe(e);
+    }
+    // Retried, with a backoff: not once, not thousands of times.
+    EXPECT_GE(calls.load(), 2);
+    EXPECT_LT(calls.load(), 100);
+    EXPECT_EQ(pool.stats().size, 0U);
+}
+
+TEST_F(Pool, ConnectingFailuresAreRetriedUntilOneSucceeds) {
+    std::atomic<int> calls{0};
+    sqlite_pool pool(
+        [&] {
+            if (++calls <= 3) throw db::connection_error("sqlite", "", 0, "not yet", "");
+            return sqlite::connect(file_);
+        },
+        {.acquire_timeout = 10s});
+    ctxmgr::with(pool.connection(), [](sqlite::connection& c) { EXPECT_TRUE(c.is_open()); });
+    EXPECT_EQ(calls.load(), 4);
+}
+
+TEST_F(Pool, AConnectionMadeAfterItsWaiterGaveUpJoinsThePool) {
+    std::mutex gate;
+    std::unique_lock closed_gate(gate);
+    sqlite_pool pool(
+        [&] {
+            std::lock_guard wait_for_the_test(gate);
+            return sqlite::connect(file_);
+        },
+        {.acquire_timeout = 100ms});
+    EXPECT_THROW(static_cast<void>(pool.connection().enter()), ctxmgr::timeout_error);
+    closed_gate.unlock();  // the connection now completes, with nobody waiting
+    ASSERT_TRUE(eventually([&] { return pool.stats().idle == 1; }));
+    ctxmgr::with(pool.connection(0ms), [](sqlite::connection& c) { EXPECT_TRUE(c.is_open()); });
+    EXPECT_EQ(pool.stats().created, 1U);
+}
+
+TEST_F(Pool, ABorrowHeldPastTheLeakThresholdIsReportedOnceWithItsLine) {
+    std::mutex mutex;
+    std::vector<ctxmgr::resource_info> reports;
+    auto pool = make(
+        {.name = "leaky", .leak_threshold = 100ms, .on_leak = [&](const ctxmgr::resource_info& r) {
+             std::lock_guard lock(mutex);
+             reports.push_back(r);
+         }});
+    auto count = [&] {
+        std::lock_guard lock(mutex);
+        return reports.size();
+    };
+    // A short borrow is not reported.
+    ctxmgr::with(pool.connection(), [](sqlite::connection&) {});
+    auto held = pool.connection();
+    const auto line = std::source_location::current().line() - 1;
+    static_cast<void>(held.enter());
+    // Soon after the threshold, not at the housekeeper's next routine round (a second).
+    ASSERT_TRUE(eventually([&] { return count() == 1; }, 700ms));
+    std::this_thread::sleep_for(300ms);  // several more housekeeping rounds: still one report
+    held.exit(nullptr);
+    std::lock_guard lock(mutex);
+    ASSERT_EQ(reports.size(), 1U);
+    EXPECT_EQ(reports[0].kind, "pooled connection");
+    EXPECT_EQ(reports[0].description, "\"leaky\"");
+    EXPECT_EQ(reports[0].where.line(), line);
+    EXPECT_GE(reports[0].age(), 100ms);
+    if (ctxmgr::tracking_enabled) {
+        EXPECT_NE(reports[0].id, 0U);
+    }
+}
+
+TEST_F(Pool, AnOnLeakThatThrowsGoesToTheUnraisableHook) {
+    unraisable_log log;
+    {
+        auto pool = make({.name = "thrower",
+                          .leak_threshold = 20ms,
+                          .on_leak = [](const ctxmgr::resource_info&) {
+                              throw std::runtime_error("on_leak failed");
+                          }});
+        auto held = pool.connection();
+        static_cast<void>(held.enter());
+        ASSERT_TRUE(eventually([&] { return !log.reports().empty(); }));
+        held.exit(nullptr);
+    }
+    const auto reports = log.reports();
+    ASSERT_EQ(reports.size(), 1U);
+    EXPECT_NE(reports[0].find("pool \"thrower\": on_leak"), std::string::npos) << reports[0];
+    EXPECT_NE(reports[0].find("on_leak failed"), std::string::npos) << reports[0];
+}
+
+TEST_F(Pool, CloseWaitsForBorrowersThatComeBackInTime) {
+    auto pool = make({.max_size = 2});
+    auto held = pool.connection();
+    static_cast<void>(held.enter());
+    std::thread returner([&] {
+        std::this_thread::sleep_for(100ms);
+        held.exit(nullptr);
+    });
+    EXPECT_NO_THROW(pool.close(10s));
+    returner.join();
+    const auto s = pool.stats();
+    EXPECT_EQ(s.size, 0U);
+    EXPECT_EQ(s.created, s.destroyed);
+    pool.close();  // idempotent
+}
+
+TEST_F(Pool, ClosedPoolsLendNothingAndWakeTheirWaiters) {
+    auto pool = make({.max_size = 1, .acquire_timeout = 30s});
+    auto held = pool.connection();
+    static_cast<void>(held.enter());
+    std::exception_ptr from_waiter;
+    std::thread waiter([&] {
+        from_waiter = exception_from([&] { static_cast<void>(pool.connection().enter()); });
+    });
+    ASSERT_TRUE(eventually([&] { return pool.stats().waiting == 1; }));
+    std::thread closer([&] { EXPECT_NO_THROW(pool.close(30s)); });
+    waiter.join();
+    EXPECT_TRUE(ctxmgr::holds<ctxmgr::closed_error>(from_waiter)) << ctxmgr::describe(from_waiter);
+    EXPECT_NE(what_of(from_waiter).find("pool \"test\""), std::string::npos);
+    held.exit(nullptr);  // lets close() finish
+    closer.join();
+    EXPECT_THROW(static_cast<void>(pool.connection().enter()), ctxmgr::closed_error);
+}
+
+TEST_F(Pool, CloseNamesTheBorrowersThatNeverCameBackAndALateReturnClosesTheConnection) {
+    auto pool = make({.name = "closing"});
+    auto held = pool.connection();
+    const auto line = std::source_location::current().line() - 1;
+    sqlite::connection& c = held.enter();
+    const auto e = exception_from([&] { pool.close(50ms); });
+    ASSERT_TRUE(ctxmgr::holds<ctxmgr::leak_error>(e)) << ctxmgr::describe(e);
+    EXPECT_NE(what_of(e).find("pool \"closing\": closed with 1 connection still borrowed"),
+              std::string::npos)
+        << what_of(e);
+    EXPECT_NE(what_of(e).find("pool_test.cpp:" + std::to_string(line)), std::string::npos)
+        << what_of(e);
+    EXPECT_TRUE(c.is_open());  // the borrower may go on
+    held.exit(nullptr);        // closed now (the test's leak check sees none left open)
+    EXPECT_EQ(pool.stats().size, 0U);
+}
+
+TEST_F(Pool, TheDestructorReportsBorrowersThatOutliveItAndTheirReturnIsStillSafe) {
+    unraisable_log log;
+    std::optional<ctxmgr::pooled_connection<sqlite::connection>> held;
+    {
+        auto pool = make({.name = "gone", .close_timeout = 50ms});
+        held.emplace(pool.connection());
+        held->enter().execute_script("CREATE TABLE t (id INTEGER)");
+    }
+    const auto reports = log.reports();
+    ASSERT_EQ(reports.size(), 1U);
+    EXPECT_NE(reports[0].find("pool \"gone\": closing in the destructor"), std::string::npos)
+        << reports[0];
+    EXPECT_NE(reports[0].find("still borrowed"), std::string::npos) << reports[0];
+    // The pool is gone; its borrower returns the connection, which is closed (the test's leak
+    // check sees no connection left open).
+    EXPECT_EQ(held->get()->query_value<std::int64_t>("SELECT count(*) FROM t"), 0);
+    held->exit(nullptr);
+}
+
+TEST_F(Pool, APoolIsAManagerThatClosesOnExit) {
+    auto outer = make();
+    ctxmgr::with(outer, [](sqlite_pool& pool) {
+        ctxmgr::with(pool.connection(), [](sqlite::connection& c) { EXPECT_TRUE(c.is_open()); });
+    });
+    EXPECT_THROW(static_cast<void>(outer.connection().enter()), ctxmgr::closed_error);
+}
+
+TEST_F(Pool, MinIdleConnectionsAreMadeInTheBackground) {
+    auto pool = make({.max_size = 4, .min_idle = 3});
+    ASSERT_TRUE(eventually([&] { return pool.stats().idle == 3; }));
+    // Borrowing two leaves one idle: two more are made to keep three.
+    auto a = pool.connection();
+    auto b = pool.connection();
+    static_cast<void>(a.enter());
+    static_cast<void>(b.enter());
+    ASSERT_TRUE(eventually([&] { return pool.stats().size == 4; }));  // max_size caps it
+    a.exit(nullptr);
+    b.exit(nullptr);
+    const auto s = pool.stats();
+    EXPECT_EQ(s.idle, 4U);
+    EXPECT_EQ(s.created, 4U);
+}
+
+TEST_F(Pool, IdleConnectionsBeyondMinIdleAreClosedAfterIdleTimeout) {
+    auto pool = make({.max_size = 3, .min_idle = 1, .idle_timeout = 100ms});
+    {
+        auto a = pool.connection();
+        auto b = pool.connection();
+        auto c = pool.connection();
+        static_cast<void>(a.enter());
+        static_cast<void>(b.enter());
+        static_cast<void>(c.enter());
+    }
+    EXPECT_EQ(pool.stats().idle, 3U);
+    ASSERT_TRUE(eventually([&] { return pool.stats().size == 1; }));
+    std::this_thread::sleep_for(250ms);
+    const auto s = pool.stats();
+    EXPECT_EQ(s.size, 1U);  // min_idle stays
+    EXPECT_EQ(s.destroyed, 2U);
+    expect_consistent(s);
+}
+
+TEST_F(Pool, ConnectionsPastMaxLifetimeAreReplaced) {
+    auto pool = make({.max_size = 1, .max_lifetime = 100ms});
+    sqlite::connection* first = nullptr;
+    ctxmgr::with(pool.connection(), [&](sqlite::connection& c) { first = &c; });
+    ASSERT_TRUE(eventually([&] { return pool.stats().destroyed == 1; }));  // retired while idle
+    // Lent past its lifetime, a connection goes when it comes back.
+    ctxmgr::with(pool.connection(),
+                 [&](sqlite::connection&) { std::this_thread::sleep_for(150ms); });
+    const auto s = pool.stats();
+    EXPECT_EQ(s.created, 2U);
+    EXPECT_EQ(s.destroyed, 2U);
+    EXPECT_EQ(s.size, 0U);
+}
+
+TEST_F(Pool, BadOptionsAreRefusedNamingTheOption) {
+    auto refused = [&](ctxmgr::pool_options o) {
+        return what_of(exception_from([&] { static_cast<void>(make(std::move(o))); }));
+    };
+    EXPECT_NE(refused({.max_size = 0}).find("max_size must be at least 1"), std::string::npos);
+    EXPECT_NE(refused({.max_size = 2, .min_idle = 3}).find("min_idle (3) exceeds max_size (2)"),
+              std::string::npos);
+    EXPECT_NE(refused({.acquire_timeout = -1ms}).find("acquire_timeout is negative"),
+              std::string::npos);
+    EXPECT_NE(refused({.leak_threshold = -5ms}).find("pool \"test\": leak_threshold"),
+              std::string::npos);
+    EXPECT_THROW(make({.max_size = 0}), std::invalid_argument);
+}
+
+// The load: 16 threads, 10,000 borrows of a pool of 4, a tenth of them throwing out
+// of a transaction they opened. Every connection comes back, clean; none is lost or leaked.
+template <class Connection>
+void borrow_ten_thousand_times(ctxmgr::pool<Connection>& pool, std::string_view select_param) {
+    constexpr int threads = 16;
+    constexpr int borrows = 10'000 / threads;
+    std::atomic<int> thrown{0};
+    std::atomic<int> done{0};
+    std::vector<std::thread> workers;
+    for (int t = 0; t < threads; ++t) {
+        workers.emplace_back([&, t] {
+            for (int i = 0; i < borrows; ++i) {
+                try {
+                    ctxmgr::with(pool.connection(), [&](Connection& c) {
+                        if ((t * borrows + i) % 10 == 0) {
+                            c.execute_script("BEGIN");
+                            throw test_error("a tenth of the requests fail");
+                        }
+                        EXPECT_EQ(c.transaction_state(), db::transaction_state::idle);
+                        EXPECT_EQ(c.template query_value<std::int64_t>(select_param, i), i);
+                    });
+                    ++done;
+                } catch (const test_error&) {
+                    ++thrown;
+                }
+            }
+        });
+    }
+    for (auto& w : workers) w.join();
+    EXPECT_EQ(thrown.load(), 1000);
+    EXPECT_EQ(done.load(), 9000);
+    const auto s = pool.stats();
+    EXPECT_EQ(s.in_use, 0U);
+    EXPECT_EQ(s.waiting, 0U);
+    EXPECT_EQ(s.timeouts, 0U);
+    EXPECT_LE(s.size, 4U);
+    EXPECT_EQ(s.idle, s.size);
+    EXPECT_EQ(s.destroyed, 0U);
+    expect_consistent(s);
+}
+
+TEST_F(Pool, SixteenThreadsTenThousandBorrowsATenthThrowingNothingLostNothingLeaked) {
+    auto pool = make({.max_size = 4, .acquire_timeout = 60s});
+    borrow_ten_thousand_times(pool, "SELECT $1");
+}
+
+// ---- PostgreSQL -------------------------------------------------------------------------
+
+postgres_pool make_postgres(const std::string& conninfo, ctxmgr::pool_options options,
+                            postgres::options connect_options = {}) {
+    return postgres_pool(
+        [conninfo, connect_options] { return postgres::connect(conninfo, connect_options); },
+        std::move(options));
+}
+
+using PoolPostgres = ctxmgr::testing::shared_postgres_test;
+using PoolPostgresDedicated = ctxmgr::testing::dedicated_postgres_test;
+
+TEST_F(PoolPostgres, AFailedTransactionIsRolledBackAsLibpqReportsIt) {
+    auto pool = make_postgres(server_.conninfo, {.max_size = 1});
+    ctxmgr::with(pool.connection(), [](postgres::connection& c) {
+        c.execute_script("BEGIN");
+        EXPECT_THROW(c.execute("SELECT 1 / 0"), db::error);
+        EXPECT_EQ(c.transaction_state(), db::transaction_state::failed);
+    });
+    ctxmgr::with(pool.connection(), [](postgres::connection& c) {
+        EXPECT_EQ(c.transaction_state(), db::transaction_state::idle);
+        EXPECT_EQ(c.query_value<std::int64_t>("SELECT 7"), 7);
+    });
+    EXPECT_EQ(pool.stats().destroyed, 0U);
+}
+
+TEST_F(PoolPostgres, ASessionEndedWhileIdleInThePoolIsNeverLent) {
+    auto pool = make_postgres(server_.conninfo, {.max_size = 1});
+    int first_pid = 0;
+    ctxmgr::with(pool.connection(), [&](postgres::connection& c) { first_pid = c.backend_pid(); });
+    auto admin = postgres::connect(server_.conninfo);
+    ASSERT_TRUE(admin.query_value<bool>("SELECT pg_terminate_backend($1, 10000)", first_pid));
+    std::this_thread::sleep_for(20ms);  // more than a tick of the coarse clock: looked at
+    ctxmgr::with(pool.connection(), [&](postgres::connection& c) {
+        EXPECT_NE(c.backend_pid(), first_pid);
+        EXPECT_EQ(c.query_value<std::int64_t>("SELECT 1"), 1);
+    });
+    const auto s = pool.stats();
+    EXPECT_EQ(s.destroyed, 1U);
+    EXPECT_EQ(s.created, 2U);
+}
+
+TEST_F(PoolPostgres, SixteenThreadsTenThousandBorrowsATenthThrowingNothingLostNothingLeaked) {
+    const std::string application = "ctxmgr-pool-stress-" + std::to_string(::getpid());
+    auto pool = make_postgres(server_.conninfo, {.max_size = 4, .acquire_timeout = 120s},
+                              {.application_name = application});
+    borrow_ten_thousand_times(pool, "SELECT $1::bigint");
+    const auto s = pool.stats();
+    // The server sees exactly the pool's sessions, none in a transaction.
+    auto admin = postgres::connect(server_.conninfo);
+    const std::string sessions =
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1";
+    EXPECT_EQ(admin.query_value<std::int64_t>(sessions, application),
+              static_cast<std::int64_t>(s.size));
+    EXPECT_EQ(admin.query_value<std::int64_t>(sessions + std::string(" AND state <> 'idle'"),
+                                              application),
+              0);
+    pool.close();
+    EXPECT_TRUE(
+        eventually([&] { return admin.query_value<std::int64_t>(sessions, application) == 0; }));
+}
+
+TEST_F(PoolPostgresDedicated, ItSurvivesARestartAndOnceTheServerIsBackNoRequestFails) {
+    start();
+    CTXMGR_REQUIRE_POSTGRES(server_);
+    auto pool = make_postgres(server_.conninfo, {.max_size = 4, .min_idle = 4});
+    ASSERT_TRUE(eventually([&] { return pool.stats().idle == 4; }));
+    {
+        std::vector<ctxmgr::pooled_connection<postgres::connection>> all;
+        for (int i = 0; i < 4; ++i) all.push_back(pool.connection());
+        for (auto& b : all) EXPECT_EQ(b.enter().query_value<std::int64_t>("SELECT 1"), 1);
+    }
+    cluster_->restart();
+    int failures = 0;
+    std::string first_failure;
+    for (int i = 0; i < 200; ++i) {
+        try {
+            ctxmgr::with(pool.connection(), [&](postgres::connection& c) {
+                EXPECT_EQ(c.query_value<std::int64_t>("SELECT $1::bigint", i), i);
+            });
+        } catch (const std::exception& e) {
+            if (failures++ == 0) first_failure = e.what();
+        }
+    }
+    EXPECT_EQ(failures, 0) << first_failure;
+    // Every session of before the restart was found broken, and min_idle made up again.
+    ASSERT_TRUE(eventually([&] { return pool.stats().idle == 4; }));
+    const auto s = pool.stats();
+    EXPECT_EQ(s.destroyed, 4U);
+    EXPECT_EQ(s.created, 8U);
+    expect_consistent(s);
+}
+
+TEST_F(PoolPostgresDedicated, AServerThatNeverAnswersCannotHoldABorrowerPastItsDeadline) {
+    start();
+    CTXMGR_REQUIRE_POSTGRES(server_);
+    auto pool = make_postgres(server_.conninfo, {.name = "stopped", .acquire_timeout = 300ms},
+                              {.connect_timeout = 20s});
+    cluster_->pause();  // TCP connects (the kernel's backlog); the startup is never answered
+    const auto start = std::chrono::steady_clock::now();
+    const auto e = exception_from([&] { static_cast<void>(pool.connection().enter()); });
+    const auto waited = std::chrono::steady_clock::now() - start;
+    ASSERT_TRUE(ctxmgr::holds<ctxmgr::timeout_error>(e)) << ctxmgr::describe(e);
+    EXPECT_NE(what_of(e).find("1 being made"), std::string::npos) << what_of(e);
+    EXPECT_GE(waited, 290ms);
+    EXPECT_LT(waited, 3s);
+    EXPECT_EQ(pool.stats().timeouts, 1U);
+    cluster_->resume();
+    // The attempt under way completes and joins the pool.
+    ASSERT_TRUE(eventually([&] { return pool.stats().idle == 1; }, 30s));
+    ctxmgr::with(pool.connection(), [](postgres::connection& c) {
+        EXPECT_EQ(c.query_value<std::int64_t>("SELECT 1"), 1);
+    });
+}
+
+TEST_F(PoolPostgresDedicated, AServerThatRefusesEndsTheWaitWithItsReasonNested) {
+    start({.max_connections = 5});
+    CTXMGR_REQUIRE_POSTGRES(server_);
+    std::vector<PGconn*> hogs;
+    for (int i = 0; i < 20; ++i) {
+        PGconn* c = PQconnectdb(server_.conninfo.c_str());
+        if (PQstatus(c) != CONNECTION_OK) {
+            PQfinish(c);
+            break;
+        }
+        hogs.push_back(c);
+    }
+    ASSERT_LT(hogs.size(), 20U);
+    auto pool = make_postgres(server_.conninfo, {.name = "refused", .acquire_timeout = 300ms});
+    const auto e = exception_from([&] { static_cast<void>(pool.connection().enter()); });
+    ASSERT_TRUE(ctxmgr::holds<ctxmgr::timeout_error>(e)) << ctxmgr::describe(e);
+    EXPECT_NE(what_of(e).find("53300"), std::string::npos) << what_of(e);
+    try {
+        std::rethrow_exception(e);
+    } catch (const std::nested_exception& nested) {
+        try {
+            nested.rethrow_nested();
+        } catch (const db::connection_error& refusal) {
+            EXPECT_EQ(refusal.sqlstate(), "53300");
+        } catch (...) {
+            ADD_FAILURE() << "nested: " << ctxmgr::describe(std::current_exception());
+        }
+    } catch (...) {
+        ADD_FAILURE() << "no nested refusal: " << ctxmgr::describe(e);
+    }
+    for (PGconn* c : hogs) PQfinish(c);
+    // Room again: the next borrow succeeds.
+    ctxmgr::with(pool.connection(30s), [](postgres::connection& c) {
+        EXPECT_EQ(c.query_value<std::int64_t>("SELECT 1"), 1);
+    });
+}
+
+}  // namespace

@@ -8,8 +8,8 @@
 #include <string>
 
 int main() {
-    const auto total = ctxmgr::with(
-        ctxmgr::sqlite::connect(":memory:"), [](ctxmgr::sqlite::connection& db) {
+    const auto total =
+        ctxmgr::with(ctxmgr::sqlite::connect(":memory:"), [](ctxmgr::sqlite::connection& db) {
             db.execute("CREATE TABLE t (n INTEGER)");
             ctxmgr::with(db.transaction(), [](auto& tx) {
                 for (int i = 1; i <= 3; ++i) tx.execute("INSERT INTO t VALUES ($1)", i);

@@ -53,6 +53,10 @@ int main(int argc, char** argv) {
 
     std::unique_ptr<ctxmgr::postgres::connection> pg;
     PGconn* pg_raw = nullptr;
+#if defined(CTXMGR_BENCH_PQXX)
+    std::unique_ptr<pqxx::connection> pqxx_conn;
+    std::unique_ptr<pqxx::nontransaction> pqxx_tx;  // destroyed before its connection
+#endif
     if (kernel.rfind("postgres_", 0) == 0) {
         const char* conninfo = std::getenv("CTXMGR_POSTGRES");
         if (conninfo == nullptr) {
@@ -69,6 +73,15 @@ int main(int argc, char** argv) {
                       [&] { sum += kernels::postgres_raw_query(pg_raw, id); });
         cases.emplace("postgres_ctxmgr_insert", [&] { kernels::postgres_ctxmgr_insert(*pg, id); });
         cases.emplace("postgres_raw_insert", [&] { kernels::postgres_raw_insert(pg_raw, id); });
+#if defined(CTXMGR_BENCH_PQXX)
+        pqxx_conn = std::make_unique<pqxx::connection>(conninfo);
+        pqxx_conn->prepare("point", kernels::point_query);
+        pqxx_conn->prepare("insert", kernels::insert_row);
+        pqxx_tx = std::make_unique<pqxx::nontransaction>(*pqxx_conn);
+        cases.emplace("postgres_pqxx_query",
+                      [&] { sum += kernels::postgres_pqxx_query(*pqxx_tx, id); });
+        cases.emplace("postgres_pqxx_insert", [&] { kernels::postgres_pqxx_insert(*pqxx_tx, id); });
+#endif
     }
 
     if (cases.count(kernel) == 0) {
@@ -76,7 +89,7 @@ int main(int argc, char** argv) {
         for (const auto& [name, _] : cases) std::fprintf(stderr, " %s", name.c_str());
         std::fprintf(stderr,
                      " postgres_ctxmgr_query postgres_raw_query postgres_ctxmgr_insert "
-                     "postgres_raw_insert\n");
+                     "postgres_raw_insert postgres_pqxx_query postgres_pqxx_insert\n");
         return 2;
     }
     const auto& run = cases.at(kernel);

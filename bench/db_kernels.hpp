@@ -245,6 +245,10 @@ CTXMGR_KERNEL inline std::int64_t postgres_pqxx_query(pqxx::nontransaction& tx, 
     return tx.exec_prepared1("point", id)[0].as<std::int64_t>();
 }
 
+CTXMGR_KERNEL inline void postgres_pqxx_insert(pqxx::nontransaction& tx, std::int64_t a) {
+    tx.exec_prepared("insert", a, payload);
+}
+
 CTXMGR_KERNEL inline void postgres_pqxx_insert_many(pqxx::connection& conn, int n) {
     pqxx::work tx(conn);
     for (int i = 0; i < n; ++i) tx.exec_prepared("insert", i, payload);

@@ -98,9 +98,13 @@ void check_options(const pool_options& o) {
                                     ") exceeds max_size (" + std::to_string(o.max_size) + ")");
     }
     const std::pair<const char*, std::chrono::milliseconds> durations[] = {
-        {"acquire_timeout", o.acquire_timeout}, {"max_lifetime", o.max_lifetime},
-        {"idle_timeout", o.idle_timeout},       {"validate_after_idle", o.validate_after_idle},
-        {"leak_threshold", o.leak_threshold},   {"close_timeout", o.close_timeout},
+        {"acquire_timeout", o.acquire_timeout},
+        {"max_lifetime", o.max_lifetime},
+        {"idle_timeout", o.idle_timeout},
+        {"validate_after_idle", o.validate_after_idle},
+        {"validation_timeout", o.validation_timeout},
+        {"leak_threshold", o.leak_threshold},
+        {"close_timeout", o.close_timeout},
     };
     for (const auto& [name, value] : durations) {
         if (value.count() < 0) {
@@ -197,10 +201,16 @@ class pool_core {
             const bool fresh = now - e.idle_since < look_after_ns &&
                                now - e.idle_since < validate_ns_ && now < e.retire_at;
             lock.unlock();
-            if (fresh || ready(e, now)) return &e;
+            if (fresh) return &e;
+            // The borrower's time starts here: what checking `e` takes is part of it.
+            const auto started = steady::now();
+            const auto deadline = deadline_after(timeout, started);
+            if (ready(e, now, deadline)) return &e;
             lock.lock();
+            return acquire_waiting(lock, started, deadline, where);
         }
-        return acquire_waiting(lock, timeout, where);
+        const auto started = steady::now();
+        return acquire_waiting(lock, started, deadline_after(timeout, started), where);
     }
 
     void release(pool_entry& e, bool reusable) noexcept {
@@ -330,14 +340,35 @@ class pool_core {
         ++in_use_;
     }
 
+    // A borrower's deadline: `timeout` from `started` (nanoseconds::max(): acquire_timeout).
+    steady::time_point deadline_after(std::chrono::nanoseconds timeout,
+                                      steady::time_point started) const noexcept {
+        if (timeout == std::chrono::nanoseconds::max()) timeout = options_.acquire_timeout;
+        return started + std::clamp(timeout, std::chrono::nanoseconds(0), longest_wait);
+    }
+
+    // How long a validation ping may wait: validation_timeout, cut to what the borrower has
+    // left, but not below 250 ms (HikariCP's floor for its validationTimeout) unless
+    // validation_timeout is smaller: a borrower nearly out of time, or asking not to wait,
+    // must not have a healthy connection closed for want of time to hear it answer.
+    std::chrono::milliseconds ping_timeout(steady::time_point deadline) const noexcept {
+        constexpr std::chrono::milliseconds floor{250};
+        const auto limit = options_.validation_timeout.count() > 0
+                               ? options_.validation_timeout
+                               : std::chrono::milliseconds::max();
+        const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - steady::now());
+        return std::min(limit, std::max(left, floor));
+    }
+
     // Checks a connection just lent (without the mutex); destroys it when it fails.
-    bool ready(pool_entry& e, std::int64_t now) noexcept {
+    bool ready(pool_entry& e, std::int64_t now, steady::time_point deadline) noexcept {
         const std::int64_t idle_for = now - e.idle_since;
         if (now >= e.retire_at) {
             release(e, false);
             return false;
         }
-        const bool ok = idle_for >= validate_ns_    ? connector_->ping(e.connection)
+        const bool ok = idle_for >= validate_ns_
+                            ? connector_->ping(e.connection, ping_timeout(deadline))
                         : idle_for >= look_after_ns ? connector_->usable(e.connection)
                                                     : true;
         if (ok) return true;
@@ -352,13 +383,8 @@ class pool_core {
         return false;
     }
 
-    pool_entry* acquire_waiting(std::unique_lock<std::mutex>& lock,
-                                std::chrono::nanoseconds timeout,
-                                const std::source_location& where) {
-        if (timeout == std::chrono::nanoseconds::max()) timeout = options_.acquire_timeout;
-        const auto started = steady::now();
-        const auto deadline =
-            started + std::clamp(timeout, std::chrono::nanoseconds(0), longest_wait);
+    pool_entry* acquire_waiting(std::unique_lock<std::mutex>& lock, steady::time_point started,
+                                steady::time_point deadline, const std::source_location& where) {
         bool overtaken = false;
         for (;;) {
             if (closing_) throw closed_error("connection() on closed " + description_);
@@ -366,7 +392,7 @@ class pool_core {
                 const std::int64_t now = coarse_now();
                 pool_entry& e = lend(now, where);
                 lock.unlock();
-                if (ready(e, now)) return &e;
+                if (ready(e, now, deadline)) return &e;
                 lock.lock();
                 continue;
             }
@@ -387,7 +413,7 @@ class pool_core {
             }
             lock.unlock();
             w.wait_released();
-            if (w.handed != nullptr && ready(*w.handed, coarse_now())) return w.handed;
+            if (w.handed != nullptr && ready(*w.handed, coarse_now(), deadline)) return w.handed;
             lock.lock();
             // Woken for an idle connection: gone already if another borrower took it. Then
             // back to the front of the queue, to be handed the next one.

@@ -777,6 +777,30 @@ bool connection::ping() noexcept {
     return answered && !lost(impl_->handle);
 }
 
+bool connection::ping(std::chrono::milliseconds timeout) noexcept {
+    if (!is_open()) return false;
+    PGconn* conn = impl_->handle;
+    // A statement of the user's still running (native_handle()): no ping can be sent.
+    if (PQisBusy(conn) != 0) return false;
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    if (PQsendQuery(conn, "") == 0) return false;  // the link is broken
+    bool answered = false;
+    for (;;) {
+        while (PQisBusy(conn) == 0) {
+            PGresult* result = PQgetResult(conn);
+            if (result == nullptr) return answered && !lost(conn);
+            answered = answered || PQresultStatus(result) == PGRES_EMPTY_QUERY;
+            PQclear(result);
+        }
+        if (!wait_socket(conn, true, deadline)) {
+            close();
+            return false;
+        }
+        // A broken link: PQgetResult hands out the failure next.
+        static_cast<void>(PQconsumeInput(conn));
+    }
+}
+
 db::transaction_state connection::transaction_state() const noexcept {
     if (impl_ == nullptr) return db::transaction_state::unknown;
     switch (PQtransactionStatus(impl_->handle)) {

@@ -597,6 +597,8 @@ TEST_F(Pool, BadOptionsAreRefusedNamingTheOption) {
               std::string::npos);
     EXPECT_NE(refused({.acquire_timeout = -1ms}).find("acquire_timeout is negative"),
               std::string::npos);
+    EXPECT_NE(refused({.validation_timeout = -1ms}).find("validation_timeout is negative"),
+              std::string::npos);
     EXPECT_NE(refused({.leak_threshold = -5ms}).find("pool \"test\": leak_threshold"),
               std::string::npos);
     EXPECT_THROW(make({.max_size = 0}), std::invalid_argument);
@@ -674,10 +676,16 @@ TEST_F(PoolPostgres, AFailedTransactionIsRolledBackAsLibpqReportsIt) {
     EXPECT_EQ(pool.stats().destroyed, 0U);
 }
 
+// Borrows a connection and gives it back: the server process of the session now idle.
+int idle_backend(postgres_pool& pool) {
+    int pid = 0;
+    ctxmgr::with(pool.connection(), [&](postgres::connection& c) { pid = c.backend_pid(); });
+    return pid;
+}
+
 TEST_F(PoolPostgres, ASessionEndedWhileIdleInThePoolIsNeverLent) {
     auto pool = make_postgres(server_.conninfo, {.max_size = 1});
-    int first_pid = 0;
-    ctxmgr::with(pool.connection(), [&](postgres::connection& c) { first_pid = c.backend_pid(); });
+    const int first_pid = idle_backend(pool);
     auto admin = postgres::connect(server_.conninfo);
     ASSERT_TRUE(admin.query_value<bool>("SELECT pg_terminate_backend($1, 10000)", first_pid));
     std::this_thread::sleep_for(20ms);  // more than a tick of the coarse clock: looked at
@@ -688,6 +696,41 @@ TEST_F(PoolPostgres, ASessionEndedWhileIdleInThePoolIsNeverLent) {
     const auto s = pool.stats();
     EXPECT_EQ(s.destroyed, 1U);
     EXPECT_EQ(s.created, 2U);
+}
+
+TEST_F(PoolPostgres, AValidationPingWaitsAtMostValidationTimeoutAndNeverPastTheDeadline) {
+    auto pool = make_postgres(server_.conninfo, {.max_size = 1,
+                                                 .acquire_timeout = 10s,
+                                                 .validate_after_idle = 0ms,
+                                                 .validation_timeout = 1s});
+    // A server that stopped answering (a silently cut network): the ping gives up after
+    // validation_timeout, not the borrower's 10 s, and a new connection is lent.
+    const int first_pid = idle_backend(pool);
+    const ctxmgr::testing::stopped_backend first(first_pid);
+    if (!first.stopped()) GTEST_SKIP() << "cannot signal the server's processes";
+    auto start = std::chrono::steady_clock::now();
+    ctxmgr::with(pool.connection(), [&](postgres::connection& c) {
+        EXPECT_NE(c.backend_pid(), first_pid);
+        EXPECT_EQ(c.query_value<std::int64_t>("SELECT 1"), 1);
+    });
+    auto waited = std::chrono::steady_clock::now() - start;
+    EXPECT_GE(waited, 995ms);
+    EXPECT_LT(waited, 6s);
+    auto s = pool.stats();
+    EXPECT_EQ(s.destroyed, 1U);
+    EXPECT_EQ(s.created, 2U);
+    EXPECT_EQ(s.timeouts, 0U);
+    // A borrower with less time than validation_timeout: the ping ends at its deadline.
+    const ctxmgr::testing::stopped_backend second(idle_backend(pool));
+    start = std::chrono::steady_clock::now();
+    const auto e = exception_from([&] { static_cast<void>(pool.connection(400ms).enter()); });
+    waited = std::chrono::steady_clock::now() - start;
+    ASSERT_TRUE(ctxmgr::holds<ctxmgr::timeout_error>(e)) << ctxmgr::describe(e);
+    EXPECT_GE(waited, 395ms);
+    EXPECT_LT(waited, 900ms);
+    s = pool.stats();
+    EXPECT_EQ(s.destroyed, 2U);
+    EXPECT_EQ(s.timeouts, 1U);
 }
 
 TEST_F(PoolPostgres, SixteenThreadsTenThousandBorrowsATenthThrowingNothingLostNothingLeaked) {

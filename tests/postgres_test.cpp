@@ -220,6 +220,24 @@ TEST_F(Postgres, PingAnswersAndTheServerVersionIsKnown) {
     EXPECT_NE(c.native_handle(), nullptr);
 }
 
+TEST_F(Postgres, APingWithATimeoutGivesUpOnAServerThatDoesNotAnswerAndClosesTheSession) {
+    auto c = connect();
+    EXPECT_TRUE(c.ping(1s));
+    {
+        const ctxmgr::testing::stopped_backend stopped(c.backend_pid());
+        if (!stopped.stopped()) GTEST_SKIP() << "cannot signal the server's processes";
+        const auto start = std::chrono::steady_clock::now();
+        EXPECT_FALSE(c.ping(200ms));
+        const auto waited = std::chrono::steady_clock::now() - start;
+        EXPECT_GE(waited, 195ms);
+        EXPECT_LT(waited, 5s);
+        // The empty query is still in flight: the session cannot be used again.
+        EXPECT_FALSE(c.is_open());
+        EXPECT_THROW(c.execute("SELECT 1"), ctxmgr::closed_error);
+    }
+    EXPECT_TRUE(connect().ping(1s));
+}
+
 TEST_F(Postgres, ARefusedConnectionIsAConnectionErrorWithoutThePassword) {
     const std::string conninfo = "host=127.0.0.1 port=" + std::to_string(unused_port()) +
                                  " user=postgres password=s3cret-value dbname=postgres";

@@ -12,9 +12,12 @@
 //   });   // back in the pool: a transaction left open rolled back, a broken connection replaced
 //
 // Lending (enter): the most recently returned idle connection, checked first when it has
-// waited: idle longer than validate_after_idle, it is pinged (a round trip); idle for longer
-// than a millisecond, pool_traits<Connection>::usable looks at it without a round trip (for
-// PostgreSQL: is the socket closed or readable, as after a server restart or
+// waited: idle longer than validate_after_idle, it is pinged (a round trip, waiting at most
+// validation_timeout and no longer than the borrower has left, though at least 250 ms unless
+// validation_timeout is smaller: a connection whose server stopped answering is closed, not
+// waited on, when the connection type has ping(timeout), as postgres::connection has); idle
+// for longer than a millisecond, pool_traits<Connection>::usable looks at it without a round
+// trip (for PostgreSQL: is the socket closed or readable, as after a server restart or
 // pg_terminate_backend). A connection that fails is destroyed and the next one tried. With
 // none idle, a new one is asked of the factory (up to max_size), and the borrower waits on
 // a condition variable for whichever comes first, a new or a returned connection, at most
@@ -101,6 +104,9 @@ struct pool_options {
     std::chrono::milliseconds idle_timeout{10 * 60'000};
     // A connection idle longer than this is pinged before it is lent (HikariCP: 500 ms).
     std::chrono::milliseconds validate_after_idle{500};
+    // How long that ping may wait for the answer (HikariCP's validationTimeout: 5 s); also
+    // cut to the borrower's time left, down to 250 ms. 0: no limit but the borrower's.
+    std::chrono::milliseconds validation_timeout{5'000};
     // A borrow held longer than this is reported to on_leak, once.
     std::chrono::milliseconds leak_threshold{0};
     // Receives the borrow (kind "pooled connection", its source line, when it began), on the
@@ -155,7 +161,9 @@ class pool_connector {
     // A new connection from the factory; throws what the factory throws.
     [[nodiscard]] virtual void* create() = 0;
     virtual void destroy(void* connection) noexcept = 0;
-    [[nodiscard]] virtual bool ping(void* connection) noexcept = 0;
+    // A round trip, waiting at most `timeout` when the connection type can bound it.
+    [[nodiscard]] virtual bool ping(void* connection,
+                                    std::chrono::milliseconds timeout) noexcept = 0;
     [[nodiscard]] virtual bool usable(void* connection) noexcept = 0;
 };
 
@@ -195,8 +203,16 @@ class typed_pool_connector final : public pool_connector {
         // the connection's destructor.
         delete static_cast<Connection*>(connection);
     }
-    bool ping(void* connection) noexcept override {
-        return static_cast<Connection*>(connection)->ping();
+    bool ping(void* connection, std::chrono::milliseconds timeout) noexcept override {
+        Connection& c = *static_cast<Connection*>(connection);
+        if constexpr (requires {
+                          { c.ping(timeout) }
+                          noexcept->std::same_as<bool>;
+                      }) {
+            return c.ping(timeout);
+        } else {
+            return c.ping();
+        }
     }
     bool usable(void* connection) noexcept override {
         return pool_traits<Connection>::usable(*static_cast<Connection*>(connection));

@@ -91,6 +91,10 @@ class connection : public db::basic_connection<connection> {
     [[nodiscard]] bool is_open() const noexcept;
     // An empty query, one round trip: true when the server answers. Never throws.
     [[nodiscard]] bool ping() noexcept;
+    // The same, waiting at most `timeout` for the answer. A server that has not answered by
+    // then (stopped, or a network that drops packets silently) gets the connection closed,
+    // since a query is still in flight on it, and false.
+    [[nodiscard]] bool ping(std::chrono::milliseconds timeout) noexcept;
     // PQtransactionStatus.
     [[nodiscard]] db::transaction_state transaction_state() const noexcept;
     // ROLLBACK when a transaction is open or failed; returns whether one was.

@@ -14,10 +14,8 @@
 #include "ctxmgr/distributed_lock.hpp"
 
 #include <libpq-fe.h>
-#include <poll.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <chrono>
 #include <memory>
 #include <optional>
@@ -26,18 +24,28 @@
 #include <utility>
 #include <vector>
 
+#include "libpq_support.hpp"
+
 namespace ctxmgr::postgres {
 
 namespace {
 
+using detail::backend_name;
+using detail::result_ptr;
+using detail::sqlstate_of;
 using steady = std::chrono::steady_clock;
+
+// Throws the failure `result` stands for, typed as every statement's failure is.
+[[noreturn]] void fail(connection& session, const PGresult* result, const std::string& context,
+                       std::string_view sql) {
+    detail::fail(session.native_handle(), result, sql, context);
+}
 
 // How long past the lock timeout the client waits for the server's answer.
 constexpr std::chrono::seconds answer_grace{2};
 // How long an unlock may take before the session is given up (closing it releases the lock).
 constexpr std::chrono::seconds unlock_wait{10};
 
-constexpr std::string_view backend_name = "postgresql";
 constexpr std::string_view lock_timeout_sqlstate = "55P03";
 constexpr std::string_view undefined_table_sqlstate = "42P01";
 
@@ -48,47 +56,13 @@ constexpr std::string_view next_token_sql =
     "INSERT INTO ctxmgr_fencing_tokens AS f (key, token) VALUES ($1, 1) "
     "ON CONFLICT (key) DO UPDATE SET token = f.token + 1 RETURNING token";
 
-struct result_deleter {
-    void operator()(PGresult* result) const noexcept { PQclear(result); }
-};
-using result_ptr = std::unique_ptr<PGresult, result_deleter>;
-
 std::string suffix(bool shared) {
     return shared ? "_shared" : "";
-}
-
-std::string trimmed(const char* text) {
-    std::string out = text != nullptr ? text : "";
-    while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
-    return out;
-}
-
-std::string sqlstate_of(const PGresult* result) {
-    const char* state = PQresultErrorField(result, PG_DIAG_SQLSTATE);
-    return state != nullptr ? state : "";
 }
 
 bool failed(const PGresult* result) {
     const ExecStatusType status = PQresultStatus(result);
     return status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK;
-}
-
-// Waits until the session's socket is readable or `deadline` passes (false).
-bool wait_readable(PGconn* conn, steady::time_point deadline) {
-    pollfd descriptor{PQsocket(conn), POLLIN, 0};
-    for (;;) {
-        int timeout = -1;
-        if (deadline != steady::time_point::max()) {
-            const auto left =
-                std::chrono::ceil<std::chrono::milliseconds>(deadline - steady::now());
-            if (left.count() <= 0) return false;
-            timeout =
-                static_cast<int>(std::min<std::chrono::milliseconds::rep>(left.count(), 1'000'000));
-        }
-        const int ready = ::poll(&descriptor, 1, timeout);
-        if (ready > 0) return true;
-        if (ready < 0 && errno != EINTR) return true;  // let PQconsumeInput report it
-    }
 }
 
 // Sends `sql` (one or several statements, simple protocol) and collects every result, or
@@ -101,7 +75,7 @@ std::optional<std::vector<result_ptr>> run_until(connection& session, const std:
     if (conn == nullptr) throw closed_error(context + ": the session is closed");
     if (PQsendQuery(conn, sql.c_str()) == 0) {
         throw db::connection_error(std::string(backend_name), "", 0,
-                                   context + ": " + trimmed(PQerrorMessage(conn)), sql);
+                                   context + ": " + detail::one_line(PQerrorMessage(conn)), sql);
     }
     std::vector<result_ptr> results;
     for (;;) {
@@ -110,29 +84,12 @@ std::optional<std::vector<result_ptr>> run_until(connection& session, const std:
             if (result == nullptr) return results;
             results.emplace_back(result);
         }
-        if (!wait_readable(conn, deadline)) return std::nullopt;
+        if (!detail::wait_socket(conn, true, deadline)) return std::nullopt;
         if (PQconsumeInput(conn) == 0) {
             // The link broke: PQgetResult now hands out the failure, then nothing.
             continue;
         }
     }
-}
-
-// Throws the failure `result` stands for, typed: connection_error when the session is gone.
-[[noreturn]] void fail(connection& session, const PGresult* result, const std::string& context,
-                       std::string_view sql) {
-    std::string sqlstate = sqlstate_of(result);
-    const char* primary = PQresultErrorField(result, PG_DIAG_MESSAGE_PRIMARY);
-    std::string message = context + ": " +
-                          (primary != nullptr ? std::string(primary)
-                                              : trimmed(PQerrorMessage(session.native_handle())));
-    if (!session.is_open() || sqlstate.starts_with("08") || sqlstate == "57P01" ||
-        sqlstate == "57P02" || sqlstate == "57P03") {
-        throw db::connection_error(std::string(backend_name), std::move(sqlstate), 0,
-                                   std::move(message), std::string(sql));
-    }
-    throw db::error(std::string(backend_name), std::move(sqlstate), 0, std::move(message),
-                    std::string(sql));
 }
 
 // The next token of `key`; creates the table when it is missing. Throws db::error.
@@ -391,7 +348,9 @@ void advisory_lock::unlock() {
         }
         const PGresult* answer = results->empty() ? nullptr : results->front().get();
         if (!session.is_open())
-            throw lost(answer != nullptr ? " (" + trimmed(PQresultErrorMessage(answer)) + ')' : "");
+            throw lost(answer != nullptr
+                           ? " (" + detail::one_line(PQresultErrorMessage(answer)) + ')'
+                           : "");
         if (answer == nullptr || failed(answer)) {
             fail(session, answer, context, sql);
         }

@@ -16,16 +16,108 @@
 #include <utility>
 #include <vector>
 
+#include "libpq_support.hpp"
 #include "recent_statements.hpp"
 #include "sql_text.hpp"
 
 namespace ctxmgr::postgres {
 
+// --- shared with distributed_lock.cpp (libpq_support.hpp) ------------------------------------
+
+namespace detail {
+
+std::string one_line(const char* text) {
+    std::string out;
+    for (const char* p = text; p != nullptr && *p != '\0'; ++p) {
+        if (*p == '\n' || *p == '\t') {
+            if (!out.empty() && out.back() != ' ') out += ' ';
+        } else {
+            out += *p;
+        }
+    }
+    while (!out.empty() && out.back() == ' ') out.pop_back();
+    return out;
+}
+
+bool lost(PGconn* conn) noexcept {
+    return conn == nullptr || PQstatus(conn) == CONNECTION_BAD;
+}
+
+std::string sqlstate_of(const PGresult* result) {
+    const char* state = result != nullptr ? PQresultErrorField(result, PG_DIAG_SQLSTATE) : nullptr;
+    return state != nullptr ? state : "";
+}
+
+[[noreturn]] void fail(PGconn* conn, const PGresult* result, std::string_view sql,
+                       std::string_view context) {
+    std::string sqlstate;
+    std::string message;
+    if (result != nullptr) {
+        sqlstate = sqlstate_of(result);
+        if (const char* primary = PQresultErrorField(result, PG_DIAG_MESSAGE_PRIMARY)) {
+            message = primary;
+            if (const char* detail = PQresultErrorField(result, PG_DIAG_MESSAGE_DETAIL)) {
+                message += "; ";
+                message += detail;
+            }
+        } else {
+            message = one_line(PQresultErrorMessage(result));
+        }
+    }
+    if (message.empty())
+        message = one_line(conn != nullptr ? PQerrorMessage(conn) : "no connection");
+    if (message.empty()) message = "unknown error";
+    if (!context.empty()) message = std::string(context) + ": " + message;
+    std::string statement(sql);
+    const std::string_view category = std::string_view(sqlstate).substr(0, 2);
+    // 08P01 with a working link is a protocol error of one message (a parameter count), not
+    // a lost connection.
+    if (lost(conn) || (category == "08" && sqlstate != "08P01") || sqlstate == "57P01" ||
+        sqlstate == "57P02" || sqlstate == "57P03") {
+        throw db::connection_error(std::string(backend_name), std::move(sqlstate), 0,
+                                   std::move(message), std::move(statement));
+    }
+    if (category == "23") {
+        throw db::constraint_violation(std::string(backend_name), std::move(sqlstate), 0,
+                                       std::move(message), std::move(statement));
+    }
+    if (sqlstate == "40001" || sqlstate == "40P01") {
+        throw db::serialization_failure(std::string(backend_name), std::move(sqlstate), 0,
+                                        std::move(message), std::move(statement));
+    }
+    throw db::error(std::string(backend_name), std::move(sqlstate), 0, std::move(message),
+                    std::move(statement));
+}
+
+bool wait_socket(PGconn* conn, bool for_reading, std::chrono::steady_clock::time_point deadline) {
+    pollfd descriptor{PQsocket(conn), static_cast<short>(for_reading ? POLLIN : POLLOUT), 0};
+    for (;;) {
+        int timeout = -1;
+        if (deadline != std::chrono::steady_clock::time_point::max()) {
+            const auto left = std::chrono::ceil<std::chrono::milliseconds>(
+                deadline - std::chrono::steady_clock::now());
+            if (left.count() <= 0) return false;
+            timeout = static_cast<int>(std::min<std::chrono::milliseconds::rep>(
+                left.count(), std::numeric_limits<int>::max()));
+        }
+        const int ready = ::poll(&descriptor, 1, timeout);
+        if (ready > 0) return true;
+        if (ready < 0 && errno != EINTR) return true;  // let libpq report the error
+    }
+}
+
+}  // namespace detail
+
 namespace {
 
-using db::detail::throw_conversion;
+using detail::backend_name;
+using detail::fail;
+using detail::lost;
+using detail::one_line;
+using detail::result_ptr;
+using detail::wait_socket;
 
-constexpr std::string_view backend_name = "postgresql";
+using db::detail::throw_conversion;
 
 // Type OIDs (pg_type.h, stable across versions).
 constexpr Oid bool_oid = 16, bytea_oid = 17, name_oid = 19, int8_oid = 20, int2_oid = 21,
@@ -74,72 +166,6 @@ bool is_text_type(Oid type) {
     return type == text_oid || type == varchar_oid || type == bpchar_oid || type == name_oid ||
            type == unknown_oid;
 }
-
-// libpq's messages end with a newline and continue on indented lines: one line instead.
-std::string one_line(const char* text) {
-    std::string out;
-    for (const char* p = text; p != nullptr && *p != '\0'; ++p) {
-        if (*p == '\n' || *p == '\t') {
-            if (!out.empty() && out.back() != ' ') out += ' ';
-        } else {
-            out += *p;
-        }
-    }
-    while (!out.empty() && out.back() == ' ') out.pop_back();
-    return out;
-}
-
-bool lost(PGconn* conn) noexcept {
-    return conn == nullptr || PQstatus(conn) == CONNECTION_BAD;
-}
-
-// Throws the error of `result` (or of the connection when there is no result), typed by its
-// SQLSTATE and by the state of the link.
-[[noreturn]] void fail(PGconn* conn, const PGresult* result, std::string_view sql,
-                       std::string_view context = {}) {
-    std::string sqlstate;
-    std::string message;
-    if (result != nullptr) {
-        if (const char* state = PQresultErrorField(result, PG_DIAG_SQLSTATE)) sqlstate = state;
-        if (const char* primary = PQresultErrorField(result, PG_DIAG_MESSAGE_PRIMARY)) {
-            message = primary;
-            if (const char* detail = PQresultErrorField(result, PG_DIAG_MESSAGE_DETAIL)) {
-                message += "; ";
-                message += detail;
-            }
-        } else {
-            message = one_line(PQresultErrorMessage(result));
-        }
-    }
-    if (message.empty())
-        message = one_line(conn != nullptr ? PQerrorMessage(conn) : "no connection");
-    if (message.empty()) message = "unknown error";
-    if (!context.empty()) message = std::string(context) + ": " + message;
-    std::string statement(sql);
-    const std::string_view category = std::string_view(sqlstate).substr(0, 2);
-    // 08P01 with a working link is a protocol error of one message (a parameter count), not
-    // a lost connection.
-    if (lost(conn) || (category == "08" && sqlstate != "08P01") || sqlstate == "57P01" ||
-        sqlstate == "57P02" || sqlstate == "57P03") {
-        throw db::connection_error(std::string(backend_name), std::move(sqlstate), 0,
-                                   std::move(message), std::move(statement));
-    }
-    if (category == "23") {
-        throw db::constraint_violation(std::string(backend_name), std::move(sqlstate), 0,
-                                       std::move(message), std::move(statement));
-    }
-    if (sqlstate == "40001" || sqlstate == "40P01") {
-        throw db::serialization_failure(std::string(backend_name), std::move(sqlstate), 0,
-                                        std::move(message), std::move(statement));
-    }
-    throw db::error(std::string(backend_name), std::move(sqlstate), 0, std::move(message),
-                    std::move(statement));
-}
-
-struct result_deleter {
-    void operator()(PGresult* result) const noexcept { PQclear(result); }
-};
-using result_ptr = std::unique_ptr<PGresult, result_deleter>;
 
 bool succeeded(const PGresult* result) noexcept {
     if (result == nullptr) return false;
@@ -642,21 +668,6 @@ struct connection::impl {
 // --- connection ------------------------------------------------------------------------
 
 namespace {
-
-// Waits until the socket is ready as libpq asked, or the deadline passes (false).
-bool wait_socket(PGconn* conn, bool for_reading, std::chrono::steady_clock::time_point deadline) {
-    pollfd descriptor{PQsocket(conn), static_cast<short>(for_reading ? POLLIN : POLLOUT), 0};
-    for (;;) {
-        const auto left = std::chrono::ceil<std::chrono::milliseconds>(
-            deadline - std::chrono::steady_clock::now());
-        if (left.count() <= 0) return false;
-        const int timeout = static_cast<int>(std::min<std::chrono::milliseconds::rep>(
-            left.count(), std::numeric_limits<int>::max()));
-        const int ready = ::poll(&descriptor, 1, timeout);
-        if (ready > 0) return true;
-        if (ready < 0 && errno != EINTR) return true;  // let PQconnectPoll report the error
-    }
-}
 
 struct connection_deleter {
     void operator()(PGconn* conn) const noexcept { PQfinish(conn); }

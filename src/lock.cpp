@@ -25,6 +25,8 @@
 #include <utility>
 #include <vector>
 
+#include "source_site.hpp"
+
 namespace ctxmgr {
 
 namespace {
@@ -81,14 +83,9 @@ std::string name_of(const lock_ref& lock) {
 }
 
 // "lock_test.cpp:42 in void f()"
-std::string site_of(std::source_location where) {
-    std::string site = where.file_name();
-    site += ':';
-    site += std::to_string(where.line());
-    if (*where.function_name() != '\0') {
-        site += " in ";
-        site += where.function_name();
-    }
+std::string site_of(const std::source_location& where) {
+    std::string site;
+    detail::append_site(site, where);
     return site;
 }
 

@@ -23,8 +23,6 @@
 // that mutex) cannot pull it from under a return in progress.
 #include "ctxmgr/pool.hpp"
 
-#include <time.h>
-
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -37,6 +35,9 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "clocks.hpp"
+#include "source_site.hpp"
 
 namespace ctxmgr::detail {
 
@@ -54,23 +55,6 @@ constexpr std::int64_t housekeeping_period_ns = 1'000'000'000;
 constexpr std::chrono::nanoseconds longest_wait = std::chrono::hours(24 * 365 * 10);
 // Borrowers listed in a message, at most.
 constexpr std::size_t listed_borrowers = 10;
-
-std::int64_t coarse_now() noexcept {
-    timespec now{};
-    ::clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
-    return std::int64_t{now.tv_sec} * 1'000'000'000 + now.tv_nsec;
-}
-
-// steady_clock is CLOCK_MONOTONIC on Linux, the coarse clock's epoch.
-std::int64_t precise_now() noexcept {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(steady::now().time_since_epoch())
-        .count();
-}
-
-steady::time_point to_steady(std::int64_t ns) noexcept {
-    return steady::time_point(
-        std::chrono::duration_cast<steady::duration>(std::chrono::nanoseconds(ns)));
-}
 
 std::int64_t count_ns(std::chrono::milliseconds d) noexcept {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
@@ -194,7 +178,7 @@ class pool_core {
     }
 
     pool_entry* acquire(std::chrono::nanoseconds timeout, const std::source_location& where) {
-        const std::int64_t now = coarse_now();
+        const std::int64_t now = coarse_now_ns();
         std::unique_lock lock(mutex_);
         if (!closing_ && !idle_.empty()) [[likely]] {
             pool_entry& e = lend(now, where);
@@ -214,7 +198,7 @@ class pool_core {
     }
 
     void release(pool_entry& e, bool reusable) noexcept {
-        const std::int64_t now = coarse_now();
+        const std::int64_t now = coarse_now_ns();
         {
             std::unique_lock lock(mutex_);
             e.lent = false;
@@ -291,7 +275,7 @@ class pool_core {
         if (in_use_ == 0) return;
         std::string message = description_ + ": closed with " + std::to_string(in_use_) +
                               (in_use_ == 1 ? " connection" : " connections") +
-                              " still borrowed; borrowed at " + borrowers(coarse_now()) +
+                              " still borrowed; borrowed at " + borrowers(coarse_now_ns()) +
                               "; each is closed when it comes back";
         throw leak_error(message);
     }
@@ -389,7 +373,7 @@ class pool_core {
         for (;;) {
             if (closing_) throw closed_error("connection() on closed " + description_);
             if (!idle_.empty()) {
-                const std::int64_t now = coarse_now();
+                const std::int64_t now = coarse_now_ns();
                 pool_entry& e = lend(now, where);
                 lock.unlock();
                 if (ready(e, now, deadline)) return &e;
@@ -413,7 +397,7 @@ class pool_core {
             }
             lock.unlock();
             w.wait_released();
-            if (w.handed != nullptr && ready(*w.handed, coarse_now(), deadline)) return w.handed;
+            if (w.handed != nullptr && ready(*w.handed, coarse_now_ns(), deadline)) return w.handed;
             lock.lock();
             // Woken for an idle connection: gone already if another borrower took it. Then
             // back to the front of the queue, to be handed the next one.
@@ -463,7 +447,7 @@ class pool_core {
                            std::to_string(waiting_) + " waiting";
         if (creating_) what += ", 1 being made";
         what += ')';
-        if (in_use_ > 0) what += "; borrowed at " + borrowers(coarse_now());
+        if (in_use_ > 0) what += "; borrowed at " + borrowers(coarse_now_ns());
         std::exception_ptr failure;
         if (last_failure_ && last_failure_at_ >= started) {
             failure = last_failure_;
@@ -488,11 +472,7 @@ class pool_core {
         for (std::size_t i = 0; i < lent.size() && i < listed_borrowers; ++i) {
             if (i > 0) text += ", ";
             const pool_entry& e = *lent[i];
-            text += e.where.file_name();
-            text += ':';
-            text += std::to_string(e.where.line());
-            text += " in ";
-            text += e.where.function_name();
+            append_site(text, e.where);
             text += " (held ";
             text += format_duration(std::chrono::nanoseconds(now - e.lent_at));
             text += ')';
@@ -554,7 +534,7 @@ class pool_core {
             } catch (...) {
                 failure = std::current_exception();
             }
-            const std::int64_t now = coarse_now();
+            const std::int64_t now = coarse_now_ns();
             std::int64_t retire_at = never;
             if (lifetime_ns_ != never) {
                 // Up to 2.5% early, so that connections made together do not all go together.
@@ -605,7 +585,7 @@ class pool_core {
         while (!closing_) {
             // Entries hold coarse times, up to a tick behind: compare with the precise clock,
             // so that a wait never ends before what it waited for is due.
-            const std::int64_t now = precise_now();
+            const std::int64_t now = precise_now_ns();
             // A borrow that begins after this look is due leak_threshold after it at the
             // earliest: looking again by then misses none.
             std::int64_t next = now + (leak_ns_ > 0 ? std::min(leak_ns_, housekeeping_period_ns)

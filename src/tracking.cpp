@@ -9,7 +9,6 @@
 #include "ctxmgr/tracking.hpp"
 
 #include <pthread.h>
-#include <time.h>
 
 #include <algorithm>
 #include <atomic>
@@ -24,6 +23,9 @@
 #include <unordered_set>
 
 #include "ctxmgr/unraisable.hpp"
+
+#include "clocks.hpp"
+#include "source_site.hpp"
 
 namespace ctxmgr {
 
@@ -132,19 +134,6 @@ tracking_registry& registry() {
 constinit std::atomic<std::uint64_t> next_id_block{1};
 constinit std::atomic<std::uint32_t> current_generation{0};
 constinit thread_local tracking_shard* current_shard = nullptr;
-
-std::int64_t coarse_now_ns() noexcept {
-    timespec now{};
-    ::clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
-    return std::int64_t{now.tv_sec} * 1'000'000'000 + now.tv_nsec;
-}
-
-// steady_clock is CLOCK_MONOTONIC on Linux, the coarse clock's epoch.
-std::chrono::steady_clock::time_point to_steady(std::int64_t ns) noexcept {
-    return std::chrono::steady_clock::time_point(
-        std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-            std::chrono::nanoseconds(ns)));
-}
 
 void link_last(tracking_link& head, tracking_node* node) noexcept {
     node->prev = head.prev;
@@ -433,11 +422,7 @@ std::string describe(const resource_info& resource) {
         line += resource.description;
     }
     line += " acquired at ";
-    line += resource.where.file_name();
-    line += ':';
-    line += std::to_string(resource.where.line());
-    line += " in ";
-    line += resource.where.function_name();
+    detail::append_site(line, resource.where);
     line += ", held ";
     line += format_duration(resource.age());
     line += ", thread ";

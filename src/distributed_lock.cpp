@@ -78,18 +78,10 @@ std::optional<std::vector<result_ptr>> run_until(connection& session, const std:
                                    context + ": " + detail::one_line(PQerrorMessage(conn)), sql);
     }
     std::vector<result_ptr> results;
-    for (;;) {
-        while (PQisBusy(conn) == 0) {
-            PGresult* result = PQgetResult(conn);
-            if (result == nullptr) return results;
-            results.emplace_back(result);
-        }
-        if (!detail::wait_socket(conn, true, deadline)) return std::nullopt;
-        if (PQconsumeInput(conn) == 0) {
-            // The link broke: PQgetResult now hands out the failure, then nothing.
-            continue;
-        }
-    }
+    const bool in_time = detail::collect_results(
+        conn, deadline, [&](result_ptr result) { results.push_back(std::move(result)); });
+    if (!in_time) return std::nullopt;
+    return results;
 }
 
 // The next token of `key`; creates the table when it is missing. Throws db::error.

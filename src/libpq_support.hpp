@@ -38,4 +38,22 @@ std::string sqlstate_of(const PGresult* result);
 // next call reports it.
 bool wait_socket(PGconn* conn, bool for_reading, std::chrono::steady_clock::time_point deadline);
 
+// Hands each result of the query sent on `conn` (PQsendQuery) to `on_result` as a result_ptr
+// until libpq has no more (true), or until `deadline` passes first (false: the query is still
+// running on the server). A broken link ends it with libpq's failure result.
+template <class OnResult>
+bool collect_results(PGconn* conn, std::chrono::steady_clock::time_point deadline,
+                     OnResult&& on_result) {
+    for (;;) {
+        while (PQisBusy(conn) == 0) {
+            PGresult* result = PQgetResult(conn);
+            if (result == nullptr) return true;
+            on_result(result_ptr(result));
+        }
+        if (!wait_socket(conn, true, deadline)) return false;
+        // A broken link: PQgetResult hands out the failure next.
+        static_cast<void>(PQconsumeInput(conn));
+    }
+}
+
 }  // namespace ctxmgr::postgres::detail

@@ -1,7 +1,8 @@
 # ctxmgr::postgres: PostgreSQL connections (include <ctxmgr/postgres.hpp>), linking libpq.
 # Built when find_package(PostgreSQL) succeeds; ctxmgrConfig.cmake then finds it again for
 # the consumers of the installed target.
-find_package(PostgreSQL)
+# GLOBAL: the tests and benchmarks call libpq directly too.
+find_package(PostgreSQL GLOBAL)
 if(NOT PostgreSQL_FOUND)
     message(STATUS "ctxmgr: libpq not found, ctxmgr::postgres not built")
     return()

@@ -334,18 +334,10 @@ class result_cursor final : public db::detail::cursor {
     bool snapshot_ = false;
 };
 
-struct string_hash {
-    using is_transparent = void;
-    std::size_t operator()(std::string_view text) const noexcept {
-        return std::hash<std::string_view>()(text);
-    }
-};
-
 // A statement prepared on the server for one list of parameter types.
 struct prepared {
     std::string name;
     std::vector<Oid> types;
-    std::size_t parameters = 0;
     std::uint64_t last_used = 0;
 };
 
@@ -502,7 +494,8 @@ struct connection::impl {
     std::uint64_t clock = 0;
     std::uint64_t names = 0;
     // By SQL, one entry per list of parameter types the SQL was called with.
-    std::unordered_map<std::string, std::vector<prepared>, string_hash, std::equal_to<>> cache;
+    std::unordered_map<std::string, std::vector<prepared>, db::detail::string_hash, std::equal_to<>>
+        cache;
     std::size_t cached = 0;
     using cache_entry = decltype(cache)::value_type;
     struct key_of {
@@ -592,7 +585,7 @@ struct connection::impl {
                                     static_cast<int>(bound.types.size()), bound.types.data()));
         if (!succeeded(result.get())) fail(handle, result.get(), sql);
         std::vector<prepared>& variants = cache[text];
-        variants.push_back(prepared{std::move(name), bound.types, scan.parameters, 0});
+        variants.push_back(prepared{std::move(name), bound.types, 0});
         ++cached;
         return variants.back();
     }
@@ -637,8 +630,9 @@ struct connection::impl {
             return result;
         }
         for (int attempt = 0;; ++attempt) {
+            // A cached statement has these very parameter types, so their count was checked
+            // when it was prepared.
             prepared& statement = statement_for(sql, params.size());
-            check_count(sql, params.size(), statement.parameters);
             statement.last_used = ++clock;
             result_ptr result(PQexecPrepared(handle, statement.name.c_str(), n, bound.values.data(),
                                              bound.lengths.data(), bound.formats.data(), 0));
@@ -796,20 +790,14 @@ bool connection::ping(std::chrono::milliseconds timeout) noexcept {
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     if (PQsendQuery(conn, "") == 0) return false;  // the link is broken
     bool answered = false;
-    for (;;) {
-        while (PQisBusy(conn) == 0) {
-            PGresult* result = PQgetResult(conn);
-            if (result == nullptr) return answered && !lost(conn);
-            answered = answered || PQresultStatus(result) == PGRES_EMPTY_QUERY;
-            PQclear(result);
-        }
-        if (!wait_socket(conn, true, deadline)) {
-            close();
-            return false;
-        }
-        // A broken link: PQgetResult hands out the failure next.
-        static_cast<void>(PQconsumeInput(conn));
+    const bool in_time = detail::collect_results(conn, deadline, [&](result_ptr result) {
+        answered = answered || PQresultStatus(result.get()) == PGRES_EMPTY_QUERY;
+    });
+    if (!in_time) {
+        close();
+        return false;
     }
+    return answered && !lost(conn);
 }
 
 db::transaction_state connection::transaction_state() const noexcept {

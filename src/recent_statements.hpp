@@ -8,9 +8,18 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string_view>
 
 namespace ctxmgr::db::detail {
+
+// The statement caches' hash: looks up a std::string key by std::string_view, no copy.
+struct string_hash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view text) const noexcept {
+        return std::hash<std::string_view>()(text);
+    }
+};
 
 // Entry: what the cache keeps per SQL text (a statement, or the map's node); KeyOf(entry)
 // returns its SQL as a std::string_view.

@@ -1,7 +1,8 @@
 # ctxmgr::sqlite: SQLite connections (include <ctxmgr/sqlite.hpp>), linking SQLite's C
 # library. Built when find_package(SQLite3) succeeds; ctxmgrConfig.cmake then finds it again
 # for the consumers of the installed target.
-find_package(SQLite3)
+# GLOBAL: the tests and benchmarks call the C library directly too.
+find_package(SQLite3 GLOBAL)
 if(NOT SQLite3_FOUND)
     message(STATUS "ctxmgr: SQLite3 not found, ctxmgr::sqlite not built")
     return()

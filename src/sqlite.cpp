@@ -352,20 +352,15 @@ class statement final : public db::detail::cursor {
     bool busy_ = false;
 };
 
-struct string_hash {
-    using is_transparent = void;
-    std::size_t operator()(std::string_view text) const noexcept {
-        return std::hash<std::string_view>()(text);
-    }
-};
-
 }  // namespace
 
 struct connection::impl {
     sqlite3* handle = nullptr;
     std::size_t capacity = 0;
     std::uint64_t clock = 0;
-    std::unordered_map<std::string, std::unique_ptr<statement>, string_hash, std::equal_to<>> cache;
+    std::unordered_map<std::string, std::unique_ptr<statement>, db::detail::string_hash,
+                       std::equal_to<>>
+        cache;
     struct key_of {
         std::string_view operator()(const statement& s) const noexcept { return s.key(); }
     };

@@ -1,4 +1,4 @@
-// What the instruction-count programs (core_instructions, lock_instructions) share: run the
+// What the instruction-count programs (core, lock, pool) share: run the
 // kernel named on the command line a fixed number of times, so that bench/instructions can
 // count its instructions under callgrind:
 //   <program> <kernel> [iterations]

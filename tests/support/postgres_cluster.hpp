@@ -60,7 +60,6 @@ class postgres_cluster {
     static std::unique_ptr<postgres_cluster> start(options opts, std::string& why_not);
 
     [[nodiscard]] const std::string& conninfo() const noexcept { return conninfo_; }
-    [[nodiscard]] const std::filesystem::path& directory() const noexcept { return directory_; }
     // The postmaster's pid (from postmaster.pid); 0 when it is not running.
     [[nodiscard]] pid_t postmaster_pid() const;
 

@@ -52,9 +52,18 @@ constexpr std::string_view undefined_table_sqlstate = "42P01";
 constexpr std::string_view create_table =
     "CREATE TABLE IF NOT EXISTS ctxmgr_fencing_tokens "
     "(key bigint PRIMARY KEY, token bigint NOT NULL)";
-constexpr std::string_view next_token_sql =
-    "INSERT INTO ctxmgr_fencing_tokens AS f (key, token) VALUES ($1, 1) "
-    "ON CONFLICT (key) DO UPDATE SET token = f.token + 1 RETURNING token";
+
+// The statement that takes the next token of `key` (a decimal integer, or a parameter "$1").
+std::string next_token_statement(std::string_view key) {
+    return "INSERT INTO ctxmgr_fencing_tokens AS f (key, token) VALUES (" + std::string(key) +
+           ", 1) ON CONFLICT (key) DO UPDATE SET token = f.token + 1 RETURNING token";
+}
+
+// `"jobs" (key 42)` for a named key, `42` for an integer one.
+std::string label(const lock_key& key) {
+    if (key.name().empty()) return std::to_string(key.value());
+    return '"' + key.name() + "\" (key " + std::to_string(key.value()) + ')';
+}
 
 std::string suffix(bool shared) {
     return shared ? "_shared" : "";
@@ -87,7 +96,7 @@ std::optional<std::vector<result_ptr>> run_until(connection& session, const std:
 // The next token of `key`; creates the table when it is missing. Throws db::error.
 std::int64_t next_token(connection& session, std::int64_t key) {
     try {
-        return session.query_value<std::int64_t>(next_token_sql, key);
+        return session.query_value<std::int64_t>(next_token_statement("$1"), key);
     } catch (const db::error& e) {
         if (e.sqlstate() != undefined_table_sqlstate) throw;
     }
@@ -97,7 +106,7 @@ std::int64_t next_token(connection& session, std::int64_t key) {
         // Made by another session at the same moment (CREATE TABLE IF NOT EXISTS races).
         if (e.sqlstate() != "23505" && e.sqlstate() != "42P07") throw;
     }
-    return session.query_value<std::int64_t>(next_token_sql, key);
+    return session.query_value<std::int64_t>(next_token_statement("$1"), key);
 }
 
 // "SET LOCAL lock_timeout = 1500" (milliseconds; 0: no limit).
@@ -154,14 +163,12 @@ script_answer run_lock_script(connection& session, const std::string& script,
 // --- lock_key ------------------------------------------------------------------------------
 
 std::string lock_key::describe() const {
-    if (name_.empty()) return "advisory lock " + std::to_string(value_);
-    return "advisory lock \"" + name_ + "\" (key " + std::to_string(value_) + ')';
+    return "advisory lock " + label(*this);
 }
 
 // --- lease ---------------------------------------------------------------------------------
 
-lease::lease(lock_key key, bool shared, std::source_location where)
-    : key_(std::move(key)), shared_(shared), where_(where) {
+lease::lease(lock_key key, bool shared) : key_(std::move(key)), shared_(shared) {
 }
 
 lease::~lease() = default;
@@ -197,7 +204,7 @@ advisory_lock::~advisory_lock() {
 lease& advisory_lock::enter() {
     if (lease_) throw protocol_error(key_.describe() + ": entered twice");
     const auto started = steady::now();
-    std::unique_ptr<lease> held(new lease(key_, options_.shared, where_));
+    std::unique_ptr<lease> held(new lease(key_, options_.shared));
     if (pool_ != nullptr) {
         held->session_ = &held->borrowed_.emplace(pool_->connection(where_)).enter();
     } else {
@@ -241,8 +248,7 @@ lease& advisory_lock::enter() {
         const std::string script =
             "BEGIN ISOLATION LEVEL READ COMMITTED; " + lock_timeout_setting(options_.timeout) +
             "; SET LOCAL statement_timeout = 0; SELECT pg_advisory_lock" + shared + '(' + key +
-            "); INSERT INTO ctxmgr_fencing_tokens AS f (key, token) VALUES (" + key +
-            ", 1) ON CONFLICT (key) DO UPDATE SET token = f.token + 1 RETURNING token; COMMIT";
+            "); " + next_token_statement(key) + "; COMMIT";
         constexpr std::size_t lock_statement = 3;
         constexpr std::size_t token_statement = 4;
         const script_answer answer =
@@ -290,10 +296,7 @@ lease& advisory_lock::enter() {
         try {
             held->tracked_ = tracked(
                 "advisory lock",
-                (key_.name().empty()
-                     ? std::to_string(key_.value())
-                     : '"' + key_.name() + "\" (key " + std::to_string(key_.value()) + ')') +
-                    (options_.shared ? " shared" : "") + " on " + session.description(),
+                label(key_) + (options_.shared ? " shared" : "") + " on " + session.description(),
                 where_);
         } catch (...) {
             unlock_after_failure();

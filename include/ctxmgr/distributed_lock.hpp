@@ -167,7 +167,7 @@ class lease {
 
   private:
     friend class advisory_lock;
-    lease(lock_key key, bool shared, std::source_location where);
+    lease(lock_key key, bool shared);
 
     lock_key key_;
     bool shared_;
@@ -177,7 +177,6 @@ class lease {
     std::optional<connection> owned_;                        // source: a conninfo
     std::optional<pooled_connection<connection>> borrowed_;  // source: a pool
     connection* session_ = nullptr;
-    std::source_location where_;
     [[no_unique_address]] tracked tracked_;
 };
 

@@ -959,7 +959,8 @@ connection listener::accept(std::optional<milliseconds> timeout, std::source_loc
         if (!local) {
             throw network_error("getsockname on connection from", remote.to_string(), error);
         }
-        return connection(fd, std::move(*local), std::move(remote), milliseconds(1000), where);
+        return connection(fd, std::move(*local), std::move(remote), connect_options{}.linger,
+                          where);
     } catch (...) {
         ::close(fd);
         throw;

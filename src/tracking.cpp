@@ -389,9 +389,7 @@ std::vector<resource_info> live_resources() {
 }
 
 std::vector<resource_info> held_longer_than(std::chrono::nanoseconds threshold) {
-    const auto cutoff = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                            std::chrono::steady_clock::now().time_since_epoch() - threshold)
-                            .count();
+    const std::int64_t cutoff = detail::precise_now_ns() - threshold.count();
     return detail::collect([&](const tracking_node& node) { return node.acquired_ns < cutoff; });
 }
 
@@ -458,8 +456,8 @@ struct watch_held_too_long::state {
             try {
                 callback(resource);
             } catch (...) {
-                report_unraisable(std::current_exception(),
-                                  "the watch_held_too_long callback for " + describe(resource));
+                report_current_unraisable("the watch_held_too_long callback for " +
+                                          describe(resource));
             }
         }
         reported.swap(still_over);

@@ -216,7 +216,7 @@ class [[nodiscard]] connection {
     void discard() noexcept;
 
     int fd_ = -1;
-    std::chrono::milliseconds linger_{1000};
+    std::chrono::milliseconds linger_ = connect_options{}.linger;
     endpoint local_;
     endpoint remote_;
     std::unique_ptr<receive_buffer> buffer_;

@@ -20,31 +20,18 @@
 #include <system_error>
 #include <utility>
 
+#include "posix_support.hpp"
+
 namespace ctxmgr {
 
 namespace {
 
 namespace fs = std::filesystem;
 
-// Calls a system call again while it fails with EINTR. Never used for close(2).
-template <class Call>
-auto retry(Call call) {
-    for (;;) {
-        const auto result = call();
-        if (result != -1 || errno != EINTR) return result;
-    }
-}
-
-std::string quoted(const fs::path& path) {
-    return '"' + path.string() + '"';
-}
-
-// Throws io_error for the errno of the call that just failed (read before anything that
-// allocates could change it).
-[[noreturn]] void throw_errno(std::string_view operation, const fs::path& path) {
-    const int error = errno;
-    throw io_error(operation, path.string(), error);
-}
+using detail::close_once;
+using detail::quoted;
+using detail::retry;
+using detail::throw_errno;
 
 // The failures of a release that goes on past a failed step, chained in Python's __context__
 // order: each failure is thrown with the previous one (at first the pending exception) nested
@@ -109,12 +96,6 @@ int write_all(int fd, const char* data, std::size_t size, std::size_t& done) noe
         }
     }
     return 0;
-}
-
-// close(2) once: Linux releases the descriptor whatever it returns, so a retry could close a
-// descriptor another thread has just been given. EINTR is not a failure (as Python, PEP 475).
-int close_once(int fd) noexcept {
-    return ::close(fd) == 0 || errno == EINTR ? 0 : errno;
 }
 
 struct mode_flags {

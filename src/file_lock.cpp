@@ -17,10 +17,13 @@
 #include "ctxmgr/errors.hpp"
 #include "ctxmgr/lock.hpp"
 #include "ctxmgr/unraisable.hpp"
+#include "posix_support.hpp"
 
 namespace ctxmgr {
 
 namespace {
+
+using detail::quoted;
 
 using std::chrono::steady_clock;
 
@@ -52,10 +55,6 @@ unsigned fork_generation() noexcept {
     [[maybe_unused]] static const bool installed =
         ::pthread_atfork(nullptr, nullptr, &count_fork) == 0;
     return forks_seen.load(std::memory_order_relaxed);
-}
-
-std::string quoted(const std::filesystem::path& path) {
-    return '"' + path.string() + '"';
 }
 
 #if CTXMGR_LOCK_ORDER_CHECK
@@ -151,11 +150,8 @@ file_lock& file_lock::enter() {
                       (mode_ == lock_mode::exclusive ? O_WRONLY : O_RDONLY);
     [[maybe_unused]] bool checked_order = false;  // by the lock-order checker, once
     for (;;) {
-        int fd;
-        do {
-            fd = ::open(path_.c_str(), flags, 0666);
-        } while (fd < 0 && errno == EINTR);
-        if (fd < 0) throw io_error("open lock file", path_.string(), errno);
+        const int fd = detail::retry([&] { return ::open(path_.c_str(), flags, 0666); });
+        if (fd < 0) detail::throw_errno("open lock file", path_);
         try {
 #if CTXMGR_LOCK_ORDER_CHECK
             if (!checked_order) {
@@ -166,7 +162,7 @@ file_lock& file_lock::enter() {
             checked_order = true;
             lock_descriptor(fd, start);
             struct stat status {};
-            if (::fstat(fd, &status) != 0) throw io_error("stat lock file", path_.string(), errno);
+            if (::fstat(fd, &status) != 0) detail::throw_errno("stat lock file", path_);
             if (!S_ISREG(status.st_mode)) {
                 throw io_error("open lock file (not a regular file)", path_.string(), EINVAL);
             }
@@ -199,9 +195,7 @@ void file_lock::lock_descriptor(int fd, steady_clock::time_point start) {
         throw io_error(std::string("lock (") + to_string(mode_) + ')', path_.string(), error);
     };
     if (!timeout_) {
-        while (::fcntl(fd, F_OFD_SETLKW, &request) != 0) {
-            if (errno != EINTR) fail(errno);
-        }
+        if (detail::retry([&] { return ::fcntl(fd, F_OFD_SETLKW, &request); }) != 0) fail(errno);
         return;
     }
     const auto deadline = detail::deadline_after(start, detail::steady_duration(*timeout_));
@@ -235,9 +229,8 @@ void file_lock::release() {
             operation = "unlock";
         }
     }
-    // Linux closes the descriptor even when close() reports EINTR: never retry it.
-    if (::close(fd) != 0 && errno != EINTR && error == 0) {
-        error = errno;
+    if (const int close_error = detail::close_once(fd); close_error != 0 && error == 0) {
+        error = close_error;
         operation = "close lock file";
     }
     if (error != 0) throw io_error(operation, path_.string(), error);

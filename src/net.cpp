@@ -29,6 +29,7 @@
 
 #include "ctxmgr/scope.hpp"
 #include "ctxmgr/unraisable.hpp"
+#include "posix_support.hpp"
 
 namespace ctxmgr::tcp {
 
@@ -289,7 +290,7 @@ int release_descriptor(int fd, bool abortive) noexcept {
         const ::linger reset{1, 0};
         if (::setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof reset) != 0) error = errno;
     }
-    if (::close(fd) != 0 && errno != EINTR && error == 0) error = errno;
+    if (const int close_error = detail::close_once(fd); error == 0) error = close_error;
     return error;
 }
 

@@ -7,7 +7,6 @@
 #include <benchmark/benchmark.h>
 
 #include <cstdlib>
-#include <memory>
 #include <string>
 
 #include "postgres_cluster.hpp"
@@ -15,17 +14,11 @@
 namespace bench {
 
 inline const ctxmgr::testing::postgres_server& postgres_server() {
-    static std::unique_ptr<ctxmgr::testing::postgres_cluster> own;
-    static const ctxmgr::testing::postgres_server server = [] {
-        if (const char* given = std::getenv("CTXMGR_POSTGRES"); given != nullptr && *given) {
-            return ctxmgr::testing::postgres_server{given, ""};
-        }
-        std::string why;
-        own = ctxmgr::testing::postgres_cluster::start({}, why);
-        return own != nullptr ? ctxmgr::testing::postgres_server{own->conninfo(), ""}
-                              : ctxmgr::testing::postgres_server{"", why};
+    static const ctxmgr::testing::postgres_server given = [] {
+        const char* conninfo = std::getenv("CTXMGR_POSTGRES");
+        return ctxmgr::testing::postgres_server{conninfo != nullptr ? conninfo : "", ""};
     }();
-    return server;
+    return given.available() ? given : ctxmgr::testing::own_postgres();
 }
 
 // True (and the benchmark marked skipped, with the reason) when there is no server.

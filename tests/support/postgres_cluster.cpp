@@ -59,8 +59,8 @@ std::vector<pid_t> server_processes(const std::filesystem::path& data) {
     return found;
 }
 
-}  // namespace
-
+// Runs scripts/postgres-cluster with `arguments`; returns its exit status and puts what it
+// printed (stdout and stderr) into `output`.
 int run_cluster_script(const std::string& arguments, std::string& output) {
     const std::string command =
         quoted(CTXMGR_POSTGRES_CLUSTER_SCRIPT) + ' ' + arguments + " 2>&1 </dev/null";
@@ -76,6 +76,8 @@ int run_cluster_script(const std::string& arguments, std::string& output) {
     const int status = ::pclose(pipe);
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
+
+}  // namespace
 
 bool in_ci() noexcept {
     const char* ci = std::getenv("CI");
@@ -104,11 +106,6 @@ postgres_cluster::postgres_cluster(options opts) {
         throw std::runtime_error("scripts/postgres-cluster start failed: " + output);
     }
     conninfo_ = read_file(directory_ / "conninfo");
-}
-
-postgres_cluster::postgres_cluster(postgres_cluster&& other) noexcept
-    : directory_(std::move(other.directory_)), conninfo_(std::move(other.conninfo_)) {
-    other.directory_.clear();
 }
 
 postgres_cluster::~postgres_cluster() {
@@ -160,6 +157,21 @@ void postgres_cluster::restart() {
     }
 }
 
+const postgres_server& own_postgres() noexcept {
+    static std::unique_ptr<postgres_cluster> own;
+    static const postgres_server server = []() -> postgres_server {
+        try {
+            std::string why;
+            own = postgres_cluster::start({}, why);
+            if (own != nullptr) return {own->conninfo(), ""};
+            return {"", std::move(why)};
+        } catch (const std::exception& e) {
+            return {"", e.what()};
+        }
+    }();
+    return server;
+}
+
 postgres_server shared_postgres() noexcept {
     try {
         if (const char* given = std::getenv("CTXMGR_TEST_POSTGRES"); given != nullptr && *given) {
@@ -176,15 +188,8 @@ postgres_server shared_postgres() noexcept {
                 why = "the ctest fixture `postgres` left nothing in " + directory.string();
             return {"", std::move(why)};
         }
-        // Run outside ctest: a cluster of this process, stopped when it exits.
-        static std::unique_ptr<postgres_cluster> own;
-        static const postgres_server server = [] {
-            std::string why;
-            own = postgres_cluster::start({}, why);
-            return own != nullptr ? postgres_server{own->conninfo(), ""}
-                                  : postgres_server{"", std::move(why)};
-        }();
-        return server;
+        // Run outside ctest: a cluster of this process.
+        return own_postgres();
     } catch (const std::exception& e) {
         return {"", e.what()};
     }

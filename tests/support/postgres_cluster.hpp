@@ -35,6 +35,9 @@ struct postgres_server {
 
 // The shared server of the test run (see above). Never throws.
 [[nodiscard]] postgres_server shared_postgres() noexcept;
+// A cluster of this process, started on first call and stopped when the process exits: what
+// shared_postgres() falls back on outside ctest, and the benchmarks' server.
+[[nodiscard]] const postgres_server& own_postgres() noexcept;
 
 // True when CI=true: a test that cannot get a server must fail, not skip.
 [[nodiscard]] bool in_ci() noexcept;
@@ -49,9 +52,6 @@ class postgres_cluster {
 
     // Throws std::runtime_error with the script's output when the cluster cannot start.
     explicit postgres_cluster(options opts);
-    postgres_cluster() : postgres_cluster(options{}) {}
-    postgres_cluster(postgres_cluster&& other) noexcept;
-    postgres_cluster& operator=(postgres_cluster&&) = delete;
     postgres_cluster(const postgres_cluster&) = delete;
     postgres_cluster& operator=(const postgres_cluster&) = delete;
     ~postgres_cluster();
@@ -76,10 +76,6 @@ class postgres_cluster {
     std::filesystem::path directory_;
     std::string conninfo_;
 };
-
-// Runs scripts/postgres-cluster with `arguments`; returns its exit status and puts what it
-// printed (stdout and stderr) into `output`.
-int run_cluster_script(const std::string& arguments, std::string& output);
 
 }  // namespace ctxmgr::testing
 

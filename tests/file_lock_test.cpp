@@ -38,9 +38,7 @@ using ctxmgr::lock_mode;
 using ctxmgr::testing::exception_from;
 using ctxmgr::testing::test_error;
 
-bool contains(std::string_view text, std::string_view part) {
-    return text.find(part) != std::string_view::npos;
-}
+using ctxmgr::testing::contains;
 
 // Every test works in a fresh directory, removed at the end.
 class FileLock : public ::testing::Test {

@@ -1600,9 +1600,7 @@ std::string result(const std::string& line) {
     return line.substr(at + 3, line.find_first_not_of("0123456789", at + 3) - (at + 3));
 }
 
-bool contains(const std::string& text, std::string_view part) {
-    return text.find(part) != std::string::npos;
-}
+using ctxmgr::testing::contains;
 
 bool strace_works(const fs::path& scratch) {
     return exited_with(run({"strace", "-o", "/dev/null", "true"}, scratch / "strace-check"), 0);

@@ -35,9 +35,7 @@ using namespace std::chrono_literals;
 using ctxmgr::testing::exception_from;
 using ctxmgr::testing::test_error;
 
-bool contains(std::string_view text, std::string_view part) {
-    return text.find(part) != std::string_view::npos;
-}
+using ctxmgr::testing::contains;
 
 std::string line_of(const std::source_location& where) {
     return "lock_test.cpp:" + std::to_string(where.line());

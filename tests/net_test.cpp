@@ -55,9 +55,7 @@ using std::chrono::steady_clock;
 // Generous: the machine is shared and runs sanitizers. Only bounds, never expectations.
 constexpr auto patience = 10s;
 
-bool contains(std::string_view text, std::string_view part) {
-    return text.find(part) != std::string_view::npos;
-}
+using ctxmgr::testing::contains;
 
 std::string what_of(const std::exception_ptr& e) {
     return ctxmgr::testing::what_of(e);

@@ -59,29 +59,7 @@ void expect_consistent(const ctxmgr::pool_stats& s) {
     EXPECT_EQ(s.created - s.destroyed, s.size);
 }
 
-// Unraisable reports from any thread (the pool's own, too).
-class unraisable_log {
-  public:
-    unraisable_log()
-        : previous_(
-              ctxmgr::set_unraisable_hook([this](std::exception_ptr e, std::string_view where) {
-                  std::lock_guard lock(mutex_);
-                  reports_.push_back(std::string(where) + ": " + ctxmgr::describe(e));
-              })) {}
-    unraisable_log(const unraisable_log&) = delete;
-    unraisable_log& operator=(const unraisable_log&) = delete;
-    ~unraisable_log() { ctxmgr::set_unraisable_hook(std::move(previous_)); }
-
-    std::vector<std::string> reports() const {
-        std::lock_guard lock(mutex_);
-        return reports_;
-    }
-
-  private:
-    mutable std::mutex mutex_;
-    std::vector<std::string> reports_;
-    ctxmgr::unraisable_hook previous_;
-};
+using ctxmgr::testing::unraisable_log;
 
 // Pools of SQLite connections to one file.
 class Pool : public ::testing::Test {

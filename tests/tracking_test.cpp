@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "child.hpp"
+#include "recording.hpp"
 
 extern char** environ;
 
@@ -77,32 +78,9 @@ std::vector<std::uint64_t> ids_of(const std::vector<ctxmgr::resource_info>& reso
     return ids;
 }
 
-bool contains(const std::string& text, const std::string& part) {
-    return text.find(part) != std::string::npos;
-}
+using ctxmgr::testing::contains;
 
-// Restores the unraisable hook that was installed when the test started.
-class hook_capture {
-  public:
-    hook_capture()
-        : saved_(ctxmgr::set_unraisable_hook([this](std::exception_ptr e, std::string_view where) {
-              std::lock_guard lock(mutex_);
-              reports_.push_back(std::string(where) + ": " + ctxmgr::describe(e));
-          })) {}
-    hook_capture(const hook_capture&) = delete;
-    hook_capture& operator=(const hook_capture&) = delete;
-    ~hook_capture() { ctxmgr::set_unraisable_hook(std::move(saved_)); }
-
-    std::vector<std::string> reports() {
-        std::lock_guard lock(mutex_);
-        return reports_;
-    }
-
-  private:
-    std::mutex mutex_;
-    std::vector<std::string> reports_;
-    ctxmgr::unraisable_hook saved_;
-};
+using ctxmgr::testing::unraisable_log;
 
 // --- the type in both builds -------------------------------------------------------------
 
@@ -439,7 +417,7 @@ TEST_F(Tracking, ExpectNoLeaksThrowsLeakErrorNamingTheLeak) {
 }
 
 TEST_F(Tracking, ExpectNoLeaksWithAPendingExceptionReportsToTheHookAndLetsItPropagate) {
-    hook_capture hook;
+    unraisable_log hook;
     std::unique_ptr<user_socket> forgotten;
     EXPECT_THROW(ctxmgr::with(ctxmgr::expect_no_leaks(),
                               [&] {
@@ -514,7 +492,7 @@ TEST_F(Tracking, WatchdogCallsBackOnceForEachResourceThatCrossesTheThreshold) {
 }
 
 TEST_F(Tracking, WatchdogCallbackExceptionsGoToTheUnraisableHook) {
-    hook_capture hook;
+    unraisable_log hook;
     ctxmgr::tracked slow("socket", "slow");
     std::atomic<int> calls{0};
     ctxmgr::with(ctxmgr::watch_held_too_long(-1ms,

@@ -4,6 +4,7 @@
 #include <ctxmgr/unraisable.hpp>
 
 #include <exception>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -58,6 +59,11 @@ std::exception_ptr exception_from(F&& f) {
     std::rethrow_exception(thrown);
 }
 
+// Whether `part` occurs in `text` (messages are checked for what they name).
+inline bool contains(std::string_view text, std::string_view part) {
+    return text.find(part) != std::string_view::npos;
+}
+
 // Collects what reaches the unraisable hook ("where: what") while it lives.
 class unraisable_capture {
   public:
@@ -73,6 +79,31 @@ class unraisable_capture {
     std::vector<std::string> reports;
 
   private:
+    ctxmgr::unraisable_hook previous_;
+};
+
+// Collects what reaches the unraisable hook from any thread (a library thread's, too) as
+// "where: describe(e)", with the nested exceptions, while it lives.
+class unraisable_log {
+  public:
+    unraisable_log()
+        : previous_(
+              ctxmgr::set_unraisable_hook([this](std::exception_ptr e, std::string_view where) {
+                  std::lock_guard lock(mutex_);
+                  reports_.push_back(std::string(where) + ": " + ctxmgr::describe(e));
+              })) {}
+    unraisable_log(const unraisable_log&) = delete;
+    unraisable_log& operator=(const unraisable_log&) = delete;
+    ~unraisable_log() { ctxmgr::set_unraisable_hook(std::move(previous_)); }
+
+    std::vector<std::string> reports() const {
+        std::lock_guard lock(mutex_);
+        return reports_;
+    }
+
+  private:
+    mutable std::mutex mutex_;
+    std::vector<std::string> reports_;
     ctxmgr::unraisable_hook previous_;
 };
 

@@ -22,4 +22,8 @@ std::filesystem::path scratch();
 //   const bool registered = tour::add_chapter(70, "Files", &files_chapter);
 bool add_chapter(int order, std::string title, void (*run)());
 
+// The connection string CTXMGR_POSTGRES names, announced (its password hidden) for a chapter
+// that runs on PostgreSQL when it is set; empty when it is not. In tour_db.cpp.
+std::string postgres_from_environment();
+
 }  // namespace tour

@@ -132,10 +132,8 @@ void walk_through(Open open, const std::string& table) {
 
 void databases_chapter() {
 #if CTXMGR_TOUR_POSTGRES
-    if (const char* conninfo = std::getenv("CTXMGR_POSTGRES"); conninfo != nullptr && *conninfo) {
-        say("on PostgreSQL (CTXMGR_POSTGRES), as " + ctxmgr::redact_secrets(conninfo) + ":");
-        say("");
-        const std::string connection_string = conninfo;
+    if (const std::string connection_string = tour::postgres_from_environment();
+        !connection_string.empty()) {
         walk_through<ctxmgr::postgres::connection>(
             [&](std::source_location where = std::source_location::current()) {
                 return ctxmgr::postgres::connect(connection_string, {}, where);
@@ -159,3 +157,11 @@ const bool registered = tour::add_chapter(
     &databases_chapter);
 
 }  // namespace
+
+std::string tour::postgres_from_environment() {
+    const char* conninfo = std::getenv("CTXMGR_POSTGRES");
+    if (conninfo == nullptr || *conninfo == '\0') return {};
+    say("on PostgreSQL (CTXMGR_POSTGRES), as " + ctxmgr::redact_secrets(conninfo) + ":");
+    say("");
+    return conninfo;
+}

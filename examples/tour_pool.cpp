@@ -175,10 +175,8 @@ void lock_walk_through(const std::string& conninfo) {
 
 void pool_chapter() {
 #if CTXMGR_TOUR_POSTGRES
-    if (const char* conninfo = std::getenv("CTXMGR_POSTGRES"); conninfo != nullptr && *conninfo) {
-        say("on PostgreSQL (CTXMGR_POSTGRES), as " + ctxmgr::redact_secrets(conninfo) + ":");
-        say("");
-        const std::string connection_string = conninfo;
+    if (const std::string connection_string = tour::postgres_from_environment();
+        !connection_string.empty()) {
         pool_walk_through<ctxmgr::postgres::connection>(
             [connection_string] { return ctxmgr::postgres::connect(connection_string); },
             "tour_pool_" + std::to_string(::getpid()));

@@ -4,8 +4,10 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <exception>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -463,3 +465,123 @@ TEST(ExitStack, ThrowingCallbacksStillLetTheOthersRun) {
 }
 
 }  // namespace
+
+// A manager whose enter() registers a callback on the stack it is entered on.
+struct registers_on_enter {
+    exit_stack* stack;
+    events* log;
+    void enter() {
+        stack->callback([log = log] { log->push_back("registered by enter"); });
+    }
+    void exit(std::exception_ptr) { log->push_back("manager exit"); }
+};
+
+TEST(ExitStack, EnterMayRegisterOnTheSameStackAtEveryStorageBoundary) {
+    // 7 fills the inline array but one; 15 does the same for the first heap block: the exit
+    // must go into a slot of its own, never past the end of the storage.
+    for (int before : {0, 6, 7, 8, 14, 15, 16, 31}) {
+        events log;
+        {
+            exit_stack stack;
+            for (int i = 0; i < before; ++i) stack.callback([&log] { log.push_back("earlier"); });
+            stack.enter_context(registers_on_enter{&stack, &log});
+            EXPECT_EQ(stack.size(), static_cast<std::size_t>(before + 2)) << before;
+        }
+        ASSERT_EQ(log.size(), static_cast<std::size_t>(before + 2)) << before;
+        // Python's order: enter() ran before the exit was pushed, so the exit unwinds first.
+        EXPECT_EQ(log[0], "manager exit") << before;
+        EXPECT_EQ(log[1], "registered by enter") << before;
+        for (int i = 0; i < before; ++i) EXPECT_EQ(log[static_cast<std::size_t>(2 + i)], "earlier") << before;
+    }
+}
+
+TEST(ExitStack, EnterMayRegisterOnTheSameStackWhenEnteredByReference) {
+    events log;
+    {
+        exit_stack stack;
+        for (int i = 0; i < 15; ++i) stack.callback([] {});
+        registers_on_enter manager{&stack, &log};
+        stack.enter_context(manager);
+    }
+    EXPECT_EQ(log, (events{"manager exit", "registered by enter"}));
+}
+
+// True when `e` carries no nested exception (or is not a nested_exception at all).
+bool nests_nothing(const std::exception& e) {
+    const auto* nested = dynamic_cast<const std::nested_exception*>(&e);
+    return nested == nullptr || !nested->nested_ptr();
+}
+
+TEST(ExitStack, AfterASuppressionLaterExitsDoNotSeeTheSuppressedException) {
+    exit_stack stack;
+    stack.push([](std::exception_ptr e) {
+        if (!e) std::throw_with_nested(std::logic_error("x"));
+    });
+    stack.push([](std::exception_ptr) { return true; });
+    try {
+        ctxmgr::with(stack, [] { throw std::runtime_error("body"); });
+        FAIL() << "the later exit's logic_error should propagate";
+    } catch (const std::logic_error& e) {
+        EXPECT_STREQ(e.what(), "x");
+        EXPECT_TRUE(nests_nothing(e)) << ctxmgr::describe(std::current_exception());
+    }
+}
+
+TEST(ExitStack, CloseInsideACatchBlockDoesNotChainTheCallersException) {
+    exit_stack stack;
+    stack.callback([] {
+        EXPECT_EQ(std::current_exception(), nullptr);
+        std::throw_with_nested(std::logic_error("x"));
+    });
+    try {
+        throw std::runtime_error("handled by the caller");
+    } catch (const std::runtime_error&) {
+        try {
+            stack.close();
+            FAIL() << "close() should throw";
+        } catch (const std::logic_error& e) {
+            EXPECT_TRUE(nests_nothing(e)) << ctxmgr::describe(std::current_exception());
+        }
+        // The caller's handler is intact after close().
+        EXPECT_EQ(what_of(std::current_exception()), "handled by the caller");
+    }
+}
+
+TEST(ExitStack, AnExitReceivingAnExceptionChainsThatOneAlone) {
+    exit_stack stack;
+    stack.push([](std::exception_ptr e) {
+        if (e) std::throw_with_nested(std::logic_error("release failed"));
+    });
+    try {
+        try {
+            throw std::runtime_error("outer, handled by the caller");
+        } catch (const std::runtime_error&) {
+            static_cast<void>(stack.exit(std::make_exception_ptr(std::out_of_range("pending"))));
+        }
+        FAIL() << "exit should throw";
+    } catch (const std::logic_error& e) {
+        const auto* nested = dynamic_cast<const std::nested_exception*>(&e);
+        ASSERT_NE(nested, nullptr);
+        EXPECT_EQ(ctxmgr::describe(nested->nested_ptr()), "std::out_of_range: pending");
+    }
+}
+
+TEST(ExitStack, WithOfSeveralManagersGivesLaterExitsNoSuppressedException) {
+    struct chains_when_clean {
+        void enter() {}
+        void exit(std::exception_ptr e) {
+            if (!e) std::throw_with_nested(std::logic_error("outer exit"));
+        }
+    };
+    struct suppresses {
+        void enter() {}
+        bool exit(std::exception_ptr) { return true; }
+    };
+    try {
+        static_cast<void>(ctxmgr::with(chains_when_clean{}, suppresses{},
+                                       [] { throw std::runtime_error("body"); }));
+        FAIL() << "the outer exit's logic_error should propagate";
+    } catch (const std::logic_error& e) {
+        EXPECT_TRUE(nests_nothing(e)) << ctxmgr::describe(std::current_exception());
+    }
+}

@@ -210,11 +210,9 @@ class exit_stack {
                       "(needs enter() and exit(std::exception_ptr) returning bool or void)");
         using target = enter_result_t<manager_type>;
         if constexpr (std::is_lvalue_reference_v<M>) {
-            reserve_one();
             return enter_and_register<target>(m, detail::manager_ref_exit<manager_type>{&m});
         } else {
             auto owned = std::make_unique<manager_type>(std::move(m));
-            reserve_one();
             manager_type& manager = *owned;
             return enter_and_register<target>(
                 manager, detail::owned_manager_exit<manager_type>{std::move(owned)});
@@ -340,21 +338,33 @@ class exit_stack {
         }
     }
 
+    // Enters first and registers the exit after, as CPython's ExitStack does: enter() may
+    // register exits on this very stack (they then unwind after this manager's exit), so no
+    // slot can be reserved across it. If registering fails (no memory for a slot), the
+    // manager is exited at once with that failure, which then propagates: nothing entered is
+    // left without its exit.
     template <class Target, class M, class W>
     Target enter_and_register(M& manager, W&& exit) {
-        // Space is reserved, so registering after a successful enter() cannot fail.
         using stored = std::remove_cvref_t<W>;
-        auto make = [&] { return stored(std::move(exit)); };
+        const auto register_exit = [&] {
+            try {
+                reserve_one();
+            } catch (...) {
+                detail::exit_suppresses(manager, std::current_exception());
+                throw;
+            }
+            emplace<stored>([&] { return stored(std::move(exit)); });
+        };
         if constexpr (std::is_void_v<Target>) {
             manager.enter();
-            emplace<stored>(make);
+            register_exit();
         } else if constexpr (std::is_reference_v<Target>) {
             Target target = manager.enter();
-            emplace<stored>(make);
+            register_exit();
             return static_cast<Target>(target);
         } else {
             Target target = manager.enter();
-            emplace<stored>(make);
+            register_exit();
             return target;
         }
     }
@@ -422,6 +432,10 @@ class exit_stack {
     }
 
     bool unwind(std::exception_ptr e) {
+        // Exits run outside whatever handler the caller is in: one that receives no
+        // exception sees none (std::throw_with_nested chains nothing), and one that receives
+        // an exception sees that one alone, from a handler exit_in_handler opens for it.
+        const detail::no_handled_exception outside;
         const bool received = static_cast<bool>(e);
         bool suppressed = false;
         bool pending_raise = false;

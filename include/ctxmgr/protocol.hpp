@@ -28,6 +28,10 @@
 
 #include "errors.hpp"
 
+#if __has_include(<cxxabi.h>)
+#include <cxxabi.h>
+#endif
+
 namespace ctxmgr {
 
 namespace detail {
@@ -152,6 +156,33 @@ bool exit_in_handler(Exit&& exit, const std::exception_ptr& e) {
         return std::forward<Exit>(exit)(e);
     }
 }
+
+#if __has_include(<cxxabi.h>)
+// While one of these lives, no exception is being handled on this thread, even inside a
+// catch block: std::current_exception() is null and std::throw_with_nested nests nothing.
+// An exit called with no exception must not chain one that is no longer pending (an
+// exception an earlier exit suppressed, or the one a caller handles around exit_stack::close),
+// which is what CPython's ExitStack fixes up in __context__. C++ has no portable way to leave
+// a handler early, so this hides the Itanium C++ ABI's list of caught exceptions (libstdc++
+// and libc++abi alike: its first member) and puts it back on destruction, however the scope
+// ends: an exception thrown inside is caught outside with the list restored.
+class no_handled_exception {
+  public:
+    no_handled_exception() noexcept
+        : caught_(reinterpret_cast<void**>(abi::__cxa_get_globals())), saved_(*caught_) {
+        *caught_ = nullptr;
+    }
+    no_handled_exception(const no_handled_exception&) = delete;
+    no_handled_exception& operator=(const no_handled_exception&) = delete;
+    ~no_handled_exception() { *caught_ = saved_; }
+
+  private:
+    void** caught_;
+    void* saved_;
+};
+#else
+#error "ctxmgr needs the Itanium C++ ABI's <cxxabi.h> (GCC's or Clang's runtime)"
+#endif
 
 }  // namespace detail
 

@@ -12,6 +12,7 @@
 // to fire and its answer to arrive). The key is spliced into the SQL as a decimal integer,
 // formatted here: nothing from outside reaches the SQL text.
 #include "ctxmgr/distributed_lock.hpp"
+#include "ctxmgr/release.hpp"
 
 #include <libpq-fe.h>
 
@@ -194,11 +195,8 @@ advisory_lock::advisory_lock(advisory_lock&&) noexcept = default;
 
 advisory_lock::~advisory_lock() {
     if (!lease_) return;
-    try {
-        unlock();
-    } catch (...) {
-        report_current_unraisable(key_.describe() + ": unlock in the destructor");
-    }
+    release_in_destructor([&] { unlock(); }, [&] { return key_.describe(); }, "advisory lock",
+                          "unlock in the destructor");
 }
 
 lease& advisory_lock::enter() {
@@ -376,17 +374,7 @@ void advisory_lock::unlock() {
 }
 
 void advisory_lock::exit(const std::exception_ptr& e) {
-    if (!e) {
-        unlock();
-        return;
-    }
-    try {
-        unlock();
-    } catch (const db::connection_error& failure) {
-        throw_chained(failure, e);
-    } catch (const db::error& failure) {
-        throw_chained(failure, e);
-    }
+    release_on_exit(e, [&] { unlock(); });
 }
 
 // --- advisory_xact_lock --------------------------------------------------------------------

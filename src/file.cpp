@@ -1,6 +1,7 @@
 // The compiled part of file.hpp: opening, the slow paths of the buffer, closing, atomic
 // writes, temporary files and directories.
 #include <ctxmgr/file.hpp>
+#include <ctxmgr/release.hpp>
 #include <ctxmgr/unraisable.hpp>
 
 #include <fcntl.h>
@@ -33,52 +34,18 @@ using detail::quoted;
 using detail::retry;
 using detail::throw_errno;
 
-// The failures of a release that goes on past a failed step, chained in Python's __context__
-// order: each failure is thrown with the previous one (at first the pending exception) nested
-// in it, so the outermost exception is the last failure. Callers finish releasing, keeping
-// errno values, before they build any exception here.
-class failure_chain {
-  public:
-    explicit failure_chain(const std::exception_ptr& pending)
-        : pending_(pending), chain_(pending) {}
+// Adds `operation "path": strerror(error_number)` to `failures` when error_number is not 0.
+void add_failure(failure_chain& failures, std::string_view operation, const fs::path& path,
+                 int error_number) {
+    if (error_number != 0) failures.add(io_error(operation, path.string(), error_number));
+}
 
-    void add(std::string_view operation, const fs::path& path, int error_number) {
-        if (error_number == 0) return;
-        try {
-            throw_chained(io_error(operation, path.string(), error_number), chain_);
-        } catch (...) {
-            chain_ = std::current_exception();
-        }
-    }
-
-    void throw_if_failed() const {
-        if (chain_ != pending_) std::rethrow_exception(chain_);
-    }
-
-    // For a chain known to hold a failure.
-    [[noreturn]] void rethrow() const { std::rethrow_exception(chain_); }
-
-  private:
-    std::exception_ptr pending_;
-    std::exception_ptr chain_;
-};
-
-// Sends the exception being handled to the unraisable hook as `kind "path": operation in
-// destructor`.
-void report_in_destructor(std::string_view kind, const fs::path& path,
-                          std::string_view operation) noexcept {
-    const std::exception_ptr failure = std::current_exception();
-    try {
-        std::string where(kind);
-        where += ' ';
-        where += quoted(path);
-        where += ": ";
-        where += operation;
-        where += " in destructor";
-        report_unraisable(failure, where);
-    } catch (...) {
-        report_unraisable(failure, kind);
-    }
+// `kind "path"`, as the unraisable hook names a file-like resource.
+std::string described(std::string_view kind, const fs::path& path) {
+    std::string text(kind);
+    text += ' ';
+    text += quoted(path);
+    return text;
 }
 
 // write(2) until all of [data, data + size) is written; returns 0 or the errno, with `done`
@@ -344,11 +311,8 @@ void file::take(file& other) noexcept {
 
 file::~file() {
     if (fd_ < 0) return;
-    try {
-        close();
-    } catch (...) {
-        report_in_destructor("file", path_, "close");
-    }
+    release_in_destructor([&] { close(); }, [&] { return described("file", path_); }, "file",
+                          "close in destructor");
 }
 
 file& file::enter() {
@@ -380,10 +344,10 @@ void file::close_chained(const std::exception_ptr& pending) {
         if (::unlink(path_.c_str()) != 0 && errno != ENOENT) remove_error = errno;
     }
     failure_chain failures(pending);
-    failures.add("write", path_, write_error);
-    failures.add("fsync", path_, sync_error);
-    failures.add("close", path_, close_error);
-    failures.add("remove", path_, remove_error);
+    add_failure(failures, "write", path_, write_error);
+    add_failure(failures, "fsync", path_, sync_error);
+    add_failure(failures, "close", path_, close_error);
+    add_failure(failures, "remove", path_, remove_error);
     failures.throw_if_failed();
 }
 
@@ -767,11 +731,8 @@ void atomic_write::take(atomic_write& other) noexcept {
 
 atomic_write::~atomic_write() {
     if (state_ != state::open) return;
-    try {
-        discard();
-    } catch (...) {
-        report_in_destructor("atomic write", target_, "discard");
-    }
+    release_in_destructor([&] { discard(); }, [&] { return described("atomic write", target_); },
+                          "atomic write", "discard in destructor");
 }
 
 file& atomic_write::enter() {
@@ -808,8 +769,8 @@ void atomic_write::fail(std::string_view operation, int error_number) {
     const fs::path temporary = directory_ / temporary_name_;
     const int remove_error = release_temporary();
     failure_chain failures(nullptr);
-    failures.add(operation, target_, error_number);
-    failures.add("remove", temporary, remove_error);
+    add_failure(failures, operation, target_, error_number);
+    add_failure(failures, "remove", temporary, remove_error);
     failures.rethrow();  // error_number is not 0
 }
 
@@ -822,7 +783,7 @@ void atomic_write::discard_chained(const std::exception_ptr& pending) {
     const fs::path temporary = directory_ / temporary_name_;
     const int remove_error = release_temporary();
     failure_chain failures(pending);
-    failures.add("remove", temporary, remove_error);
+    add_failure(failures, "remove", temporary, remove_error);
     failures.throw_if_failed();
 }
 
@@ -863,8 +824,8 @@ void atomic_write::commit() {
     const int close_error = close_once(std::exchange(directory_fd_, -1));
     tracked_.release();
     failure_chain failures(nullptr);
-    failures.add("fsync directory", directory_, sync_error);
-    failures.add("close directory", directory_, close_error);
+    add_failure(failures, "fsync directory", directory_, sync_error);
+    add_failure(failures, "close directory", directory_, close_error);
     failures.throw_if_failed();
 }
 
@@ -908,11 +869,9 @@ temporary_directory& temporary_directory::operator=(temporary_directory&& other)
 
 temporary_directory::~temporary_directory() {
     if (!live_) return;
-    try {
-        remove();
-    } catch (...) {
-        report_in_destructor("temporary directory", path_, "remove");
-    }
+    release_in_destructor([&] { remove(); },
+                          [&] { return described("temporary directory", path_); },
+                          "temporary directory", "remove in destructor");
 }
 
 const fs::path& temporary_directory::enter() {
@@ -935,7 +894,7 @@ void temporary_directory::remove_chained(const std::exception_ptr& pending) {
     const int error = remove_tree(path_);
     tracked_.release();
     failure_chain failures(pending);
-    failures.add("remove", path_, error);
+    add_failure(failures, "remove", path_, error);
     failures.throw_if_failed();
 }
 

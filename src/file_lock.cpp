@@ -1,5 +1,6 @@
 // file_lock: open-file-description locks on a lock file (see file_lock.hpp).
 #include "ctxmgr/file_lock.hpp"
+#include "ctxmgr/release.hpp"
 
 #include <fcntl.h>
 #include <pthread.h>
@@ -125,11 +126,8 @@ file_lock& file_lock::operator=(file_lock&& other) {
 }
 
 file_lock::~file_lock() {
-    try {
-        release();
-    } catch (...) {
-        report_current_unraisable("file lock " + description() + ": release in destructor");
-    }
+    release_in_destructor([&] { release(); }, [&] { return "file lock " + description(); },
+                          "file lock", "release in destructor");
 }
 
 std::string file_lock::description() const {
@@ -246,11 +244,7 @@ void file_lock::release_order() noexcept {
 }
 
 void file_lock::exit(const std::exception_ptr& e) {
-    try {
-        release();
-    } catch (io_error& failure) {
-        throw_chained(std::move(failure), e);
-    }
+    release_on_exit(e, [&] { release(); });
 }
 
 }  // namespace ctxmgr

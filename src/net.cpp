@@ -8,6 +8,7 @@
 // non-blocking for good, so that accept() on several threads never blocks a thread that
 // lost the race for a connection poll() announced.
 #include "ctxmgr/net.hpp"
+#include "ctxmgr/release.hpp"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -313,18 +314,6 @@ int drain(int fd, milliseconds linger) noexcept {
     }
 }
 
-// Sends `failure` to the unraisable hook as `<kind> <description>: <context>`; if building
-// that text fails, under a fixed one instead. Never throws.
-void report_release_failure(const std::exception_ptr& failure, std::string_view kind,
-                            const std::string& description, std::string_view context) noexcept {
-    try {
-        report_unraisable(failure,
-                          std::string(kind) + ' ' + description + ": " + std::string(context));
-    } catch (...) {
-        report_unraisable(failure, kind);
-    }
-}
-
 [[noreturn]] void throw_closed(std::string_view operation, const endpoint& peer) {
     if (peer.address.empty()) {
         throw closed_error(std::string(operation) + ": the tcp connection is closed");
@@ -501,17 +490,13 @@ void connection::discard() noexcept {
     buffer_.reset();
     tracked_.release();
     if (error == 0) return;
-    std::exception_ptr failure;
-    std::string description;
-    try {
-        failure = std::make_exception_ptr(network_error(
-            abortive ? "abort connection to" : "close connection to", remote_.to_string(), error));
-        description = description_of(local_, remote_);
-    } catch (...) {
-        if (!failure) failure = std::current_exception();  // out of memory: report that
-    }
-    report_release_failure(failure, connection_kind, description,
-                           abortive ? "abort in destructor" : "close in destructor");
+    release_in_destructor(
+        [&] {
+            throw network_error(abortive ? "abort connection to" : "close connection to",
+                                remote_.to_string(), error);
+        },
+        [&] { return std::string(connection_kind) + ' ' + description_of(local_, remote_); },
+        connection_kind, abortive ? "abort in destructor" : "close in destructor");
 }
 
 connection& connection::enter() {
@@ -524,11 +509,7 @@ void connection::exit(const std::exception_ptr& e) {
         close();
         return;
     }
-    try {
-        abort();
-    } catch (const network_error& failure) {
-        throw_chained(failure, e);
-    }
+    release_on_exit(e, [&] { abort(); });
 }
 
 void connection::send_all(std::string_view data, std::optional<milliseconds> timeout) {
@@ -883,17 +864,10 @@ listener::~listener() {
 
 void listener::discard(const char* context) noexcept {
     if (fd_ < 0) return;
-    try {
-        close();
-    } catch (...) {
-        const auto failure = std::current_exception();
-        std::string description;
-        try {
-            description = "listening on " + local_.to_string();
-        } catch (...) {
-        }
-        report_release_failure(failure, listener_kind, description, context);
-    }
+    release_in_destructor(
+        [&] { close(); },
+        [&] { return std::string(listener_kind) + " listening on " + local_.to_string(); },
+        listener_kind, context);
 }
 
 listener& listener::enter() {
@@ -904,11 +878,7 @@ listener& listener::enter() {
 }
 
 void listener::exit(const std::exception_ptr& e) {
-    try {
-        close();
-    } catch (const network_error& failure) {
-        throw_chained(failure, e);
-    }
+    release_on_exit(e, [&] { close(); });
 }
 
 connection listener::accept(std::optional<milliseconds> timeout, std::source_location where) {

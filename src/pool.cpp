@@ -22,6 +22,7 @@
 // touches the core only under the mutex, so whoever frees it after seeing it drained (under
 // that mutex) cannot pull it from under a return in progress.
 #include "ctxmgr/pool.hpp"
+#include "ctxmgr/release.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -282,11 +283,9 @@ class pool_core {
 
     // The pool object is gone: free the core now, or leave that to the last borrower.
     static void dispose(pool_core* core) noexcept {
-        try {
-            core->close(steady::now() + core->options_.close_timeout);
-        } catch (...) {
-            report_current_unraisable(core->description_ + ": closing in the destructor");
-        }
+        release_in_destructor([&] { core->close(steady::now() + core->options_.close_timeout); },
+                              [&] { return core->description_; }, "pool",
+                              "closing in the destructor");
         bool free_now = false;
         {
             std::lock_guard lock(core->mutex_);
@@ -455,9 +454,7 @@ class pool_core {
                     format_duration(now - last_failure_at_) + " ago: " + what_of(failure);
         }
         lock.unlock();
-        timeout_error error(what, now - started);
-        if (failure) throw_chained(error, failure);
-        throw error;
+        throw_chained(timeout_error(what, now - started), failure);
     }
 
     // "app.cpp:42 in void f() (held 1.2 s), ..." for the lent connections, oldest first.

@@ -1,5 +1,6 @@
 // ctxmgr::sqlite: connections on the SQLite C API.
 #include <sqlite3.h>
+#include <ctxmgr/release.hpp>
 #include <ctxmgr/sqlite.hpp>
 
 #include <algorithm>
@@ -627,11 +628,8 @@ connection& connection::operator=(connection&& other) = default;
 
 connection::~connection() {
     if (impl_ == nullptr) return;
-    try {
-        close();
-    } catch (...) {
-        report_current_unraisable("sqlite connection " + description() + ": close in destructor");
-    }
+    release_in_destructor([&] { close(); }, [&] { return "sqlite connection " + description(); },
+                          "sqlite connection", "close in destructor");
 }
 
 void connection::close() {

@@ -4,6 +4,8 @@
 
 #include <cerrno>
 #include <chrono>
+#include <exception>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 
@@ -105,6 +107,86 @@ TEST(Errors, ThrowChainedNestsThePendingException) {
         FAIL();
     } catch (const ctxmgr::io_error& e) {
         EXPECT_EQ(dynamic_cast<const std::nested_exception*>(&e), nullptr);
+    }
+}
+
+// Rethrows `failure` with `pending` nested, as a release does from a handler that catches
+// every library error by its base class.
+template <class Base>
+void release_failing_with(const std::exception_ptr& failure, const std::exception_ptr& pending) {
+    try {
+        std::rethrow_exception(failure);
+    } catch (const Base&) {
+        ctxmgr::rethrow_chained(std::current_exception(), pending);
+    }
+}
+
+template <class Failure>
+void expect_chained_keeps_type(Failure failure) {
+    const auto pending = std::make_exception_ptr(std::runtime_error("body failed"));
+    try {
+        release_failing_with<std::exception>(std::make_exception_ptr(failure), pending);
+        FAIL() << "rethrow_chained must throw";
+    } catch (const Failure& e) {
+        EXPECT_STREQ(e.what(), failure.what());
+        const auto* nested = dynamic_cast<const std::nested_exception*>(&e);
+        ASSERT_NE(nested, nullptr);
+        EXPECT_EQ(nested->nested_ptr(), pending);
+        const std::string text = ctxmgr::describe(std::current_exception());
+        EXPECT_EQ(text.find("const "), std::string::npos) << text;
+        EXPECT_NE(text.find("nested: std::runtime_error: body failed"), std::string::npos) << text;
+    } catch (...) {
+        FAIL() << "caught as another type: " << ctxmgr::describe(std::current_exception());
+    }
+}
+
+TEST(Errors, RethrowChainedKeepsTheDynamicTypeOfEveryLibraryError) {
+    expect_chained_keeps_type(ctxmgr::protocol_error("enter twice"));
+    expect_chained_keeps_type(ctxmgr::closed_error("read closed file"));
+    expect_chained_keeps_type(ctxmgr::io_error("close", "/x", EIO));
+    expect_chained_keeps_type(ctxmgr::network_error("send", "127.0.0.1:1", EPIPE));
+    expect_chained_keeps_type(ctxmgr::timeout_error("a lock", std::chrono::seconds(1)));
+    expect_chained_keeps_type(ctxmgr::leak_error("1 live"));
+    expect_chained_keeps_type(ctxmgr::db::error("sqlite", "", 1, "m", "COMMIT"));
+    expect_chained_keeps_type(ctxmgr::db::constraint_violation("sqlite", "", 19, "m", "INSERT"));
+    expect_chained_keeps_type(
+        ctxmgr::db::serialization_failure("postgresql", "40001", 0, "m", "COMMIT"));
+    expect_chained_keeps_type(
+        ctxmgr::db::connection_error("postgresql", "08006", 0, "m", "COMMIT"));
+    expect_chained_keeps_type(ctxmgr::db::conversion_error("sqlite", "", 0, "m", "SELECT"));
+}
+
+TEST(Errors, RethrowChainedCatchableAsTheDerivedTypeAfterACatchByBase) {
+    const auto pending = std::make_exception_ptr(std::runtime_error("body failed"));
+    try {
+        release_failing_with<ctxmgr::db::error>(
+            std::make_exception_ptr(
+                ctxmgr::db::serialization_failure("postgresql", "40001", 0, "could not", "COMMIT")),
+            pending);
+        FAIL();
+    } catch (const ctxmgr::db::serialization_failure& e) {
+        EXPECT_EQ(e.sqlstate(), "40001");
+        EXPECT_EQ(dynamic_cast<const std::nested_exception&>(e).nested_ptr(), pending);
+    }
+}
+
+TEST(Errors, RethrowChainedPassesOtherTypesOnAsTheyAre) {
+    struct own_error : std::runtime_error {
+        using std::runtime_error::runtime_error;
+    };
+    const auto pending = std::make_exception_ptr(std::runtime_error("body failed"));
+    const auto failure = std::make_exception_ptr(own_error("mine"));
+    try {
+        ctxmgr::rethrow_chained(failure, pending);
+        FAIL();
+    } catch (const own_error&) {
+        EXPECT_EQ(std::current_exception(), failure);  // the same object, not a sliced copy
+    }
+    try {
+        ctxmgr::rethrow_chained(failure, nullptr);
+        FAIL();
+    } catch (const own_error&) {
+        EXPECT_EQ(std::current_exception(), failure);
     }
 }
 

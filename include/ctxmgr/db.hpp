@@ -67,6 +67,7 @@
 #include "detail/db_values.hpp"
 #include "errors.hpp"
 #include "protocol.hpp"
+#include "release.hpp"
 #include "tracking.hpp"
 #include "unraisable.hpp"
 
@@ -433,15 +434,7 @@ class basic_connection {
         return self();
     }
     void exit(const std::exception_ptr& e) {
-        if (!e) {
-            self().close();
-            return;
-        }
-        try {
-            self().close();
-        } catch (const error& failure) {
-            throw_chained(failure, e);
-        }
+        release_on_exit(e, [&] { self().close(); });
     }
 
   protected:
@@ -574,15 +567,12 @@ class [[nodiscard]] transaction {
 
     ~transaction() {
         if (!entered_ || exited_ || base().epoch_ != epoch_ || !connection_->is_open()) return;
-        try {
-            exited_ = true;
-            --base().depth_;
-            roll_back();
-        } catch (...) {
-            report_current_unraisable(std::string(connection_->kind()) + ' ' +
-                                      connection_->description() +
-                                      ": rollback of a transaction never exited");
-        }
+        exited_ = true;
+        --base().depth_;
+        release_in_destructor(
+            [&] { roll_back(); },
+            [&] { return std::string(connection_->kind()) + ' ' + connection_->description(); },
+            connection_->kind(), "rollback of a transaction never exited");
     }
 
     Connection& enter() {
@@ -627,14 +617,14 @@ class [[nodiscard]] transaction {
         // A lost session (PostgreSQL says so once a statement met the broken link): the
         // server discards the transaction with it, and a ROLLBACK could only fail again.
         if (!connection_->is_open()) return;
-        try {
-            roll_back();
-        } catch (const connection_error&) {
-            // Lost while rolling back: the server discards the transaction all the same, and
-            // the block's exception says what went wrong first.
-        } catch (const error& failure) {
-            throw_chained(failure, e);
-        }
+        release_on_exit(e, [&] {
+            try {
+                roll_back();
+            } catch (const connection_error&) {
+                // Lost while rolling back: the server discards the transaction all the same,
+                // and the block's exception says what went wrong first.
+            }
+        });
     }
 
     // True when this transaction is a savepoint inside another (known once entered).
@@ -688,8 +678,9 @@ class [[nodiscard]] transaction {
                     // Lost: nothing stays open on the server.
                 } catch (...) {
                     // The commit's failure is the error to throw; this one is reported.
-                    report_current_unraisable(std::string(c.kind()) + ' ' + c.description() +
-                                              ": rollback after a failed commit");
+                    report_release_failure(
+                        [&] { return std::string(c.kind()) + ' ' + c.description(); }, c.kind(),
+                        "rollback after a failed commit");
                 }
             }
             throw;

@@ -40,6 +40,7 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <type_traits>
 #include <typeinfo>
 #include <utility>
 
@@ -261,14 +262,59 @@ inline void describe_into(std::string& out, const std::exception_ptr& e, int dep
 // Throws `failure` with `pending` nested in it (std::throw_with_nested), or `failure` alone
 // when `pending` is null: how a release that fails while an exception is pending reports
 // both, our analogue of Python's __context__. what() of the result is failure's.
+//
+// `failure` is thrown as its static type, so pass an exception made for the purpose (a
+// prvalue or a local). A failure caught by reference to a base class goes through
+// rethrow_chained instead, which keeps its dynamic type.
 template <class Failure>
 [[noreturn]] void throw_chained(Failure&& failure, const std::exception_ptr& pending) {
-    if (!pending) throw std::forward<Failure>(failure);
+    using thrown = std::remove_cvref_t<Failure>;
+    if (!pending) throw thrown(std::forward<Failure>(failure));
     try {
         std::rethrow_exception(pending);
     } catch (...) {
-        std::throw_with_nested(std::forward<Failure>(failure));
+        std::throw_with_nested(thrown(std::forward<Failure>(failure)));
     }
+}
+
+namespace detail {
+
+// The library's exception types: the ones rethrow_chained can copy as what they are.
+template <class... Types>
+struct exception_types {};
+using library_exceptions =
+    exception_types<protocol_error, closed_error, io_error, network_error, timeout_error,
+                    leak_error, db::error, db::constraint_violation, db::serialization_failure,
+                    db::connection_error, db::conversion_error>;
+
+template <class... Types>
+[[noreturn]] void rethrow_chained_as(exception_types<Types...>, const std::exception_ptr& failure,
+                                     const std::exception_ptr& pending) {
+    try {
+        std::rethrow_exception(failure);
+    } catch (const std::exception& caught) {
+        // Only an exact match is copied: a copy as a base class would be a different type.
+        const std::type_info& type = typeid(caught);
+        const auto chain_if = [&]<class T>(std::type_identity<T>) {
+            if (type == typeid(T)) throw_chained(T(dynamic_cast<const T&>(caught)), pending);
+        };
+        (chain_if(std::type_identity<Types>{}), ...);
+        throw;
+    }
+}
+
+}  // namespace detail
+
+// Rethrows `failure` with `pending` nested in it, keeping failure's dynamic type: a
+// db::serialization_failure raised by a commit while the block's exception is pending still
+// reaches `catch (const db::serialization_failure&)`, with the block's exception nested.
+// With a null `pending`, rethrows the failure object itself. C++ can add a nested exception
+// only to an object whose type it names, so a failure of a type outside this header's
+// hierarchy (a user's exit, std::bad_alloc) propagates as it is, unchained.
+[[noreturn]] inline void rethrow_chained(const std::exception_ptr& failure,
+                                         const std::exception_ptr& pending) {
+    if (!pending) std::rethrow_exception(failure);
+    detail::rethrow_chained_as(detail::library_exceptions{}, failure, pending);
 }
 
 // "type: what()" for the exception and, one line each, the exceptions nested in it.

@@ -81,6 +81,7 @@
 
 #include "db.hpp"
 #include "errors.hpp"
+#include "release.hpp"
 #include "tracking.hpp"
 #include "unraisable.hpp"
 
@@ -246,12 +247,9 @@ class [[nodiscard]] pooled_connection {
     // Gives back a connection entered and never exited.
     ~pooled_connection() {
         if (entry_ == nullptr) return;
-        try {
-            give_back(nullptr);
-        } catch (...) {
-            report_current_unraisable(detail::pool_description(*core_) +
-                                      ": returning a connection in the destructor");
-        }
+        release_in_destructor([&] { give_back(nullptr); },
+                              [&] { return detail::pool_description(*core_); }, "pool",
+                              "returning a connection in the destructor");
     }
 
     // Waits for a connection (see the top of this header). Throws timeout_error,
@@ -317,14 +315,7 @@ class [[nodiscard]] pooled_connection {
             }
         }
         detail::pool_release(*core_, entry, reusable);
-        if (failure) {
-            if (!e) std::rethrow_exception(failure);
-            try {
-                std::rethrow_exception(failure);
-            } catch (const db::error& error) {
-                throw_chained(error, e);
-            }
-        }
+        if (failure) rethrow_chained(failure, e);
     }
 
     detail::pool_core* core_;
@@ -390,15 +381,7 @@ class pool {
 
     pool& enter() noexcept { return *this; }
     void exit(const std::exception_ptr& e) {
-        if (!e) {
-            close();
-            return;
-        }
-        try {
-            close();
-        } catch (const leak_error& failure) {
-            throw_chained(failure, e);
-        }
+        release_on_exit(e, [&] { close(); });
     }
 
     // `pool "name"`, as messages show it.

@@ -228,6 +228,25 @@ TEST_F(Tracking, LiveResourcesAreOldestFirst) {
     EXPECT_EQ(order, (std::vector<std::uint64_t>{a.id(), b.id(), c.id(), d->id()}));
 }
 
+TEST_F(Tracking, AcquiredAtIsNeverEarlierThanAClockReadBeforeTheAcquisition) {
+    if (!ctxmgr::tracking_enabled) GTEST_SKIP() << "tracking is compiled out";
+    // The coarse clock lags the precise one by up to a tick at almost every reading, so a
+    // few thousand registrations over several ticks meet the lag many times.
+    const auto stop = std::chrono::steady_clock::now() + 50ms;
+    int checked = 0;
+    while (checked < 20'000 && std::chrono::steady_clock::now() < stop) {
+        const auto before = std::chrono::steady_clock::now();
+        ctxmgr::tracked resource("socket", "timed");
+        for (const auto& info : ctxmgr::live_resources()) {
+            if (info.id != resource.id()) continue;
+            ASSERT_GE(info.acquired_at, before) << "after " << checked << " registrations";
+            EXPECT_GE(info.age(), std::chrono::steady_clock::duration::zero());
+        }
+        ++checked;
+    }
+    EXPECT_GT(checked, 100);
+}
+
 TEST_F(Tracking, ForgottenResourceIsReportedWithTheUsersLine) {
     // Not make_unique: the default argument would name the line inside make_unique.
     const auto line = std::source_location::current().line() + 1;

@@ -36,9 +36,8 @@
 // registered, moved to another thread and unregistered there while other threads list
 // them. Registration takes one uncontended per-thread lock, so threads do not slow each
 // other down (about 20 ns a register+unregister pair, see docs/performance.md).
-// acquired_at is read from the coarse monotonic clock (a tick of 1 to 4 ms), which is what
-// keeps registering cheap; ages are measured against the precise clock, so they read up to
-// one tick long.
+// acquired_at is read from steady_clock at registration, so it is never earlier than a
+// steady_clock::now() read before the acquiring call and never later than one read after it.
 //
 // Compiled out with the CMake option CTXMGR_TRACKING=OFF: `tracked` is then an empty type
 // (a member declared [[no_unique_address]] takes no space), no registry code runs,
@@ -167,9 +166,8 @@ namespace detail {
 [[nodiscard]] std::size_t tracking_shards() noexcept;
 }  // namespace detail
 
-// Every live resource, oldest first: by acquired_at, and within one tick of the coarse
-// clock by id, which is the order of registration on each thread. Empty when tracking is
-// compiled out.
+// Every live resource, oldest first: by acquired_at, and at equal time stamps by id, which
+// is the order of registration on each thread. Empty when tracking is compiled out.
 [[nodiscard]] std::vector<resource_info> live_resources();
 
 // The live resources held for longer than `threshold`, oldest first.

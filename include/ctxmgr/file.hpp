@@ -139,7 +139,7 @@ class [[nodiscard]] file {
     // reading.
     [[nodiscard]] std::string read(std::size_t n);
     // Fills `into` up to its size, or to the end of the file; returns the bytes read.
-    std::size_t read(std::span<std::byte> into);
+    [[nodiscard]] std::size_t read(std::span<std::byte> into);
     // Everything from the current position to the end. The result is sized from fstat once,
     // so it is never copied to grow (for a regular file).
     [[nodiscard]] std::string read_all();

@@ -149,14 +149,16 @@ class [[nodiscard]] connection {
                   std::optional<std::chrono::milliseconds> timeout = std::nullopt);
     // Sends what the socket takes now, waiting (up to timeout) until it takes at least one
     // byte; returns how many it took (0 only for empty data).
-    std::size_t send_some(std::span<const std::byte> data,
-                          std::optional<std::chrono::milliseconds> timeout = std::nullopt);
+    [[nodiscard]] std::size_t send_some(
+        std::span<const std::byte> data,
+        std::optional<std::chrono::milliseconds> timeout = std::nullopt);
 
     // Reads what is there, waiting (up to timeout) for at least one byte; returns the number
     // of bytes read, 0 at end of stream. An empty buffer is std::invalid_argument (its 0
     // would read as end of stream).
-    std::size_t receive_some(std::span<std::byte> buffer,
-                             std::optional<std::chrono::milliseconds> timeout = std::nullopt);
+    [[nodiscard]] std::size_t receive_some(
+        std::span<std::byte> buffer,
+        std::optional<std::chrono::milliseconds> timeout = std::nullopt);
     // Exactly n bytes. If the stream ends first: network_error with errc::end_of_stream.
     // On that error and on a timeout, the bytes that arrived stay buffered for the next
     // receive.

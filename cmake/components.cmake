@@ -9,9 +9,13 @@
 #                 EXPORT_NAME must be <name>.
 #   LIBRARY       the third-party library it needs, and DEBIAN the package with its
 #                 development files (libctxmgr-dev depends on it).
-#   FIND_PACKAGE  how ctxmgrConfig.cmake finds the third-party library when the consumer's
-#                 link needs it (a static ctxmgr library: a shared one carries it as DT_NEEDED).
+#   FIND_PACKAGE  how ctxmgrConfig.cmake finds the third-party library when the consumer
+#                 needs it too (a static or header-only target: a shared library carries it
+#                 as DT_NEEDED).
 #   PKG_CONFIG    the pkg-config modules of that library (Requires.private of ctxmgr-<name>.pc).
+# Install rules, the CMake export, the pkg-config file, the -dev package's Depends and the
+# consumer tests follow from the declaration: adding a component is one call here and the
+# file that defines its target.
 function(ctxmgr_component name)
     cmake_parse_arguments(PARSE_ARGV 1 arg "" "TARGET;LIBRARY;DEBIAN" "FIND_PACKAGE;PKG_CONFIG")
     if(NOT arg_TARGET OR NOT arg_LIBRARY OR NOT arg_DEBIAN)

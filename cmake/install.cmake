@@ -47,9 +47,9 @@ set(CTXMGR_PC_PREFIX "\${pcfiledir}/${pc_to_prefix}")
 # ctxmgr_pkg_config(<module> <target> DESCRIPTION <text> [CFLAGS <flag...>]
 #                   [REQUIRES <module...>] [REQUIRES_PRIVATE <module...>] [LIBS_PRIVATE <flag...>])
 #   <module>.pc for <target>. The *_PRIVATE parts are what linking the shared library
-#   itself needs (`pkg-config --static`); with static libraries every link needs them, so they
-#   move to Requires and Libs. No -std= flag: the consumer chooses its standard (C++20 or
-#   later).
+#   itself needs (`pkg-config --static`); with a static library (or a header-only one) every
+#   consumer needs them, so they move to Requires and Libs. No -std= flag: the consumer
+#   chooses its standard (C++20 or later).
 function(ctxmgr_pkg_config module target)
     cmake_parse_arguments(PARSE_ARGV 2 arg "" "DESCRIPTION"
         "CFLAGS;REQUIRES;REQUIRES_PRIVATE;LIBS_PRIVATE")
@@ -59,7 +59,7 @@ function(ctxmgr_pkg_config module target)
         get_target_property(output ${target} OUTPUT_NAME)
         set(libs "-L\${libdir} -l${output}")
     endif()
-    if(type STREQUAL "STATIC_LIBRARY")
+    if(NOT type STREQUAL "SHARED_LIBRARY")
         list(APPEND arg_REQUIRES ${arg_REQUIRES_PRIVATE})
         list(APPEND libs ${arg_LIBS_PRIVATE})
         set(arg_REQUIRES_PRIVATE)
@@ -116,7 +116,7 @@ foreach(name IN LISTS components)
     list(APPEND built ${name})
     ctxmgr_install_targets(ctxmgr-${name}-targets ${TARGET})
     get_target_property(type ${TARGET} TYPE)
-    if(FIND_PACKAGE AND type STREQUAL "STATIC_LIBRARY")
+    if(FIND_PACKAGE AND NOT type STREQUAL "SHARED_LIBRARY")
         string(APPEND CTXMGR_CONFIG_COMPONENTS "set(_ctxmgr_find_${name} ${FIND_PACKAGE})\n")
     endif()
     ctxmgr_pkg_config(ctxmgr-${name} ${TARGET}

@@ -6,7 +6,8 @@
 #                  static archives, the CMake package and the pkg-config files. It depends on
 #                  libctxmgr0 of exactly this version, and on the -dev packages of the client
 #                  libraries its components link (the static archives need them).
-# Both carry LICENSE as /usr/share/doc/<package>/copyright.
+# Both carry LICENSE as /usr/share/doc/<package>/copyright. A build with static libraries
+# only makes libctxmgr-dev alone.
 set(CTXMGR_RUNTIME_PACKAGE libctxmgr${PROJECT_VERSION_MAJOR})
 set(CTXMGR_DEV_PACKAGE libctxmgr-dev)
 
@@ -25,13 +26,19 @@ foreach(package_component runtime development)
         EXCLUDE_FROM_ALL)
 endforeach()
 
-set(dev_depends "${CTXMGR_RUNTIME_PACKAGE} (= ${PROJECT_VERSION})")
+set(dev_depends)
+if(BUILD_SHARED_LIBS)
+    set(dev_depends "${CTXMGR_RUNTIME_PACKAGE} (= ${PROJECT_VERSION})")
+    set(CPACK_COMPONENTS_ALL runtime development)
+else()
+    set(CPACK_COMPONENTS_ALL development)
+endif()
 get_property(components GLOBAL PROPERTY ctxmgr_components)
 foreach(component IN LISTS components)
     get_property(target GLOBAL PROPERTY ctxmgr_component_${component}_TARGET)
     if(TARGET ${target})
         get_property(debian GLOBAL PROPERTY ctxmgr_component_${component}_DEBIAN)
-        string(APPEND dev_depends ", ${debian}")
+        list(APPEND dev_depends ${debian})
     endif()
 endforeach()
 
@@ -41,7 +48,6 @@ set(CPACK_PACKAGE_CONTACT "the ctxmgr authors")
 set(CPACK_PACKAGE_VERSION ${PROJECT_VERSION})
 set(CPACK_PACKAGE_DESCRIPTION_SUMMARY "${PROJECT_DESCRIPTION}")
 set(CPACK_RESOURCE_FILE_LICENSE ${PROJECT_SOURCE_DIR}/LICENSE)
-set(CPACK_COMPONENTS_ALL runtime development)
 set(CPACK_DEB_COMPONENT_INSTALL ON)
 set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT)
 set(CPACK_DEBIAN_PACKAGE_PRIORITY optional)
@@ -58,7 +64,7 @@ set(CPACK_COMPONENT_RUNTIME_DESCRIPTION
 
 set(CPACK_DEBIAN_DEVELOPMENT_PACKAGE_NAME ${CTXMGR_DEV_PACKAGE})
 set(CPACK_DEBIAN_DEVELOPMENT_PACKAGE_SECTION libdevel)
-set(CPACK_DEBIAN_DEVELOPMENT_PACKAGE_DEPENDS "${dev_depends}")
+string(JOIN ", " CPACK_DEBIAN_DEVELOPMENT_PACKAGE_DEPENDS ${dev_depends})
 set(CPACK_COMPONENT_DEVELOPMENT_DESCRIPTION
     "ctxmgr: Python's context managers for C++20 (headers, static libraries, CMake and pkg-config files)")
 

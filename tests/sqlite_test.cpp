@@ -20,7 +20,7 @@
 #include <thread>
 #include <vector>
 
-#include "../src/sql_text.hpp"
+#include "../src/db/sql_text.hpp"
 #include "recording.hpp"
 #include "temp_directory.hpp"
 

@@ -1,9 +1,6 @@
 // Uses the public API through the installed (or added) package; prints "consumer: ok".
 #include <ctxmgr/ctxmgr.hpp>
-
-#if CTXMGR_CONSUMER_COMPILED
 #include <ctxmgr/tracking.hpp>
-#endif
 
 #include <cstdio>
 #include <stdexcept>
@@ -30,7 +27,6 @@ int main() {
         std::printf("consumer: wrong result: %s\n", trace.c_str());
         return 1;
     }
-#if CTXMGR_CONSUMER_COMPILED
     {
         const ctxmgr::tracked registration("consumer resource", "one");
         if (ctxmgr::tracking_enabled && ctxmgr::live_resources().size() != 1) {
@@ -42,7 +38,6 @@ int main() {
         std::printf("consumer: the tracked resource is still live\n");
         return 1;
     }
-#endif
     std::printf("consumer: ok\n");
     return 0;
 }

@@ -30,7 +30,7 @@
 
 #include "ctxmgr/scope.hpp"
 #include "ctxmgr/unraisable.hpp"
-#include "posix_support.hpp"
+#include "support/posix_support.hpp"
 
 namespace ctxmgr::tcp {
 

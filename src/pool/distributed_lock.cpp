@@ -25,7 +25,7 @@
 #include <utility>
 #include <vector>
 
-#include "libpq_support.hpp"
+#include "db/libpq_support.hpp"
 
 namespace ctxmgr::postgres {
 

@@ -14,8 +14,8 @@
 #include <utility>
 #include <vector>
 
-#include "recent_statements.hpp"
-#include "sql_text.hpp"
+#include "db/recent_statements.hpp"
+#include "db/sql_text.hpp"
 
 namespace ctxmgr::sqlite {
 

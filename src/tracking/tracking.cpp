@@ -24,8 +24,8 @@
 
 #include "ctxmgr/unraisable.hpp"
 
-#include "clocks.hpp"
-#include "source_site.hpp"
+#include "support/clocks.hpp"
+#include "support/source_site.hpp"
 
 namespace ctxmgr {
 

@@ -21,7 +21,7 @@
 #include <system_error>
 #include <utility>
 
-#include "posix_support.hpp"
+#include "support/posix_support.hpp"
 
 namespace ctxmgr {
 

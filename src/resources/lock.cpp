@@ -25,7 +25,7 @@
 #include <utility>
 #include <vector>
 
-#include "source_site.hpp"
+#include "support/source_site.hpp"
 
 namespace ctxmgr {
 

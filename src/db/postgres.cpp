@@ -16,9 +16,9 @@
 #include <utility>
 #include <vector>
 
-#include "libpq_support.hpp"
-#include "recent_statements.hpp"
-#include "sql_text.hpp"
+#include "db/libpq_support.hpp"
+#include "db/recent_statements.hpp"
+#include "db/sql_text.hpp"
 
 namespace ctxmgr::postgres {
 

@@ -18,7 +18,7 @@
 #include "ctxmgr/errors.hpp"
 #include "ctxmgr/lock.hpp"
 #include "ctxmgr/unraisable.hpp"
-#include "posix_support.hpp"
+#include "support/posix_support.hpp"
 
 namespace ctxmgr {
 

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -11,6 +12,7 @@
 
 namespace {
 
+using ctxmgr::testing::exception_from;
 using ctxmgr::testing::test_error;
 using ctxmgr::testing::unraisable_capture;
 
@@ -129,6 +131,11 @@ TEST(Scope, NoexceptFollowsTheFunctionsTraits) {
     static_assert(!std::is_copy_constructible_v<ctxmgr::finally<decltype(lambda)>>);
     static_assert(!std::is_move_assignable_v<ctxmgr::finally<decltype(lambda)>>);
     static_assert(std::is_nothrow_destructible_v<ctxmgr::finally<decltype(lambda)>>);
+    static_assert(std::is_nothrow_move_constructible_v<ctxmgr::scope_fail<decltype(lambda)>>);
+    // Not even from a non-const lvalue, where a constructor template would match better than
+    // the deleted copy constructor.
+    using function_guard = ctxmgr::scope_success<std::function<void()>>;
+    static_assert(!std::is_constructible_v<function_guard, function_guard&>);
 }
 
 ctxmgr::finally<std::function<void()>> make_guard(int* runs) {
@@ -142,6 +149,94 @@ TEST(Scope, MovingTransfersResponsibility) {
         auto moved = std::move(guard);
         EXPECT_FALSE(guard.active());  // NOLINT(bugprone-use-after-move)
         EXPECT_TRUE(moved.active());
+    }
+    EXPECT_EQ(runs, 1);
+}
+
+// Class template argument deduction names each guard's own type: finally, scope_fail and
+// scope_success are class templates with deduction guides, not aliases of one template.
+TEST(Scope, EachGuardDeducesItsTypeFromALambda) {
+    std::string ran;
+    auto on_exit = [&] { ran += "finally "; };
+    auto on_failure = [&] { ran += "fail "; };
+    auto on_success = [&] { ran += "success "; };
+    static_cast<void>(exception_from([&] {
+        ctxmgr::finally f(on_exit);
+        ctxmgr::scope_fail fail(on_failure);
+        static_assert(std::is_same_v<decltype(f), ctxmgr::finally<decltype(on_exit)>>);
+        static_assert(std::is_same_v<decltype(fail), ctxmgr::scope_fail<decltype(on_failure)>>);
+        throw test_error("x");
+    }));
+    {
+        ctxmgr::scope_success success(on_success);
+        static_assert(
+            std::is_same_v<decltype(success), ctxmgr::scope_success<decltype(on_success)>>);
+    }
+    EXPECT_EQ(ran, "fail finally success ");
+}
+
+int function_calls = 0;
+void count_call() {
+    ++function_calls;
+}
+using function_pointer = void (*)();
+
+TEST(Scope, EachGuardDeducesAFunctionPointerFromAFunctionOrItsAddress) {
+    function_calls = 0;
+    static_cast<void>(exception_from([] {
+        ctxmgr::finally by_name(count_call);
+        ctxmgr::finally by_address(&count_call);
+        ctxmgr::scope_fail fail_by_name(count_call);
+        ctxmgr::scope_fail fail_by_address(&count_call);
+        static_assert(std::is_same_v<decltype(by_name), ctxmgr::finally<function_pointer>>);
+        static_assert(std::is_same_v<decltype(by_address), ctxmgr::finally<function_pointer>>);
+        static_assert(std::is_same_v<decltype(fail_by_name), ctxmgr::scope_fail<function_pointer>>);
+        static_assert(
+            std::is_same_v<decltype(fail_by_address), ctxmgr::scope_fail<function_pointer>>);
+        throw test_error("x");
+    }));
+    EXPECT_EQ(function_calls, 4);
+    {
+        ctxmgr::scope_success by_name(count_call);
+        ctxmgr::scope_success by_address(&count_call);
+        static_assert(std::is_same_v<decltype(by_name), ctxmgr::scope_success<function_pointer>>);
+        static_assert(
+            std::is_same_v<decltype(by_address), ctxmgr::scope_success<function_pointer>>);
+    }
+    EXPECT_EQ(function_calls, 6);
+}
+
+// `auto g2 = std::move(g1)` needs no deduction; `finally g2 = std::move(g1)` deduces g1's own
+// type (the copy deduction candidate), not a guard of a guard.
+TEST(Scope, MovingIntoADeducedGuardRunsTheFunctionOnceFromTheNewGuard) {
+    int runs = 0;
+    {
+        ctxmgr::finally g1([&] { ++runs; });
+        ctxmgr::finally g2 = std::move(g1);
+        static_assert(std::is_same_v<decltype(g2), decltype(g1)>);
+        EXPECT_FALSE(g1.active());  // NOLINT(bugprone-use-after-move)
+        EXPECT_TRUE(g2.active());
+    }
+    EXPECT_EQ(runs, 1);
+
+    runs = 0;
+    static_cast<void>(exception_from([&] {
+        ctxmgr::scope_fail g1([&] { ++runs; });
+        ctxmgr::scope_fail g2 = std::move(g1);
+        static_assert(std::is_same_v<decltype(g2), decltype(g1)>);
+        EXPECT_FALSE(g1.active());  // NOLINT(bugprone-use-after-move)
+        EXPECT_TRUE(g2.active());
+        throw test_error("x");
+    }));
+    EXPECT_EQ(runs, 1);
+
+    runs = 0;
+    {
+        ctxmgr::scope_success g1([&] { ++runs; });
+        ctxmgr::scope_success g2 = std::move(g1);
+        static_assert(std::is_same_v<decltype(g2), decltype(g1)>);
+        EXPECT_FALSE(g1.active());  // NOLINT(bugprone-use-after-move)
+        EXPECT_TRUE(g2.active());
     }
     EXPECT_EQ(runs, 1);
 }

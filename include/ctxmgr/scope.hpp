@@ -39,10 +39,15 @@
 
 namespace ctxmgr {
 
+namespace detail {
+
 // When a guard runs its function.
 enum class run_on { always, failure, success };
 
-// The guard behind finally, scope_fail and scope_success (use those names).
+// The logic of finally, scope_fail and scope_success, written once; each of those is a class
+// template of its own (not an alias of this one) because class template argument deduction
+// does not work through alias templates on every compiler (Clang 16 has none, GCC 12 only
+// part of C++20's), and `ctxmgr::finally g(f);` must deduce.
 template <class F, run_on When>
 class [[nodiscard]] scope_guard {
     static_assert(!std::is_reference_v<F> && !std::is_const_v<F>,
@@ -66,11 +71,16 @@ class [[nodiscard]] scope_guard {
         }
     }
 
-  public:
+  protected:
+    // What a guard is made from: anything F can be made from, except another guard (guards
+    // move with their move constructors, and never copy).
     template <class G>
-    requires(!std::is_same_v<std::remove_cvref_t<G>, scope_guard> && std::is_constructible_v<F, G>)
-        [[nodiscard]] explicit scope_guard(G&& function) noexcept(
-            std::is_nothrow_constructible_v<F, G&&>) try
+    static constexpr bool accepts =
+        !std::is_base_of_v<scope_guard, std::remove_cvref_t<G>> && std::is_constructible_v<F, G>;
+
+    template <class G>
+    requires accepts<G>
+    explicit scope_guard(G&& function) noexcept(std::is_nothrow_constructible_v<F, G&&>) try
         : function_(pass<G>(function)), exceptions_(std::uncaught_exceptions()) {
     } catch (...) {
         if constexpr (When != run_on::success) function();
@@ -83,6 +93,7 @@ class [[nodiscard]] scope_guard {
           exceptions_(other.exceptions_),
           active_(std::exchange(other.active_, false)) {}
 
+  public:
     scope_guard(const scope_guard&) = delete;
     scope_guard& operator=(const scope_guard&) = delete;
     scope_guard& operator=(scope_guard&&) = delete;
@@ -115,19 +126,54 @@ class [[nodiscard]] scope_guard {
     bool active_ = true;
 };
 
-template <class F, run_on When>
-scope_guard(F) -> scope_guard<F, When>;
+}  // namespace detail
 
 // Runs f when the scope ends, however it ends.
 template <class F>
-using finally = scope_guard<F, run_on::always>;
+class [[nodiscard]] finally final : public detail::scope_guard<F, detail::run_on::always> {
+    using guard = detail::scope_guard<F, detail::run_on::always>;
+
+  public:
+    // Declared in each guard rather than inherited: GCC 12 warns about a discarded
+    // temporary guard only through a [[nodiscard]] constructor of the class itself.
+    template <class G>
+    requires(guard::template accepts<G>) [[nodiscard]] explicit finally(G&& function) noexcept(
+        std::is_nothrow_constructible_v<F, G&&>)
+        : guard(std::forward<G>(function)) {}
+};
 
 // Runs f when the scope ends by an exception.
 template <class F>
-using scope_fail = scope_guard<F, run_on::failure>;
+class [[nodiscard]] scope_fail final : public detail::scope_guard<F, detail::run_on::failure> {
+    using guard = detail::scope_guard<F, detail::run_on::failure>;
+
+  public:
+    template <class G>
+    requires(guard::template accepts<G>) [[nodiscard]] explicit scope_fail(G&& function) noexcept(
+        std::is_nothrow_constructible_v<F, G&&>)
+        : guard(std::forward<G>(function)) {}
+};
 
 // Runs f when the scope ends without an exception.
 template <class F>
-using scope_success = scope_guard<F, run_on::success>;
+class [[nodiscard]] scope_success final : public detail::scope_guard<F, detail::run_on::success> {
+    using guard = detail::scope_guard<F, detail::run_on::success>;
+
+  public:
+    template <class G>
+    requires(guard::template accepts<G>) [[nodiscard]] explicit scope_success(
+        G&& function) noexcept(std::is_nothrow_constructible_v<F, G&&>)
+        : guard(std::forward<G>(function)) {}
+};
+
+// By value, so a function decays to a pointer and a lambda is stored, never referred to.
+// `finally g2 = std::move(g1);` deduces g1's type: the implicit copy deduction candidate is
+// more specialized than these.
+template <class F>
+finally(F) -> finally<F>;
+template <class F>
+scope_fail(F) -> scope_fail<F>;
+template <class F>
+scope_success(F) -> scope_success<F>;
 
 }  // namespace ctxmgr

@@ -38,6 +38,7 @@
 #include <cstddef>
 #include <exception>
 #include <functional>
+#include <memory>
 #include <new>
 #include <optional>
 #include <tuple>
@@ -233,7 +234,7 @@ class with_frame {
                         if constexpr (can_suppress_v<manager_type>) {
                             if (exit_suppresses(manager, std::current_exception())) {
                                 suppressed = true;
-                                return {};
+                                return empty_result();
                             }
                         } else {
                             manager.exit(std::current_exception());
@@ -249,6 +250,19 @@ class with_frame {
                 }
             }
         }
+    }
+
+    // An empty optional that Clang 16 cannot poison. At -O1 and above, when the body can
+    // only throw, it returned `return {};` here with has_value() true: the never-written
+    // payload counts as poison, and so does the whole register the optional is returned in,
+    // has_value() included. Letting the object escape to an empty asm makes its bytes
+    // opaque. See docs/compilers.md.
+    static result empty_result() noexcept {
+        result empty;
+#if defined(__clang__)
+        asm volatile("" : : "r"(std::addressof(empty)) : "memory");
+#endif
+        return empty;
     }
 
     template <std::size_t... T>

@@ -1,4 +1,4 @@
-// expect: use of deleted function
+// expect: (use of deleted function|call to deleted constructor)
 #include <ctxmgr/distributed_lock.hpp>
 
 #include <utility>

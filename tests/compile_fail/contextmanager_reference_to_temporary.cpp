@@ -1,4 +1,4 @@
-// expect: no matching function for call to .*yield_value
+// expect: no matching (member )?function for call to .*yield_value
 #include <ctxmgr/contextmanager.hpp>
 
 int kept = 0;

@@ -1,4 +1,4 @@
-// expect: use of deleted function
+// expect: (use of deleted function|call to deleted member function)
 #include <ctxmgr/file.hpp>
 
 #include <string>

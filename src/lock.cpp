@@ -25,7 +25,7 @@
 #include <utility>
 #include <vector>
 
-#include "source_site.hpp"
+#include "ctxmgr/detail/source_site.hpp"
 
 namespace ctxmgr {
 

@@ -37,7 +37,7 @@
 #include <vector>
 
 #include "clocks.hpp"
-#include "source_site.hpp"
+#include "ctxmgr/detail/source_site.hpp"
 
 namespace ctxmgr::detail {
 

@@ -25,7 +25,7 @@
 #include "ctxmgr/unraisable.hpp"
 
 #include "clocks.hpp"
-#include "source_site.hpp"
+#include "ctxmgr/detail/source_site.hpp"
 
 namespace ctxmgr {
 

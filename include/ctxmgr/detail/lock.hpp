@@ -18,6 +18,8 @@
 #include <typeinfo>
 #include <utility>
 
+#include "entry_check.hpp"
+
 #ifndef CTXMGR_LOCK_ORDER_CHECK
 #define CTXMGR_LOCK_ORDER_CHECK 0
 #endif
@@ -313,8 +315,9 @@ constexpr const char* name_of(manager_kind kind) noexcept {
     return names[static_cast<unsigned char>(kind)];
 }
 
-// What every mutex manager is: the mutexes, the call site, whether it holds them; enter() is
-// the managers' own, exit() and the destructor are this class's.
+// What every mutex manager is: the mutexes, the call site (in the check that it is entered),
+// whether it holds them; enter() is the managers' own, exit() and the destructor are this
+// class's.
 template <manager_kind Kind, class... Ms>
 class lock_base {
     static_assert(sizeof...(Ms) >= 1, "ctxmgr::lock and the other managers: give a mutex");
@@ -332,10 +335,10 @@ class lock_base {
     }
 
   protected:
-    lock_base(std::source_location where, Ms&... ms) noexcept : mutexes_(ms...), where_(where) {}
+    lock_base(std::source_location where, Ms&... ms) noexcept : mutexes_(ms...), check_(where) {}
     lock_base(lock_base&& other) noexcept
         : mutexes_(other.mutexes_),
-          where_(other.where_),
+          check_(std::move(other.check_)),
           held_(std::exchange(other.held_, false)) {}
     CTXMGR_LOCK_INLINE ~lock_base() {
         if (held_) release();
@@ -366,7 +369,7 @@ class lock_base {
         if (result != sizeof...(Ms)) {
             const auto refs = refs_of(mutexes_, shared);
             throw_lock_timeout(manager, refs.data(), refs.size(), result,
-                               std::chrono::steady_clock::now() - start, where_);
+                               std::chrono::steady_clock::now() - start, check_.where());
         }
         acquired();
     }
@@ -379,22 +382,23 @@ class lock_base {
 
   private:
     void prepare() {
+        check_.entered();
         if (held_) misuse("entered again before exit");
         std::apply(
             [&](Ms&... ms) {
-                check_distinct(manager, where_, ms...);
-                order_hooks<Ms...>::before(shared, where_, ms...);
+                check_distinct(manager, check_.where(), ms...);
+                order_hooks<Ms...>::before(shared, check_.where(), ms...);
             },
             mutexes_);
     }
     void acquired() noexcept {
         held_ = true;
-        std::apply([&](Ms&... ms) { order_hooks<Ms...>::acquired(shared, where_, ms...); },
+        std::apply([&](Ms&... ms) { order_hooks<Ms...>::acquired(shared, check_.where(), ms...); },
                    mutexes_);
     }
     [[noreturn]] void misuse(std::string_view problem) const {
         const auto refs = refs_of(mutexes_, shared);
-        throw_lock_misuse(manager, problem, refs.data(), refs.size(), where_);
+        throw_lock_misuse(manager, problem, refs.data(), refs.size(), check_.where());
     }
     void release() noexcept {
         held_ = false;
@@ -403,8 +407,8 @@ class lock_base {
     }
 
     std::tuple<Ms&...> mutexes_;
-    std::source_location where_;
-    bool held_ = false;
+    [[no_unique_address]] entry_check<manager_name(name_of(Kind))> check_;
+    bool held_ = false;  // in check_'s tail padding
 };
 
 }  // namespace detail

@@ -31,8 +31,10 @@ contextmanager<int> traced(std::vector<std::string>& log, int value = 7) {
 
 TEST(ContextManager, CallingRunsNothing) {
     std::vector<std::string> log;
+    ctxmgr::testing::unraisable_log reports;
     auto m = traced(log);
     EXPECT_TRUE(log.empty());
+    ctxmgr::with(m, [](int&) {});  // a manager never entered would report
     static_assert(ctxmgr::context_manager<contextmanager<int>>);
     static_assert(!std::is_copy_constructible_v<contextmanager<int>>);
 }
@@ -244,10 +246,12 @@ struct destruction_witness {
     ~destruction_witness() { ++*destroyed; }
 };
 
+constexpr unsigned with_local_first_line = __LINE__ + 1;
 contextmanager<void> with_local(int& destroyed) {
     destruction_witness local{&destroyed};
     co_yield {};
 }
+constexpr unsigned with_local_last_line = __LINE__ - 1;
 
 TEST(ContextManager, DestroyingAnEnteredManagerDestroysTheFrameAndItsLocals) {
     int destroyed = 0;
@@ -259,10 +263,50 @@ TEST(ContextManager, DestroyingAnEnteredManagerDestroysTheFrameAndItsLocals) {
     EXPECT_EQ(destroyed, 1);
 }
 
-TEST(ContextManager, DestroyingANeverEnteredManagerRunsNothing) {
+TEST(ContextManager, DestroyingANeverEnteredManagerRunsNothingAndReportsTheCoroutine) {
     int destroyed = 0;
+    ctxmgr::testing::unraisable_log log;
     { auto m = with_local(destroyed); }
     EXPECT_EQ(destroyed, 0);  // the body never started, so the local never existed
+    const auto reports = log.reports();
+    ASSERT_EQ(reports.size(), 1u);
+    // The coroutine, as the compiler locates its frame: its first line or its last.
+    using ctxmgr::testing::reports_never_entered;
+    EXPECT_TRUE(reports_never_entered(reports[0], "contextmanager", "contextmanager_test.cpp",
+                                      with_local_first_line) ||
+                reports_never_entered(reports[0], "contextmanager", "contextmanager_test.cpp",
+                                      with_local_last_line))
+        << reports[0];
+    EXPECT_TRUE(ctxmgr::testing::contains(reports[0], "with_local(int&)")) << reports[0];
+}
+
+TEST(ContextManager, EnteredOrMovedFromManagersDoNotReport) {
+    std::vector<std::string> trace;
+    ctxmgr::testing::unraisable_log log;
+    ctxmgr::with(traced(trace), [](int&) {});
+    {
+        auto a = traced(trace);
+        auto b = std::move(a);
+        b.enter();
+        b.exit(nullptr);
+    }
+    {
+        // Entered, and the setup threw: it was used as a manager.
+        auto m = []() -> contextmanager<void> {
+            throw test_error("setup failed");
+            co_yield {};
+        }();
+        EXPECT_THROW(m.enter(), test_error);
+    }
+    EXPECT_TRUE(log.reports().empty()) << log.reports().front();
+    // Assigning over a manager never entered drops it.
+    int destroyed = 0;
+    auto m = with_local(destroyed);
+    m = with_local(destroyed);
+    EXPECT_EQ(log.reports().size(), 1u);
+    m.enter();
+    m.exit(nullptr);
+    EXPECT_EQ(log.reports().size(), 1u);
 }
 
 TEST(ContextManager, MoveTransfersTheCoroutine) {

@@ -75,6 +75,14 @@ struct manager_name {
     }
 };
 
+// What a lazy manager destroyed unentered does: report, unless an exception is unwinding the
+// stack (see the top of this header). For entry_check, and for a manager whose own state
+// already says whether it was entered (contextmanager).
+template <manager_name Name>
+void destroyed_unentered(std::source_location where) noexcept {
+    if (std::uncaught_exceptions() == 0) report_never_entered(Name.text, where);
+}
+
 // The mark a lazy manager keeps; see the top of this header. Move-only like its managers.
 // Keep it [[no_unique_address]], so a manager's own flags may share its tail padding.
 template <manager_name Name>
@@ -104,10 +112,10 @@ class entry_check {
     [[nodiscard]] const std::source_location& where() const noexcept { return where_; }
 
   private:
-    // Tested in this order so that when the compiler knows pending_ is false, as it does
-    // when it sees enter() and the destructor (inside with()), nothing is left of the check.
+    // When the compiler knows pending_ is false, as it does when it sees enter() and the
+    // destructor (inside with()), nothing is left of the check.
     CTXMGR_ENTRY_CHECK_INLINE void drop() noexcept {
-        if (pending_ && std::uncaught_exceptions() == 0) report_never_entered(Name.text, where_);
+        if (pending_) destroyed_unentered<Name>(where_);
     }
 
     std::source_location where_;

@@ -79,6 +79,9 @@ struct manager_name {
 // stack (see the top of this header). For entry_check, and for a manager whose own state
 // already says whether it was entered (contextmanager).
 template <manager_name Name>
+#if defined(__GNUC__)
+[[gnu::cold, gnu::noinline]]
+#endif
 void destroyed_unentered(std::source_location where) noexcept {
     if (std::uncaught_exceptions() == 0) report_never_entered(Name.text, where);
 }

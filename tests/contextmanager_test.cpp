@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <new>
 #include <optional>
 #include <string>
 #include <thread>
@@ -278,6 +279,28 @@ TEST(ContextManager, DestroyingANeverEnteredManagerRunsNothingAndReportsTheCorou
                                       with_local_last_line))
         << reports[0];
     EXPECT_TRUE(ctxmgr::testing::contains(reports[0], "with_local(int&)")) << reports[0];
+}
+
+TEST(ContextManager, OutOfMemoryTheNeverEnteredReportStillArrives) {
+    std::vector<std::string> trace;
+    int calls = 0;
+    bool out_of_memory = false;
+    std::string where(64, ' ');  // room enough: the hook must not allocate either
+    auto previous =
+        ctxmgr::set_unraisable_hook([&](std::exception_ptr e, std::string_view reported) {
+            ++calls;
+            out_of_memory = ctxmgr::holds<std::bad_alloc>(e);
+            where.assign(reported);
+        });
+    std::optional<contextmanager<int>> m(traced(trace));
+    {
+        ctxmgr::testing::allocation_failure failing;
+        m.reset();
+    }
+    ctxmgr::set_unraisable_hook(std::move(previous));
+    EXPECT_EQ(calls, 1);
+    EXPECT_TRUE(out_of_memory);
+    EXPECT_EQ(where, "ctxmgr::contextmanager");
 }
 
 TEST(ContextManager, EnteredOrMovedFromManagersDoNotReport) {

@@ -8,11 +8,17 @@
 // a coroutine that was never awaited:
 //   ctxmgr::lock made at app.cpp:42 in int main() was never entered: pass it to
 //   ctxmgr::with(...) or exit_stack::enter_context(...)
-// A moved-from check is marked. A check destroyed while an exception unwinds the stack does
-// not report: with(a, b, body) destroys b unentered when a.enter() throws, and that is no
-// misuse (the misuse, if any, shows on the normal path). Building the message may run out
-// of memory; then the std::bad_alloc is reported under the manager's name instead, and
-// nothing terminates.
+// Rules:
+//   - A manager whose enter() was called does not report, even if enter() threw; nor does a
+//     moved-from one (the mark moves). Assigning over a manager never entered drops it: it
+//     reports.
+//   - exit_stack::push(m) registers m's exit without entering m (CPython's ExitStack.push),
+//     so a lazy manager pushed and never entered still reports: nothing was acquired.
+//   - A manager destroyed while an exception unwinds the stack does not report: with(a, b,
+//     body) destroys b unentered when a.enter() throws, which is no misuse (a misuse, if any,
+//     shows on the normal path).
+//   - Reporting never throws: out of memory for the message, the std::bad_alloc is reported
+//     under the manager's name (kept in static storage) instead.
 //
 // Cost: the mark is a bool set in enter() and tested in the destructor, both inline, so when
 // the compiler sees a manager's whole lifetime (with(lock(m), body)) the test folds away.
@@ -22,7 +28,6 @@
 #include <exception>
 #include <source_location>
 #include <string>
-#include <string_view>
 #include <utility>
 
 #include "../errors.hpp"
@@ -30,22 +35,22 @@
 #include "source_site.hpp"
 
 // On with()'s exception path GCC would call the destructor out of line, and the manager's
-// address, with its flags, would escape on the normal path too (see detail/lock.hpp).
+// address, with its flags, would escape on the normal path too (see detail/lock.hpp). The
+// report itself is kept out of line, so that the managers' destructors stay small.
 #if defined(__GNUC__)
 #define CTXMGR_ENTRY_CHECK_INLINE [[gnu::always_inline]] inline
+#define CTXMGR_ENTRY_CHECK_COLD [[gnu::cold, gnu::noinline]]
 #else
 #define CTXMGR_ENTRY_CHECK_INLINE inline
+#define CTXMGR_ENTRY_CHECK_COLD
 #endif
 
 namespace ctxmgr::detail {
 
 // Reports that `manager` ("ctxmgr::lock", a string with static storage) made at `where` was
 // destroyed without being entered. Never throws.
-#if defined(__GNUC__)
-[[gnu::cold, gnu::noinline]]
-#endif
-inline void
-report_never_entered(const char* manager, std::source_location where) noexcept {
+CTXMGR_ENTRY_CHECK_COLD inline void report_never_entered(const char* manager,
+                                                         std::source_location where) noexcept {
     std::exception_ptr report;
     try {
         std::string message = manager;
@@ -79,10 +84,7 @@ struct manager_name {
 // stack (see the top of this header). For entry_check, and for a manager whose own state
 // already says whether it was entered (contextmanager).
 template <manager_name Name>
-#if defined(__GNUC__)
-[[gnu::cold, gnu::noinline]]
-#endif
-void destroyed_unentered(std::source_location where) noexcept {
+CTXMGR_ENTRY_CHECK_COLD void destroyed_unentered(std::source_location where) noexcept {
     if (std::uncaught_exceptions() == 0) report_never_entered(Name.text, where);
 }
 
@@ -128,3 +130,4 @@ class entry_check {
 }  // namespace ctxmgr::detail
 
 #undef CTXMGR_ENTRY_CHECK_INLINE
+#undef CTXMGR_ENTRY_CHECK_COLD

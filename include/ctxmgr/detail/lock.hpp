@@ -315,9 +315,9 @@ constexpr const char* name_of(manager_kind kind) noexcept {
     return names[static_cast<unsigned char>(kind)];
 }
 
-// What every mutex manager is: the mutexes, the call site (in the check that it is entered),
-// whether it holds them; enter() is the managers' own, exit() and the destructor are this
-// class's.
+// What every mutex manager is: the mutexes, the call site, whether it holds them or was never
+// entered (detail/entry_check.hpp's rules); enter() is the managers' own, exit() and the
+// destructor are this class's.
 template <manager_kind Kind, class... Ms>
 class lock_base {
     static_assert(sizeof...(Ms) >= 1, "ctxmgr::lock and the other managers: give a mutex");
@@ -331,17 +331,24 @@ class lock_base {
 
     // Unlocks, in reverse order, what enter() locked; does nothing otherwise.
     void exit(const std::exception_ptr&) noexcept {
-        if (held_) release();
+        if (phase_ == phase::held) release();
     }
 
   protected:
-    lock_base(std::source_location where, Ms&... ms) noexcept : mutexes_(ms...), check_(where) {}
+    lock_base(std::source_location where, Ms&... ms) noexcept : mutexes_(ms...), where_(where) {}
     lock_base(lock_base&& other) noexcept
         : mutexes_(other.mutexes_),
-          check_(std::move(other.check_)),
-          held_(std::exchange(other.held_, false)) {}
+          where_(other.where_),
+          phase_(std::exchange(other.phase_, phase::idle)) {}
     CTXMGR_LOCK_INLINE ~lock_base() {
-        if (held_) release();
+        // One test on the path with() takes: the phase is idle after exit.
+        if (phase_ != phase::idle) {
+            if (phase_ == phase::held) {
+                release();
+            } else {
+                destroyed_unentered<manager_name(manager)>(where_);
+            }
+        }
     }
 
     // lock() (std::lock for several) or lock_shared(), waiting as long as it takes.
@@ -369,7 +376,7 @@ class lock_base {
         if (result != sizeof...(Ms)) {
             const auto refs = refs_of(mutexes_, shared);
             throw_lock_timeout(manager, refs.data(), refs.size(), result,
-                               std::chrono::steady_clock::now() - start, check_.where());
+                               std::chrono::steady_clock::now() - start, where_);
         }
         acquired();
     }
@@ -382,33 +389,35 @@ class lock_base {
 
   private:
     void prepare() {
-        check_.entered();
-        if (held_) misuse("entered again before exit");
+        if (phase_ == phase::held) misuse("entered again before exit");
+        phase_ = phase::idle;
         std::apply(
             [&](Ms&... ms) {
-                check_distinct(manager, check_.where(), ms...);
-                order_hooks<Ms...>::before(shared, check_.where(), ms...);
+                check_distinct(manager, where_, ms...);
+                order_hooks<Ms...>::before(shared, where_, ms...);
             },
             mutexes_);
     }
     void acquired() noexcept {
-        held_ = true;
-        std::apply([&](Ms&... ms) { order_hooks<Ms...>::acquired(shared, check_.where(), ms...); },
+        phase_ = phase::held;
+        std::apply([&](Ms&... ms) { order_hooks<Ms...>::acquired(shared, where_, ms...); },
                    mutexes_);
     }
     [[noreturn]] void misuse(std::string_view problem) const {
         const auto refs = refs_of(mutexes_, shared);
-        throw_lock_misuse(manager, problem, refs.data(), refs.size(), check_.where());
+        throw_lock_misuse(manager, problem, refs.data(), refs.size(), where_);
     }
     void release() noexcept {
-        held_ = false;
+        phase_ = phase::idle;
         unlock_all<shared>(mutexes_);
         std::apply([&](Ms&... ms) { order_hooks<Ms...>::released(shared, ms...); }, mutexes_);
     }
 
     std::tuple<Ms&...> mutexes_;
-    [[no_unique_address]] entry_check<manager_name(name_of(Kind))> check_;
-    bool held_ = false;  // in check_'s tail padding
+    std::source_location where_;
+    // The manager's own state says whether it was ever entered, so it needs no entry_check:
+    // one byte, tested once in the destructor, even where the compiler cannot see it.
+    enum class phase : unsigned char { idle, held, unentered } phase_ = phase::unentered;
 };
 
 }  // namespace detail

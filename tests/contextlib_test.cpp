@@ -183,6 +183,49 @@ TEST(Chdir, FailingToChangeBackNestsThePendingException) {
     EXPECT_EQ(std::filesystem::current_path(), before);
 }
 
+// --- made but never entered -----------------------------------------------------------------
+
+TEST(NeverEntered, RedirectAndChdirMadeAndDroppedReportTheirLineAndChangeNothing) {
+    std::ostringstream captured;
+    std::streambuf* const original = std::cout.rdbuf();
+    const auto before = std::filesystem::current_path();
+    ctxmgr::testing::unraisable_log log;
+    const unsigned first = __LINE__ + 1;
+    static_cast<void>(ctxmgr::redirect_stdout(captured));
+    static_cast<void>(ctxmgr::redirect_stderr(captured));
+    static_cast<void>(ctxmgr::chdir(std::filesystem::temp_directory_path()));
+    EXPECT_EQ(std::cout.rdbuf(), original);
+    EXPECT_EQ(std::filesystem::current_path(), before);
+    const auto reports = log.reports();
+    const char* const names[] = {"redirect_stdout", "redirect_stderr", "chdir"};
+    ASSERT_EQ(reports.size(), std::size(names));
+    for (unsigned i = 0; i < std::size(names); ++i) {
+        EXPECT_TRUE(ctxmgr::testing::reports_never_entered(reports[i], names[i],
+                                                           "contextlib_test.cpp", first + i))
+            << reports[i];
+    }
+}
+
+TEST(NeverEntered, EnteredOrMovedFromManagersDoNotReport) {
+    std::ostringstream captured;
+    ctxmgr::testing::unraisable_log log;
+    ctxmgr::with(ctxmgr::redirect_stdout(captured), [] {});
+    {
+        ctxmgr::redirect_stderr first(captured);
+        auto moved = std::move(first);
+        ctxmgr::with(moved, [] {});
+    }
+    {
+        // Entered, though enter() fails: it was used as a manager.
+        ctxmgr::chdir missing("/nonexistent/ctxmgr");
+        EXPECT_THROW(missing.enter(), ctxmgr::io_error);
+        ctxmgr::chdir first(std::filesystem::temp_directory_path());
+        auto moved = std::move(first);
+        ctxmgr::with(moved, [] {});
+    }
+    EXPECT_TRUE(log.reports().empty()) << log.reports().front();
+}
+
 TEST(Decorate, RunsTheFunctionInsideAFreshManagerEveryCall) {
     int made = 0;
     auto safe_div = ctxmgr::decorate(

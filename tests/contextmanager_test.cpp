@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <new>
 #include <optional>
 #include <string>
 #include <thread>
@@ -31,8 +32,10 @@ contextmanager<int> traced(std::vector<std::string>& log, int value = 7) {
 
 TEST(ContextManager, CallingRunsNothing) {
     std::vector<std::string> log;
+    ctxmgr::testing::unraisable_log reports;
     auto m = traced(log);
     EXPECT_TRUE(log.empty());
+    ctxmgr::with(m, [](int&) {});  // a manager never entered would report
     static_assert(ctxmgr::context_manager<contextmanager<int>>);
     static_assert(!std::is_copy_constructible_v<contextmanager<int>>);
 }
@@ -244,10 +247,12 @@ struct destruction_witness {
     ~destruction_witness() { ++*destroyed; }
 };
 
+constexpr unsigned with_local_first_line = __LINE__ + 1;
 contextmanager<void> with_local(int& destroyed) {
     destruction_witness local{&destroyed};
     co_yield {};
 }
+constexpr unsigned with_local_last_line = __LINE__ - 1;
 
 TEST(ContextManager, DestroyingAnEnteredManagerDestroysTheFrameAndItsLocals) {
     int destroyed = 0;
@@ -259,10 +264,72 @@ TEST(ContextManager, DestroyingAnEnteredManagerDestroysTheFrameAndItsLocals) {
     EXPECT_EQ(destroyed, 1);
 }
 
-TEST(ContextManager, DestroyingANeverEnteredManagerRunsNothing) {
+TEST(ContextManager, DestroyingANeverEnteredManagerRunsNothingAndReportsTheCoroutine) {
     int destroyed = 0;
+    ctxmgr::testing::unraisable_log log;
     { auto m = with_local(destroyed); }
     EXPECT_EQ(destroyed, 0);  // the body never started, so the local never existed
+    const auto reports = log.reports();
+    ASSERT_EQ(reports.size(), 1u);
+    // The coroutine, as the compiler locates its frame: its first line or its last.
+    using ctxmgr::testing::reports_never_entered;
+    EXPECT_TRUE(reports_never_entered(reports[0], "contextmanager", "contextmanager_test.cpp",
+                                      with_local_first_line) ||
+                reports_never_entered(reports[0], "contextmanager", "contextmanager_test.cpp",
+                                      with_local_last_line))
+        << reports[0];
+    EXPECT_TRUE(ctxmgr::testing::contains(reports[0], "with_local(int&)")) << reports[0];
+}
+
+TEST(ContextManager, OutOfMemoryTheNeverEnteredReportStillArrives) {
+    std::vector<std::string> trace;
+    int calls = 0;
+    bool out_of_memory = false;
+    std::string where(64, ' ');  // room enough: the hook must not allocate either
+    auto previous =
+        ctxmgr::set_unraisable_hook([&](std::exception_ptr e, std::string_view reported) {
+            ++calls;
+            out_of_memory = ctxmgr::holds<std::bad_alloc>(e);
+            where.assign(reported);
+        });
+    std::optional<contextmanager<int>> m(traced(trace));
+    {
+        ctxmgr::testing::allocation_failure failing;
+        m.reset();
+    }
+    ctxmgr::set_unraisable_hook(std::move(previous));
+    EXPECT_EQ(calls, 1);
+    EXPECT_TRUE(out_of_memory);
+    EXPECT_EQ(where, "ctxmgr::contextmanager");
+}
+
+TEST(ContextManager, EnteredOrMovedFromManagersDoNotReport) {
+    std::vector<std::string> trace;
+    ctxmgr::testing::unraisable_log log;
+    ctxmgr::with(traced(trace), [](int&) {});
+    {
+        auto a = traced(trace);
+        auto b = std::move(a);
+        b.enter();
+        b.exit(nullptr);
+    }
+    {
+        // Entered, and the setup threw: it was used as a manager.
+        auto m = []() -> contextmanager<void> {
+            throw test_error("setup failed");
+            co_yield {};
+        }();
+        EXPECT_THROW(m.enter(), test_error);
+    }
+    EXPECT_TRUE(log.reports().empty()) << log.reports().front();
+    // Assigning over a manager never entered drops it.
+    int destroyed = 0;
+    auto m = with_local(destroyed);
+    m = with_local(destroyed);
+    EXPECT_EQ(log.reports().size(), 1u);
+    m.enter();
+    m.exit(nullptr);
+    EXPECT_EQ(log.reports().size(), 1u);
 }
 
 TEST(ContextManager, MoveTransfersTheCoroutine) {

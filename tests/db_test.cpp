@@ -622,6 +622,31 @@ TYPED_TEST(Db, TransactionMisuseIsAProtocolError) {
     EXPECT_THROW(outer.exit(nullptr), ctxmgr::protocol_error);  // twice
 }
 
+TYPED_TEST(Db, ATransactionNeverEnteredReportsItsLineAndBeginsNothing) {
+    auto c = this->connect();
+    ctxmgr::testing::unraisable_log log;
+    unsigned line = 0;
+    {
+        auto tx = c.transaction();  // the RAII habit: this begins nothing
+        line = __LINE__ - 1;
+        EXPECT_EQ(c.transaction_state(), db::transaction_state::idle);
+    }
+    auto reports = log.reports();
+    ASSERT_EQ(reports.size(), 1u);
+    EXPECT_TRUE(
+        ctxmgr::testing::reports_never_entered(reports[0], "db::transaction", "db_test.cpp", line))
+        << reports[0];
+    // Entered (by with, by hand, or through the one it was moved to): no report.
+    ctxmgr::with(c.transaction(), [](auto&) {});
+    {
+        auto tx = c.transaction();
+        auto moved = std::move(tx);
+        moved.enter();
+        moved.exit(nullptr);
+    }
+    EXPECT_EQ(log.reports().size(), 1u) << log.reports().back();
+}
+
 TYPED_TEST(Db, ATransactionEndedInsideTheBlockIsReportedAtExit) {
     auto c = this->connect();
     const auto t = this->make_table(c);

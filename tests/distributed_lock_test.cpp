@@ -425,6 +425,47 @@ TEST_F(DistributedLock, TheTransactionLockOutsideATransactionIsAProtocolError) {
     EXPECT_NE(what_of(e).find("needs an open transaction"), std::string::npos) << what_of(e);
 }
 
+// ---- made but never entered -----------------------------------------------------------
+
+// Making a manager touches no server, so this needs none.
+TEST(DistributedLockNeverEntered, AManagerNeverEnteredReportsItsLineAndAMovedFromOneDoesNot) {
+    ctxmgr::testing::unraisable_log log;
+    unsigned line = 0;
+    {
+        postgres::advisory_lock lock("host=/nonexistent", "job");  // locks nothing
+        line = __LINE__ - 1;
+        auto moved = std::move(lock);
+        static_cast<void>(moved);
+    }
+    const auto reports = log.reports();
+    ASSERT_EQ(reports.size(), 1u) << "the moved-from manager does not report";
+    EXPECT_TRUE(ctxmgr::testing::reports_never_entered(reports[0], "postgres::advisory_lock",
+                                                       "distributed_lock_test.cpp", line))
+        << reports[0];
+}
+
+TEST_F(DistributedLock, EnteredManagersDoNotReportAndATransactionLockNeverEnteredDoes) {
+    auto c = connect();
+    ctxmgr::testing::unraisable_log log;
+    ctxmgr::with(postgres::advisory_lock(server_.conninfo, unique("entered")),
+                 [](postgres::lease&) {});
+    unsigned line = 0;
+    ctxmgr::with(c.transaction(), [&](postgres::connection& tx) {
+        ctxmgr::with(postgres::advisory_xact_lock(tx, unique("entered-xact")),
+                     [](postgres::connection&) {});
+        // Entered, though enter() fails: it was used as a manager.
+        EXPECT_THROW(static_cast<void>(postgres::advisory_lock("host=/nonexistent", "x").enter()),
+                     db::connection_error);
+        postgres::advisory_xact_lock dropped(tx, unique("dropped"));  // locks nothing
+        line = __LINE__ - 1;
+    });
+    const auto reports = log.reports();
+    ASSERT_EQ(reports.size(), 1u) << reports.back();
+    EXPECT_TRUE(ctxmgr::testing::reports_never_entered(reports[0], "postgres::advisory_xact_lock",
+                                                       "distributed_lock_test.cpp", line))
+        << reports[0];
+}
+
 // ---- a holder killed ------------------------------------------------------------------
 
 using DistributedLockDedicated = ctxmgr::testing::dedicated_postgres_test;

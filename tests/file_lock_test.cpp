@@ -125,6 +125,7 @@ TEST_F(FileLock, TypeIsDecidedOnPurpose) {
     EXPECT_FALSE(std::filesystem::exists(path_)) << "constructing touches nothing on disk";
     EXPECT_STREQ(ctxmgr::to_string(lock_mode::exclusive), "exclusive");
     EXPECT_STREQ(ctxmgr::to_string(lock_mode::shared), "shared");
+    ctxmgr::with(lock, [] {});  // a manager made and never entered would report
 }
 
 TEST_F(FileLock, HeaderExampleRuns) {
@@ -506,6 +507,46 @@ TEST_F(FileLock, AHeldLockMayBeReleasedOnAnotherThread) {
     lock.enter();
     std::thread([moved = std::move(lock)]() mutable { moved.release(); }).join();
     EXPECT_TRUE(lockable_now(path_));
+}
+
+// --- made but never entered -----------------------------------------------------------------
+
+TEST_F(FileLock, MadeAndNeverEnteredReportsTheManagerItsLineAndHowToUseIt) {
+    ctxmgr::testing::unraisable_log log;
+    unsigned line = 0;
+    {
+        ctxmgr::file_lock lock(path_);  // the RAII habit: this locks nothing
+        line = __LINE__ - 1;
+        EXPECT_FALSE(std::filesystem::exists(path_)) << "nothing was even opened";
+    }
+    const auto reports = log.reports();
+    ASSERT_EQ(reports.size(), 1u);
+    EXPECT_TRUE(
+        ctxmgr::testing::reports_never_entered(reports[0], "file_lock", "file_lock_test.cpp", line))
+        << reports[0];
+}
+
+TEST_F(FileLock, EnteredOrMovedFromDoesNotReportAndAssigningOverAnUnenteredOneDoes) {
+    ctxmgr::testing::unraisable_log log;
+    ctxmgr::with(ctxmgr::file_lock(path_), [] {});
+    {
+        ctxmgr::file_lock held(path_);
+        held.enter();
+        // Entered, though enter() fails: it was used as a manager.
+        ctxmgr::file_lock busy(path_, lock_mode::exclusive, 0ms);
+        EXPECT_THROW(busy.enter(), ctxmgr::timeout_error);
+        ctxmgr::file_lock moved(std::move(held));
+    }
+    EXPECT_TRUE(log.reports().empty()) << log.reports().front();
+    ctxmgr::file_lock first(path_);
+    const unsigned line = __LINE__ - 1;
+    first = ctxmgr::file_lock(directory_ / "other.lock");
+    const auto reports = log.reports();
+    ASSERT_EQ(reports.size(), 1u) << "the one assigned over was dropped";
+    EXPECT_TRUE(
+        ctxmgr::testing::reports_never_entered(reports[0], "file_lock", "file_lock_test.cpp", line))
+        << reports[0];
+    ctxmgr::with(first, [] {});
 }
 
 // --- failures while releasing ----------------------------------------------------------------

@@ -293,6 +293,123 @@ TEST(Lock, WorksInAnExitStack) {
     b.unlock();
 }
 
+// --- made but never entered -----------------------------------------------------------------
+
+using ctxmgr::testing::reports_never_entered;
+using ctxmgr::testing::unraisable_log;
+
+TEST(Lock, MadeAndNeverEnteredReportsTheManagerItsLineAndHowToUseIt) {
+    std::mutex m;
+    unraisable_log log;
+    unsigned line = 0;
+    {
+        auto guard = ctxmgr::lock(m);  // the RAII habit: this locks nothing
+        line = __LINE__ - 1;
+        ASSERT_TRUE(m.try_lock()) << "nothing was locked";
+        m.unlock();
+    }
+    const auto reports = log.reports();
+    ASSERT_EQ(reports.size(), 1u);
+    EXPECT_TRUE(reports_never_entered(reports[0], "lock", "lock_test.cpp", line)) << reports[0];
+}
+
+TEST(Lock, EveryMutexManagerReportsUnderItsOwnName) {
+    std::mutex a, b;
+    std::timed_mutex t;
+    std::shared_timed_mutex s;
+    const auto deadline = std::chrono::steady_clock::now() + 1s;
+    unraisable_log log;
+    const unsigned first = __LINE__ + 1;
+    static_cast<void>(ctxmgr::lock(a, b));
+    static_cast<void>(ctxmgr::lock_for(1s, t));
+    static_cast<void>(ctxmgr::lock_until(deadline, t));
+    static_cast<void>(ctxmgr::shared(s));
+    static_cast<void>(ctxmgr::shared_for(1s, s));
+    static_cast<void>(ctxmgr::shared_until(deadline, s));
+    const auto reports = log.reports();
+    const char* const names[] = {"lock",   "lock_for",   "lock_until",
+                                 "shared", "shared_for", "shared_until"};
+    ASSERT_EQ(reports.size(), std::size(names));
+    for (unsigned i = 0; i < std::size(names); ++i) {
+        EXPECT_TRUE(reports_never_entered(reports[i], names[i], "lock_test.cpp", first + i))
+            << reports[i];
+    }
+}
+
+TEST(Lock, EnteredManagersDoNotReportEvenWhenEnterThrows) {
+    std::vector<std::string> calls;
+    recording_mutex busy{&calls, "busy"};
+    busy.throw_on = true;
+    std::mutex m;
+    std::timed_mutex t;
+    unraisable_log log;
+    ctxmgr::with(ctxmgr::lock(m), ctxmgr::lock_for(1s, t), [] {});
+    {
+        ctxmgr::exit_stack stack;
+        stack.enter_context(ctxmgr::lock(m));
+        auto manager = ctxmgr::lock_for(1s, t);
+        stack.enter_context(manager);
+    }
+    EXPECT_THROW(ctxmgr::with(ctxmgr::lock(busy), [] {}), std::system_error);
+    {
+        auto manager = ctxmgr::lock(m);
+        manager.enter();
+        manager.exit(nullptr);
+    }
+    EXPECT_TRUE(log.reports().empty()) << log.reports().front();
+}
+
+TEST(Lock, ManagersAfterOneWhoseEnterThrowsDoNotReport) {
+    // with(a, b, body) destroys b unentered when a's enter() throws: no misuse of b.
+    std::vector<std::string> calls;
+    recording_mutex busy{&calls, "busy"};
+    busy.throw_on = true;
+    std::mutex m;
+    unraisable_log log;
+    bool ran = false;
+    EXPECT_THROW(ctxmgr::with(ctxmgr::lock(busy), ctxmgr::lock(m), [&] { ran = true; }),
+                 std::system_error);
+    EXPECT_FALSE(ran);
+    EXPECT_TRUE(log.reports().empty()) << log.reports().front();
+}
+
+TEST(Lock, AMovedFromManagerDoesNotReport) {
+    std::mutex m;
+    unraisable_log log;
+    {
+        auto first = ctxmgr::lock(m);
+        auto second = std::move(first);
+        ctxmgr::with(second, [] {});
+    }
+    EXPECT_TRUE(log.reports().empty()) << log.reports().front();
+    unsigned line = 0;
+    {
+        auto first = ctxmgr::lock(m);
+        line = __LINE__ - 1;
+        auto second = std::move(first);
+        static_cast<void>(second);
+    }
+    const auto reports = log.reports();
+    ASSERT_EQ(reports.size(), 1u) << "the mark moves: the moved-from manager does not report";
+    EXPECT_TRUE(reports_never_entered(reports[0], "lock", "lock_test.cpp", line)) << reports[0];
+}
+
+// exit_stack::push registers a manager's exit without entering it (CPython's
+// ExitStack.push): nothing is acquired, so the manager still reports.
+TEST(Lock, PushedWithoutEnteringStillReports) {
+    std::mutex m;
+    unraisable_log log;
+    unsigned line = 0;
+    {
+        ctxmgr::exit_stack stack;
+        stack.push(ctxmgr::lock(m));
+        line = __LINE__ - 1;
+    }
+    const auto reports = log.reports();
+    ASSERT_EQ(reports.size(), 1u);
+    EXPECT_TRUE(reports_never_entered(reports[0], "lock", "lock_test.cpp", line)) << reports[0];
+}
+
 // --- across threads ------------------------------------------------------------------------
 
 TEST(Lock, ExcludesOtherThreads) {

@@ -224,6 +224,30 @@ TEST_F(Pool, EnteringTwiceOrExitingFirstIsAProtocolError) {
     EXPECT_EQ(pool.stats().in_use, 0U);
 }
 
+TEST_F(Pool, AManagerNeverEnteredReportsItsLineAndBorrowsNothing) {
+    auto pool = make();
+    unraisable_log log;
+    unsigned line = 0;
+    {
+        auto borrow = pool.connection(1s);  // the RAII habit: this borrows nothing
+        line = __LINE__ - 1;
+        EXPECT_EQ(pool.stats().in_use, 0U);
+    }
+    auto reports = log.reports();
+    ASSERT_EQ(reports.size(), 1u);
+    EXPECT_TRUE(ctxmgr::testing::reports_never_entered(reports[0], "pooled_connection",
+                                                       "pool_test.cpp", line))
+        << reports[0];
+    // Entered (by with, or through the one it was moved to): silent.
+    ctxmgr::with(pool.connection(), [](sqlite::connection&) {});
+    {
+        auto borrow = pool.connection();
+        auto moved = std::move(borrow);
+        ctxmgr::with(moved, [](sqlite::connection&) {});
+    }
+    EXPECT_EQ(log.reports().size(), 1u) << log.reports().back();
+}
+
 TEST_F(Pool, TheManagersDestructorGivesBackWhatWasNeverExited) {
     auto pool = make();
     {

@@ -564,6 +564,37 @@ TEST(TrackingProtocol, ARunningWatchdogIsStoppedByItsDestructorOrAMoveAssignment
     EXPECT_THROW(first.enter(), ctxmgr::protocol_error);
 }
 
+// --- made but never entered -----------------------------------------------------------------
+
+TEST(TrackingProtocol, ManagersMadeAndNeverEnteredReportTheirLine) {
+    ctxmgr::testing::unraisable_log log;
+    const unsigned first = __LINE__ + 1;
+    static_cast<void>(ctxmgr::expect_no_leaks());
+    static_cast<void>(ctxmgr::watch_held_too_long(1h, [](const ctxmgr::resource_info&) {}));
+    const auto reports = log.reports();
+    const char* const names[] = {"expect_no_leaks", "watch_held_too_long"};
+    ASSERT_EQ(reports.size(), std::size(names));
+    for (unsigned i = 0; i < std::size(names); ++i) {
+        EXPECT_TRUE(ctxmgr::testing::reports_never_entered(reports[i], names[i],
+                                                           "tracking_test.cpp", first + i))
+            << reports[i];
+    }
+}
+
+TEST(TrackingProtocol, ManagersEnteredOrMovedFromDoNotReport) {
+    ctxmgr::testing::unraisable_log log;
+    ctxmgr::with(ctxmgr::expect_no_leaks(), [] {});
+    {
+        ctxmgr::watch_held_too_long watch(1h, [](const ctxmgr::resource_info&) {});
+        ctxmgr::watch_held_too_long moved(std::move(watch));
+        ctxmgr::with(moved, [] {});
+        ctxmgr::expect_no_leaks check;
+        ctxmgr::expect_no_leaks moved_check(std::move(check));
+        ctxmgr::with(moved_check, [] {});
+    }
+    EXPECT_TRUE(log.reports().empty()) << log.reports().front();
+}
+
 // --- at exit, and across fork ---------------------------------------------------------------
 
 struct child_result {

@@ -14,6 +14,10 @@
 //   ctxmgr::with(ctxmgr::redirect_stdout(out), [] { std::cout << "captured"; });
 //   auto timed_parse = ctxmgr::decorate([] { return timer(); }, parse);
 //
+// redirect_stdout, redirect_stderr and chdir act in enter(): one made and never entered
+// (`auto r = ctxmgr::redirect_stdout(out);`) changes nothing, and its destructor reports that
+// to the unraisable hook with the line that made it (a protocol_error).
+//
 // Guarantees: suppress, nullcontext and redirect_* never throw. closing's exit throws what
 // close() throws. chdir throws io_error naming the directory when it cannot change into it
 // or back; if changing back fails while an exception is pending, that exception is nested
@@ -33,11 +37,13 @@
 #include <filesystem>
 #include <functional>
 #include <iostream>
+#include <source_location>
 #include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
+#include "detail/entry_check.hpp"
 #include "errors.hpp"
 #include "protocol.hpp"
 #include "with.hpp"
@@ -112,12 +118,14 @@ namespace detail {
 
 // Points a standard stream at another stream's buffer for the block. Reentrant: entering the
 // same object again nests, and each exit restores what its enter replaced.
+template <manager_name Name>
 class redirect_stream {
   public:
-    redirect_stream(std::ostream& stream, std::ostream& target) noexcept
-        : stream_(stream), target_(target) {}
+    redirect_stream(std::ostream& stream, std::ostream& target, std::source_location where) noexcept
+        : stream_(stream), target_(target), check_(where) {}
 
     std::ostream& enter() {
+        check_.entered();
         previous_.reserve(previous_.size() + 1);  // the only step that can throw
         stream_.flush();
         previous_.push_back(stream_.rdbuf(target_.rdbuf()));
@@ -134,30 +142,38 @@ class redirect_stream {
     std::ostream& stream_;
     std::ostream& target_;
     std::vector<std::streambuf*> previous_;
+    [[no_unique_address]] entry_check<Name> check_;
 };
 
 }  // namespace detail
 
 // Sends std::cout to `target` for the block (Python's contextlib.redirect_stdout); enter()
 // returns target. std::cout is flushed on the way in and out.
-class [[nodiscard]] redirect_stdout : public detail::redirect_stream {
+class [[nodiscard]] redirect_stdout : public detail::redirect_stream<"redirect_stdout"> {
   public:
-    explicit redirect_stdout(std::ostream& target) noexcept : redirect_stream(std::cout, target) {}
+    explicit redirect_stdout(std::ostream& target,
+                             std::source_location where = std::source_location::current()) noexcept
+        : redirect_stream(std::cout, target, where) {}
 };
 
 // Sends std::cerr to `target` for the block (Python's contextlib.redirect_stderr).
-class [[nodiscard]] redirect_stderr : public detail::redirect_stream {
+class [[nodiscard]] redirect_stderr : public detail::redirect_stream<"redirect_stderr"> {
   public:
-    explicit redirect_stderr(std::ostream& target) noexcept : redirect_stream(std::cerr, target) {}
+    explicit redirect_stderr(std::ostream& target,
+                             std::source_location where = std::source_location::current()) noexcept
+        : redirect_stream(std::cerr, target, where) {}
 };
 
 // Changes the working directory for the block and changes back on exit (Python 3.11's
 // contextlib.chdir). Reentrant. Throws io_error ("chdir \"/x\": No such file or directory").
 class [[nodiscard]] chdir {
   public:
-    explicit chdir(std::filesystem::path path) : path_(std::move(path)) {}
+    explicit chdir(std::filesystem::path path,
+                   std::source_location where = std::source_location::current())
+        : path_(std::move(path)), check_(where) {}
 
     void enter() {
+        check_.entered();
         std::string current = current_directory();
         previous_.reserve(previous_.size() + 1);
         if (::chdir(path_.c_str()) != 0) throw io_error("chdir", path_.string(), errno);
@@ -185,6 +201,7 @@ class [[nodiscard]] chdir {
 
     std::filesystem::path path_;
     std::vector<std::string> previous_;
+    [[no_unique_address]] detail::entry_check<"chdir"> check_;
 };
 
 // Python's ContextDecorator: decorate(factory, f) returns a callable that, on every call,

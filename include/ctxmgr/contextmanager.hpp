@@ -28,7 +28,10 @@
 //     throws protocol_error; one that does not stop after e throws protocol_error with e
 //     nested;
 //   - destroying a manager that was entered and never exited destroys the coroutine frame,
-//     running the destructors of the locals alive at the co_yield.
+//     running the destructors of the locals alive at the co_yield;
+//   - destroying one never entered runs none of the setup, and says so: a protocol_error
+//     naming the coroutine goes to the unraisable hook (Python's "coroutine ... was never
+//     awaited"); a moved-from manager stays silent.
 //
 // Caution: like any coroutine, the frame keeps copies of by-value parameters but only the
 // references of reference parameters: those must outlive the manager. A manager is one-shot;
@@ -46,9 +49,11 @@
 #include <cstddef>
 #include <exception>
 #include <new>
+#include <source_location>
 #include <type_traits>
 #include <utility>
 
+#include "detail/entry_check.hpp"
 #include "errors.hpp"
 
 namespace ctxmgr {
@@ -168,9 +173,10 @@ class [[nodiscard]] contextmanager {
         : handle_(std::exchange(other.handle_, nullptr)),
           state_(std::exchange(other.state_, state::finished)) {}
 
+    // Destroys this one's frame first; if it was never entered, that is reported.
     contextmanager& operator=(contextmanager&& other) noexcept {
         if (this != &other) {
-            destroy();
+            drop();
             handle_ = std::exchange(other.handle_, nullptr);
             state_ = std::exchange(other.state_, state::finished);
         }
@@ -178,7 +184,7 @@ class [[nodiscard]] contextmanager {
     }
 
     // Destroys the frame, running the destructors of the coroutine's live locals.
-    ~contextmanager() { destroy(); }
+    ~contextmanager() { drop(); }
 
     // Runs the coroutine to its co_yield and returns the yielded value. Throws what the
     // setup throws, or protocol_error if entered twice or if the coroutine did not yield.
@@ -251,7 +257,10 @@ class [[nodiscard]] contextmanager {
         void return_void() noexcept {}
         void unhandled_exception() noexcept { owner_->thrown_ = std::current_exception(); }
 
-        promise_type() = default;
+        // A coroutine's call has no default arguments to carry the caller's line, so the
+        // never-entered report names the coroutine: its last line (GCC) or first (Clang).
+        explicit promise_type(std::source_location where = std::source_location::current()) noexcept
+            : where_(where) {}
         promise_type(const promise_type&) = delete;
         promise_type& operator=(const promise_type&) = delete;
         // Tells the manager its frame is gone, whichever way it went.
@@ -317,6 +326,7 @@ class [[nodiscard]] contextmanager {
         contextmanager* owner_ = nullptr;
         // What exit() throws in at the co_yield; it lives in exit()'s frame meanwhile.
         const std::exception_ptr* resume_with_ = nullptr;
+        std::source_location where_;
         [[no_unique_address]] detail::yielded<T> yielded_;
     };
 
@@ -330,6 +340,15 @@ class [[nodiscard]] contextmanager {
         promise.owner_ = this;
         promise.resume_with_ = e;
         handle_.resume();  // never throws: the body's exceptions land in thrown_
+    }
+
+    // Destroys the frame of a manager being dropped; one never entered says so first. Its
+    // state is known inside with(), where the test disappears.
+    void drop() noexcept {
+        if (state_ == state::created && handle_) {
+            detail::destroyed_unentered<"contextmanager">(handle_.promise().where_);
+        }
+        destroy();
     }
 
     void destroy() noexcept {

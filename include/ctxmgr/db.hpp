@@ -65,6 +65,7 @@
 #include <vector>
 
 #include "detail/db_values.hpp"
+#include "detail/entry_check.hpp"
 #include "errors.hpp"
 #include "protocol.hpp"
 #include "release.hpp"
@@ -419,8 +420,10 @@ class basic_connection {
     // A manager for a transaction on this connection: BEGIN (or SAVEPOINT inside one) on
     // enter, COMMIT (RELEASE) on a clean exit, ROLLBACK (ROLLBACK TO) when the block throws.
     // enter() returns this connection. See db::transaction.
-    [[nodiscard]] db::transaction<Derived> transaction(transaction_options options = {}) noexcept {
-        return db::transaction<Derived>(self(), options);
+    [[nodiscard]] db::transaction<Derived> transaction(
+        transaction_options options = {},
+        std::source_location where = std::source_location::current()) noexcept {
+        return db::transaction<Derived>(self(), options, where);
     }
 
     // The quoted path or the connection string without its password, as the leak tracker
@@ -546,16 +549,20 @@ class basic_connection {
 // session again (which may be in another transaction by then, e.g. lent out by a pool).
 //
 // The destructor of a transaction entered and never exited rolls it back, never throws, and
-// reports a failure to the unraisable hook. Move-only; holds a pointer to the connection,
-// which must outlive it and not move while it is entered. Thread-compatible.
+// reports a failure to the unraisable hook. One never entered began nothing: its destructor
+// reports that, naming the line that made it, to the unraisable hook (protocol_error). Move-only;
+// holds a pointer to the connection, which must outlive it and not move while it is entered.
+// Thread-compatible.
 template <class Connection>
 class [[nodiscard]] transaction {
   public:
-    transaction(Connection& connection, transaction_options options) noexcept
-        : connection_(&connection), options_(options) {}
+    transaction(Connection& connection, transaction_options options,
+                std::source_location where = std::source_location::current()) noexcept
+        : connection_(&connection), options_(options), check_(where) {}
     transaction(transaction&& other) noexcept
         : connection_(other.connection_),
           options_(other.options_),
+          check_(std::move(other.check_)),
           savepoint_(other.savepoint_),
           depth_(other.depth_),
           epoch_(other.epoch_),
@@ -576,6 +583,7 @@ class [[nodiscard]] transaction {
     }
 
     Connection& enter() {
+        check_.entered();
         if (entered_ || exited_) throw protocol_error("transaction entered twice");
         Connection& c = *connection_;
         if (c.transaction_state() == transaction_state::idle) {
@@ -701,6 +709,7 @@ class [[nodiscard]] transaction {
 
     Connection* connection_;
     transaction_options options_;
+    [[no_unique_address]] ctxmgr::detail::entry_check<"db::transaction"> check_;
     std::uint64_t savepoint_ = 0;
     int depth_ = 0;
     std::uint64_t epoch_ = 0;

@@ -65,7 +65,8 @@
 //     db::connection_error when the session was lost while the lock was held (mutual
 //     exclusion may not have lasted the whole block): both are real problems, never ignored.
 //     exit(e) chains them to a pending exception. The destructor unlocks what is still held
-//     and reports a failure to the unraisable hook.
+//     and reports a failure to the unraisable hook. A manager never entered locked nothing:
+//     its destructor reports that, naming the line that made it, to the unraisable hook.
 //   - While held, a lease is registered with the leak tracker (kind "advisory lock",
 //     described by the key and the session's connection string, without the password).
 //   - Thread-compatible: a manager and its lease belong to one thread at a time. The pool
@@ -85,6 +86,7 @@
 #include <string_view>
 #include <type_traits>
 
+#include "detail/entry_check.hpp"
 #include "pool.hpp"
 #include "postgres.hpp"
 #include "tracking.hpp"
@@ -208,7 +210,7 @@ class [[nodiscard]] advisory_lock {
     std::string conninfo_;
     lock_key key_;
     lock_options options_;
-    std::source_location where_;
+    [[no_unique_address]] ctxmgr::detail::entry_check<"postgres::advisory_lock"> check_;
     std::unique_ptr<lease> lease_;
 };
 
@@ -216,8 +218,9 @@ class [[nodiscard]] advisory_lock {
 // nothing: the transaction's end releases the lock.
 class [[nodiscard]] advisory_xact_lock {
   public:
-    advisory_xact_lock(connection& c, lock_key key, lock_options options = {}) noexcept
-        : connection_(&c), key_(std::move(key)), options_(options) {}
+    advisory_xact_lock(connection& c, lock_key key, lock_options options = {},
+                       std::source_location where = std::source_location::current()) noexcept
+        : connection_(&c), key_(std::move(key)), options_(options), check_(where) {}
 
     connection& enter();
     void exit(const std::exception_ptr&) noexcept {}
@@ -226,6 +229,7 @@ class [[nodiscard]] advisory_xact_lock {
     connection* connection_;
     lock_key key_;
     lock_options options_;
+    [[no_unique_address]] ctxmgr::detail::entry_check<"postgres::advisory_xact_lock"> check_;
 };
 
 }  // namespace ctxmgr::postgres

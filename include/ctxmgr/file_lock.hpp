@@ -53,6 +53,7 @@
 #include <source_location>
 #include <string>
 
+#include "detail/entry_check.hpp"
 #include "tracking.hpp"
 
 namespace ctxmgr {
@@ -110,7 +111,7 @@ class [[nodiscard]] file_lock {
 
     std::filesystem::path path_;
     std::optional<std::chrono::nanoseconds> timeout_;
-    std::source_location where_;
+    [[no_unique_address]] detail::entry_check<"file_lock"> check_;
     int fd_ = -1;
     unsigned owner_ = 0;               // the fork generation that locked: see release()
     const void* order_key_ = nullptr;  // the lock-order checker's key, when it is on

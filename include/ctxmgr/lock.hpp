@@ -34,6 +34,9 @@
 //     passed twice). After any failure nothing is locked.
 //   - exit() and the destructor never throw; the destructor unlocks what a manager entered
 //     and never exited. A manager may be entered again after exit.
+//   - Made and never entered, a manager locks nothing: `auto guard = ctxmgr::lock(m);` is
+//     not a guard. Its destructor says so, with a protocol_error naming the manager and its
+//     line, to the unraisable hook (detail/entry_check.hpp). Free when with() enters it.
 //   - Timed waits run against std::chrono::steady_clock: lock_for's duration counts from
 //     enter(); lock_until converts another clock's time point to a steady deadline when the
 //     manager is made, so a jump of the wall clock neither ends nor prolongs the wait. A
@@ -109,6 +112,11 @@ class [[nodiscard]] lock final : public detail::lock_base<detail::manager_kind::
                   "deadlock-free std::lock algorithm");
 
   public:
+    // Every manager here declares its destructor, to have it always inlined even on with()'s
+    // exception path (see CTXMGR_LOCK_INLINE): with the never-entered report GCC would
+    // otherwise call it out of line there, +4 instructions. Hence the declared move too.
+    lock(lock&&) noexcept = default;
+    CTXMGR_LOCK_INLINE ~lock() = default;
     explicit lock(Ms&... mutexes,
                   std::source_location where = std::source_location::current()) noexcept
         : detail::lock_base<detail::manager_kind::lock, Ms...>(where, mutexes...) {}
@@ -131,6 +139,8 @@ class [[nodiscard]] lock_for final
                   "std::timed_mutex, std::recursive_timed_mutex, std::shared_timed_mutex");
 
   public:
+    lock_for(lock_for&&) noexcept = default;
+    CTXMGR_LOCK_INLINE ~lock_for() = default;
     template <class Rep, class Period>
     explicit lock_for(const std::chrono::duration<Rep, Period>& timeout, Ms&... mutexes,
                       std::source_location where = std::source_location::current()) noexcept
@@ -157,6 +167,8 @@ class [[nodiscard]] lock_until final
                   "std::timed_mutex, std::recursive_timed_mutex, std::shared_timed_mutex");
 
   public:
+    lock_until(lock_until&&) noexcept = default;
+    CTXMGR_LOCK_INLINE ~lock_until() = default;
     template <class Clock, class Duration>
     explicit lock_until(const std::chrono::time_point<Clock, Duration>& deadline, Ms&... mutexes,
                         std::source_location where = std::source_location::current())
@@ -181,6 +193,8 @@ class [[nodiscard]] shared final : public detail::lock_base<detail::manager_kind
                   "std::shared_mutex, std::shared_timed_mutex");
 
   public:
+    shared(shared&&) noexcept = default;
+    CTXMGR_LOCK_INLINE ~shared() = default;
     explicit shared(M& mutex, std::source_location where = std::source_location::current()) noexcept
         : detail::lock_base<detail::manager_kind::shared, M>(where, mutex) {}
 
@@ -201,6 +215,8 @@ class [[nodiscard]] shared_for final
                   "std::shared_timed_mutex");
 
   public:
+    shared_for(shared_for&&) noexcept = default;
+    CTXMGR_LOCK_INLINE ~shared_for() = default;
     template <class Rep, class Period>
     explicit shared_for(const std::chrono::duration<Rep, Period>& timeout, M& mutex,
                         std::source_location where = std::source_location::current()) noexcept
@@ -226,6 +242,8 @@ class [[nodiscard]] shared_until final
                   "std::shared_timed_mutex");
 
   public:
+    shared_until(shared_until&&) noexcept = default;
+    CTXMGR_LOCK_INLINE ~shared_until() = default;
     template <class Clock, class Duration>
     explicit shared_until(const std::chrono::time_point<Clock, Duration>& deadline, M& mutex,
                           std::source_location where = std::source_location::current())

@@ -80,6 +80,7 @@
 #include <utility>
 
 #include "db.hpp"
+#include "detail/entry_check.hpp"
 #include "errors.hpp"
 #include "release.hpp"
 #include "tracking.hpp"
@@ -151,7 +152,7 @@ struct pool_traits<postgres::connection> {
 
 namespace detail {
 
-// What the type-erased core (src/pool.cpp) asks of a connection type.
+// What the type-erased core (src/pool/pool.cpp) asks of a connection type.
 class pool_connector {
   public:
     pool_connector() = default;
@@ -230,7 +231,8 @@ class pool;
 
 // The manager pool.connection() returns. enter() borrows a connection and returns it; exit()
 // gives it back (see the top of this header). It may be entered again after exit. Move-only;
-// the pool must outlive enter().
+// the pool must outlive enter(). One never entered borrowed nothing: its destructor reports
+// that, naming the line that made it, to the unraisable hook (a protocol_error).
 template <db::connection Connection>
 class [[nodiscard]] pooled_connection {
   public:
@@ -238,7 +240,7 @@ class [[nodiscard]] pooled_connection {
         : core_(other.core_),
           entry_(std::exchange(other.entry_, nullptr)),
           timeout_(other.timeout_),
-          where_(other.where_),
+          check_(std::move(other.check_)),
           tracked_(std::move(other.tracked_)) {}
     pooled_connection& operator=(pooled_connection&&) = delete;
     pooled_connection(const pooled_connection&) = delete;
@@ -255,15 +257,17 @@ class [[nodiscard]] pooled_connection {
     // Waits for a connection (see the top of this header). Throws timeout_error,
     // closed_error, protocol_error when already entered.
     Connection& enter() {
+        check_.entered();
         if (entry_ != nullptr) {
             throw protocol_error(detail::pool_description(*core_) +
                                  ": pooled connection entered twice");
         }
-        detail::pool_entry_base* entry = detail::pool_acquire(*core_, timeout_, where_);
+        detail::pool_entry_base* entry = detail::pool_acquire(*core_, timeout_, check_.where());
         entry_ = entry;
         if constexpr (tracking_enabled) {
             try {
-                tracked_ = tracked("pooled connection", detail::pool_quoted_name(*core_), where_);
+                tracked_ =
+                    tracked("pooled connection", detail::pool_quoted_name(*core_), check_.where());
             } catch (...) {
                 give_back(nullptr);
                 throw;
@@ -293,7 +297,7 @@ class [[nodiscard]] pooled_connection {
 
     pooled_connection(detail::pool_core& core, std::chrono::nanoseconds timeout,
                       std::source_location where) noexcept
-        : core_(&core), timeout_(timeout), where_(where) {}
+        : core_(&core), timeout_(timeout), check_(where) {}
 
     void give_back(const std::exception_ptr& e) {
         detail::pool_entry_base& entry = *std::exchange(entry_, nullptr);
@@ -321,7 +325,7 @@ class [[nodiscard]] pooled_connection {
     detail::pool_core* core_;
     detail::pool_entry_base* entry_ = nullptr;
     std::chrono::nanoseconds timeout_;
-    std::source_location where_;
+    [[no_unique_address]] detail::entry_check<"pooled_connection"> check_;
     [[no_unique_address]] tracked tracked_;
 };
 

@@ -60,6 +60,7 @@
 #include <utility>
 #include <vector>
 
+#include "detail/entry_check.hpp"
 #include "errors.hpp"
 
 #ifndef CTXMGR_TRACKING
@@ -190,10 +191,13 @@ class [[nodiscard]] watch_held_too_long {
   public:
     using callback_type = std::function<void(const resource_info&)>;
 
-    watch_held_too_long(std::chrono::nanoseconds threshold, callback_type callback);
+    watch_held_too_long(std::chrono::nanoseconds threshold, callback_type callback,
+                        std::source_location where = std::source_location::current());
     watch_held_too_long(watch_held_too_long&&) noexcept;
+    // Stops this one's watchdog first; if this one was never entered, that is reported.
     watch_held_too_long& operator=(watch_held_too_long&&) noexcept;
-    ~watch_held_too_long();  // stops the watchdog if it still runs
+    // Stops the watchdog if it still runs; one never entered reports that it watched nothing.
+    ~watch_held_too_long();
 
     // Starts the watchdog. Throws protocol_error if it already runs, std::system_error if
     // the thread cannot start.
@@ -204,6 +208,7 @@ class [[nodiscard]] watch_held_too_long {
   private:
     struct state;
     std::unique_ptr<state> state_;
+    [[no_unique_address]] detail::entry_check<"watch_held_too_long"> check_;
 };
 
 // For tests: resources registered between enter() and exit() that are still live at exit()
@@ -212,6 +217,11 @@ class [[nodiscard]] watch_held_too_long {
 // exception propagates.
 class [[nodiscard]] expect_no_leaks {
   public:
+    // Made and never entered, it checks nothing; its destructor reports that (with `where`)
+    // to the unraisable hook.
+    explicit expect_no_leaks(std::source_location where = std::source_location::current()) noexcept
+        : check_(where) {}
+
     void enter();
     void exit(const std::exception_ptr& e);
 
@@ -221,6 +231,7 @@ class [[nodiscard]] expect_no_leaks {
   private:
     std::set<std::uint64_t> before_;
     bool entered_ = false;
+    [[no_unique_address]] detail::entry_check<"expect_no_leaks"> check_;
 };
 
 // Hides passwords in a PostgreSQL connection string or a URI: `password=...` values

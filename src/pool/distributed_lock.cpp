@@ -183,12 +183,12 @@ bool lease::lost() noexcept {
 
 advisory_lock::advisory_lock(pool<connection>& source, lock_key key, lock_options options,
                              std::source_location where)
-    : pool_(&source), key_(std::move(key)), options_(options), where_(where) {
+    : pool_(&source), key_(std::move(key)), options_(options), check_(where) {
 }
 
 advisory_lock::advisory_lock(std::string_view conninfo, lock_key key, lock_options options,
                              std::source_location where)
-    : conninfo_(conninfo), key_(std::move(key)), options_(options), where_(where) {
+    : conninfo_(conninfo), key_(std::move(key)), options_(options), check_(where) {
 }
 
 advisory_lock::advisory_lock(advisory_lock&&) noexcept = default;
@@ -200,13 +200,14 @@ advisory_lock::~advisory_lock() {
 }
 
 lease& advisory_lock::enter() {
+    check_.entered();
     if (lease_) throw protocol_error(key_.describe() + ": entered twice");
     const auto started = steady::now();
     std::unique_ptr<lease> held(new lease(key_, options_.shared));
     if (pool_ != nullptr) {
-        held->session_ = &held->borrowed_.emplace(pool_->connection(where_)).enter();
+        held->session_ = &held->borrowed_.emplace(pool_->connection(check_.where())).enter();
     } else {
-        held->session_ = &held->owned_.emplace(connect(conninfo_, {}, where_));
+        held->session_ = &held->owned_.emplace(connect(conninfo_, {}, check_.where()));
     }
     connection& session = *held->session_;
     const std::string context = key_.describe() + " on " + session.description();
@@ -295,7 +296,7 @@ lease& advisory_lock::enter() {
             held->tracked_ = tracked(
                 "advisory lock",
                 label(key_) + (options_.shared ? " shared" : "") + " on " + session.description(),
-                where_);
+                check_.where());
         } catch (...) {
             unlock_after_failure();
             throw;
@@ -380,6 +381,7 @@ void advisory_lock::exit(const std::exception_ptr& e) {
 // --- advisory_xact_lock --------------------------------------------------------------------
 
 connection& advisory_xact_lock::enter() {
+    check_.entered();
     connection& session = *connection_;
     const std::string context = key_.describe() + " on " + session.description();
     if (session.transaction_state() != db::transaction_state::active) {

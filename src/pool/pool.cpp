@@ -37,8 +37,8 @@
 #include <thread>
 #include <vector>
 
+#include "ctxmgr/detail/source_site.hpp"
 #include "support/clocks.hpp"
-#include "support/source_site.hpp"
 
 namespace ctxmgr::detail {
 

@@ -91,7 +91,7 @@ const char* to_string(lock_mode mode) noexcept {
 
 file_lock::file_lock(std::filesystem::path path, lock_mode mode,
                      std::optional<std::chrono::nanoseconds> timeout, std::source_location where)
-    : path_(std::move(path)), timeout_(timeout), where_(where), mode_(mode) {
+    : path_(std::move(path)), timeout_(timeout), check_(where), mode_(mode) {
     if (mode != lock_mode::exclusive && mode != lock_mode::shared) {
         throw std::invalid_argument("file_lock " + quoted(path_) + ": invalid lock_mode " +
                                     std::to_string(static_cast<int>(mode)) +
@@ -102,7 +102,7 @@ file_lock::file_lock(std::filesystem::path path, lock_mode mode,
 file_lock::file_lock(file_lock&& other) noexcept
     : path_(std::move(other.path_)),
       timeout_(other.timeout_),
-      where_(other.where_),
+      check_(std::move(other.check_)),
       fd_(std::exchange(other.fd_, -1)),
       owner_(other.owner_),
       order_key_(other.order_key_),
@@ -115,7 +115,7 @@ file_lock& file_lock::operator=(file_lock&& other) {
         release();
         path_ = std::move(other.path_);
         timeout_ = other.timeout_;
-        where_ = other.where_;
+        check_ = std::move(other.check_);
         fd_ = std::exchange(other.fd_, -1);
         owner_ = other.owner_;
         order_key_ = other.order_key_;
@@ -135,6 +135,7 @@ std::string file_lock::description() const {
 }
 
 file_lock& file_lock::enter() {
+    check_.entered();
     if (held()) {
         throw protocol_error("file lock " + description() +
                              ": entered again while this object holds it (a file_lock is not "
@@ -154,7 +155,7 @@ file_lock& file_lock::enter() {
 #if CTXMGR_LOCK_ORDER_CHECK
             if (!checked_order) {
                 const auto ref = order_ref(path_, mode_, timeout_.has_value(), order_key_);
-                detail::order_before(&ref, 1, where_);
+                detail::order_before(&ref, 1, check_.where());
             }
 #endif
             checked_order = true;
@@ -171,7 +172,7 @@ file_lock& file_lock::enter() {
                 continue;
             }
             // Closing the descriptor, below, drops the lock if registering fails.
-            tracked_ = tracked("file lock", description(), where_);
+            tracked_ = tracked("file lock", description(), check_.where());
         } catch (...) {
             ::close(fd);
             throw;
@@ -182,7 +183,7 @@ file_lock& file_lock::enter() {
     owner_ = fork_generation();
 #if CTXMGR_LOCK_ORDER_CHECK
     const auto ref = order_ref(path_, mode_, timeout_.has_value(), order_key_);
-    detail::order_acquired(&ref, 1, where_);
+    detail::order_acquired(&ref, 1, check_.where());
 #endif
     return *this;
 }

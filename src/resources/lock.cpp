@@ -25,7 +25,7 @@
 #include <utility>
 #include <vector>
 
-#include "support/source_site.hpp"
+#include "ctxmgr/detail/source_site.hpp"
 
 namespace ctxmgr {
 

@@ -24,8 +24,8 @@
 
 #include "ctxmgr/unraisable.hpp"
 
+#include "ctxmgr/detail/source_site.hpp"
 #include "support/clocks.hpp"
-#include "support/source_site.hpp"
 
 namespace ctxmgr {
 
@@ -496,8 +496,9 @@ struct watch_held_too_long::state {
     }
 };
 
-watch_held_too_long::watch_held_too_long(std::chrono::nanoseconds threshold, callback_type callback)
-    : state_(std::make_unique<state>()) {
+watch_held_too_long::watch_held_too_long(std::chrono::nanoseconds threshold, callback_type callback,
+                                         std::source_location where)
+    : state_(std::make_unique<state>()), check_(where) {
     state_->threshold = threshold;
     state_->callback = std::move(callback);
 }
@@ -508,6 +509,7 @@ watch_held_too_long& watch_held_too_long::operator=(watch_held_too_long&& other)
     if (this != &other) {
         if (state_) state_->halt();
         state_ = std::move(other.state_);
+        check_ = std::move(other.check_);
     }
     return *this;
 }
@@ -517,6 +519,7 @@ watch_held_too_long::~watch_held_too_long() {
 }
 
 void watch_held_too_long::enter() {
+    check_.entered();
     if (!state_) throw protocol_error("watch_held_too_long::enter: the manager was moved from");
     if (state_->entered) throw protocol_error("watch_held_too_long::enter: already entered");
     if (!state_->callback) throw protocol_error("watch_held_too_long::enter: no callback");
@@ -551,6 +554,7 @@ std::string leak_message(const std::vector<resource_info>& leaks) {
 }  // namespace
 
 void expect_no_leaks::enter() {
+    check_.entered();
     if (entered_) throw protocol_error("expect_no_leaks::enter: already entered");
 #if CTXMGR_TRACKING
     before_ = detail::live_ids();

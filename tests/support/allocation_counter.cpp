@@ -5,9 +5,11 @@
 
 namespace {
 thread_local std::size_t allocation_count = 0;
+thread_local bool failing = false;
 
 void* allocate(std::size_t size, std::size_t alignment) {
     ++allocation_count;
+    if (failing) throw std::bad_alloc();
     if (size == 0) size = 1;
     void* p = alignment > alignof(std::max_align_t)
                   ? std::aligned_alloc(alignment, (size + alignment - 1) / alignment * alignment)
@@ -20,6 +22,14 @@ void* allocate(std::size_t size, std::size_t alignment) {
 namespace ctxmgr::testing {
 std::size_t allocations() noexcept {
     return allocation_count;
+}
+
+allocation_failure::allocation_failure() noexcept : previous_(failing) {
+    failing = true;
+}
+
+allocation_failure::~allocation_failure() {
+    failing = previous_;
 }
 }  // namespace ctxmgr::testing
 

@@ -1,5 +1,6 @@
-// Counts calls of the global operator new in this program. Link allocation_counter.cpp,
-// which replaces operator new and delete, into the test binaries that use it.
+// Counts calls of the global operator new in this program, and can make them fail. Link
+// allocation_counter.cpp, which replaces operator new and delete, into the test binaries that
+// use it.
 #pragma once
 
 #include <cstddef>
@@ -17,6 +18,19 @@ class allocation_scope {
 
   private:
     std::size_t start_;
+};
+
+// While it lives, every operator new of the calling thread throws std::bad_alloc: running
+// out of memory, on purpose.
+class allocation_failure {
+  public:
+    allocation_failure() noexcept;
+    allocation_failure(const allocation_failure&) = delete;
+    allocation_failure& operator=(const allocation_failure&) = delete;
+    ~allocation_failure();
+
+  private:
+    bool previous_;
 };
 
 }  // namespace ctxmgr::testing

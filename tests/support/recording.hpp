@@ -107,6 +107,19 @@ class unraisable_log {
     ctxmgr::unraisable_hook previous_;
 };
 
+// Whether `report`, an unraisable_log line, is the one report of a lazy manager destroyed
+// without being entered: a protocol_error naming ctxmgr::<manager>, the line of `file` that
+// made it, and how to use it instead.
+inline bool reports_never_entered(std::string_view report, std::string_view manager,
+                                  std::string_view file, unsigned line) {
+    const std::string name = "ctxmgr::" + std::string(manager);
+    return report.starts_with(name + ": ctxmgr::protocol_error: " + name + " made at ") &&
+           contains(report, std::string(file) + ':' + std::to_string(line) + ' ') &&
+           contains(report,
+                    "was never entered: pass it to ctxmgr::with(...) or "
+                    "exit_stack::enter_context(...)");
+}
+
 // What a recorder does on exit.
 enum class on_exit { pass, suppress, throw_error, throw_nested };
 

@@ -18,6 +18,8 @@
 #include <typeinfo>
 #include <utility>
 
+#include "entry_check.hpp"
+
 #ifndef CTXMGR_LOCK_ORDER_CHECK
 #define CTXMGR_LOCK_ORDER_CHECK 0
 #endif
@@ -108,7 +110,7 @@ std::array<lock_ref, sizeof...(Ms)> refs_of(const std::tuple<Ms&...>& mutexes,
         mutexes);
 }
 
-// Out of line (src/lock.cpp), so the managers' inline code stays small.
+// Out of line (src/resources/lock.cpp), so the managers' inline code stays small.
 [[noreturn]] void throw_lock_timeout(const char* manager, const lock_ref* locks, std::size_t count,
                                      std::size_t busy, std::chrono::nanoseconds waited,
                                      std::source_location where);
@@ -117,7 +119,7 @@ std::array<lock_ref, sizeof...(Ms)> refs_of(const std::tuple<Ms&...>& mutexes,
                                     std::source_location where);
 
 #if CTXMGR_LOCK_ORDER_CHECK
-// The checker (src/lock.cpp). order_before records the edges from every lock the thread
+// The checker (src/resources/lock.cpp). order_before records the edges from every lock the thread
 // holds to `locks` and reports new cycles; it may throw (std::bad_alloc, or the handler's
 // exception). order_acquired marks them held (it cannot fail: order_before reserved room);
 // order_released forgets one hold of each, looking on other threads when the releasing
@@ -313,8 +315,9 @@ constexpr const char* name_of(manager_kind kind) noexcept {
     return names[static_cast<unsigned char>(kind)];
 }
 
-// What every mutex manager is: the mutexes, the call site, whether it holds them; enter() is
-// the managers' own, exit() and the destructor are this class's.
+// What every mutex manager is: the mutexes, the call site, whether it holds them or was never
+// entered (detail/entry_check.hpp's rules); enter() is the managers' own, exit() and the
+// destructor are this class's.
 template <manager_kind Kind, class... Ms>
 class lock_base {
     static_assert(sizeof...(Ms) >= 1, "ctxmgr::lock and the other managers: give a mutex");
@@ -328,7 +331,7 @@ class lock_base {
 
     // Unlocks, in reverse order, what enter() locked; does nothing otherwise.
     void exit(const std::exception_ptr&) noexcept {
-        if (held_) release();
+        if (phase_ == phase::held) release();
     }
 
   protected:
@@ -336,9 +339,16 @@ class lock_base {
     lock_base(lock_base&& other) noexcept
         : mutexes_(other.mutexes_),
           where_(other.where_),
-          held_(std::exchange(other.held_, false)) {}
+          phase_(std::exchange(other.phase_, phase::idle)) {}
     CTXMGR_LOCK_INLINE ~lock_base() {
-        if (held_) release();
+        // One test on the path with() takes: the phase is idle after exit.
+        if (phase_ != phase::idle) {
+            if (phase_ == phase::held) {
+                release();
+            } else {
+                destroyed_unentered<manager_name(manager)>(where_);
+            }
+        }
     }
 
     // lock() (std::lock for several) or lock_shared(), waiting as long as it takes.
@@ -379,7 +389,8 @@ class lock_base {
 
   private:
     void prepare() {
-        if (held_) misuse("entered again before exit");
+        if (phase_ == phase::held) misuse("entered again before exit");
+        phase_ = phase::idle;
         std::apply(
             [&](Ms&... ms) {
                 check_distinct(manager, where_, ms...);
@@ -388,7 +399,7 @@ class lock_base {
             mutexes_);
     }
     void acquired() noexcept {
-        held_ = true;
+        phase_ = phase::held;
         std::apply([&](Ms&... ms) { order_hooks<Ms...>::acquired(shared, where_, ms...); },
                    mutexes_);
     }
@@ -397,14 +408,16 @@ class lock_base {
         throw_lock_misuse(manager, problem, refs.data(), refs.size(), where_);
     }
     void release() noexcept {
-        held_ = false;
+        phase_ = phase::idle;
         unlock_all<shared>(mutexes_);
         std::apply([&](Ms&... ms) { order_hooks<Ms...>::released(shared, ms...); }, mutexes_);
     }
 
     std::tuple<Ms&...> mutexes_;
     std::source_location where_;
-    bool held_ = false;
+    // The manager's own state says whether it was ever entered, so it needs no entry_check:
+    // one byte, tested once in the destructor, even where the compiler cannot see it.
+    enum class phase : unsigned char { idle, held, unentered } phase_ = phase::unentered;
 };
 
 }  // namespace detail

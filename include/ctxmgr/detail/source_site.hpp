@@ -1,4 +1,4 @@
-// How messages and reports name a line of the user's code (internal to src/).
+// How messages and reports name a line of the user's code: append_site.
 #pragma once
 
 #include <source_location>

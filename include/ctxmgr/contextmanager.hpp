@@ -37,9 +37,9 @@
 // references of reference parameters: those must outlive the manager. A manager is one-shot;
 // decorate() (contextlib.hpp) makes a fresh one per call.
 //
-// Frames are allocated from a per-thread cache of recently freed frames (up to 1 KiB), so
-// a manager made and used in a loop does not reach the global allocator after the first
-// iteration. The cache is off under AddressSanitizer so that freed frames stay poisoned.
+// A thread keeps the last frame freed (one slot), so a manager made and used in a loop does
+// not reach the global allocator after the first iteration. The slot is off under
+// AddressSanitizer so that freed frames stay poisoned.
 //
 // Thread-compatible: a manager may be created, entered and exited on different threads, but
 // not used from two at once.
@@ -60,86 +60,77 @@ namespace ctxmgr {
 
 namespace detail {
 
-// A per-thread cache of coroutine frames, in size classes of 64 bytes up to 1 KiB.
-class frame_cache {
-  public:
-    static constexpr std::size_t granularity = 64;
-    static constexpr std::size_t classes = 16;
-    static constexpr unsigned per_class = 8;
-
-    frame_cache() = default;
-    frame_cache(const frame_cache&) = delete;
-    frame_cache& operator=(const frame_cache&) = delete;
-    ~frame_cache();
-
-    static void* allocate(std::size_t size);
-    static void deallocate(void* frame, std::size_t size) noexcept;
-
-  private:
-    struct free_frame {
-        free_frame* next;
-    };
-    static std::size_t class_of(std::size_t size) noexcept {
-        return (size + granularity - 1) / granularity - 1;
-    }
-    static frame_cache* instance() noexcept;
-
-    free_frame* heads_[classes] = {};
-    unsigned counts_[classes] = {};
-};
-
 #if defined(__SANITIZE_ADDRESS__)
+inline constexpr bool frame_cache_enabled = false;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
 inline constexpr bool frame_cache_enabled = false;
 #else
 inline constexpr bool frame_cache_enabled = true;
 #endif
+#else
+inline constexpr bool frame_cache_enabled = true;
+#endif
 
-// Trivially destructible, so it stays readable while the thread's other objects are torn
-// down: a frame freed after the cache is gone goes straight back to the global allocator.
-inline thread_local bool frame_cache_gone = false;
+// The last coroutine frame this thread freed, kept for the next allocation of a frame that
+// fits. Trivially destructible and constant-initialized, so reading it costs no guard: a
+// thread_local with a destructor costs a check on every access (26 instructions per with()
+// for the size-class cache this replaced). The frame still held when the thread ends is
+// freed by frame_slot_owner, a thread_local made only the first time a frame is kept.
+struct frame_slot {
+    void* frame = nullptr;
+    std::size_t size = 0;
+    enum : unsigned char { unregistered, registered, gone } state = unregistered;
+};
+inline constinit thread_local frame_slot recycled_frame{};
 
-inline frame_cache* frame_cache::instance() noexcept {
-    if (frame_cache_gone) return nullptr;
-    thread_local frame_cache cache;
-    return &cache;
-}
-
-inline frame_cache::~frame_cache() {
-    frame_cache_gone = true;
-    for (auto*& head : heads_) {
-        while (head != nullptr) {
-            ::operator delete(std::exchange(head, head->next));
+struct frame_slot_owner {
+    frame_slot_owner() noexcept { recycled_frame.state = frame_slot::registered; }
+    frame_slot_owner(const frame_slot_owner&) = delete;
+    frame_slot_owner& operator=(const frame_slot_owner&) = delete;
+    ~frame_slot_owner() {
+        recycled_frame.state = frame_slot::gone;
+        if (recycled_frame.frame != nullptr) {
+            ::operator delete(std::exchange(recycled_frame.frame, nullptr));
         }
     }
-}
+};
 
-inline void* frame_cache::allocate(std::size_t size) {
-    const std::size_t size_class = class_of(size);
+inline void* allocate_frame(std::size_t size) {
     if constexpr (frame_cache_enabled) {
-        if (size_class < classes) {
-            if (frame_cache* cache = instance(); cache != nullptr && cache->heads_[size_class]) {
-                free_frame* frame = cache->heads_[size_class];
-                cache->heads_[size_class] = frame->next;
-                --cache->counts_[size_class];
-                return frame;
-            }
-            return ::operator new((size_class + 1) * granularity);
-        }
+        frame_slot& slot = recycled_frame;
+        if (slot.frame != nullptr && slot.size >= size) return std::exchange(slot.frame, nullptr);
     }
     return ::operator new(size);
 }
 
-inline void frame_cache::deallocate(void* frame, std::size_t size) noexcept {
-    const std::size_t size_class = class_of(size);
-    if constexpr (frame_cache_enabled) {
-        if (size_class < classes) {
-            frame_cache* cache = instance();
-            if (cache != nullptr && cache->counts_[size_class] < per_class) {
-                cache->heads_[size_class] = ::new (frame) free_frame{cache->heads_[size_class]};
-                ++cache->counts_[size_class];
-                return;
-            }
+[[gnu::noinline]] inline void keep_frame_slow(void* frame, std::size_t size) noexcept {
+    frame_slot& slot = recycled_frame;
+    if (slot.state == frame_slot::unregistered) {
+        // Registers the thread-exit cleanup; out of memory for it, the frame is just freed.
+        try {
+            thread_local frame_slot_owner owner;
+            static_cast<void>(owner);
+        } catch (...) {
         }
+    }
+    if (slot.state == frame_slot::registered && slot.frame == nullptr) {
+        slot.frame = frame;
+        slot.size = size;
+        return;
+    }
+    ::operator delete(frame);
+}
+
+inline void deallocate_frame(void* frame, std::size_t size) noexcept {
+    if constexpr (frame_cache_enabled) {
+        frame_slot& slot = recycled_frame;
+        if (slot.frame == nullptr && slot.state == frame_slot::registered) {
+            slot.frame = frame;
+            slot.size = size;
+            return;
+        }
+        if (slot.state == frame_slot::unregistered) return keep_frame_slow(frame, size);
     }
     ::operator delete(frame);
 }
@@ -314,9 +305,9 @@ class [[nodiscard]] contextmanager {
             return {*this};
         }
 
-        static void* operator new(std::size_t size) { return detail::frame_cache::allocate(size); }
+        static void* operator new(std::size_t size) { return detail::allocate_frame(size); }
         static void operator delete(void* frame, std::size_t size) noexcept {
-            detail::frame_cache::deallocate(frame, size);
+            detail::deallocate_frame(frame, size);
         }
 
       private:

@@ -166,10 +166,15 @@ bool exit_in_handler(Exit&& exit, const std::exception_ptr& e) {
 // a handler early, so this hides the Itanium C++ ABI's list of caught exceptions (libstdc++
 // and libc++abi alike: its first member) and puts it back on destruction, however the scope
 // ends: an exception thrown inside is caught outside with the list restored.
+//
+// The list's address is per thread and fixed, so it is asked of the runtime once per thread
+// and kept in a trivially destructible thread_local: asking each time costs a call through
+// the dynamic TLS model (about 30 instructions per exit_stack unwind).
+inline constinit thread_local void** caught_exceptions = nullptr;
+
 class no_handled_exception {
   public:
-    no_handled_exception() noexcept
-        : caught_(reinterpret_cast<void**>(abi::__cxa_get_globals())), saved_(*caught_) {
+    no_handled_exception() noexcept : caught_(caught_list()), saved_(*caught_) {
         *caught_ = nullptr;
     }
     no_handled_exception(const no_handled_exception&) = delete;
@@ -177,6 +182,14 @@ class no_handled_exception {
     ~no_handled_exception() { *caught_ = saved_; }
 
   private:
+    static void** caught_list() noexcept {
+        void** list = caught_exceptions;
+        if (list == nullptr) [[unlikely]] {
+            list = caught_exceptions = reinterpret_cast<void**>(abi::__cxa_get_globals());
+        }
+        return list;
+    }
+
     void** caught_;
     void* saved_;
 };

@@ -19,6 +19,7 @@
 #include "ctxmgr/lock.hpp"
 #include "ctxmgr/unraisable.hpp"
 #include "support/posix_support.hpp"
+#include "support/threads.hpp"
 
 namespace ctxmgr {
 
@@ -41,22 +42,11 @@ struct flock whole_file(short type) noexcept {
     return request;
 }
 
-// Counts the fork()s this process descends through: a file_lock compares the count at
-// release with the one at enter to tell whether it runs in a child of the process that locked
-// (getpid() would cost two system calls, 200 ns, per lock). An atfork handler, since fork()
-// and every other way for a child to run C++ code (posix_spawn and vfork children exec or
-// _exit at once) pass through it.
-constinit std::atomic<unsigned> forks_seen{0};
-
-void count_fork() noexcept {
-    forks_seen.fetch_add(1, std::memory_order_relaxed);
-}
-
-unsigned fork_generation() noexcept {
-    [[maybe_unused]] static const bool installed =
-        ::pthread_atfork(nullptr, nullptr, &count_fork) == 0;
-    return forks_seen.load(std::memory_order_relaxed);
-}
+// A file_lock compares the fork generation at release with the one at enter to tell whether it
+// runs in a child of the process that locked (getpid() would cost two system calls, 200 ns,
+// per lock). An atfork handler counts, since fork() and every other way for a child to run
+// C++ code (posix_spawn and vfork children exec or _exit at once) pass through it.
+using detail::fork_generation;
 
 #if CTXMGR_LOCK_ORDER_CHECK
 // The checker's view of a file lock: the canonical path (the file exists once opened), so

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "ctxmgr/detail/source_site.hpp"
+#include "support/threads.hpp"
 
 namespace ctxmgr {
 
@@ -141,26 +142,12 @@ struct held_lock {
     std::source_location where;
 };
 
-// A pthread spin lock as a BasicLockable: a held list's lock is almost never contended (only
-// a release on another thread takes it), and a std::mutex would add 40% to the checker's
-// cost per acquisition.
-class spin_mutex {
-  public:
-    spin_mutex() noexcept { ::pthread_spin_init(&lock_, PTHREAD_PROCESS_PRIVATE); }
-    spin_mutex(const spin_mutex&) = delete;
-    spin_mutex& operator=(const spin_mutex&) = delete;
-    ~spin_mutex() { ::pthread_spin_destroy(&lock_); }
-    void lock() noexcept { ::pthread_spin_lock(&lock_); }
-    void unlock() noexcept { ::pthread_spin_unlock(&lock_); }
-
-  private:
-    pthread_spinlock_t lock_;
-};
-
+// A held list's lock is almost never contended (only a release on another thread takes
+// it), and a std::mutex would add 40% to the checker's cost per acquisition.
 // The locks one thread holds, in the order it took them. Its own thread adds and removes;
 // another thread removes when a lock is released there (a file_lock moved between threads).
 struct held_list {
-    spin_mutex mutex;
+    spin_lock mutex;
     std::vector<held_lock> locks;
     std::uint64_t thread = 0;
     bool orphaned = false;  // its thread has exited with locks still held
@@ -184,7 +171,6 @@ struct checker_state {
     std::unordered_map<const void*, lock_node> graph;
     std::vector<std::shared_ptr<held_list>> threads;
     std::set<std::string, std::less<>> file_keys;  // interned file-lock names; never erased
-    std::uint64_t next_thread = 1;
     std::atomic<std::uint64_t> generation{1};
 };
 
@@ -257,7 +243,7 @@ thread_state& this_thread() {
     auto& c = checker();
     {
         std::lock_guard guard(c.mutex);
-        state->held->thread = c.next_thread++;
+        state->held->thread = thread_number();
         c.threads.push_back(state->held);
     }
     current_thread = state.release();

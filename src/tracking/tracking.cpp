@@ -26,6 +26,7 @@
 
 #include "ctxmgr/detail/source_site.hpp"
 #include "support/clocks.hpp"
+#include "support/threads.hpp"
 
 namespace ctxmgr {
 
@@ -44,36 +45,6 @@ constexpr std::uint64_t id_block = 1024;
 // Recycled nodes kept per shard: enough for a thread's working set, bounded so that a
 // burst of registrations does not pin its memory for ever.
 constexpr std::size_t max_free_nodes = 128;
-
-void cpu_relax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
-// Test-and-test-and-set: uncontended it is one exchange; waiting, it reads the cached line
-// and yields the CPU after a while, so a reader holding it for a long list does not burn
-// the owner's core.
-class spin_lock {
-  public:
-    void lock() noexcept {
-        while (locked_.exchange(true, std::memory_order_acquire)) {
-            for (int spins = 0; locked_.load(std::memory_order_relaxed); ++spins) {
-                if (spins < 64) {
-                    cpu_relax();
-                } else {
-                    std::this_thread::yield();
-                }
-            }
-        }
-    }
-    void unlock() noexcept { locked_.store(false, std::memory_order_release); }
-
-  private:
-    std::atomic<bool> locked_{false};
-};
 
 }  // namespace
 
@@ -121,7 +92,6 @@ struct tracking_registry {
     std::mutex mutex;
     tracking_shard* shards = nullptr;  // every shard ever made; never freed
     std::size_t shard_count = 0;
-    std::uint64_t next_thread = 1;
     bool process_hooks_installed = false;
 };
 
@@ -132,7 +102,6 @@ tracking_registry& registry() {
 
 // Constant-initialized and trivially destructible: usable at any point of start-up or exit.
 constinit std::atomic<std::uint64_t> next_id_block{1};
-constinit std::atomic<std::uint32_t> current_generation{0};
 constinit thread_local tracking_shard* current_shard = nullptr;
 
 void link_last(tracking_link& head, tracking_node* node) noexcept {
@@ -171,7 +140,6 @@ void after_fork_in_parent() noexcept {
 // them) but lists only its own: a new generation. The parent's other threads do not exist
 // here, so their shards are free for the child's threads.
 void after_fork_in_child() noexcept {
-    current_generation.fetch_add(1, std::memory_order_relaxed);
     auto& r = registry();
     for_each_shard(r, [](tracking_shard& s) {
         s.attached = &s == current_shard;
@@ -189,6 +157,9 @@ void install_process_hooks(tracking_registry& r) noexcept {
     // neither is worth refusing to register a resource for.
     static_cast<void>(std::atexit(&report_at_exit));
     static_cast<void>(::pthread_atfork(&before_fork, &after_fork_in_parent, &after_fork_in_child));
+    // A child's resources are a new generation: the shared fork count, whose handler this
+    // installs.
+    static_cast<void>(fork_generation());
 }
 
 void detach_thread() noexcept {
@@ -225,7 +196,7 @@ tracking_shard* attach_thread() {
         ++r.shard_count;
     }
     shard->attached = true;
-    shard->thread = r.next_thread++;
+    shard->thread = thread_number();
     current_shard = shard;
     return shard;
 }
@@ -245,7 +216,7 @@ resource_info info_of(const tracking_node& node) {
 template <class Visit>
 void for_each_live(Visit&& visit) {
     auto& r = registry();
-    const auto generation = current_generation.load(std::memory_order_relaxed);
+    const auto generation = forks_seen.load(std::memory_order_relaxed);
     std::lock_guard registry_lock(r.mutex);
     for_each_shard(r, [&](tracking_shard& s) {
         std::lock_guard shard_lock(s.lock);
@@ -346,7 +317,7 @@ tracked::tracked(std::string_view kind, std::string description, std::source_loc
     // virtual machine whose ticks come late, by several (7.3 ms against a 4 ms tick, measured
     // by bench/coarse_clock_lag), so no margin added to it makes acquired_at an upper bound.
     node->acquired_ns = detail::precise_now_ns();
-    node->generation = detail::current_generation.load(std::memory_order_relaxed);
+    node->generation = detail::forks_seen.load(std::memory_order_relaxed);
     const std::size_t kind_size = std::min(kind.size(), detail::max_kind);
     std::memcpy(node->kind, kind.data(), kind_size);
     node->kind_size = static_cast<std::uint8_t>(kind_size);

@@ -36,6 +36,7 @@ namespace ctxmgr::tcp {
 
 namespace {
 
+using ctxmgr::detail::quoted;
 using std::chrono::milliseconds;
 using std::chrono::steady_clock;
 
@@ -320,39 +321,6 @@ int drain(int fd, milliseconds linger) noexcept {
     }
     throw closed_error(std::string(operation) + ' ' + peer.to_string() +
                        ": the connection is closed");
-}
-
-// A delimiter as a C string literal, for messages: "\r\n".
-std::string quoted(std::string_view text) {
-    std::string out = "\"";
-    for (const char c : text) {
-        switch (c) {
-            case '\n':
-                out += "\\n";
-                break;
-            case '\r':
-                out += "\\r";
-                break;
-            case '\t':
-                out += "\\t";
-                break;
-            case '"':
-                out += "\\\"";
-                break;
-            case '\\':
-                out += "\\\\";
-                break;
-            default:
-                if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7f) {
-                    char hex[8];
-                    std::snprintf(hex, sizeof hex, "\\x%02x", static_cast<unsigned char>(c));
-                    out += hex;
-                } else {
-                    out += c;
-                }
-        }
-    }
-    return out + '"';
 }
 
 std::string description_of(const endpoint& local, const endpoint& remote) {

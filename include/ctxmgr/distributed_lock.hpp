@@ -204,6 +204,8 @@ class [[nodiscard]] advisory_lock {
 
     // The lease while held, else nullptr.
     [[nodiscard]] lease* held() const noexcept { return lease_.get(); }
+    // The resources' common query: true when no lease is held (before enter(), after exit).
+    [[nodiscard]] bool closed() const noexcept { return !lease_; }
 
   private:
     pool<connection>* pool_ = nullptr;

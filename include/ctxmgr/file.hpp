@@ -185,8 +185,8 @@ class [[nodiscard]] file {
 
     // The path the file was opened with (an atomic_write's file: the target).
     [[nodiscard]] const std::filesystem::path& path() const noexcept { return path_; }
-    // The descriptor. Throws closed_error if the file is closed.
-    [[nodiscard]] int native_handle() const;
+    // The descriptor, or -1 once the file is closed.
+    [[nodiscard]] int native_handle() const noexcept { return fd_; }
 
   private:
     friend file open(const std::filesystem::path&, std::string_view, open_options,
@@ -232,7 +232,7 @@ class [[nodiscard]] file {
     bool writable_ = false;
     bool sync_on_close_ = false;
     bool remove_on_close_ = false;  // a temporary_file
-    tracked tracked_;
+    [[no_unique_address]] tracked tracked_;
 };
 
 // The lines of a file (file::lines()): an input range of `const std::string&`.
@@ -357,6 +357,8 @@ class [[nodiscard]] atomic_write {
     [[nodiscard]] const std::filesystem::path& path() const noexcept { return target_; }
     // True after a successful commit().
     [[nodiscard]] bool committed() const noexcept { return state_ == state::committed; }
+    // True once committed or discarded: nothing is left to release.
+    [[nodiscard]] bool closed() const noexcept { return state_ != state::open; }
 
   private:
     enum class state { open, committed, discarded };
@@ -375,7 +377,7 @@ class [[nodiscard]] atomic_write {
     int directory_fd_ = -1;
     state state_ = state::discarded;
     file file_;
-    tracked tracked_;
+    [[no_unique_address]] tracked tracked_;
 };
 
 // A directory created with a unique name, `prefix` and random characters, in the temporary
@@ -407,6 +409,8 @@ class [[nodiscard]] temporary_directory {
     // Removes the tree. Idempotent; a directory someone else removed is not an error.
     void remove();
     [[nodiscard]] bool removed() const noexcept { return !live_; }
+    // The resources' common query: true once removed (or moved from).
+    [[nodiscard]] bool closed() const noexcept { return !live_; }
 
     [[nodiscard]] const std::filesystem::path& path() const noexcept { return path_; }
 
@@ -415,7 +419,7 @@ class [[nodiscard]] temporary_directory {
 
     std::filesystem::path path_;
     bool live_ = false;
-    tracked tracked_;
+    [[no_unique_address]] tracked tracked_;
 };
 
 }  // namespace ctxmgr

@@ -98,6 +98,8 @@ class [[nodiscard]] file_lock {
     void release();
 
     [[nodiscard]] bool held() const noexcept { return fd_ >= 0; }
+    // The resources' common query: true when nothing is held (before enter(), after release).
+    [[nodiscard]] bool closed() const noexcept { return fd_ < 0; }
     [[nodiscard]] const std::filesystem::path& path() const noexcept { return path_; }
     [[nodiscard]] lock_mode mode() const noexcept { return mode_; }
     [[nodiscard]] std::optional<std::chrono::nanoseconds> timeout() const noexcept {

@@ -194,6 +194,7 @@ class [[nodiscard]] connection {
     void set_keep_alive(bool on);
 
     [[nodiscard]] bool is_open() const noexcept { return fd_ >= 0; }
+    [[nodiscard]] bool closed() const noexcept { return fd_ < 0; }
     // The descriptor (blocking mode), -1 when closed. The connection still owns it.
     [[nodiscard]] int native_handle() const noexcept { return fd_; }
     // Both stay readable after close, for logging; empty for a default-constructed one.
@@ -262,6 +263,7 @@ class [[nodiscard]] listener {
     void close();
 
     [[nodiscard]] bool is_open() const noexcept { return fd_ >= 0; }
+    [[nodiscard]] bool closed() const noexcept { return fd_ < 0; }
     [[nodiscard]] int native_handle() const noexcept { return fd_; }
     // The bound address and port (the one the OS picked for port 0); kept after close.
     [[nodiscard]] const endpoint& local_endpoint() const noexcept { return local_; }

@@ -288,6 +288,9 @@ class [[nodiscard]] pooled_connection {
     }
 
     // The borrowed connection; nullptr when not entered.
+    // The resources' common query: true when no connection is borrowed (before enter(),
+    // after exit).
+    [[nodiscard]] bool closed() const noexcept { return entry_ == nullptr; }
     [[nodiscard]] Connection* get() const noexcept {
         return entry_ != nullptr ? static_cast<Connection*>(entry_->connection) : nullptr;
     }

@@ -87,6 +87,9 @@ class connection : public db::basic_connection<connection> {
     // back by the server.
     void close() noexcept;
 
+    // Closed by close() or exit() (or moved from); is_open() also asks whether the link
+    // still works.
+    [[nodiscard]] bool closed() const noexcept { return impl_ == nullptr; }
     // Open and libpq has not seen the link break (no I/O).
     [[nodiscard]] bool is_open() const noexcept;
     // An empty query, one round trip: true when the server answers. Never throws.
@@ -138,7 +141,6 @@ class connection : public db::basic_connection<connection> {
     void fetch_first(std::string_view sql, std::span<const db::param> params,
                      db::detail::first_value& value);
     void begin(const db::transaction_options& options);
-    [[nodiscard]] bool closed() const noexcept { return impl_ == nullptr; }
     impl& live(std::string_view operation) const;
 
     std::unique_ptr<impl> impl_;

@@ -86,6 +86,9 @@ class connection : public db::basic_connection<connection> {
     // (SQLITE_BUSY) saying so; the connection counts as closed either way.
     void close();
 
+    // Closed by close() or exit() (or moved from); is_open() also asks whether the link
+    // still works.
+    [[nodiscard]] bool closed() const noexcept { return impl_ == nullptr; }
     [[nodiscard]] bool is_open() const noexcept;
     // SQLite has no link to lose: is_open().
     [[nodiscard]] bool ping() noexcept;
@@ -125,7 +128,6 @@ class connection : public db::basic_connection<connection> {
     void fetch_first(std::string_view sql, std::span<const db::param> params,
                      db::detail::first_value& value);
     void begin(const db::transaction_options& options);
-    [[nodiscard]] bool closed() const noexcept { return impl_ == nullptr; }
     impl& live(std::string_view operation) const;
 
     std::unique_ptr<impl> impl_;

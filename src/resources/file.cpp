@@ -365,11 +365,6 @@ void file::require_open(std::string_view operation) const {
     }
 }
 
-int file::native_handle() const {
-    require_open("native_handle");
-    return fd_;
-}
-
 // --- file: the buffer -----------------------------------------------------------------------
 
 std::size_t file::read_capacity() const noexcept {

@@ -39,9 +39,9 @@ namespace ctxmgr::detail {
 // Runs make_exit() (returning asio::awaitable<bool>: whether it suppressed) shielded from the
 // caller's cancellation, bounded by async_exit_timeout(). `pending` is what the exit sees, for
 // chaining a timeout_error; name() says whose exit it was, called only for that error.
-template <class MakeExit>
+template <class MakeExit, class Name>
 asio::awaitable<bool> run_shielded_exit(MakeExit make_exit, std::exception_ptr pending,
-                                        std::string (*name)()) {
+                                        Name name) {
     auto executor = co_await asio::this_coro::executor;
     const std::chrono::nanoseconds limit = async_exit_timeout();
     // An empty slot: nothing the caller is cancelled with is forwarded to the exit.

@@ -99,6 +99,20 @@ class sync_stack_entry final : public stack_entry {
     W exit_;
 };
 
+// A synchronous exit of a manager, referenced or owned (exit_stack's wrappers take context
+// managers only; these also take async_enter() with exit()).
+template <class M>
+struct sync_manager_exit {
+    M* manager;
+    bool operator()(const std::exception_ptr& e) { return sync_exit_suppresses(*manager, e); }
+};
+
+template <class M>
+struct owned_sync_manager_exit {
+    std::unique_ptr<M> manager;
+    bool operator()(const std::exception_ptr& e) { return sync_exit_suppresses(*manager, e); }
+};
+
 template <class M>
 struct async_manager_exit {
     M* manager;
@@ -239,14 +253,14 @@ class async_exit_stack {
         entries_.reserve(entries_.size() + 1);
         if constexpr (std::is_lvalue_reference_v<M>) {
             return enter_and_register(m, [&] {
-                return make_sync<detail::manager_ref_exit<manager_type>,
+                return make_sync<detail::sync_manager_exit<manager_type>,
                                  detail::named_manager<manager_type>>(&m);
             });
         } else {
             auto owned = std::make_unique<manager_type>(std::move(m));
             manager_type& manager = *owned;
             return enter_and_register(manager, [&] {
-                return make_sync<detail::owned_manager_exit<manager_type>,
+                return make_sync<detail::owned_sync_manager_exit<manager_type>,
                                  detail::named_manager<manager_type>>(std::move(owned));
             });
         }
@@ -287,10 +301,10 @@ class async_exit_stack {
         using type = std::remove_cvref_t<F>;
         if constexpr (context_manager<type> || awaitable_enter_manager<type>) {
             if constexpr (std::is_lvalue_reference_v<F>) {
-                add(make_sync<detail::manager_ref_exit<type>, detail::named_manager<type>>(
+                add(make_sync<detail::sync_manager_exit<type>, detail::named_manager<type>>(
                     std::addressof(exit_fn_or_manager)));
             } else {
-                add(make_sync<detail::owned_manager_exit<type>, detail::named_manager<type>>(
+                add(make_sync<detail::owned_sync_manager_exit<type>, detail::named_manager<type>>(
                     std::make_unique<type>(std::move(exit_fn_or_manager))));
             }
         } else {
@@ -395,10 +409,10 @@ class async_exit_stack {
                         manager));
                 }
             } else if (owned) {
-                add(make_sync<detail::owned_manager_exit<M>, detail::named_manager<M>>(
+                add(make_sync<detail::owned_sync_manager_exit<M>, detail::named_manager<M>>(
                     std::move(owned)));
             } else {
-                add(make_sync<detail::manager_ref_exit<M>, detail::named_manager<M>>(manager));
+                add(make_sync<detail::sync_manager_exit<M>, detail::named_manager<M>>(manager));
             }
         } catch (...) {
             failure = std::current_exception();
@@ -410,7 +424,7 @@ class async_exit_stack {
             } else {
                 detail::exit_in_handler(
                     [&](const std::exception_ptr& e) {
-                        return detail::exit_suppresses(*manager, e);
+                        return detail::sync_exit_suppresses(*manager, e);
                     },
                     failure);
             }

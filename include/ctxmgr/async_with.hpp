@@ -229,9 +229,10 @@ class async_with_frame {
             if (failure) std::rethrow_exception(failure);
         } else if (pending) {
             suppressed = exit_in_handler(
-                [&](const std::exception_ptr& e) { return exit_suppresses(manager, e); }, pending);
+                [&](const std::exception_ptr& e) { return sync_exit_suppresses(manager, e); },
+                pending);
         } else {
-            exit_normally(manager);
+            sync_exit_normally(manager);
         }
 
         if (pending) {

@@ -40,8 +40,7 @@ namespace ctxmgr::detail {
 // caller's cancellation, bounded by async_exit_timeout(). `pending` is what the exit sees, for
 // chaining a timeout_error; name() says whose exit it was, called only for that error.
 template <class MakeExit, class Name>
-asio::awaitable<bool> run_shielded_exit(MakeExit make_exit, std::exception_ptr pending,
-                                        Name name) {
+asio::awaitable<bool> run_shielded_exit(MakeExit make_exit, std::exception_ptr pending, Name name) {
     auto executor = co_await asio::this_coro::executor;
     const std::chrono::nanoseconds limit = async_exit_timeout();
     // An empty slot: nothing the caller is cancelled with is forwarded to the exit.
@@ -75,6 +74,30 @@ asio::awaitable<bool> call_async_exit(M& m, std::exception_ptr e) {
     } else {
         co_await m.async_exit(std::move(e));
         co_return false;
+    }
+}
+
+// m.exit(e) for a manager whose exit is synchronous (a context_manager, or one with
+// async_enter() and exit()): whether it suppressed a non-null e. protocol.hpp's
+// exit_suppresses and exit_normally accept only context managers.
+template <class M>
+bool sync_exit_suppresses(M& m, const std::exception_ptr& e) {
+    if constexpr (context_manager<M>) {
+        return exit_suppresses(m, e);
+    } else if constexpr (async_can_suppress_v<M>) {
+        return m.exit(e) && e;
+    } else {
+        m.exit(e);
+        return false;
+    }
+}
+
+template <class M>
+void sync_exit_normally(M& m) {
+    if constexpr (context_manager<M>) {
+        exit_normally(m);
+    } else {
+        static_cast<void>(sync_exit_suppresses(m, std::exception_ptr()));
     }
 }
 

@@ -267,7 +267,9 @@ class [[nodiscard]] async_contextmanager {
     static asio::awaitable<void> run(std::shared_ptr<state_type> state,
                                      std::shared_ptr<detail::generator_start<T>> start) {
         try {
-            co_await start->start(async_yield<T>(state));
+            // Named rather than a temporary of the co_await (see async_with.hpp, level()).
+            auto started = start->start(async_yield<T>(std::move(state)));
+            co_await std::move(started);
         } catch (const detail::async_generator_exit&) {
             // Unwound on purpose.
         }

@@ -151,17 +151,13 @@ class async_with_frame {
         (std::make_index_sequence<count>{});
     }
 
+    // Not a coroutine itself: the outermost level (or the body) is what async_with_run awaits,
+    // one coroutine frame fewer per async_with.
     asio::awaitable<result> run() {
         if constexpr (count == 0) {
-            if constexpr (std::is_void_v<result>) {
-                co_await call_body(typename traits::indices::sequence{});
-            } else {
-                co_return co_await call_body(typename traits::indices::sequence{});
-            }
-        } else if constexpr (std::is_void_v<result>) {
-            co_await level<0>();
+            return call_body(typename traits::indices::sequence{});
         } else {
-            co_return co_await level<0>();
+            return level<0>();
         }
     }
 

@@ -13,6 +13,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <system_error>
 #include <vector>
 
 #include "async_recording.hpp"
@@ -247,6 +248,32 @@ TEST(AsyncExitStack, CancelledBodyStillRunsEveryExitToCompletion) {
     io.run();
     EXPECT_TRUE(ctxmgr::testing::holds_system_error(outcome, asio::error::operation_aborted));
     EXPECT_EQ(log.events, (events{"second exit done, saw the cancellation", "first exit done"}));
+}
+
+TEST(AsyncExitStack, AnExitOverrunningTheTimeoutIsCancelledAndTheOthersStillRun) {
+    const auto previous = ctxmgr::set_async_exit_timeout(20ms);
+    trace log;
+    try {
+        run_awaitable([&]() -> task<void> {
+            ctxmgr::async_exit_stack stack;
+            stack.callback([&] { log.add("outer exit"); });
+            stack.push_async_exit([&](std::exception_ptr) -> task<void> {
+                try {
+                    co_await pause(5s);
+                } catch (const std::system_error&) {
+                    log.add("slow exit cancelled");
+                    throw;
+                }
+            });
+            co_await stack.aclose();
+        }());
+        ADD_FAILURE() << "expected timeout_error";
+    } catch (const ctxmgr::timeout_error& e) {
+        EXPECT_TRUE(contains(e.what(), "timed out after 20 ms waiting for the exit function"))
+            << e.what();
+    }
+    ctxmgr::set_async_exit_timeout(previous);
+    EXPECT_EQ(log.events, (events{"slow exit cancelled", "outer exit"}));
 }
 
 }  // namespace

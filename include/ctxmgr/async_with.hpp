@@ -217,7 +217,7 @@ class async_with_frame {
             // (valgrind: use after free in ~exception_ptr).
             auto exit = [&manager, &pending] { return call_async_exit(manager, pending); };
             try {
-                auto awaited = run_shielded_exit(exit, pending, &name_of<manager_type>);
+                auto awaited = run_shielded_exit(exit, pending, &exit_name_of<manager_type>);
                 suppressed = co_await std::move(awaited);
             } catch (...) {
                 failure = std::current_exception();

@@ -38,7 +38,8 @@ namespace ctxmgr::detail {
 
 // Runs make_exit() (returning asio::awaitable<bool>: whether it suppressed) shielded from the
 // caller's cancellation, bounded by async_exit_timeout(). `pending` is what the exit sees, for
-// chaining a timeout_error; name() says whose exit it was, called only for that error.
+// chaining a timeout_error; name() says what was waited for ("the exit of M"), called only for
+// that error.
 template <class MakeExit, class Name>
 asio::awaitable<bool> run_shielded_exit(MakeExit make_exit, std::exception_ptr pending, Name name) {
     auto executor = co_await asio::this_coro::executor;
@@ -58,7 +59,7 @@ asio::awaitable<bool> run_shielded_exit(MakeExit make_exit, std::exception_ptr p
     static_cast<void>(timer_error);
     if (order[0] == 1) {
         // What the cancelled exit threw while it unwound is dropped: the timeout is the news.
-        throw_chained(timeout_error("the exit of " + name(), limit), pending);
+        throw_chained(timeout_error(name(), limit), pending);
     }
     if (failure) std::rethrow_exception(failure);
     co_return suppressed;
@@ -101,10 +102,10 @@ void sync_exit_normally(M& m) {
     }
 }
 
-// The demangled name of M, for messages.
+// "the exit of M", for timeout messages.
 template <class M>
-std::string name_of() {
-    return type_name_of(typeid(M));
+std::string exit_name_of() {
+    return "the exit of " + type_name_of(typeid(M));
 }
 
 }  // namespace ctxmgr::detail

@@ -31,3 +31,7 @@ ctxmgr_component(sqlite TARGET ctxmgr_sqlite LIBRARY "SQLite 3" DEBIAN libsqlite
     FIND_PACKAGE SQLite3 PKG_CONFIG sqlite3)
 ctxmgr_component(postgres TARGET ctxmgr_postgres LIBRARY libpq DEBIAN libpq-dev
     FIND_PACKAGE PostgreSQL PKG_CONFIG libpq)
+# Header-only over standalone Asio (which has neither a CMake package nor a pkg-config module:
+# its headers are found on the default include path); Asio itself needs threads.
+ctxmgr_component(async TARGET ctxmgr_async LIBRARY "standalone Asio" DEBIAN libasio-dev
+    FIND_PACKAGE Threads)

@@ -1,0 +1,21 @@
+# ctxmgr::async: async_with, async_exit_stack, async_contextmanager and async_mutex on
+# standalone Asio's coroutines (include/ctxmgr/async.hpp). Header-only, like Asio itself.
+# Defined only when asio.hpp is found, so a build or a user that never includes the async
+# headers needs no Asio.
+find_path(CTXMGR_ASIO_INCLUDE_DIR asio.hpp DOC "Directory holding standalone Asio's asio.hpp")
+if(NOT CTXMGR_ASIO_INCLUDE_DIR)
+    message(STATUS "ctxmgr: asio.hpp not found, ctxmgr::async is not built")
+    set(CTXMGR_HAS_ASYNC OFF)
+    return()
+endif()
+find_package(Threads REQUIRED)
+
+add_library(ctxmgr_async INTERFACE)
+add_library(ctxmgr::async ALIAS ctxmgr_async)
+set_target_properties(ctxmgr_async PROPERTIES EXPORT_NAME async)
+target_include_directories(ctxmgr_async SYSTEM INTERFACE $<BUILD_INTERFACE:${CTXMGR_ASIO_INCLUDE_DIR}>)
+# ASIO_NO_DEPRECATED is left to the user: defining it here would change Asio's interface for
+# the rest of their program (io_service and the other removed names), and ctxmgr uses none of
+# the deprecated names, so it builds either way (the tests define it to prove so).
+target_link_libraries(ctxmgr_async INTERFACE ctxmgr_core Threads::Threads)
+set(CTXMGR_HAS_ASYNC ON)

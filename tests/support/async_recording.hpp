@@ -1,0 +1,112 @@
+// Async test support: running an awaitable to completion, and async managers that record
+// what happens to them as recording.hpp's recorders do, awaiting a timer in each half.
+#pragma once
+
+#include <ctxmgr/errors.hpp>
+
+#include <asio/awaitable.hpp>
+#include <asio/bind_cancellation_slot.hpp>
+#include <asio/cancellation_signal.hpp>
+#include <asio/co_spawn.hpp>
+#include <asio/io_context.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/this_coro.hpp>
+#include <asio/use_awaitable.hpp>
+
+#include <chrono>
+#include <exception>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+#include <type_traits>
+#include <utility>
+
+#include "recording.hpp"
+
+namespace ctxmgr::testing {
+
+// Runs `a` on a fresh io_context until everything it started has finished; returns its result
+// or rethrows what it threw (the same object).
+template <class T>
+T run_awaitable(asio::awaitable<T> a) {
+    asio::io_context io;
+    std::exception_ptr error;
+    bool done = false;
+    if constexpr (std::is_void_v<T>) {
+        asio::co_spawn(io, std::move(a), [&](std::exception_ptr e) {
+            error = e;
+            done = true;
+        });
+        io.run();
+        if (!done) throw std::logic_error("run_awaitable: the coroutine never finished");
+        if (error) std::rethrow_exception(error);
+    } else {
+        std::optional<T> result;
+        asio::co_spawn(io, std::move(a), [&](std::exception_ptr e, T value) {
+            error = e;
+            if (!e) result.emplace(std::move(value));
+            done = true;
+        });
+        io.run();
+        if (!done) throw std::logic_error("run_awaitable: the coroutine never finished");
+        if (error) std::rethrow_exception(error);
+        return std::move(*result);
+    }
+}
+
+// Whether `e` holds a std::system_error (asio::system_error is one) with this code.
+template <class Code>
+bool holds_system_error(const std::exception_ptr& e, Code code) {
+    if (!e) return false;
+    try {
+        std::rethrow_exception(e);
+    } catch (const std::system_error& error) {
+        return error.code() == code;
+    } catch (...) {
+        return false;
+    }
+}
+
+// Suspends for `delay` on a timer (zero: still suspends once, through the executor).
+inline asio::awaitable<void> pause(std::chrono::milliseconds delay = std::chrono::milliseconds(0)) {
+    asio::steady_timer timer(co_await asio::this_coro::executor, delay);
+    co_await timer.async_wait(asio::use_awaitable);
+}
+
+// An async manager recording like basic_recorder: async_enter() returns the name, both halves
+// suspend once before acting. Its async_exit chains with throw_chained (it cannot run inside
+// the handler of the pending exception).
+template <bool Suppressing>
+struct basic_async_recorder {
+    trace& log;
+    std::string name;
+    bool throw_on_enter = false;
+    on_exit action = on_exit::pass;
+
+    asio::awaitable<std::string> async_enter() {
+        co_await pause();
+        log.add("enter " + name);
+        if (throw_on_enter) throw test_error("enter " + name + " failed");
+        co_return name;
+    }
+
+    auto async_exit(std::exception_ptr e)
+        -> asio::awaitable<std::conditional_t<Suppressing, bool, void>> {
+        co_await pause();
+        log.seen.push_back(e);
+        log.add(e ? "exit " + name + ": " + what_of(e) : "exit " + name);
+        if (action == on_exit::throw_error) throw other_error("exit " + name + " failed");
+        if (action == on_exit::throw_nested) {
+            ctxmgr::throw_chained(other_error("exit " + name + " failed"), e);
+        }
+        if constexpr (Suppressing) {
+            co_return action == on_exit::suppress;
+        }
+    }
+};
+
+using async_recorder = basic_async_recorder<false>;
+using async_suppressing_recorder = basic_async_recorder<true>;
+
+}  // namespace ctxmgr::testing

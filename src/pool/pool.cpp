@@ -31,6 +31,7 @@
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <ostream>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -185,12 +186,16 @@ class pool_core {
             pool_entry& e = lend(now, where);
             const bool fresh = now - e.idle_since < look_after_ns &&
                                now - e.idle_since < validate_ns_ && now < e.retire_at;
+            if (fresh) [[likely]] {
+                // No clock read for a borrow that neither waited nor checked.
+                wait_time_.record(std::chrono::nanoseconds(0));
+                return &e;
+            }
             lock.unlock();
-            if (fresh) return &e;
             // The borrower's time starts here: what checking `e` takes is part of it.
             const auto started = steady::now();
             const auto deadline = deadline_after(timeout, started);
-            if (ready(e, now, deadline)) return &e;
+            if (ready(e, now, deadline)) return obtained(e, started);
             lock.lock();
             return acquire_waiting(lock, started, deadline, where);
         }
@@ -198,12 +203,14 @@ class pool_core {
         return acquire_waiting(lock, started, deadline_after(timeout, started), where);
     }
 
-    void release(pool_entry& e, bool reusable) noexcept {
+    // `used`: false for a connection that failed its check before the borrower had it.
+    void release(pool_entry& e, bool reusable, bool used = true) noexcept {
         const std::int64_t now = coarse_now_ns();
         {
             std::unique_lock lock(mutex_);
             e.lent = false;
             --in_use_;
+            if (used) use_time_.record(std::chrono::nanoseconds(now - e.lent_at));
             if (reusable && !closing_ && now < e.retire_at) [[likely]] {
                 e.idle_since = now;
                 if (waiters_ == nullptr) [[likely]] {
@@ -242,6 +249,24 @@ class pool_core {
                           destroyed_,
                           timeouts_};
     }
+
+    [[nodiscard]] pool_metrics metrics() const {
+        pool_metrics m;
+        std::lock_guard lock(mutex_);
+        m.idle = idle_.size();
+        m.used = in_use_;
+        m.pending = waiting_;
+        m.max = options_.max_size;
+        m.timeouts = timeouts_;
+        m.created = created_;
+        m.destroyed = destroyed_;
+        m.wait_time = wait_time_;
+        m.use_time = use_time_;
+        m.create_time = create_time_;
+        return m;
+    }
+
+    [[nodiscard]] const std::string& name() const noexcept { return options_.name; }
 
     void close(steady::time_point deadline) {
         const auto self = std::this_thread::get_id();
@@ -347,7 +372,7 @@ class pool_core {
     bool ready(pool_entry& e, std::int64_t now, steady::time_point deadline) noexcept {
         const std::int64_t idle_for = now - e.idle_since;
         if (now >= e.retire_at) {
-            release(e, false);
+            release(e, false, false);
             return false;
         }
         const bool ok = idle_for >= validate_ns_
@@ -362,7 +387,7 @@ class pool_core {
             sweep_ = true;
         }
         housekeeper_wake_.notify_one();
-        release(e, false);
+        release(e, false, false);
         return false;
     }
 
@@ -375,7 +400,7 @@ class pool_core {
                 const std::int64_t now = coarse_now_ns();
                 pool_entry& e = lend(now, where);
                 lock.unlock();
-                if (ready(e, now, deadline)) return &e;
+                if (ready(e, now, deadline)) return obtained(e, started);
                 lock.lock();
                 continue;
             }
@@ -396,12 +421,23 @@ class pool_core {
             }
             lock.unlock();
             w.wait_released();
-            if (w.handed != nullptr && ready(*w.handed, coarse_now_ns(), deadline)) return w.handed;
+            if (w.handed != nullptr && ready(*w.handed, coarse_now_ns(), deadline)) {
+                return obtained(*w.handed, started);
+            }
             lock.lock();
             // Woken for an idle connection: gone already if another borrower took it. Then
             // back to the front of the queue, to be handed the next one.
             overtaken = w.handed == nullptr && idle_.empty();
         }
+    }
+
+    // Records the wait of a borrower that began at `started` and has `e` now (not under the
+    // mutex; the slow paths only).
+    pool_entry* obtained(pool_entry& e, steady::time_point started) noexcept {
+        const auto waited = steady::now() - started;
+        std::lock_guard lock(mutex_);
+        wait_time_.record(waited);
+        return &e;
     }
 
     // Queues `w` last, or first (under the mutex).
@@ -521,6 +557,7 @@ class pool_core {
             lock.unlock();
             void* made = nullptr;
             std::exception_ptr failure;
+            const auto began = steady::now();
             try {
                 made = connector_->create();
                 if (!connector_->usable(made)) {
@@ -531,6 +568,7 @@ class pool_core {
             } catch (...) {
                 failure = std::current_exception();
             }
+            const auto took = steady::now() - began;
             const std::int64_t now = coarse_now_ns();
             std::int64_t retire_at = never;
             if (lifetime_ns_ != never) {
@@ -565,6 +603,7 @@ class pool_core {
             slot.retire_at = retire_at;
             slot.idle_since = now;
             ++created_;
+            create_time_.record(took);
             if (waiters_ == nullptr) {
                 idle_.push_back(&slot);
                 continue;
@@ -729,6 +768,9 @@ class pool_core {
     std::uint64_t created_ = 0;
     std::uint64_t destroyed_ = 0;
     std::uint64_t timeouts_ = 0;
+    pool_histogram wait_time_;
+    pool_histogram use_time_;
+    pool_histogram create_time_;
     std::exception_ptr last_failure_;
     steady::time_point last_failure_at_;
     tracked registration_;
@@ -737,6 +779,138 @@ class pool_core {
     std::thread creator_;
     std::thread housekeeper_;
 };
+
+namespace {
+
+// Nanoseconds as exact decimal seconds ("0.000131072", "2", "-0.5"), so that a value parsed
+// back is the one recorded.
+void append_seconds(std::string& out, std::int64_t ns) {
+    if (ns < 0) {
+        out += '-';
+        ns = -ns;  // a sum of durations is never near the minimum
+    }
+    out += std::to_string(ns / 1'000'000'000);
+    std::int64_t fraction = ns % 1'000'000'000;
+    if (fraction == 0) return;
+    int digits = 9;
+    while (fraction % 10 == 0) {
+        fraction /= 10;
+        --digits;
+    }
+    const std::string text = std::to_string(fraction);
+    out += '.';
+    out.append(static_cast<std::size_t>(digits) - text.size(), '0');
+    out += text;
+}
+
+// `pool_name="..."` with the label value escaped as the text format asks.
+std::string pool_label(const std::string& name) {
+    std::string label = "pool_name=\"";
+    for (const char c : name) {
+        if (c == '\\') {
+            label += "\\\\";
+        } else if (c == '"') {
+            label += "\\\"";
+        } else if (c == '\n') {
+            label += "\\n";
+        } else {
+            label += c;
+        }
+    }
+    label += '"';
+    return label;
+}
+
+void append_family(std::string& out, const char* name, const char* type, const char* help) {
+    out += "# HELP ";
+    out += name;
+    out += ' ';
+    out += help;
+    out += "\n# TYPE ";
+    out += name;
+    out += ' ';
+    out += type;
+    out += '\n';
+}
+
+void append_sample(std::string& out, const char* name, const std::string& labels,
+                   const std::string& value) {
+    out += name;
+    out += '{';
+    out += labels;
+    out += "} ";
+    out += value;
+    out += '\n';
+}
+
+}  // namespace
+
+void write_prometheus(std::ostream& out, const named_pool_metrics* pools, std::size_t count) {
+    std::vector<std::string> labels;
+    labels.reserve(count);
+    for (std::size_t i = 0; i < count; ++i) labels.push_back(pool_label(*pools[i].name));
+    std::string text;
+    const auto gauge = [&](const char* name, const char* type, const char* help, auto value_of) {
+        append_family(text, name, type, help);
+        for (std::size_t i = 0; i < count; ++i) {
+            append_sample(text, name, labels[i], std::to_string(value_of(pools[i].metrics)));
+        }
+    };
+    append_family(text, "db_client_connection_count", "gauge",
+                  "The number of connections that are currently in the state described by the "
+                  "state label.");
+    for (std::size_t i = 0; i < count; ++i) {
+        append_sample(text, "db_client_connection_count", labels[i] + ",state=\"idle\"",
+                      std::to_string(pools[i].metrics.idle));
+        append_sample(text, "db_client_connection_count", labels[i] + ",state=\"used\"",
+                      std::to_string(pools[i].metrics.used));
+    }
+    gauge("db_client_connection_max", "gauge", "The maximum number of open connections allowed.",
+          [](const pool_metrics& m) { return m.max; });
+    gauge("db_client_connection_pending_requests", "gauge",
+          "The number of current pending requests for an open connection.",
+          [](const pool_metrics& m) { return m.pending; });
+    gauge("db_client_connection_timeouts_total", "counter",
+          "The number of connection timeouts that have occurred trying to obtain a connection "
+          "from the pool.",
+          [](const pool_metrics& m) { return m.timeouts; });
+    const auto histogram = [&](const char* family, const char* help,
+                               pool_histogram pool_metrics::*member) {
+        const std::string base = family;
+        const std::string bucket = base + "_bucket";
+        const std::string sum = base + "_sum";
+        const std::string total = base + "_count";
+        append_family(text, family, "histogram", help);
+        for (std::size_t i = 0; i < count; ++i) {
+            const pool_histogram& h = pools[i].metrics.*member;
+            std::uint64_t cumulative = 0;
+            for (std::size_t b = 0; b < pool_histogram::bucket_count; ++b) {
+                cumulative += h.buckets[b];
+                std::string le = labels[i] + ",le=\"";
+                if (b + 1 < pool_histogram::bucket_count) {
+                    append_seconds(le, pool_histogram::upper_bound(b).count());
+                } else {
+                    le += "+Inf";
+                }
+                le += '"';
+                append_sample(text, bucket.c_str(), le, std::to_string(cumulative));
+            }
+            std::string seconds;
+            append_seconds(seconds, h.sum.count());
+            append_sample(text, sum.c_str(), labels[i], seconds);
+            append_sample(text, total.c_str(), labels[i], std::to_string(h.count));
+        }
+    };
+    histogram("db_client_connection_wait_time_seconds",
+              "The time it took to obtain an open connection from the pool.",
+              &pool_metrics::wait_time);
+    histogram("db_client_connection_use_time_seconds",
+              "The time between borrowing a connection and returning it to the pool.",
+              &pool_metrics::use_time);
+    histogram("db_client_connection_create_time_seconds",
+              "The time it took to create a new connection.", &pool_metrics::create_time);
+    out << text;
+}
 
 pool_core* pool_open(std::unique_ptr<pool_connector> connector, pool_options options,
                      std::source_location where) {
@@ -769,6 +943,14 @@ pool_stats pool_statistics(const pool_core& core) {
 
 void pool_close(pool_core& core, std::chrono::steady_clock::time_point deadline) {
     core.close(deadline);
+}
+
+pool_metrics pool_metrics_of(const pool_core& core) {
+    return core.metrics();
+}
+
+const std::string& pool_name(const pool_core& core) noexcept {
+    return core.name();
 }
 
 const std::string& pool_description(const pool_core& core) noexcept {

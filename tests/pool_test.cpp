@@ -729,6 +729,47 @@ TEST_F(Pool, MetricsCountWaitsUsesCreationsAndTimeouts) {
     EXPECT_EQ(m.created - m.destroyed, m.idle + m.used);
 }
 
+TEST_F(Pool, StatusShowsTheLongestWaitAndWhoHoldsEachConnection) {
+    auto pool = make({.name = "page", .max_size = 2});
+    auto status = pool.status();
+    EXPECT_EQ(status.longest_wait, 0ns);
+    EXPECT_TRUE(status.borrowers.empty());
+
+    auto first = pool.connection();
+    const auto first_line = std::source_location::current().line() - 1;
+    static_cast<void>(first.enter());
+    std::this_thread::sleep_for(30ms);
+    auto second = pool.connection();
+    const auto second_line = std::source_location::current().line() - 1;
+    static_cast<void>(second.enter());
+    std::thread waiter([&] {
+        ctxmgr::with(pool.connection(10s), [](sqlite::connection& c) { EXPECT_TRUE(c.is_open()); });
+    });
+    ASSERT_TRUE(eventually([&] { return pool.stats().waiting == 1; }));
+    std::this_thread::sleep_for(40ms);
+    status = pool.status();
+    EXPECT_GE(status.longest_wait, 40ms);
+    EXPECT_LT(status.longest_wait, 10s);
+    EXPECT_EQ(status.metrics.pending, 1U);
+    EXPECT_EQ(status.metrics.used, 2U);
+    ASSERT_EQ(status.borrowers.size(), 2U);
+    // Longest held first; times on the coarse clock, up to a tick (4 ms) short.
+    EXPECT_EQ(status.borrowers[0].where.line(), first_line);
+    EXPECT_EQ(status.borrowers[1].where.line(), second_line);
+    EXPECT_NE(std::string_view(status.borrowers[0].where.file_name()).find("pool_test.cpp"),
+              std::string_view::npos);
+    EXPECT_GE(status.borrowers[0].held, 65ms);
+    EXPECT_GE(status.borrowers[1].held, 35ms);
+    EXPECT_GE(status.borrowers[0].held - status.borrowers[1].held, 20ms);
+    first.exit(nullptr);
+    waiter.join();
+    second.exit(nullptr);
+    status = pool.status();
+    EXPECT_EQ(status.longest_wait, 0ns);
+    EXPECT_TRUE(status.borrowers.empty());
+    EXPECT_EQ(status.metrics.idle, 2U);
+}
+
 // Runs promtool check metrics on `text`: its exit status and what it printed.
 std::pair<int, std::string> promtool_check(const std::string& text,
                                            const ctxmgr::testing::temp_directory& directory) {

@@ -81,6 +81,7 @@
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "db.hpp"
 #include "errors.hpp"
@@ -207,6 +208,21 @@ struct pool_traits<postgres::connection> {
     static bool usable(postgres::connection& connection) noexcept;
 };
 
+// A borrower holding a connection, as pool::status() lists it.
+struct pool_borrower {
+    std::source_location where;     // where connection() was called
+    std::chrono::nanoseconds held;  // since it was lent (coarse clock: up to a tick short)
+};
+
+// What pool::status() returns, for an operator's page: one snapshot under the pool's lock.
+struct pool_status {
+    pool_metrics metrics;
+    // How long the borrower waiting longest has waited so far (pgbouncer's maxwait); 0 when
+    // nobody waits.
+    std::chrono::nanoseconds longest_wait{0};
+    std::vector<pool_borrower> borrowers;  // those holding a connection, longest held first
+};
+
 namespace detail {
 
 // What the type-erased core (src/pool.cpp) asks of a connection type.
@@ -244,6 +260,7 @@ void pool_registered(pool_entry_base& entry, std::uint64_t id) noexcept;
 void pool_release(pool_core& core, pool_entry_base& entry, bool reusable) noexcept;
 [[nodiscard]] pool_stats pool_statistics(const pool_core& core);
 [[nodiscard]] pool_metrics pool_metrics_of(const pool_core& core);
+[[nodiscard]] pool_status pool_status_of(const pool_core& core);
 [[nodiscard]] const std::string& pool_name(const pool_core& core) noexcept;
 // One pool's metrics for write_prometheus.
 struct named_pool_metrics {
@@ -439,6 +456,11 @@ class pool {
     // the pool's lock for a copy of about 600 bytes. Recording them costs the borrow a few
     // instructions (docs/performance.md), so they are always on.
     [[nodiscard]] pool_metrics metrics() const { return detail::pool_metrics_of(*core_); }
+
+    // metrics(), the longest current wait and the borrowers holding connections, from one
+    // snapshot. Thread-safe; allocates the list (throws std::bad_alloc) and walks the
+    // max_size slots under the pool's lock, so it is meant for a page, not a hot loop.
+    [[nodiscard]] pool_status status() const { return detail::pool_status_of(*core_); }
 
     // See the top of this header. Idempotent; throws leak_error when connections are still
     // borrowed at `deadline`.

@@ -124,6 +124,7 @@ struct pool_waiter {
     pool_waiter* prev = nullptr;
     pool_waiter* next = nullptr;
     std::source_location where;
+    steady::time_point started;    // when its borrower asked
     pool_entry* handed = nullptr;  // the connection handed to it
     bool dequeued = false;         // by someone else, who notifies it
     bool overtaken = false;        // woken once for a connection another borrower took
@@ -251,19 +252,32 @@ class pool_core {
     }
 
     [[nodiscard]] pool_metrics metrics() const {
-        pool_metrics m;
         std::lock_guard lock(mutex_);
-        m.idle = idle_.size();
-        m.used = in_use_;
-        m.pending = waiting_;
-        m.max = options_.max_size;
-        m.timeouts = timeouts_;
-        m.created = created_;
-        m.destroyed = destroyed_;
-        m.wait_time = wait_time_;
-        m.use_time = use_time_;
-        m.create_time = create_time_;
-        return m;
+        return metrics_locked();
+    }
+
+    [[nodiscard]] pool_status status() const {
+        pool_status s;
+        {
+            std::lock_guard lock(mutex_);
+            s.borrowers.reserve(in_use_);
+            const auto now = steady::now();
+            const std::int64_t coarse_now = coarse_now_ns();
+            s.metrics = metrics_locked();
+            for (const pool_waiter* w = waiters_; w != nullptr; w = w->next) {
+                s.longest_wait = std::max(s.longest_wait, now - w->started);
+            }
+            for (std::size_t i = 0; i < options_.max_size; ++i) {
+                const pool_entry& e = slots_[i];
+                if (!e.lent) continue;
+                s.borrowers.push_back(pool_borrower{
+                    e.where,
+                    std::chrono::nanoseconds(std::max<std::int64_t>(coarse_now - e.lent_at, 0))});
+            }
+        }
+        std::sort(s.borrowers.begin(), s.borrowers.end(),
+                  [](const pool_borrower& a, const pool_borrower& b) { return a.held > b.held; });
+        return s;
     }
 
     [[nodiscard]] const std::string& name() const noexcept { return options_.name; }
@@ -321,6 +335,21 @@ class pool_core {
     }
 
   private:
+    [[nodiscard]] pool_metrics metrics_locked() const noexcept {
+        pool_metrics m;
+        m.idle = idle_.size();
+        m.used = in_use_;
+        m.pending = waiting_;
+        m.max = options_.max_size;
+        m.timeouts = timeouts_;
+        m.created = created_;
+        m.destroyed = destroyed_;
+        m.wait_time = wait_time_;
+        m.use_time = use_time_;
+        m.create_time = create_time_;
+        return m;
+    }
+
     [[nodiscard]] bool drained() const noexcept { return in_use_ == 0 && discarding_ == 0; }
 
     // A connection is wanted from the creator: a borrower waits with none idle, or fewer than
@@ -411,6 +440,7 @@ class pool_core {
             }
             pool_waiter w;
             w.where = where;
+            w.started = started;
             w.overtaken = overtaken;
             enqueue(w, overtaken);
             if (creation_wanted()) creator_wake_.notify_one();
@@ -947,6 +977,10 @@ void pool_close(pool_core& core, std::chrono::steady_clock::time_point deadline)
 
 pool_metrics pool_metrics_of(const pool_core& core) {
     return core.metrics();
+}
+
+pool_status pool_status_of(const pool_core& core) {
+    return core.status();
 }
 
 const std::string& pool_name(const pool_core& core) noexcept {

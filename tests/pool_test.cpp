@@ -770,6 +770,313 @@ TEST_F(Pool, StatusShowsTheLongestWaitAndWhoHoldsEachConnection) {
     EXPECT_EQ(status.metrics.idle, 2U);
 }
 
+// ---- Operating a running pool ----------------------------------------------------------
+
+TEST_F(Pool, BorrowersBeyondMaxWaitingFailAtOnceNamingThePool) {
+    auto pool = make({.name = "busy", .max_size = 1, .max_waiting = 2});
+    auto held = pool.connection();
+    static_cast<void>(held.enter());
+    std::vector<std::thread> waiters;
+    for (int i = 0; i < 2; ++i) {
+        waiters.emplace_back([&] {
+            ctxmgr::with(pool.connection(10s),
+                         [](sqlite::connection& c) { EXPECT_TRUE(c.is_open()); });
+        });
+    }
+    ASSERT_TRUE(eventually([&] { return pool.stats().waiting == 2; }));
+    const auto start = std::chrono::steady_clock::now();
+    const auto e = exception_from([&] { static_cast<void>(pool.connection(10s).enter()); });
+    EXPECT_LT(std::chrono::steady_clock::now() - start, 2s);  // not after a wait
+    ASSERT_TRUE(ctxmgr::holds<ctxmgr::too_many_waiters>(e)) << ctxmgr::describe(e);
+    const std::string what = what_of(e);
+    EXPECT_NE(what.find("pool \"busy\""), std::string::npos) << what;
+    EXPECT_NE(what.find("max_waiting 2"), std::string::npos) << what;
+    EXPECT_EQ(pool.metrics().refused, 1U);
+    EXPECT_EQ(pool.stats().waiting, 2U);
+    held.exit(nullptr);
+    for (auto& w : waiters) w.join();
+    const auto m = pool.metrics();
+    EXPECT_EQ(m.timeouts, 0U);
+    EXPECT_EQ(m.use_time.count, 3U);
+    // Without waiters, a borrow is served again.
+    ctxmgr::with(pool.connection(0ms), [](sqlite::connection& c) { EXPECT_TRUE(c.is_open()); });
+}
+
+TEST_F(Pool, SuspendedBorrowersWaitNothingIsMadeAndResumeServesThem) {
+    auto pool = make({.name = "paused", .max_size = 2});
+    auto other = pool.connection();
+    static_cast<void>(other.enter());
+    auto lent = pool.connection();
+    static_cast<void>(lent.enter());  // lent before suspend(): comes back as usual
+    ASSERT_EQ(pool.stats().created, 2U);
+    other.exit(nullptr);
+    pool.suspend();
+    pool.suspend();  // idempotent
+    EXPECT_TRUE(pool.status().suspended);
+    EXPECT_EQ(pool.stats().idle, 1U);
+    const auto e = exception_from([&] { static_cast<void>(pool.connection(60ms).enter()); });
+    ASSERT_TRUE(ctxmgr::holds<ctxmgr::timeout_error>(e)) << ctxmgr::describe(e);
+    EXPECT_NE(what_of(e).find("suspended"), std::string::npos) << what_of(e);
+    lent.exit(nullptr);
+    EXPECT_EQ(pool.stats().idle, 2U);
+    std::atomic<int> served{0};
+    std::vector<std::thread> waiters;
+    for (int i = 0; i < 3; ++i) {
+        waiters.emplace_back([&] {
+            ctxmgr::with(pool.connection(10s), [&](sqlite::connection& c) {
+                EXPECT_TRUE(c.is_open());
+                ++served;
+            });
+        });
+    }
+    ASSERT_TRUE(eventually([&] { return pool.stats().waiting == 3; }));
+    std::this_thread::sleep_for(50ms);
+    EXPECT_EQ(served.load(), 0);
+    EXPECT_EQ(pool.stats().created, 2U);  // nothing made while suspended
+    EXPECT_EQ(pool.stats().idle, 2U);
+    pool.resume();
+    pool.resume();
+    for (auto& w : waiters) w.join();
+    EXPECT_EQ(served.load(), 3);
+    EXPECT_FALSE(pool.status().suspended);
+    const auto s = pool.stats();
+    EXPECT_EQ(s.created, 2U);
+    EXPECT_EQ(s.timeouts, 1U);
+    expect_consistent(s);
+    pool.close();
+    EXPECT_THROW(pool.suspend(), ctxmgr::closed_error);
+    EXPECT_THROW(pool.resume(), ctxmgr::closed_error);
+}
+
+TEST_F(Pool, EvictIdleClosesIdleConnectionsNowAndMinIdleRefills) {
+    auto pool = make({.name = "evicting", .max_size = 3});
+    {
+        auto a = pool.connection();
+        auto b = pool.connection();
+        auto c = pool.connection();
+        static_cast<void>(a.enter());
+        static_cast<void>(b.enter());
+        static_cast<void>(c.enter());
+        a.exit(nullptr);
+        b.exit(nullptr);
+        EXPECT_EQ(pool.evict_idle(), 2U);
+        EXPECT_EQ(pool.stats().destroyed, 2U);
+        EXPECT_EQ(pool.stats().in_use, 1U);
+        c.exit(nullptr);  // not evicted: it was lent
+    }
+    EXPECT_EQ(pool.stats().destroyed, 2U);
+    EXPECT_EQ(pool.stats().idle, 1U);
+    pool.resize(1, 3);
+    EXPECT_EQ(pool.evict_idle(), 1U);
+    // min_idle is made again.
+    ASSERT_TRUE(eventually([&] { return pool.stats().idle == 1 && pool.stats().created == 4; }));
+    expect_consistent(pool.stats());
+}
+
+TEST_F(Pool, EvictAllClosesLentConnectionsWhenTheyComeBack) {
+    auto pool = make({.name = "rotated", .max_size = 2});
+    auto held = pool.connection();
+    static_cast<void>(held.enter());
+    ctxmgr::with(pool.connection(), [](sqlite::connection&) {});
+    ASSERT_EQ(pool.stats().idle, 1U);
+    EXPECT_EQ(pool.evict_all(), 1U);
+    // The borrower keeps using its connection until it gives it back.
+    EXPECT_EQ(held.get()->query_value<std::int64_t>("SELECT 7"), 7);
+    held.exit(nullptr);
+    auto s = pool.stats();
+    EXPECT_EQ(s.destroyed, 2U);
+    EXPECT_EQ(s.size, 0U);
+    // New connections are lent again, and kept.
+    ctxmgr::with(pool.connection(), [](sqlite::connection&) {});
+    ctxmgr::with(pool.connection(), [](sqlite::connection&) {});
+    s = pool.stats();
+    EXPECT_EQ(s.created, 3U);
+    EXPECT_EQ(s.idle, 1U);
+    expect_consistent(s);
+}
+
+TEST_F(Pool, ResizeGrowsAtOnceAndShrinksIdleNowAndLentOnReturn) {
+    auto pool = make({.name = "elastic", .max_size = 1});
+    auto a = pool.connection();
+    static_cast<void>(a.enter());
+    EXPECT_THROW(static_cast<void>(pool.connection(0ms).enter()), ctxmgr::timeout_error);
+    std::thread waiter([&] {
+        ctxmgr::with(pool.connection(10s), [](sqlite::connection& c) { EXPECT_TRUE(c.is_open()); });
+    });
+    ASSERT_TRUE(eventually([&] { return pool.stats().waiting == 1; }));
+    pool.resize(0, 3);  // the waiter is served by a new connection, `a` still lent
+    waiter.join();
+    EXPECT_EQ(pool.metrics().max, 3U);
+    auto b = pool.connection();
+    auto c = pool.connection();
+    static_cast<void>(b.enter());
+    static_cast<void>(c.enter());
+    EXPECT_EQ(pool.stats().in_use, 3U);
+    EXPECT_THROW(static_cast<void>(pool.connection(0ms).enter()), ctxmgr::timeout_error);
+
+    // Bad sizes change nothing.
+    const auto e = exception_from([&] { pool.resize(2, 1); });
+    ASSERT_TRUE(ctxmgr::holds<std::invalid_argument>(e));
+    EXPECT_NE(what_of(e).find("pool \"elastic\": min_idle (2) exceeds max_size (1)"),
+              std::string::npos)
+        << what_of(e);
+    EXPECT_THROW(pool.resize(0, 0), std::invalid_argument);
+    EXPECT_EQ(pool.metrics().max, 3U);
+
+    // Down to 1 with 3 lent: the first two back are closed, the last is kept.
+    pool.resize(1, 1);
+    a.exit(nullptr);
+    b.exit(nullptr);
+    EXPECT_EQ(pool.stats().destroyed, 2U);
+    c.exit(nullptr);
+    auto s = pool.stats();
+    EXPECT_EQ(s.idle, 1U);
+    EXPECT_EQ(s.destroyed, 2U);
+    expect_consistent(s);
+
+    // Idle ones beyond max_size close at once.
+    pool.resize(0, 3);
+    {
+        auto x = pool.connection();
+        auto y = pool.connection();
+        auto z = pool.connection();
+        static_cast<void>(x.enter());
+        static_cast<void>(y.enter());
+        static_cast<void>(z.enter());
+    }
+    ASSERT_EQ(pool.stats().idle, 3U);
+    pool.resize(0, 2);
+    s = pool.stats();
+    EXPECT_EQ(s.idle, 2U);
+    EXPECT_EQ(s.destroyed, 3U);
+    expect_consistent(s);
+    pool.close();
+    EXPECT_THROW(pool.resize(0, 2), ctxmgr::closed_error);
+}
+
+TEST_F(Pool, AnUnreachableDatabaseFailsTheConstructorWithinInitializationTimeout) {
+    std::atomic<int> attempts{0};
+    const auto start = std::chrono::steady_clock::now();
+    const auto e = exception_from([&] {
+        sqlite_pool pool(
+            [&]() -> sqlite::connection {
+                ++attempts;
+                throw test_error("the database is unreachable");
+            },
+            {.name = "unreachable", .initialization_timeout = 200ms});
+    });
+    const auto took = std::chrono::steady_clock::now() - start;
+    ASSERT_TRUE(ctxmgr::holds<ctxmgr::timeout_error>(e)) << ctxmgr::describe(e);
+    const std::string what = what_of(e);
+    EXPECT_NE(what.find("pool \"unreachable\""), std::string::npos) << what;
+    EXPECT_NE(what.find("initialization_timeout (200 ms)"), std::string::npos) << what;
+    EXPECT_NE(what.find("the database is unreachable"), std::string::npos) << what;
+    EXPECT_NE(ctxmgr::describe(e).find("nested: "), std::string::npos) << ctxmgr::describe(e);
+    EXPECT_GE(took, 190ms);
+    EXPECT_LT(took, 5s);
+    EXPECT_GE(attempts.load(), 2);  // retried within the time
+
+    // A reachable one starts with a connection ready.
+    auto pool = make({.name = "reachable", .initialization_timeout = 10s});
+    EXPECT_EQ(pool.stats().created, 1U);
+    EXPECT_EQ(pool.stats().idle, 1U);
+    EXPECT_THROW(make({.initialization_timeout = -1ms}), std::invalid_argument);
+}
+
+// 16 threads borrowing, a tenth of them throwing, while another suspends and resumes,
+// evicts and resizes the pool: every borrow is served or fails as asked, nothing is lost.
+// The operations run `operations` times, about 2 ms apart; the borrowers borrow until then,
+// at most `max_borrows` times each.
+template <class Connection>
+void operate_under_load(ctxmgr::pool<Connection>& pool, std::string_view select_param,
+                        int operations, int max_borrows) {
+    constexpr int threads = 16;
+    std::atomic<int> attempts{0};
+    std::atomic<int> failing{0};  // bodies that threw
+    std::atomic<int> thrown{0};
+    std::atomic<int> done{0};
+    std::atomic<int> refused{0};
+    std::atomic<bool> stop{false};
+    std::vector<std::thread> workers;
+    for (int t = 0; t < threads; ++t) {
+        workers.emplace_back([&] {
+            for (int i = 0; i < max_borrows && !stop.load(); ++i) {
+                ++attempts;
+                try {
+                    ctxmgr::with(pool.connection(), [&](Connection& c) {
+                        if (i % 10 == 0) {
+                            c.execute_script("BEGIN");
+                            ++failing;
+                            throw test_error("a tenth of the requests fail");
+                        }
+                        EXPECT_EQ(c.transaction_state(), db::transaction_state::idle);
+                        EXPECT_EQ(c.template query_value<std::int64_t>(select_param, i), i);
+                    });
+                    ++done;
+                } catch (const test_error&) {
+                    ++thrown;
+                } catch (const ctxmgr::too_many_waiters&) {
+                    ++refused;
+                }
+            }
+        });
+    }
+    std::thread operator_thread([&] {
+        for (int i = 0; i < operations; ++i) {
+            switch (i % 5) {
+                case 0:
+                    pool.suspend();
+                    std::this_thread::sleep_for(1ms);
+                    pool.resume();
+                    break;
+                case 1:
+                    static_cast<void>(pool.evict_all());
+                    break;
+                case 2:
+                    pool.resize(static_cast<std::size_t>(i % 3),
+                                2 + static_cast<std::size_t>(i % 4));
+                    break;
+                case 3:
+                    static_cast<void>(pool.evict_idle());
+                    break;
+                default:
+                    static_cast<void>(pool.status());
+                    break;
+            }
+            std::this_thread::sleep_for(1ms);
+        }
+        stop = true;
+    });
+    operator_thread.join();
+    for (auto& w : workers) w.join();
+    EXPECT_GT(attempts.load(), threads);
+    EXPECT_EQ(thrown.load(), failing.load());
+    EXPECT_EQ(done.load() + thrown.load() + refused.load(), attempts.load());
+    const auto m = pool.metrics();
+    EXPECT_EQ(m.refused, static_cast<std::uint64_t>(refused.load()));
+    EXPECT_EQ(m.used, 0U);
+    EXPECT_EQ(m.pending, 0U);
+    EXPECT_EQ(m.timeouts, 0U);
+    EXPECT_EQ(m.use_time.count, static_cast<std::uint64_t>(done.load() + thrown.load()));
+    EXPECT_EQ(m.created - m.destroyed, m.idle);
+    EXPECT_LE(m.idle, m.max);
+    EXPECT_FALSE(pool.status().suspended);
+    // Still lends, to every thread.
+    ctxmgr::with(pool.connection(), [&](Connection& c) {
+        EXPECT_EQ(c.template query_value<std::int64_t>(select_param, 5), 5);
+    });
+}
+
+TEST_F(Pool, SixteenThreadsThrowingWhileThePoolIsSuspendedEvictedAndResized) {
+    auto pool = make({.max_size = 4, .acquire_timeout = 60s});
+    operate_under_load(pool, "SELECT $1", 200, 20'000);
+}
+
+TEST_F(Pool, SixteenThreadsWithMaxWaitingAreServedOrRefusedNeverLost) {
+    auto pool = make({.max_size = 2, .acquire_timeout = 60s, .max_waiting = 3});
+    operate_under_load(pool, "SELECT $1", 200, 20'000);
+}
+
 // Runs promtool check metrics on `text`: its exit status and what it printed.
 std::pair<int, std::string> promtool_check(const std::string& text,
                                            const ctxmgr::testing::temp_directory& directory) {
@@ -1007,6 +1314,11 @@ TEST_F(PoolPostgres, AValidationPingWaitsAtMostValidationTimeoutAndNeverPastTheD
     s = pool.stats();
     EXPECT_EQ(s.destroyed, 2U);
     EXPECT_EQ(s.timeouts, 1U);
+}
+
+TEST_F(PoolPostgres, SixteenThreadsThrowingWhileThePoolIsSuspendedEvictedAndResized) {
+    auto pool = make_postgres(server_.conninfo, {.max_size = 4, .acquire_timeout = 120s});
+    operate_under_load(pool, "SELECT $1::bigint", 100, 2'000);
 }
 
 TEST_F(PoolPostgres, SixteenThreadsTenThousandBorrowsATenthThrowingNothingLostNothingLeaked) {

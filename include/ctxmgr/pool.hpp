@@ -51,10 +51,10 @@
 //   - Thread-safe: a pool is shared by any number of threads. A pooled_connection manager and
 //     the connection it lends are thread-compatible (one thread at a time; it may be returned
 //     on another thread). The factory runs on the pool's thread, one call at a time.
-//   - enter() throws timeout_error, closed_error (the pool is closed), protocol_error
-//     (entered twice); after a failure nothing is borrowed. exit() and the manager's
-//     destructor always give the connection back; the destructor sends a failure to the
-//     unraisable hook.
+//   - enter() throws timeout_error, too_many_waiters (max_waiting), closed_error (the pool
+//     is closed), protocol_error (entered twice); after a failure nothing is borrowed. exit() and
+//     the manager's destructor always give the connection back; the destructor sends a failure to
+//     the unraisable hook.
 //   - close(deadline) stops lending (waiters get closed_error), closes idle connections, waits
 //     for a connection attempt in progress (the factory's own connect timeout bounds it) and
 //     for borrowed connections until the deadline, then throws leak_error naming those never
@@ -119,6 +119,15 @@ struct pool_options {
     std::function<void(const resource_info&)> on_leak{};
     // How long the destructor and exit() wait for borrowed connections.
     std::chrono::milliseconds close_timeout{5'000};
+    // Borrowers waiting at once, at most; one more fails at once with too_many_waiters
+    // instead of queueing (shedding load that would only time out). 0: no limit.
+    std::size_t max_waiting = 0;
+    // When positive, the constructor waits this long for one connection and, when none
+    // could be made, throws timeout_error naming the pool with the last connection failure
+    // nested (HikariCP's initializationFailTimeout): a database that cannot be reached at all
+    // fails the start, not the first request. The constructor may also wait for an attempt
+    // in progress to end (the factory's own connect timeout bounds it). 0: start at once.
+    std::chrono::milliseconds initialization_timeout{0};
 };
 
 // A snapshot. size == idle + in_use, and created - destroyed == size.
@@ -182,6 +191,7 @@ struct pool_metrics {
     std::size_t pending = 0;  // borrowers waiting for a connection
     std::size_t max = 0;      // max_size
     std::uint64_t timeouts = 0;
+    std::uint64_t refused = 0;  // borrowers turned away by max_waiting (too_many_waiters)
     std::uint64_t created = 0;
     std::uint64_t destroyed = 0;
     pool_histogram wait_time;    // from connection().enter() until it returns a connection
@@ -221,6 +231,7 @@ struct pool_status {
     // nobody waits.
     std::chrono::nanoseconds longest_wait{0};
     std::vector<pool_borrower> borrowers;  // those holding a connection, longest held first
+    bool suspended = false;                // see pool::suspend()
 };
 
 namespace detail {
@@ -261,6 +272,11 @@ void pool_release(pool_core& core, pool_entry_base& entry, bool reusable) noexce
 [[nodiscard]] pool_stats pool_statistics(const pool_core& core);
 [[nodiscard]] pool_metrics pool_metrics_of(const pool_core& core);
 [[nodiscard]] pool_status pool_status_of(const pool_core& core);
+void pool_suspend(pool_core& core);
+void pool_resume(pool_core& core);
+std::size_t pool_evict_idle(pool_core& core);
+std::size_t pool_evict_all(pool_core& core);
+void pool_resize(pool_core& core, std::size_t min_idle, std::size_t max_size);
 [[nodiscard]] const std::string& pool_name(const pool_core& core) noexcept;
 // One pool's metrics for write_prometheus.
 struct named_pool_metrics {
@@ -418,7 +434,8 @@ class pool {
     using factory_type = std::function<Connection()>;
 
     // Starts the pool's threads; makes min_idle connections in the background. Throws
-    // std::invalid_argument for bad options, std::system_error when a thread cannot start.
+    // std::invalid_argument for bad options, std::system_error when a thread cannot start,
+    // timeout_error when initialization_timeout passes without a connection.
     template <class Factory>
     requires std::is_invocable_r_v<Connection, Factory&>
     explicit pool(Factory factory, pool_options options = {},
@@ -461,6 +478,34 @@ class pool {
     // snapshot. Thread-safe; allocates the list (throws std::bad_alloc) and walks the
     // max_size slots under the pool's lock, so it is meant for a page, not a hot loop.
     [[nodiscard]] pool_status status() const { return detail::pool_status_of(*core_); }
+
+    // Operating a running pool. Each is thread-safe and returns without waiting for a
+    // borrower; each throws closed_error once the pool is closed.
+
+    // Stops lending: borrowers wait (and time out) as if every connection were lent, and no
+    // connection is made; connections lent stay lent and come back as usual. For a failover
+    // or a maintenance window (pgbouncer's PAUSE, HikariCP's suspendPool). Idempotent.
+    void suspend() { detail::pool_suspend(*core_); }
+    // Lends again: idle connections go to the waiters, first come first, and the creator
+    // makes what the others need. Idempotent.
+    void resume() { detail::pool_resume(*core_); }
+
+    // Closes the idle connections now (min_idle ones are made again in the background);
+    // returns how many. Lent connections are not touched.
+    std::size_t evict_idle() { return detail::pool_evict_idle(*core_); }
+    // evict_idle(), and every connection lent or being made now is closed when it comes back
+    // instead of being lent again (after a failover or a password change: HikariCP's
+    // softEvictConnections). Returns how many idle ones were closed.
+    std::size_t evict_all() { return detail::pool_evict_all(*core_); }
+
+    // New sizes, as pool_options' (std::invalid_argument when max_size is 0 or below
+    // min_idle; then nothing changes). Growing makes room at once (waiters are served as the
+    // creator makes connections); shrinking closes idle connections beyond max_size now, the
+    // least recently used first, and lent ones beyond it when they come back. Throws
+    // std::bad_alloc with nothing changed.
+    void resize(std::size_t min_idle, std::size_t max_size) {
+        detail::pool_resize(*core_, min_idle, max_size);
+    }
 
     // See the top of this header. Idempotent; throws leak_error when connections are still
     // borrowed at `deadline`.

@@ -47,6 +47,10 @@
 // registered with the leak tracker (kind "pooled connection", described by the pool's quoted name),
 // so report_live() and expect_no_leaks() see borrows too.
 //
+// Observing and operating (each documented where it is declared): metrics(), status() and
+// write_prometheus() (OpenTelemetry's names); suspend()/resume(), evict_idle()/evict_all(),
+// resize(); pool_options::max_waiting and initialization_timeout.
+//
 // Guarantees:
 //   - Thread-safe: a pool is shared by any number of threads. A pooled_connection manager and
 //     the connection it lends are thread-compatible (one thread at a time; it may be returned

@@ -150,7 +150,8 @@ struct pool_stats {
 // A distribution of durations in fixed buckets, log-scale: bucket i counts the durations in
 // (upper_bound(i - 1), upper_bound(i)], from 2^17 ns (131 us) doubling up to 2^35 ns (34 s),
 // the last bucket everything longer. Fixed, so that recording is a shift and an increment
-// and pools' histograms can be added up.
+// and pools' histograms can be added up. Thread-compatible: the pool records under its lock
+// and metrics() hands out copies.
 struct pool_histogram {
     static constexpr std::size_t bucket_count = 20;
     static constexpr int first_bound_log2 = 17;

@@ -985,8 +985,8 @@ TEST_F(Pool, AnUnreachableDatabaseFailsTheConstructorWithinInitializationTimeout
 
 // 16 threads borrowing, a tenth of them throwing, while another suspends and resumes,
 // evicts and resizes the pool: every borrow is served or fails as asked, nothing is lost.
-// The operations run `operations` times, about 2 ms apart; the borrowers borrow until then,
-// at most `max_borrows` times each.
+// The operations run `operations` times, a millisecond or two apart; the borrowers borrow
+// until then, at least 20 and at most `max_borrows` times each.
 template <class Connection>
 void operate_under_load(ctxmgr::pool<Connection>& pool, std::string_view select_param,
                         int operations, int max_borrows) {
@@ -1000,7 +1000,8 @@ void operate_under_load(ctxmgr::pool<Connection>& pool, std::string_view select_
     std::vector<std::thread> workers;
     for (int t = 0; t < threads; ++t) {
         workers.emplace_back([&] {
-            for (int i = 0; i < max_borrows && !stop.load(); ++i) {
+            // 20 borrows at least, so that each thread meets the pool in several states.
+            for (int i = 0; i < max_borrows && (i < 20 || !stop.load()); ++i) {
                 ++attempts;
                 try {
                     ctxmgr::with(pool.connection(), [&](Connection& c) {
@@ -1049,7 +1050,6 @@ void operate_under_load(ctxmgr::pool<Connection>& pool, std::string_view select_
     });
     operator_thread.join();
     for (auto& w : workers) w.join();
-    EXPECT_GT(attempts.load(), threads);
     EXPECT_EQ(thrown.load(), failing.load());
     EXPECT_EQ(done.load() + thrown.load() + refused.load(), attempts.load());
     const auto m = pool.metrics();

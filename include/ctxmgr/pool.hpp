@@ -498,9 +498,10 @@ class pool {
     // Closes the idle connections now (min_idle ones are made again in the background);
     // returns how many. Lent connections are not touched.
     std::size_t evict_idle() { return detail::pool_evict_idle(*core_); }
-    // evict_idle(), and every connection lent or being made now is closed when it comes back
-    // instead of being lent again (after a failover or a password change: HikariCP's
-    // softEvictConnections). Returns how many idle ones were closed.
+    // evict_idle(), and every connection lent now is closed when it comes back instead of
+    // being lent again (after a failover or a password change: HikariCP's
+    // softEvictConnections). A connection being made meanwhile is kept: the factory's next
+    // calls see what changed. Returns how many idle ones were closed.
     std::size_t evict_all() { return detail::pool_evict_all(*core_); }
 
     // New sizes, as pool_options' (std::invalid_argument when max_size is 0 or below

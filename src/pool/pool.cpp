@@ -712,7 +712,6 @@ class pool_core {
             slot.occupied = true;
             ++occupied_;
             creating_ = true;
-            const std::uint64_t generation = generation_;
             lock.unlock();
             void* made = nullptr;
             std::exception_ptr failure;
@@ -749,15 +748,6 @@ class pool_core {
                 continue;
             }
             backoff = std::chrono::milliseconds(0);
-            if (!closing_ && generation != generation_) {
-                // Begun before evict_all(): it may reach what evict_all() turned away from.
-                lock.unlock();
-                connector_->destroy(made);
-                lock.lock();
-                slot.occupied = false;
-                --occupied_;
-                continue;
-            }
             if (closing_) {
                 lock.unlock();
                 connector_->destroy(made);
@@ -770,7 +760,9 @@ class pool_core {
             slot.connection = made;
             slot.retire_at = retire_at;
             slot.idle_since = now;
-            slot.generation = generation;
+            // A connection begun before evict_all() is kept: discarding it would starve the
+            // borrowers when evict_all() comes more often than a connect takes.
+            slot.generation = generation_;
             ++created_;
             create_time_.record(took);
             if (initializing_) {

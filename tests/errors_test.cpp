@@ -146,6 +146,7 @@ TEST(Errors, RethrowChainedKeepsTheDynamicTypeOfEveryLibraryError) {
     expect_chained_keeps_type(ctxmgr::io_error("close", "/x", EIO));
     expect_chained_keeps_type(ctxmgr::network_error("send", "127.0.0.1:1", EPIPE));
     expect_chained_keeps_type(ctxmgr::timeout_error("a lock", std::chrono::seconds(1)));
+    expect_chained_keeps_type(ctxmgr::too_many_waiters("pool \"p\": 4 waiting"));
     expect_chained_keeps_type(ctxmgr::leak_error("1 live"));
     expect_chained_keeps_type(ctxmgr::db::error("sqlite", "", 1, "m", "COMMIT"));
     expect_chained_keeps_type(ctxmgr::db::constraint_violation("sqlite", "", 19, "m", "INSERT"));

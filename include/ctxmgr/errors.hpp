@@ -11,6 +11,7 @@
 //     network_error         a failed socket call or name resolution; names the peer
 //   std::runtime_error
 //     timeout_error         a lock, connection or pool wait that ran out of time
+//     too_many_waiters      a pool borrower refused at once: max_waiting are waiting
 //     leak_error            resources still live where none should be
 //     db::error             a database error; subclasses follow the server's classes
 //                           (constraint_violation, serialization_failure,
@@ -128,6 +129,13 @@ class timeout_error : public std::runtime_error {
 
   private:
     std::chrono::nanoseconds waited_;
+};
+
+// A pool borrower turned away without waiting, because pool_options::max_waiting borrowers
+// wait already. The message names the pool and the limit.
+class too_many_waiters : public std::runtime_error {
+  public:
+    using std::runtime_error::runtime_error;
 };
 
 // Resources that are still live where none should be (see tracking.hpp).
@@ -284,8 +292,8 @@ template <class... Types>
 struct exception_types {};
 using library_exceptions =
     exception_types<protocol_error, closed_error, io_error, network_error, timeout_error,
-                    leak_error, db::error, db::constraint_violation, db::serialization_failure,
-                    db::connection_error, db::conversion_error>;
+                    too_many_waiters, leak_error, db::error, db::constraint_violation,
+                    db::serialization_failure, db::connection_error, db::conversion_error>;
 
 template <class... Types>
 [[noreturn]] void rethrow_chained_as(exception_types<Types...>, const std::exception_ptr& failure,

@@ -47,14 +47,18 @@
 // registered with the leak tracker (kind "pooled connection", described by the pool's quoted name),
 // so report_live() and expect_no_leaks() see borrows too.
 //
+// Observing and operating (each documented where it is declared): metrics(), status() and
+// write_prometheus() (OpenTelemetry's names); suspend()/resume(), evict_idle()/evict_all(),
+// resize(); pool_options::max_waiting and initialization_timeout.
+//
 // Guarantees:
 //   - Thread-safe: a pool is shared by any number of threads. A pooled_connection manager and
 //     the connection it lends are thread-compatible (one thread at a time; it may be returned
 //     on another thread). The factory runs on the pool's thread, one call at a time.
-//   - enter() throws timeout_error, closed_error (the pool is closed), protocol_error
-//     (entered twice); after a failure nothing is borrowed. exit() and the manager's
-//     destructor always give the connection back; the destructor sends a failure to the
-//     unraisable hook.
+//   - enter() throws timeout_error, too_many_waiters (max_waiting), closed_error (the pool
+//     is closed), protocol_error (entered twice); after a failure nothing is borrowed. exit() and
+//     the manager's destructor always give the connection back; the destructor sends a failure to
+//     the unraisable hook.
 //   - close(deadline) stops lending (waiters get closed_error), closes idle connections, waits
 //     for a connection attempt in progress (the factory's own connect timeout bounds it) and
 //     for borrowed connections until the deadline, then throws leak_error naming those never
@@ -67,17 +71,21 @@
 //     docs/performance.md); a pool name longer than 13 characters adds an allocation.
 #pragma once
 
+#include <array>
+#include <bit>
 #include <chrono>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <iosfwd>
 #include <memory>
 #include <source_location>
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "db.hpp"
 #include "detail/entry_check.hpp"
@@ -116,6 +124,15 @@ struct pool_options {
     std::function<void(const resource_info&)> on_leak{};
     // How long the destructor and exit() wait for borrowed connections.
     std::chrono::milliseconds close_timeout{5'000};
+    // Borrowers waiting at once, at most; one more fails at once with too_many_waiters
+    // instead of queueing (shedding load that would only time out). 0: no limit.
+    std::size_t max_waiting = 0;
+    // When positive, the constructor waits this long for one connection and, when none
+    // could be made, throws timeout_error naming the pool with the last connection failure
+    // nested (HikariCP's initializationFailTimeout): a database that cannot be reached at all
+    // fails the start, not the first request. The constructor may also wait for an attempt
+    // in progress to end (the factory's own connect timeout bounds it). 0: start at once.
+    std::chrono::milliseconds initialization_timeout{0};
 };
 
 // A snapshot. size == idle + in_use, and created - destroyed == size.
@@ -129,6 +146,63 @@ struct pool_stats {
     std::uint64_t timeouts = 0;  // waits that ended in timeout_error
 
     friend bool operator==(const pool_stats&, const pool_stats&) = default;
+};
+
+// A distribution of durations in fixed buckets, log-scale: bucket i counts the durations in
+// (upper_bound(i - 1), upper_bound(i)], from 2^17 ns (131 us) doubling up to 2^35 ns (34 s),
+// the last bucket everything longer. Fixed, so that recording is a shift and an increment
+// and pools' histograms can be added up. Thread-compatible: the pool records under its lock
+// and metrics() hands out copies.
+struct pool_histogram {
+    static constexpr std::size_t bucket_count = 20;
+    static constexpr int first_bound_log2 = 17;
+
+    // The largest duration bucket i holds; nanoseconds::max() for the last.
+    [[nodiscard]] static constexpr std::chrono::nanoseconds upper_bound(std::size_t i) noexcept {
+        return i + 1 < bucket_count
+                   ? std::chrono::nanoseconds(std::int64_t{1} << (first_bound_log2 + i))
+                   : std::chrono::nanoseconds::max();
+    }
+    // The bucket a duration falls in.
+    [[nodiscard]] static constexpr std::size_t bucket_of(std::chrono::nanoseconds d) noexcept {
+        if (d.count() <= 0) return 0;
+        const auto above = static_cast<std::uint64_t>(d.count() - 1) >> first_bound_log2;
+        const std::size_t i = static_cast<std::size_t>(std::bit_width(above));
+        return i < bucket_count ? i : bucket_count - 1;
+    }
+
+    void record(std::chrono::nanoseconds d) noexcept {
+        ++buckets[bucket_of(d)];
+        ++count;
+        sum += d;
+    }
+
+    std::array<std::uint64_t, bucket_count> buckets{};  // not cumulative
+    std::uint64_t count = 0;
+    std::chrono::nanoseconds sum{0};
+
+    friend bool operator==(const pool_histogram&, const pool_histogram&) = default;
+};
+
+// What pool::metrics() returns: a snapshot taken under the pool's lock, so the counts agree
+// with each other (idle + used == created - destroyed). Times come from the clock the pool
+// reads anyway: use_time from the coarse monotonic clock (its tick, 1 to 4 ms, is the
+// resolution: a borrow shorter than a tick may count as 0), wait_time and create_time from
+// steady_clock. A borrow served from an idle connection without waiting or checking counts
+// a wait of 0; a wait that ends in timeout_error or an error counts in timeouts or not at all,
+// never in wait_time.
+struct pool_metrics {
+    std::size_t idle = 0;     // ready to lend
+    std::size_t used = 0;     // lent (or being checked before lending)
+    std::size_t pending = 0;  // borrowers waiting for a connection
+    std::size_t max = 0;      // max_size
+    std::uint64_t timeouts = 0;
+    std::uint64_t refused = 0;  // borrowers turned away by max_waiting (too_many_waiters)
+    std::uint64_t created = 0;
+    std::uint64_t destroyed = 0;
+    pool_histogram wait_time;    // from connection().enter() until it returns a connection
+    pool_histogram use_time;     // from lending until the connection is back
+    pool_histogram create_time;  // the factory's successful calls
 };
 
 // How the pool checks an idle connection without a round trip before lending it (when it has
@@ -148,6 +222,22 @@ class connection;
 template <>
 struct pool_traits<postgres::connection> {
     static bool usable(postgres::connection& connection) noexcept;
+};
+
+// A borrower holding a connection, as pool::status() lists it.
+struct pool_borrower {
+    std::source_location where;     // where connection() was called
+    std::chrono::nanoseconds held;  // since it was lent (coarse clock: up to a tick short)
+};
+
+// What pool::status() returns, for an operator's page: one snapshot under the pool's lock.
+struct pool_status {
+    pool_metrics metrics;
+    // How long the borrower waiting longest has waited so far (pgbouncer's maxwait); 0 when
+    // nobody waits.
+    std::chrono::nanoseconds longest_wait{0};
+    std::vector<pool_borrower> borrowers;  // those holding a connection, longest held first
+    bool suspended = false;                // see pool::suspend()
 };
 
 namespace detail {
@@ -186,6 +276,20 @@ void pool_dispose(pool_core* core) noexcept;
 void pool_registered(pool_entry_base& entry, std::uint64_t id) noexcept;
 void pool_release(pool_core& core, pool_entry_base& entry, bool reusable) noexcept;
 [[nodiscard]] pool_stats pool_statistics(const pool_core& core);
+[[nodiscard]] pool_metrics pool_metrics_of(const pool_core& core);
+[[nodiscard]] pool_status pool_status_of(const pool_core& core);
+void pool_suspend(pool_core& core);
+void pool_resume(pool_core& core);
+std::size_t pool_evict_idle(pool_core& core);
+std::size_t pool_evict_all(pool_core& core);
+void pool_resize(pool_core& core, std::size_t min_idle, std::size_t max_size);
+[[nodiscard]] const std::string& pool_name(const pool_core& core) noexcept;
+// One pool's metrics for write_prometheus.
+struct named_pool_metrics {
+    const std::string* name;
+    pool_metrics metrics;
+};
+void write_prometheus(std::ostream& out, const named_pool_metrics* pools, std::size_t count);
 void pool_close(pool_core& core, std::chrono::steady_clock::time_point deadline);
 // `pool "name"`, for messages.
 [[nodiscard]] const std::string& pool_description(const pool_core& core) noexcept;
@@ -342,7 +446,8 @@ class pool {
     using factory_type = std::function<Connection()>;
 
     // Starts the pool's threads; makes min_idle connections in the background. Throws
-    // std::invalid_argument for bad options, std::system_error when a thread cannot start.
+    // std::invalid_argument for bad options, std::system_error when a thread cannot start,
+    // timeout_error when initialization_timeout passes without a connection.
     template <class Factory>
     requires std::is_invocable_r_v<Connection, Factory&>
     explicit pool(Factory factory, pool_options options = {},
@@ -376,6 +481,45 @@ class pool {
 
     [[nodiscard]] pool_stats stats() const { return detail::pool_statistics(*core_); }
 
+    // Counts and histograms (pool_metrics), consistent with each other. Thread-safe; takes
+    // the pool's lock for a copy of about 600 bytes. Recording them costs the borrow a few
+    // instructions (docs/performance.md), so they are always on.
+    [[nodiscard]] pool_metrics metrics() const { return detail::pool_metrics_of(*core_); }
+
+    // metrics(), the longest current wait and the borrowers holding connections, from one
+    // snapshot. Thread-safe; allocates the list (throws std::bad_alloc) and walks the
+    // max_size slots under the pool's lock, so it is meant for a page, not a hot loop.
+    [[nodiscard]] pool_status status() const { return detail::pool_status_of(*core_); }
+
+    // Operating a running pool. Each is thread-safe and returns without waiting for a
+    // borrower; each throws closed_error once the pool is closed.
+
+    // Stops lending: borrowers wait (and time out) as if every connection were lent, and no
+    // connection is made; connections lent stay lent and come back as usual. For a failover
+    // or a maintenance window (pgbouncer's PAUSE, HikariCP's suspendPool). Idempotent.
+    void suspend() { detail::pool_suspend(*core_); }
+    // Lends again: idle connections go to the waiters, first come first, and the creator
+    // makes what the others need. Idempotent.
+    void resume() { detail::pool_resume(*core_); }
+
+    // Closes the idle connections now (min_idle ones are made again in the background);
+    // returns how many. Lent connections are not touched.
+    std::size_t evict_idle() { return detail::pool_evict_idle(*core_); }
+    // evict_idle(), and every connection lent now is closed when it comes back instead of
+    // being lent again (after a failover or a password change: HikariCP's
+    // softEvictConnections). A connection being made meanwhile is kept: the factory's next
+    // calls see what changed. Returns how many idle ones were closed.
+    std::size_t evict_all() { return detail::pool_evict_all(*core_); }
+
+    // New sizes, as pool_options' (std::invalid_argument when max_size is 0 or below
+    // min_idle; then nothing changes). Growing makes room at once (waiters are served as the
+    // creator makes connections); shrinking closes idle connections beyond max_size now, the
+    // least recently used first, and lent ones beyond it when they come back. Throws
+    // std::bad_alloc with nothing changed.
+    void resize(std::size_t min_idle, std::size_t max_size) {
+        detail::pool_resize(*core_, min_idle, max_size);
+    }
+
     // See the top of this header. Idempotent; throws leak_error when connections are still
     // borrowed at `deadline`.
     void close(std::chrono::steady_clock::time_point deadline) {
@@ -395,10 +539,29 @@ class pool {
     [[nodiscard]] const std::string& description() const noexcept {
         return detail::pool_description(*core_);
     }
+    // pool_options::name.
+    [[nodiscard]] const std::string& name() const noexcept { return detail::pool_name(*core_); }
 
   private:
     detail::pool_core* core_;
 };
+
+// Writes the pools' metrics in Prometheus's text exposition format (version 0.0.4) with the
+// OpenTelemetry database-client names, each series labelled pool_name="<name>" (escaped as the
+// format asks: backslash, double quote, newline):
+//   db_client_connection_count{state="idle"|"used"}   gauge
+//   db_client_connection_max, db_client_connection_pending_requests   gauges
+//   db_client_connection_timeouts_total   counter
+//   db_client_connection_{wait,use,create}_time_seconds   histograms (_bucket{le}, _sum, _count)
+// One HELP and one TYPE line per family, whatever the number of pools; pools with the same
+// name make duplicate series, which a scraper refuses: name them apart. Each pool's numbers
+// come from one metrics() snapshot. Thread-safe as metrics() is; throws what `out` throws.
+template <class... Pools>
+void write_prometheus(std::ostream& out, const Pools&... pools) {
+    const std::array<detail::named_pool_metrics, sizeof...(Pools)> all = {
+        detail::named_pool_metrics{&pools.name(), pools.metrics()}...};
+    detail::write_prometheus(out, all.data(), all.size());
+}
 
 template <class Factory>
 pool(Factory) -> pool<std::remove_cvref_t<std::invoke_result_t<Factory&>>>;

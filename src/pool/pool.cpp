@@ -28,9 +28,11 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdio>
+#include <deque>
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <ostream>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -75,13 +77,17 @@ std::string quoted(const std::string& name) {
     return '"' + name + '"';
 }
 
+void check_sizes(const std::string& description, std::size_t min_idle, std::size_t max_size) {
+    if (max_size == 0) throw std::invalid_argument(description + ": max_size must be at least 1");
+    if (min_idle > max_size) {
+        throw std::invalid_argument(description + ": min_idle (" + std::to_string(min_idle) +
+                                    ") exceeds max_size (" + std::to_string(max_size) + ")");
+    }
+}
+
 void check_options(const pool_options& o) {
     const std::string pool = "pool " + quoted(o.name) + ": ";
-    if (o.max_size == 0) throw std::invalid_argument(pool + "max_size must be at least 1");
-    if (o.min_idle > o.max_size) {
-        throw std::invalid_argument(pool + "min_idle (" + std::to_string(o.min_idle) +
-                                    ") exceeds max_size (" + std::to_string(o.max_size) + ")");
-    }
+    check_sizes("pool " + quoted(o.name), o.min_idle, o.max_size);
     const std::pair<const char*, std::chrono::milliseconds> durations[] = {
         {"acquire_timeout", o.acquire_timeout},
         {"max_lifetime", o.max_lifetime},
@@ -90,6 +96,7 @@ void check_options(const pool_options& o) {
         {"validation_timeout", o.validation_timeout},
         {"leak_threshold", o.leak_threshold},
         {"close_timeout", o.close_timeout},
+        {"initialization_timeout", o.initialization_timeout},
     };
     for (const auto& [name, value] : durations) {
         if (value.count() < 0) {
@@ -109,6 +116,7 @@ struct pool_entry : pool_entry_base {
     std::int64_t retire_at = never;  // coarse clock; max_lifetime
     std::int64_t idle_since = 0;
     std::int64_t lent_at = 0;
+    std::uint64_t generation = 0;  // evict_all() closes the connections of earlier ones
     std::source_location where;
     // The borrow's leak registration, written by the borrower once registered.
     std::atomic<std::uint64_t> tracked_id{0};
@@ -123,6 +131,7 @@ struct pool_waiter {
     pool_waiter* prev = nullptr;
     pool_waiter* next = nullptr;
     std::source_location where;
+    steady::time_point started;    // when its borrower asked
     pool_entry* handed = nullptr;  // the connection handed to it
     bool dequeued = false;         // by someone else, who notifies it
     bool overtaken = false;        // woken once for a connection another borrower took
@@ -148,14 +157,16 @@ class pool_core {
           options_(std::move(options)),
           quoted_name_(quoted(options_.name)),
           description_("pool " + quoted_name_),
-          slots_(new pool_entry[options_.max_size]),
+          slots_(options_.max_size),
           lifetime_ns_(options_.max_lifetime.count() > 0 ? count_ns(options_.max_lifetime) : never),
           idle_timeout_ns_(count_ns(options_.idle_timeout)),
           validate_ns_(count_ns(options_.validate_after_idle)),
           leak_ns_(count_ns(options_.leak_threshold)),
           jitter_(std::random_device{}()),
           registration_("connection pool", quoted_name_, where) {
-        idle_.reserve(options_.max_size);
+        max_size_ = options_.max_size;
+        min_idle_ = options_.min_idle;
+        idle_.reserve(max_size_);
     }
 
     pool_core(const pool_core&) = delete;
@@ -181,16 +192,20 @@ class pool_core {
     pool_entry* acquire(std::chrono::nanoseconds timeout, const std::source_location& where) {
         const std::int64_t now = coarse_now_ns();
         std::unique_lock lock(mutex_);
-        if (!closing_ && !idle_.empty()) [[likely]] {
+        if (!closing_ && !suspended_ && !idle_.empty()) [[likely]] {
             pool_entry& e = lend(now, where);
             const bool fresh = now - e.idle_since < look_after_ns &&
                                now - e.idle_since < validate_ns_ && now < e.retire_at;
+            if (fresh) [[likely]] {
+                // No clock read for a borrow that neither waited nor checked.
+                wait_time_.record(std::chrono::nanoseconds(0));
+                return &e;
+            }
             lock.unlock();
-            if (fresh) return &e;
             // The borrower's time starts here: what checking `e` takes is part of it.
             const auto started = steady::now();
             const auto deadline = deadline_after(timeout, started);
-            if (ready(e, now, deadline)) return &e;
+            if (ready(e, now, deadline)) return obtained(e, started);
             lock.lock();
             return acquire_waiting(lock, started, deadline, where);
         }
@@ -198,15 +213,18 @@ class pool_core {
         return acquire_waiting(lock, started, deadline_after(timeout, started), where);
     }
 
-    void release(pool_entry& e, bool reusable) noexcept {
+    // `used`: false for a connection that failed its check before the borrower had it.
+    void release(pool_entry& e, bool reusable, bool used = true) noexcept {
         const std::int64_t now = coarse_now_ns();
         {
             std::unique_lock lock(mutex_);
             e.lent = false;
             --in_use_;
-            if (reusable && !closing_ && now < e.retire_at) [[likely]] {
+            if (used) use_time_.record(std::chrono::nanoseconds(now - e.lent_at));
+            if (reusable && !closing_ && now < e.retire_at && e.generation == generation_ &&
+                occupied_ - discarding_ <= max_size_) [[likely]] {
                 e.idle_since = now;
-                if (waiters_ == nullptr) [[likely]] {
+                if (waiters_ == nullptr || suspended_) [[likely]] {
                     idle_.push_back(&e);  // never allocates: reserved for max_size
                     return;
                 }
@@ -243,6 +261,133 @@ class pool_core {
                           timeouts_};
     }
 
+    [[nodiscard]] pool_metrics metrics() const {
+        std::lock_guard lock(mutex_);
+        return metrics_locked();
+    }
+
+    [[nodiscard]] pool_status status() const {
+        pool_status s;
+        {
+            std::lock_guard lock(mutex_);
+            s.borrowers.reserve(in_use_);
+            const auto now = steady::now();
+            const std::int64_t coarse_now = coarse_now_ns();
+            s.metrics = metrics_locked();
+            s.suspended = suspended_;
+            for (const pool_waiter* w = waiters_; w != nullptr; w = w->next) {
+                s.longest_wait = std::max(s.longest_wait, now - w->started);
+            }
+            for (const pool_entry& e : slots_) {
+                if (!e.lent) continue;
+                s.borrowers.push_back(pool_borrower{
+                    e.where,
+                    std::chrono::nanoseconds(std::max<std::int64_t>(coarse_now - e.lent_at, 0))});
+            }
+        }
+        std::sort(s.borrowers.begin(), s.borrowers.end(),
+                  [](const pool_borrower& a, const pool_borrower& b) { return a.held > b.held; });
+        return s;
+    }
+
+    [[nodiscard]] const std::string& name() const noexcept { return options_.name; }
+
+    void suspend() {
+        std::lock_guard lock(mutex_);
+        if (closing_) throw closed_error("suspend() on closed " + description_);
+        suspended_ = true;
+    }
+
+    void resume() {
+        std::vector<pool_waiter*> woken;
+        {
+            std::lock_guard lock(mutex_);
+            if (closing_) throw closed_error("resume() on closed " + description_);
+            if (!suspended_) return;
+            woken.reserve(waiting_);  // may throw: before anything changed
+            suspended_ = false;
+            // Idle connections go to the waiters, first come first; then the creator makes
+            // what the rest need. The connections are checked by their borrowers, as usual.
+            const std::int64_t now = coarse_now_ns();
+            while (waiters_ != nullptr && !idle_.empty()) {
+                pool_entry& e = *idle_.back();
+                idle_.pop_back();
+                woken.push_back(&hand_over(e, now));
+            }
+            if (creation_wanted()) creator_wake_.notify_one();
+        }
+        for (pool_waiter* w : woken) w->release();
+    }
+
+    std::size_t evict_idle() {
+        std::vector<pool_entry*> idle;
+        std::vector<pool_entry*> fresh;
+        {
+            std::lock_guard lock(mutex_);
+            fresh.reserve(max_size_);  // may throw: then nothing was evicted
+            idle.swap(idle_);
+            idle_.swap(fresh);
+            destroyed_ += idle.size();
+            discarding_ += idle.size();
+        }
+        discard(idle);
+        return idle.size();
+    }
+
+    std::size_t evict_all() {
+        {
+            std::lock_guard lock(mutex_);
+            ++generation_;
+        }
+        return evict_idle();
+    }
+
+    void resize(std::size_t min_idle, std::size_t max_size) {
+        check_sizes(description_, min_idle, max_size);
+        std::vector<pool_entry*> excess;
+        {
+            std::lock_guard lock(mutex_);
+            if (closing_) throw closed_error("resize() on closed " + description_);
+            // What may throw comes first: room for max_size idle connections and their slots.
+            excess.reserve(idle_.size());
+            idle_.reserve(max_size);
+            while (slots_.size() < max_size) slots_.emplace_back();
+            max_size_ = max_size;
+            min_idle_ = min_idle;
+            // Beyond the new max_size: idle connections close now (the least recently used
+            // first), lent ones when they come back.
+            while (!idle_.empty() && occupied_ - discarding_ > max_size_) {
+                excess.push_back(idle_.front());
+                idle_.erase(idle_.begin());
+                ++destroyed_;
+                ++discarding_;
+            }
+            if (creation_wanted()) creator_wake_.notify_one();
+        }
+        discard(excess);
+    }
+
+    // Waits until the creator has made one connection, at most `timeout`.
+    void await_first_connection(std::chrono::milliseconds timeout) {
+        std::unique_lock lock(mutex_);
+        initializing_ = true;
+        if (creation_wanted()) creator_wake_.notify_one();
+        if (initialized_.wait_for(lock, timeout, [this] { return !initializing_; })) return;
+        initializing_ = false;
+        std::string what = description_ +
+                           ": no connection could be made within "
+                           "initialization_timeout (" +
+                           format_duration(timeout) + ')';
+        const std::exception_ptr failure = last_failure_;
+        if (failure) {
+            what += "; the last attempt failed: " + what_of(failure);
+        } else if (creating_) {
+            what += "; the first attempt has not returned yet";
+        }
+        lock.unlock();
+        throw_chained(timeout_error(what), failure);
+    }
+
     void close(steady::time_point deadline) {
         const auto self = std::this_thread::get_id();
         if (self == creator_.get_id() || self == housekeeper_.get_id()) {
@@ -256,6 +401,7 @@ class pool_core {
             std::lock_guard lock(mutex_);
             if (!closing_) {
                 closing_ = true;
+                suspended_ = false;
                 idle.swap(idle_);
                 destroyed_ += idle.size();
                 discarding_ += idle.size();
@@ -296,13 +442,38 @@ class pool_core {
     }
 
   private:
+    [[nodiscard]] pool_metrics metrics_locked() const noexcept {
+        pool_metrics m;
+        m.idle = idle_.size();
+        m.used = in_use_;
+        m.pending = waiting_;
+        m.max = max_size_;
+        m.timeouts = timeouts_;
+        m.refused = refused_;
+        m.created = created_;
+        m.destroyed = destroyed_;
+        m.wait_time = wait_time_;
+        m.use_time = use_time_;
+        m.create_time = create_time_;
+        return m;
+    }
+
+    // Closes connections taken out of idle_ and counted in destroyed_ and discarding_.
+    void discard(const std::vector<pool_entry*>& entries) noexcept {
+        for (pool_entry* e : entries) {
+            connector_->destroy(e->connection);
+            finish_discard(*e);
+        }
+    }
+
     [[nodiscard]] bool drained() const noexcept { return in_use_ == 0 && discarding_ == 0; }
 
     // A connection is wanted from the creator: a borrower waits with none idle, or fewer than
     // min_idle are idle; and there is room.
     [[nodiscard]] bool creation_wanted() const noexcept {
-        return !closing_ && !creating_ && occupied_ < options_.max_size &&
-               (waiting_ > idle_.size() || idle_.size() < options_.min_idle);
+        return !closing_ && !suspended_ && !creating_ && occupied_ < max_size_ &&
+               (waiting_ > idle_.size() || idle_.size() < min_idle_ ||
+                (initializing_ && idle_.empty()));
     }
 
     // Lends the most recently returned idle connection (under the mutex).
@@ -310,7 +481,7 @@ class pool_core {
         pool_entry& e = *idle_.back();
         idle_.pop_back();
         lend(e, now, where);
-        if (idle_.size() < options_.min_idle && creation_wanted()) creator_wake_.notify_one();
+        if (idle_.size() < min_idle_ && creation_wanted()) creator_wake_.notify_one();
         return e;
     }
 
@@ -347,7 +518,7 @@ class pool_core {
     bool ready(pool_entry& e, std::int64_t now, steady::time_point deadline) noexcept {
         const std::int64_t idle_for = now - e.idle_since;
         if (now >= e.retire_at) {
-            release(e, false);
+            release(e, false, false);
             return false;
         }
         const bool ok = idle_for >= validate_ns_
@@ -362,7 +533,7 @@ class pool_core {
             sweep_ = true;
         }
         housekeeper_wake_.notify_one();
-        release(e, false);
+        release(e, false, false);
         return false;
     }
 
@@ -371,11 +542,11 @@ class pool_core {
         bool overtaken = false;
         for (;;) {
             if (closing_) throw closed_error("connection() on closed " + description_);
-            if (!idle_.empty()) {
+            if (!idle_.empty() && !suspended_) {
                 const std::int64_t now = coarse_now_ns();
                 pool_entry& e = lend(now, where);
                 lock.unlock();
-                if (ready(e, now, deadline)) return &e;
+                if (ready(e, now, deadline)) return obtained(e, started);
                 lock.lock();
                 continue;
             }
@@ -384,8 +555,18 @@ class pool_core {
                 ++timeouts_;
                 throw_timeout(lock, started, now);
             }
+            if (!overtaken && options_.max_waiting > 0 && waiting_ >= options_.max_waiting) {
+                ++refused_;
+                const std::string what = "a connection from " + description_ + ": " +
+                                         std::to_string(waiting_) +
+                                         " borrowers are waiting already (max_waiting " +
+                                         std::to_string(options_.max_waiting) + ')';
+                lock.unlock();
+                throw too_many_waiters(what);
+            }
             pool_waiter w;
             w.where = where;
+            w.started = started;
             w.overtaken = overtaken;
             enqueue(w, overtaken);
             if (creation_wanted()) creator_wake_.notify_one();
@@ -396,12 +577,23 @@ class pool_core {
             }
             lock.unlock();
             w.wait_released();
-            if (w.handed != nullptr && ready(*w.handed, coarse_now_ns(), deadline)) return w.handed;
+            if (w.handed != nullptr && ready(*w.handed, coarse_now_ns(), deadline)) {
+                return obtained(*w.handed, started);
+            }
             lock.lock();
             // Woken for an idle connection: gone already if another borrower took it. Then
             // back to the front of the queue, to be handed the next one.
             overtaken = w.handed == nullptr && idle_.empty();
         }
+    }
+
+    // Records the wait of a borrower that began at `started` and has `e` now (not under the
+    // mutex; the slow paths only).
+    pool_entry* obtained(pool_entry& e, steady::time_point started) noexcept {
+        const auto waited = steady::now() - started;
+        std::lock_guard lock(mutex_);
+        wait_time_.record(waited);
+        return &e;
     }
 
     // Queues `w` last, or first (under the mutex).
@@ -441,10 +633,11 @@ class pool_core {
     [[noreturn]] void throw_timeout(std::unique_lock<std::mutex>& lock, steady::time_point started,
                                     steady::time_point now) {
         std::string what = "a connection from " + description_ + " (max_size " +
-                           std::to_string(options_.max_size) + ": " + std::to_string(in_use_) +
+                           std::to_string(max_size_) + ": " + std::to_string(in_use_) +
                            " in use, " + std::to_string(idle_.size()) + " idle, " +
                            std::to_string(waiting_) + " waiting";
         if (creating_) what += ", 1 being made";
+        if (suspended_) what += ", suspended";
         what += ')';
         if (in_use_ > 0) what += "; borrowed at " + borrowers(coarse_now_ns());
         std::exception_ptr failure;
@@ -460,8 +653,8 @@ class pool_core {
     // "app.cpp:42 in void f() (held 1.2 s), ..." for the lent connections, oldest first.
     std::string borrowers(std::int64_t now) const {
         std::vector<const pool_entry*> lent;
-        for (std::size_t i = 0; i < options_.max_size; ++i) {
-            if (slots_[i].lent) lent.push_back(&slots_[i]);
+        for (const pool_entry& e : slots_) {
+            if (e.lent) lent.push_back(&e);
         }
         std::sort(lent.begin(), lent.end(),
                   [](const pool_entry* a, const pool_entry* b) { return a->lent_at < b->lent_at; });
@@ -502,6 +695,7 @@ class pool_core {
     }
 
     pool_entry& free_slot() noexcept {
+        // There is one: occupied_ < max_size_ <= slots_.size().
         for (std::size_t i = 0;; ++i) {
             if (!slots_[i].occupied) return slots_[i];
         }
@@ -521,6 +715,7 @@ class pool_core {
             lock.unlock();
             void* made = nullptr;
             std::exception_ptr failure;
+            const auto began = steady::now();
             try {
                 made = connector_->create();
                 if (!connector_->usable(made)) {
@@ -531,6 +726,7 @@ class pool_core {
             } catch (...) {
                 failure = std::current_exception();
             }
+            const auto took = steady::now() - began;
             const std::int64_t now = coarse_now_ns();
             std::int64_t retire_at = never;
             if (lifetime_ns_ != never) {
@@ -564,8 +760,16 @@ class pool_core {
             slot.connection = made;
             slot.retire_at = retire_at;
             slot.idle_since = now;
+            // A connection begun before evict_all() is kept: discarding it would starve the
+            // borrowers when evict_all() comes more often than a connect takes.
+            slot.generation = generation_;
             ++created_;
-            if (waiters_ == nullptr) {
+            create_time_.record(took);
+            if (initializing_) {
+                initializing_ = false;
+                initialized_.notify_all();
+            }
+            if (waiters_ == nullptr || suspended_) {
                 idle_.push_back(&slot);
                 continue;
             }
@@ -591,8 +795,7 @@ class pool_core {
             std::vector<pool_entry*> retired;
             try {
                 if (leak_ns_ > 0) {
-                    for (std::size_t i = 0; i < options_.max_size; ++i) {
-                        pool_entry& e = slots_[i];
+                    for (pool_entry& e : slots_) {
                         if (!e.lent || e.leak_reported) continue;
                         const std::int64_t due = e.lent_at + leak_ns_;
                         if (due > now) {
@@ -619,7 +822,7 @@ class pool_core {
                     const bool expired = now >= e.retire_at;
                     const bool idle_out = idle_timeout_ns_ > 0 &&
                                           now - e.idle_since >= idle_timeout_ns_ &&
-                                          open > options_.min_idle;
+                                          open > min_idle_;
                     if (expired || idle_out || !connector_->usable(e.connection)) {
                         retired.push_back(&e);
                         it = idle_.erase(it);
@@ -627,7 +830,7 @@ class pool_core {
                         continue;
                     }
                     next = std::min(next, e.retire_at);
-                    if (idle_timeout_ns_ > 0 && open > options_.min_idle) {
+                    if (idle_timeout_ns_ > 0 && open > min_idle_) {
                         next = std::min(next, e.idle_since + idle_timeout_ns_);
                     }
                     ++it;
@@ -704,7 +907,8 @@ class pool_core {
     const pool_options options_;
     const std::string quoted_name_;
     const std::string description_;
-    const std::unique_ptr<pool_entry[]> slots_;
+    // max_size_ of them at least; resize() adds more (a deque keeps their addresses).
+    std::deque<pool_entry> slots_;
     const std::int64_t lifetime_ns_;
     const std::int64_t idle_timeout_ns_;
     const std::int64_t validate_ns_;
@@ -715,6 +919,9 @@ class pool_core {
     std::condition_variable creator_wake_;
     std::condition_variable housekeeper_wake_;
     std::condition_variable drained_;
+    std::condition_variable initialized_;  // the first connection, for initialization_timeout
+    std::size_t max_size_ = 0;             // pool_options::max_size, until resize()
+    std::size_t min_idle_ = 0;
     std::vector<pool_entry*> idle_;   // most recently returned last
     pool_waiter* waiters_ = nullptr;  // first come first
     pool_waiter* waiters_tail_ = nullptr;
@@ -725,10 +932,17 @@ class pool_core {
     bool creating_ = false;
     bool sweep_ = false;  // a borrower found a broken connection: look at the idle ones now
     bool closing_ = false;
-    bool orphaned_ = false;  // the pool is gone; the last borrower to return frees the core
+    bool suspended_ = false;        // suspend(): nothing lent, nothing made
+    bool initializing_ = false;     // initialization_timeout: one connection wanted at once
+    std::uint64_t generation_ = 0;  // evict_all() calls
+    bool orphaned_ = false;         // the pool is gone; the last borrower to return frees the core
     std::uint64_t created_ = 0;
     std::uint64_t destroyed_ = 0;
     std::uint64_t timeouts_ = 0;
+    std::uint64_t refused_ = 0;  // too_many_waiters
+    pool_histogram wait_time_;
+    pool_histogram use_time_;
+    pool_histogram create_time_;
     std::exception_ptr last_failure_;
     steady::time_point last_failure_at_;
     tracked registration_;
@@ -738,11 +952,152 @@ class pool_core {
     std::thread housekeeper_;
 };
 
+namespace {
+
+// Nanoseconds as exact decimal seconds ("0.000131072", "2", "-0.5"), so that a value parsed
+// back is the one recorded.
+void append_seconds(std::string& out, std::int64_t ns) {
+    if (ns < 0) {
+        out += '-';
+        ns = -ns;  // a sum of durations is never near the minimum
+    }
+    out += std::to_string(ns / 1'000'000'000);
+    std::int64_t fraction = ns % 1'000'000'000;
+    if (fraction == 0) return;
+    int digits = 9;
+    while (fraction % 10 == 0) {
+        fraction /= 10;
+        --digits;
+    }
+    const std::string text = std::to_string(fraction);
+    out += '.';
+    out.append(static_cast<std::size_t>(digits) - text.size(), '0');
+    out += text;
+}
+
+// `pool_name="..."` with the label value escaped as the text format asks.
+std::string pool_label(const std::string& name) {
+    std::string label = "pool_name=\"";
+    for (const char c : name) {
+        if (c == '\\') {
+            label += "\\\\";
+        } else if (c == '"') {
+            label += "\\\"";
+        } else if (c == '\n') {
+            label += "\\n";
+        } else {
+            label += c;
+        }
+    }
+    label += '"';
+    return label;
+}
+
+void append_family(std::string& out, const char* name, const char* type, const char* help) {
+    out += "# HELP ";
+    out += name;
+    out += ' ';
+    out += help;
+    out += "\n# TYPE ";
+    out += name;
+    out += ' ';
+    out += type;
+    out += '\n';
+}
+
+void append_sample(std::string& out, const char* name, const std::string& labels,
+                   const std::string& value) {
+    out += name;
+    out += '{';
+    out += labels;
+    out += "} ";
+    out += value;
+    out += '\n';
+}
+
+}  // namespace
+
+void write_prometheus(std::ostream& out, const named_pool_metrics* pools, std::size_t count) {
+    std::vector<std::string> labels;
+    labels.reserve(count);
+    for (std::size_t i = 0; i < count; ++i) labels.push_back(pool_label(*pools[i].name));
+    std::string text;
+    const auto gauge = [&](const char* name, const char* type, const char* help, auto value_of) {
+        append_family(text, name, type, help);
+        for (std::size_t i = 0; i < count; ++i) {
+            append_sample(text, name, labels[i], std::to_string(value_of(pools[i].metrics)));
+        }
+    };
+    append_family(text, "db_client_connection_count", "gauge",
+                  "The number of connections that are currently in the state described by the "
+                  "state label.");
+    for (std::size_t i = 0; i < count; ++i) {
+        append_sample(text, "db_client_connection_count", labels[i] + ",state=\"idle\"",
+                      std::to_string(pools[i].metrics.idle));
+        append_sample(text, "db_client_connection_count", labels[i] + ",state=\"used\"",
+                      std::to_string(pools[i].metrics.used));
+    }
+    gauge("db_client_connection_max", "gauge", "The maximum number of open connections allowed.",
+          [](const pool_metrics& m) { return m.max; });
+    gauge("db_client_connection_pending_requests", "gauge",
+          "The number of current pending requests for an open connection.",
+          [](const pool_metrics& m) { return m.pending; });
+    gauge("db_client_connection_timeouts_total", "counter",
+          "The number of connection timeouts that have occurred trying to obtain a connection "
+          "from the pool.",
+          [](const pool_metrics& m) { return m.timeouts; });
+    const auto histogram = [&](const char* family, const char* help,
+                               pool_histogram pool_metrics::*member) {
+        const std::string base = family;
+        const std::string bucket = base + "_bucket";
+        const std::string sum = base + "_sum";
+        const std::string total = base + "_count";
+        append_family(text, family, "histogram", help);
+        for (std::size_t i = 0; i < count; ++i) {
+            const pool_histogram& h = pools[i].metrics.*member;
+            std::uint64_t cumulative = 0;
+            for (std::size_t b = 0; b < pool_histogram::bucket_count; ++b) {
+                cumulative += h.buckets[b];
+                std::string le = labels[i] + ",le=\"";
+                if (b + 1 < pool_histogram::bucket_count) {
+                    append_seconds(le, pool_histogram::upper_bound(b).count());
+                } else {
+                    le += "+Inf";
+                }
+                le += '"';
+                append_sample(text, bucket.c_str(), le, std::to_string(cumulative));
+            }
+            std::string seconds;
+            append_seconds(seconds, h.sum.count());
+            append_sample(text, sum.c_str(), labels[i], seconds);
+            append_sample(text, total.c_str(), labels[i], std::to_string(h.count));
+        }
+    };
+    histogram("db_client_connection_wait_time_seconds",
+              "The time it took to obtain an open connection from the pool.",
+              &pool_metrics::wait_time);
+    histogram("db_client_connection_use_time_seconds",
+              "The time between borrowing a connection and returning it to the pool.",
+              &pool_metrics::use_time);
+    histogram("db_client_connection_create_time_seconds",
+              "The time it took to create a new connection.", &pool_metrics::create_time);
+    out << text;
+}
+
 pool_core* pool_open(std::unique_ptr<pool_connector> connector, pool_options options,
                      std::source_location where) {
     check_options(options);
+    const auto initialization_timeout = options.initialization_timeout;
     auto core = std::make_unique<pool_core>(std::move(connector), std::move(options), where);
     core->start();
+    if (initialization_timeout.count() > 0) {
+        try {
+            core->await_first_connection(initialization_timeout);
+        } catch (...) {
+            pool_core::dispose(core.release());
+            throw;
+        }
+    }
     return core.release();
 }
 
@@ -769,6 +1124,38 @@ pool_stats pool_statistics(const pool_core& core) {
 
 void pool_close(pool_core& core, std::chrono::steady_clock::time_point deadline) {
     core.close(deadline);
+}
+
+pool_metrics pool_metrics_of(const pool_core& core) {
+    return core.metrics();
+}
+
+pool_status pool_status_of(const pool_core& core) {
+    return core.status();
+}
+
+void pool_suspend(pool_core& core) {
+    core.suspend();
+}
+
+void pool_resume(pool_core& core) {
+    core.resume();
+}
+
+std::size_t pool_evict_idle(pool_core& core) {
+    return core.evict_idle();
+}
+
+std::size_t pool_evict_all(pool_core& core) {
+    return core.evict_all();
+}
+
+void pool_resize(pool_core& core, std::size_t min_idle, std::size_t max_size) {
+    core.resize(min_idle, max_size);
+}
+
+const std::string& pool_name(const pool_core& core) noexcept {
+    return core.name();
 }
 
 const std::string& pool_description(const pool_core& core) noexcept {

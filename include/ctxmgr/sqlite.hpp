@@ -30,6 +30,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <memory>
 #include <source_location>
 #include <span>
@@ -65,7 +66,7 @@ class connection;
 // Opens `path` (":memory:" for a private in-memory database; `file:` URIs are understood).
 // Throws db::connection_error (SQLITE_CANTOPEN) naming the path when it cannot be opened,
 // db::error when a pragma of `opts` fails.
-[[nodiscard]] connection connect(std::string_view path, const options& opts = {},
+[[nodiscard]] connection connect(const std::filesystem::path& path, const options& opts = {},
                                  std::source_location where = std::source_location::current());
 
 // An open SQLite database. Members not marked noexcept may throw db::error (or a
@@ -112,7 +113,7 @@ class connection : public db::basic_connection<connection> {
     [[nodiscard]] std::size_t cached_statements() const noexcept;
 
   private:
-    friend connection connect(std::string_view, const options&, std::source_location);
+    friend connection connect(const std::filesystem::path&, const options&, std::source_location);
     friend class db::basic_connection<connection>;
     friend class db::transaction<connection>;
     struct impl;

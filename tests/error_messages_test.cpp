@@ -10,11 +10,7 @@
 #include <ctxmgr/sqlite.hpp>
 #include <ctxmgr/with.hpp>
 
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <cstdint>
 #include <cstdlib>
@@ -28,6 +24,7 @@
 
 #include "postgres_cluster.hpp"
 #include "recording.hpp"
+#include "refusing_port.hpp"
 #include "temp_directory.hpp"
 
 #ifndef CTXMGR_ERROR_CATALOGUE
@@ -39,27 +36,7 @@ namespace {
 namespace fs = std::filesystem;
 namespace db = ctxmgr::db;
 
-// A loopback port nothing listens on: bound, never listening, so connect is refused.
-class refusing_port {
-  public:
-    refusing_port() : fd_(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
-        sockaddr_in address{};
-        address.sin_family = AF_INET;
-        address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        EXPECT_EQ(::bind(fd_, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
-        socklen_t length = sizeof address;
-        EXPECT_EQ(::getsockname(fd_, reinterpret_cast<sockaddr*>(&address), &length), 0);
-        port_ = ntohs(address.sin_port);
-    }
-    refusing_port(const refusing_port&) = delete;
-    refusing_port& operator=(const refusing_port&) = delete;
-    ~refusing_port() { ::close(fd_); }
-    [[nodiscard]] std::uint16_t port() const { return port_; }
-
-  private:
-    int fd_;
-    std::uint16_t port_ = 0;
-};
+using ctxmgr::testing::refusing_port;
 
 void replace_all(std::string& text, const std::string& from, const std::string& to) {
     if (from.empty()) return;

@@ -69,6 +69,25 @@ TEST(Errors, DbErrorCarriesEverythingAndShortensTheSql) {
         << what;
     const ctxmgr::db::error s("sqlite", "", 2067, "UNIQUE constraint failed: t.id", "INSERT");
     EXPECT_STREQ(s.what(), "sqlite [code 2067]: UNIQUE constraint failed: t.id (in: INSERT)");
+    EXPECT_EQ(s.code_name(), "");
+}
+
+TEST(Errors, ADatabaseErrorNamesItsCodeWhenItHasAName) {
+    const ctxmgr::db::constraint_violation e("sqlite", "", 1555, "UNIQUE constraint failed: t.id",
+                                             "INSERT", "SQLITE_CONSTRAINT_PRIMARYKEY");
+    EXPECT_EQ(e.code(), 1555);
+    EXPECT_EQ(e.code_name(), "SQLITE_CONSTRAINT_PRIMARYKEY");
+    EXPECT_STREQ(
+        e.what(),
+        "sqlite [SQLITE_CONSTRAINT_PRIMARYKEY]: UNIQUE constraint failed: t.id (in: INSERT)");
+}
+
+TEST(Errors, AnIoErrorWithAReasonPutsItBeforeTheErrnoText) {
+    const ctxmgr::io_error e("read", "/tmp/x", EBADF, "not readable");
+    EXPECT_EQ(e.code(), std::error_code(EBADF, std::generic_category()));
+    EXPECT_EQ(e.path(), "/tmp/x");
+    EXPECT_EQ(std::string(e.what()),
+              "read \"/tmp/x\": not readable: " + std::generic_category().message(EBADF));
 }
 
 TEST(Errors, DescribeRendersTheTypeAndTheNestedChain) {

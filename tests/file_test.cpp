@@ -307,6 +307,8 @@ TEST_F(Files, WriteModesCreateOrTruncateAndRefuseToRead) {
             const auto error = io_error_from([&] { static_cast<void>(f.read(1)); });
             ASSERT_TRUE(error);
             EXPECT_EQ(error->code().value(), EBADF);
+            EXPECT_EQ(std::string(error->what()),
+                      "read \"" + f.path().string() + "\": not readable: " + message(EBADF));
         });
         EXPECT_EQ(contents(path), "new") << mode;
         ctxmgr::with(ctxmgr::open(at(std::string("new-") + mode), mode),
@@ -336,7 +338,7 @@ TEST_F(Files, ReadModesReadAndRefuseToWrite) {
             ASSERT_TRUE(error);
             EXPECT_EQ(error->code().value(), EBADF);
             EXPECT_EQ(std::string(error->what()),
-                      "write \"" + path.string() + "\": " + message(EBADF));
+                      "write \"" + path.string() + "\": not writable: " + message(EBADF));
         });
     }
     EXPECT_EQ(contents(path), "line one\nline two\n");

@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "recording.hpp"
+#include "refusing_port.hpp"
 #include "resource_check.hpp"
 
 namespace {
@@ -271,28 +272,7 @@ TEST(Net, ConnectsToANameTryingEachAddressInOrder) {
 
 // ---- failures to connect -------------------------------------------------------------------
 
-// A bound socket that does not listen: connecting to it is refused, and no other program
-// can listen on its port meanwhile.
-class refusing_port {
-  public:
-    refusing_port() : fd_(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
-        sockaddr_in address{};
-        address.sin_family = AF_INET;
-        address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        EXPECT_EQ(::bind(fd_, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
-        socklen_t length = sizeof address;
-        EXPECT_EQ(::getsockname(fd_, reinterpret_cast<sockaddr*>(&address), &length), 0);
-        port_ = ntohs(address.sin_port);
-    }
-    refusing_port(const refusing_port&) = delete;
-    refusing_port& operator=(const refusing_port&) = delete;
-    ~refusing_port() { ::close(fd_); }
-    [[nodiscard]] std::uint16_t port() const { return port_; }
-
-  private:
-    int fd_;
-    std::uint16_t port_ = 0;
-};
+using ctxmgr::testing::refusing_port;
 
 TEST(Net, ConnectionRefusedNamesThePeerAndKeepsTheErrno) {
     const refusing_port refusing;
@@ -319,9 +299,9 @@ TEST(Net, ANameThatDoesNotResolveNamesTheHostAndKeepsTheGetaddrinfoCode) {
     } catch (const ctxmgr::network_error& e) {
         EXPECT_EQ(e.code().category(), tcp::resolve_category());
         EXPECT_EQ(e.code().value(), EAI_NONAME);
-        EXPECT_EQ(e.peer(), "bad host!");
+        EXPECT_EQ(e.peer(), "\"bad host!\"");
         EXPECT_EQ(std::string(e.what()),
-                  std::string("resolve bad host!: ") + ::gai_strerror(EAI_NONAME));
+                  std::string("resolve \"bad host!\": ") + ::gai_strerror(EAI_NONAME));
         EXPECT_STREQ(tcp::resolve_category().name(), "getaddrinfo");
     }
 }

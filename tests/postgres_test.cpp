@@ -22,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "../src/db/libpq_support.hpp"
 #include "postgres_fixtures.hpp"
 #include "recording.hpp"
 
@@ -41,6 +42,36 @@ class Postgres : public ctxmgr::testing::shared_postgres_test {
         return postgres::connect(server_.conninfo, opts);
     }
 };
+
+TEST(PostgresMessages, LibpqContinuationLinesStayOnLinesOfTheirOwnIndented) {
+    using ctxmgr::postgres::detail::indent_lines;
+    EXPECT_EQ(indent_lines("connection to server at \"127.0.0.1\", port 5 failed: Connection "
+                           "refused\n\tIs the server running on that host?\n"),
+              "connection to server at \"127.0.0.1\", port 5 failed: Connection refused\n"
+              "  Is the server running on that host?");
+    EXPECT_EQ(indent_lines("ERROR:  x\nDETAIL:  y\nHINT:  z\n"),
+              "ERROR:  x\n  DETAIL:  y\n  HINT:  z");
+    EXPECT_EQ(indent_lines("one line\n"), "one line");
+    EXPECT_EQ(indent_lines(nullptr), "");
+}
+
+TEST_F(Postgres, DetailAndHintFollowTheMessageOnIndentedLines) {
+    auto c = connect();
+    c.execute("CREATE TEMPORARY TABLE t (id integer PRIMARY KEY)");
+    c.execute("INSERT INTO t VALUES (1)");
+    const auto duplicate = exception_from([&] { c.execute("INSERT INTO t VALUES (1)"); });
+    ASSERT_TRUE(ctxmgr::holds<db::constraint_violation>(duplicate)) << ctxmgr::describe(duplicate);
+    EXPECT_NE(what_of(duplicate).find("unique constraint \"t_pkey\"\n  DETAIL:  Key (id)=(1) "
+                                      "already exists."),
+              std::string::npos)
+        << what_of(duplicate);
+    const auto missing = exception_from([&] { c.execute("SELECT no_such_function(1)"); });
+    ASSERT_TRUE(ctxmgr::holds<db::error>(missing)) << ctxmgr::describe(missing);
+    EXPECT_NE(what_of(missing).find("postgresql [42883]: function no_such_function(integer) does "
+                                    "not exist\n  HINT:  No function matches"),
+              std::string::npos)
+        << what_of(missing);
+}
 
 // Tests that need a server of their own: they break it.
 using PostgresDedicated = ctxmgr::testing::dedicated_postgres_test;

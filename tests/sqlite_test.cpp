@@ -14,10 +14,12 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <filesystem>
 #include <random>
 #include <set>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "../src/db/sql_text.hpp"
@@ -107,12 +109,59 @@ TEST_F(Sqlite, OneStatementPerCallAndScriptsForSeveral) {
     EXPECT_THROW(c.execute(""), db::error);
 }
 
+TEST_F(Sqlite, ErrorsNameTheirResultCodeAsSqlite3HSpellsIt) {
+    auto c = sqlite::connect(":memory:");
+    c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)");
+    c.execute("INSERT INTO t VALUES (1, 'a')");
+    const auto name_of = [&](const std::string& sql) -> std::pair<int, std::string> {
+        try {
+            c.execute(sql);
+        } catch (const db::error& e) {
+            EXPECT_NE(std::string(e.what()).find("[" + std::string(e.code_name()) + "]"),
+                      std::string::npos)
+                << e.what();
+            EXPECT_EQ(std::string(e.what()).find("[code "), std::string::npos) << e.what();
+            return {e.code(), std::string(e.code_name())};
+        }
+        ADD_FAILURE() << "no error from " << sql;
+        return {};
+    };
+    EXPECT_EQ(name_of("INSERT INTO t VALUES (1, 'b')"),
+              std::pair(SQLITE_CONSTRAINT_PRIMARYKEY, std::string("SQLITE_CONSTRAINT_PRIMARYKEY")));
+    EXPECT_EQ(name_of("INSERT INTO t VALUES (2, 'a')"),
+              std::pair(SQLITE_CONSTRAINT_UNIQUE, std::string("SQLITE_CONSTRAINT_UNIQUE")));
+    EXPECT_EQ(name_of("INSERT INTO t VALUES (3, NULL)"),
+              std::pair(SQLITE_CONSTRAINT_NOTNULL, std::string("SQLITE_CONSTRAINT_NOTNULL")));
+    EXPECT_EQ(name_of("SELEC 1"), std::pair(SQLITE_ERROR, std::string("SQLITE_ERROR")));
+    // Client-side checks name SQLite's code for them too.
+    EXPECT_EQ(name_of("SELECT 1; SELECT 2"),
+              std::pair(SQLITE_MISUSE, std::string("SQLITE_MISUSE")));
+}
+
+TEST_F(Sqlite, ConnectTakesAFilesystemPathAsOpenDoes) {
+    const std::filesystem::path file = path("by-path.db");
+    ctxmgr::with(sqlite::connect(file),
+                 [](sqlite::connection& c) { c.execute("CREATE TABLE t (x INTEGER)"); });
+    EXPECT_TRUE(std::filesystem::exists(file));
+    auto again = sqlite::connect(file.string());  // a std::string still converts
+    EXPECT_EQ(again.description(), '"' + file.string() + '"');
+    EXPECT_EQ(again.query_value<std::int64_t>("SELECT count(*) FROM t"), 0);
+    // ":memory:" and `file:` URIs pass through as they are.
+    EXPECT_FALSE(std::filesystem::exists(":memory:"));
+    auto memory = sqlite::connect(std::filesystem::path(":memory:"));
+    memory.execute("CREATE TABLE m (x)");
+    EXPECT_FALSE(std::filesystem::exists(":memory:"));
+    const std::string uri = "file:" + file.string() + "?mode=ro";
+    auto read_only = sqlite::connect(uri);
+    EXPECT_THROW(read_only.execute("INSERT INTO t VALUES (1)"), db::error);
+}
+
 TEST_F(Sqlite, AFileThatCannotBeOpenedIsAConnectionErrorNamingIt) {
     const auto missing = path("no/such/dir/x.db");
     const auto e = exception_from([&] { static_cast<void>(sqlite::connect(missing)); });
     ASSERT_TRUE(ctxmgr::holds<db::connection_error>(e)) << ctxmgr::describe(e);
     EXPECT_NE(what_of(e).find(missing), std::string::npos) << what_of(e);
-    EXPECT_NE(what_of(e).find("[code 14]"), std::string::npos) << what_of(e);  // SQLITE_CANTOPEN
+    EXPECT_NE(what_of(e).find("[SQLITE_CANTOPEN]"), std::string::npos) << what_of(e);
     EXPECT_THROW(static_cast<void>(sqlite::connect(path("absent.db"), {.create = false})),
                  db::connection_error);
 }
@@ -180,7 +229,7 @@ TEST_F(Sqlite, AWriterMakesASecondOneWaitForTheBusyTimeoutThenFail) {
             [&] { ctxmgr::with(second.transaction(), [](auto&) { ADD_FAILURE() << "entered"; }); });
         const auto waited = std::chrono::steady_clock::now() - start;
         ASSERT_TRUE(ctxmgr::holds<db::serialization_failure>(e)) << ctxmgr::describe(e);
-        EXPECT_NE(what_of(e).find("[code 5]"), std::string::npos) << what_of(e);  // SQLITE_BUSY
+        EXPECT_NE(what_of(e).find("[SQLITE_BUSY]"), std::string::npos) << what_of(e);
         EXPECT_GE(waited, 190ms);  // it waited rather than failing at once
     });
     EXPECT_EQ(second.transaction_state(), db::transaction_state::idle);

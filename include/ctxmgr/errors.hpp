@@ -75,6 +75,13 @@ class io_error : public std::system_error {
         : std::system_error(error_number, std::generic_category(),
                             std::string(operation) + " \"" + path + '"'),
           path_(std::move(path)) {}
+    // A refusal with a reason of its own, before the errno's text: `read "/tmp/x": not
+    // readable: Bad file descriptor`.
+    io_error(std::string_view operation, std::string path, int error_number,
+             std::string_view reason)
+        : std::system_error(error_number, std::generic_category(),
+                            std::string(operation) + " \"" + path + "\": " + std::string(reason)),
+          path_(std::move(path)) {}
 
     [[nodiscard]] const std::string& path() const noexcept { return path_; }
 
@@ -147,21 +154,27 @@ class leak_error : public std::runtime_error {
 namespace db {
 
 // A database error. Carries the back end ("sqlite" or "postgresql"), PostgreSQL's SQLSTATE
-// (empty for SQLite), SQLite's extended result code (0 for PostgreSQL), the server's
-// message and the statement (shortened); what() has all of them.
+// (empty for SQLite), SQLite's extended result code (0 for PostgreSQL) and its name
+// ("SQLITE_CONSTRAINT_PRIMARYKEY"), the server's message and the statement (shortened);
+// what() has all of them: `sqlite [SQLITE_CONSTRAINT_PRIMARYKEY]: UNIQUE constraint failed:
+// t.id (in: INSERT ...)`. A code without a name reads `[code 1555]`.
 class error : public std::runtime_error {
   public:
-    error(std::string backend, std::string sqlstate, int code, std::string message, std::string sql)
-        : std::runtime_error(compose(backend, sqlstate, code, message, sql)),
+    error(std::string backend, std::string sqlstate, int code, std::string message, std::string sql,
+          std::string code_name = {})
+        : std::runtime_error(compose(backend, sqlstate, code, code_name, message, sql)),
           backend_(std::move(backend)),
           sqlstate_(std::move(sqlstate)),
           code_(code),
+          code_name_(std::move(code_name)),
           message_(std::move(message)),
           sql_(shorten(std::move(sql))) {}
 
     [[nodiscard]] const std::string& backend() const noexcept { return backend_; }
     [[nodiscard]] const std::string& sqlstate() const noexcept { return sqlstate_; }
     [[nodiscard]] int code() const noexcept { return code_; }
+    // SQLite's name for code(), as in sqlite3.h; empty for PostgreSQL and client errors.
+    [[nodiscard]] std::string_view code_name() const noexcept { return code_name_; }
     [[nodiscard]] const std::string& message() const noexcept { return message_; }
     [[nodiscard]] const std::string& sql() const noexcept { return sql_; }
 
@@ -178,10 +191,15 @@ class error : public std::runtime_error {
 
   private:
     static std::string compose(const std::string& backend, const std::string& sqlstate, int code,
-                               const std::string& message, const std::string& sql) {
+                               const std::string& code_name, const std::string& message,
+                               const std::string& sql) {
         std::string text = backend;
         if (!sqlstate.empty()) text += " [" + sqlstate + ']';
-        if (code != 0) text += " [code " + std::to_string(code) + ']';
+        if (!code_name.empty()) {
+            text += " [" + code_name + ']';
+        } else if (code != 0) {
+            text += " [code " + std::to_string(code) + ']';
+        }
         text += ": " + message;
         if (!sql.empty()) text += " (in: " + shorten(sql) + ')';
         return text;
@@ -190,6 +208,7 @@ class error : public std::runtime_error {
     std::string backend_;
     std::string sqlstate_;
     int code_;
+    std::string code_name_;
     std::string message_;
     std::string sql_;
 };

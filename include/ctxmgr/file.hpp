@@ -119,7 +119,7 @@ class [[nodiscard]] file {
 
     // Appends to the buffer, writing it out with write(2) when it is full. Writes of a buffer
     // size or more go straight to the descriptor. Throws io_error(EBADF) on a file not open
-    // for writing.
+    // for writing: `write "/tmp/x": not writable: Bad file descriptor`.
     void write(std::string_view text) {
         // Strictly smaller: a write that fills the buffer, an empty one (whose data() may be
         // null) and every write outside the writing state (no room) take the slow path.
@@ -136,7 +136,7 @@ class [[nodiscard]] file {
 
     // Up to n bytes: fewer only at the end of the file (reads until n or EOF, as Python's
     // BufferedReader). Empty at the end. Throws io_error(EBADF) on a file not open for
-    // reading.
+    // reading: `read "/tmp/x": not readable: Bad file descriptor`.
     [[nodiscard]] std::string read(std::size_t n);
     // Fills `into` up to its size, or to the end of the file; returns the bytes read.
     [[nodiscard]] std::size_t read(std::span<std::byte> into);

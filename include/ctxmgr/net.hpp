@@ -32,9 +32,10 @@
 // Guarantees:
 //   - Errors: network_error (a std::system_error: code() keeps the errno, or the
 //     getaddrinfo code in resolve_category(), or errc::end_of_stream) naming the operation
-//     and the peer: `connect 127.0.0.1:5: Connection refused`, `resolve bad host!: Name or
-//     service not known`. A timeout throws timeout_error. Misuse throws closed_error (use
-//     after close) or std::invalid_argument (a negative timeout, an empty delimiter, ...).
+//     and the peer: `connect 127.0.0.1:5: Connection refused`, `resolve "bad host!": Name or
+//     service not known` (peer() is the quoted host). A timeout throws timeout_error. Misuse throws
+//     closed_error (use after close) or std::invalid_argument (a negative timeout, an empty
+//     delimiter, ...).
 //   - No data is lost on error: bytes that arrived before a receive failed or timed out stay
 //     buffered and the next receive returns them. send_all cannot say how much went out
 //     before a failure (the timeout_error's message does); use send_some to count.

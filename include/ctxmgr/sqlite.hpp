@@ -18,7 +18,8 @@
 // Statements are prepared once and kept per connection, up to options.statement_cache_size
 // (128 by default, as Python's sqlite3; the least recently used is finalized beyond that).
 //
-// Errors: db::error with SQLite's extended result code (code()) and message; SQLITE_CONSTRAINT
+// Errors: db::error with SQLite's extended result code (code()), its name (code_name(),
+// "SQLITE_CONSTRAINT_PRIMARYKEY", also in what()) and message; SQLITE_CONSTRAINT
 // is constraint_violation, SQLITE_BUSY and SQLITE_LOCKED (the busy timeout ran out:
 // retry the transaction) serialization_failure, SQLITE_CANTOPEN connection_error.
 //
@@ -30,6 +31,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <memory>
 #include <source_location>
 #include <span>
@@ -62,10 +64,11 @@ struct options {
 
 class connection;
 
-// Opens `path` (":memory:" for a private in-memory database; `file:` URIs are understood).
+// Opens `path` (":memory:" for a private in-memory database; `file:` URIs are understood),
+// a std::filesystem::path as open() and file_lock take; a string converts to one.
 // Throws db::connection_error (SQLITE_CANTOPEN) naming the path when it cannot be opened,
 // db::error when a pragma of `opts` fails.
-[[nodiscard]] connection connect(std::string_view path, const options& opts = {},
+[[nodiscard]] connection connect(const std::filesystem::path& path, const options& opts = {},
                                  std::source_location where = std::source_location::current());
 
 // An open SQLite database. Members not marked noexcept may throw db::error (or a
@@ -115,7 +118,7 @@ class connection : public db::basic_connection<connection> {
     [[nodiscard]] std::size_t cached_statements() const noexcept;
 
   private:
-    friend connection connect(std::string_view, const options&, std::source_location);
+    friend connection connect(const std::filesystem::path&, const options&, std::source_location);
     friend class db::basic_connection<connection>;
     friend class db::transaction<connection>;
     struct impl;

@@ -18,8 +18,10 @@ struct result_deleter {
 };
 using result_ptr = std::unique_ptr<PGresult, result_deleter>;
 
-// libpq's messages end with a newline and continue on indented lines: one line instead.
-std::string one_line(const char* text);
+// libpq's messages end with a newline and continue on further lines ("DETAIL:", "HINT:", a
+// tab-indented "Is the server running...?"). Without the final newline, and each continuation
+// line indented by two spaces, so that a log shows where the message ends.
+std::string indent_lines(const char* text);
 
 // The link is gone (or there is none).
 bool lost(PGconn* conn) noexcept;

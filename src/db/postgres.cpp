@@ -26,16 +26,20 @@ namespace ctxmgr::postgres {
 
 namespace detail {
 
-std::string one_line(const char* text) {
+std::string indent_lines(const char* text) {
     std::string out;
+    bool line_start = false;
     for (const char* p = text; p != nullptr && *p != '\0'; ++p) {
-        if (*p == '\n' || *p == '\t') {
-            if (!out.empty() && out.back() != ' ') out += ' ';
+        if (*p == '\n') {
+            line_start = true;
+        } else if (line_start && (*p == '\t' || *p == ' ')) {
+            // libpq indents some continuations with a tab: one indentation for all.
         } else {
+            if (line_start && !out.empty()) out += "\n  ";
+            line_start = false;
             out += *p;
         }
     }
-    while (!out.empty() && out.back() == ' ') out.pop_back();
     return out;
 }
 
@@ -56,16 +60,21 @@ std::string sqlstate_of(const PGresult* result) {
         sqlstate = sqlstate_of(result);
         if (const char* primary = PQresultErrorField(result, PG_DIAG_MESSAGE_PRIMARY)) {
             message = primary;
-            if (const char* detail = PQresultErrorField(result, PG_DIAG_MESSAGE_DETAIL)) {
-                message += "; ";
-                message += detail;
-            }
+            // psql's layout, each part on a line of its own, indented under the first.
+            const auto add = [&](int field, std::string_view label) {
+                if (const char* text = PQresultErrorField(result, field)) {
+                    message += label;
+                    message += indent_lines(text);
+                }
+            };
+            add(PG_DIAG_MESSAGE_DETAIL, "\n  DETAIL:  ");
+            add(PG_DIAG_MESSAGE_HINT, "\n  HINT:  ");
         } else {
-            message = one_line(PQresultErrorMessage(result));
+            message = indent_lines(PQresultErrorMessage(result));
         }
     }
     if (message.empty())
-        message = one_line(conn != nullptr ? PQerrorMessage(conn) : "no connection");
+        message = indent_lines(conn != nullptr ? PQerrorMessage(conn) : "no connection");
     if (message.empty()) message = "unknown error";
     if (!context.empty()) message = std::string(context) + ": " + message;
     std::string statement(sql);
@@ -112,8 +121,8 @@ namespace {
 
 using detail::backend_name;
 using detail::fail;
+using detail::indent_lines;
 using detail::lost;
-using detail::one_line;
 using detail::result_ptr;
 using detail::wait_socket;
 
@@ -610,9 +619,7 @@ struct connection::impl {
     static void check_count(std::string_view sql, std::size_t given, std::size_t expected) {
         if (given == expected) return;
         throw db::error(std::string(backend_name), "", 0,
-                        std::to_string(given) + " parameters given, the statement takes " +
-                            std::to_string(expected),
-                        std::string(sql));
+                        db::detail::wrong_parameter_count(given, expected), std::string(sql));
     }
 
     // Binds, prepares if need be and executes; returns the successful result.
@@ -676,7 +683,7 @@ connection connect(std::string_view conninfo, const options& opts, std::source_l
     PQconninfoOption* parsed = PQconninfoParse(std::string(conninfo).c_str(), &parse_error);
     if (parsed == nullptr) {
         const std::string message =
-            parse_error != nullptr ? one_line(parse_error) : "out of memory";
+            parse_error != nullptr ? indent_lines(parse_error) : "out of memory";
         PQfreemem(parse_error);
         throw db::error(std::string(backend_name), "", 0, context + ": " + message, "");
     }
@@ -719,7 +726,7 @@ connection connect(std::string_view conninfo, const options& opts, std::source_l
         PQconnectStartParams(keywords.data(), values.data(), 0));
     if (conn == nullptr) throw std::bad_alloc();
     auto refused = [&]() {
-        const std::string message = one_line(PQerrorMessage(conn.get()));
+        const std::string message = indent_lines(PQerrorMessage(conn.get()));
         throw db::connection_error(std::string(backend_name), refusal_sqlstate(message), 0,
                                    context + ": " + message, "");
     };
@@ -825,7 +832,7 @@ bool connection::rollback_any() {
             throw db::connection_error(std::string(backend_name), "", 0,
                                        "rollback_any on " + description() +
                                            ": the connection is lost; " +
-                                           one_line(PQerrorMessage(state.handle)),
+                                           indent_lines(PQerrorMessage(state.handle)),
                                        "ROLLBACK");
         default:
             execute_script("ROLLBACK");

@@ -25,6 +25,128 @@ using db::detail::throw_conversion;
 
 constexpr std::string_view backend_name = "sqlite";
 
+// SQLite's name for a primary or extended result code, as sqlite3.h spells it (SQLite has
+// sqlite3_errstr() for the text but nothing for the name); empty for a code this table does
+// not know, which a newer SQLite may return: the message then reads `[code N]`.
+std::string_view code_name(int code) noexcept {
+    struct entry {
+        int code;
+        std::string_view name;
+    };
+    static constexpr entry names[] = {
+        {SQLITE_OK, "SQLITE_OK"},
+        {SQLITE_ERROR, "SQLITE_ERROR"},
+        {SQLITE_INTERNAL, "SQLITE_INTERNAL"},
+        {SQLITE_PERM, "SQLITE_PERM"},
+        {SQLITE_ABORT, "SQLITE_ABORT"},
+        {SQLITE_BUSY, "SQLITE_BUSY"},
+        {SQLITE_LOCKED, "SQLITE_LOCKED"},
+        {SQLITE_NOMEM, "SQLITE_NOMEM"},
+        {SQLITE_READONLY, "SQLITE_READONLY"},
+        {SQLITE_INTERRUPT, "SQLITE_INTERRUPT"},
+        {SQLITE_IOERR, "SQLITE_IOERR"},
+        {SQLITE_CORRUPT, "SQLITE_CORRUPT"},
+        {SQLITE_NOTFOUND, "SQLITE_NOTFOUND"},
+        {SQLITE_FULL, "SQLITE_FULL"},
+        {SQLITE_CANTOPEN, "SQLITE_CANTOPEN"},
+        {SQLITE_PROTOCOL, "SQLITE_PROTOCOL"},
+        {SQLITE_EMPTY, "SQLITE_EMPTY"},
+        {SQLITE_SCHEMA, "SQLITE_SCHEMA"},
+        {SQLITE_TOOBIG, "SQLITE_TOOBIG"},
+        {SQLITE_CONSTRAINT, "SQLITE_CONSTRAINT"},
+        {SQLITE_MISMATCH, "SQLITE_MISMATCH"},
+        {SQLITE_MISUSE, "SQLITE_MISUSE"},
+        {SQLITE_NOLFS, "SQLITE_NOLFS"},
+        {SQLITE_AUTH, "SQLITE_AUTH"},
+        {SQLITE_FORMAT, "SQLITE_FORMAT"},
+        {SQLITE_RANGE, "SQLITE_RANGE"},
+        {SQLITE_NOTADB, "SQLITE_NOTADB"},
+        {SQLITE_NOTICE, "SQLITE_NOTICE"},
+        {SQLITE_WARNING, "SQLITE_WARNING"},
+        {SQLITE_ROW, "SQLITE_ROW"},
+        {SQLITE_DONE, "SQLITE_DONE"},
+        {SQLITE_ERROR_MISSING_COLLSEQ, "SQLITE_ERROR_MISSING_COLLSEQ"},
+        {SQLITE_ERROR_RETRY, "SQLITE_ERROR_RETRY"},
+        {SQLITE_ERROR_SNAPSHOT, "SQLITE_ERROR_SNAPSHOT"},
+        {SQLITE_IOERR_READ, "SQLITE_IOERR_READ"},
+        {SQLITE_IOERR_SHORT_READ, "SQLITE_IOERR_SHORT_READ"},
+        {SQLITE_IOERR_WRITE, "SQLITE_IOERR_WRITE"},
+        {SQLITE_IOERR_FSYNC, "SQLITE_IOERR_FSYNC"},
+        {SQLITE_IOERR_DIR_FSYNC, "SQLITE_IOERR_DIR_FSYNC"},
+        {SQLITE_IOERR_TRUNCATE, "SQLITE_IOERR_TRUNCATE"},
+        {SQLITE_IOERR_FSTAT, "SQLITE_IOERR_FSTAT"},
+        {SQLITE_IOERR_UNLOCK, "SQLITE_IOERR_UNLOCK"},
+        {SQLITE_IOERR_RDLOCK, "SQLITE_IOERR_RDLOCK"},
+        {SQLITE_IOERR_DELETE, "SQLITE_IOERR_DELETE"},
+        {SQLITE_IOERR_BLOCKED, "SQLITE_IOERR_BLOCKED"},
+        {SQLITE_IOERR_NOMEM, "SQLITE_IOERR_NOMEM"},
+        {SQLITE_IOERR_ACCESS, "SQLITE_IOERR_ACCESS"},
+        {SQLITE_IOERR_CHECKRESERVEDLOCK, "SQLITE_IOERR_CHECKRESERVEDLOCK"},
+        {SQLITE_IOERR_LOCK, "SQLITE_IOERR_LOCK"},
+        {SQLITE_IOERR_CLOSE, "SQLITE_IOERR_CLOSE"},
+        {SQLITE_IOERR_DIR_CLOSE, "SQLITE_IOERR_DIR_CLOSE"},
+        {SQLITE_IOERR_SHMOPEN, "SQLITE_IOERR_SHMOPEN"},
+        {SQLITE_IOERR_SHMSIZE, "SQLITE_IOERR_SHMSIZE"},
+        {SQLITE_IOERR_SHMLOCK, "SQLITE_IOERR_SHMLOCK"},
+        {SQLITE_IOERR_SHMMAP, "SQLITE_IOERR_SHMMAP"},
+        {SQLITE_IOERR_SEEK, "SQLITE_IOERR_SEEK"},
+        {SQLITE_IOERR_DELETE_NOENT, "SQLITE_IOERR_DELETE_NOENT"},
+        {SQLITE_IOERR_MMAP, "SQLITE_IOERR_MMAP"},
+        {SQLITE_IOERR_GETTEMPPATH, "SQLITE_IOERR_GETTEMPPATH"},
+        {SQLITE_IOERR_CONVPATH, "SQLITE_IOERR_CONVPATH"},
+        {SQLITE_IOERR_VNODE, "SQLITE_IOERR_VNODE"},
+        {SQLITE_IOERR_AUTH, "SQLITE_IOERR_AUTH"},
+        {SQLITE_IOERR_BEGIN_ATOMIC, "SQLITE_IOERR_BEGIN_ATOMIC"},
+        {SQLITE_IOERR_COMMIT_ATOMIC, "SQLITE_IOERR_COMMIT_ATOMIC"},
+        {SQLITE_IOERR_ROLLBACK_ATOMIC, "SQLITE_IOERR_ROLLBACK_ATOMIC"},
+        {SQLITE_IOERR_DATA, "SQLITE_IOERR_DATA"},
+        {SQLITE_IOERR_CORRUPTFS, "SQLITE_IOERR_CORRUPTFS"},
+        {SQLITE_LOCKED_SHAREDCACHE, "SQLITE_LOCKED_SHAREDCACHE"},
+        {SQLITE_LOCKED_VTAB, "SQLITE_LOCKED_VTAB"},
+        {SQLITE_BUSY_RECOVERY, "SQLITE_BUSY_RECOVERY"},
+        {SQLITE_BUSY_SNAPSHOT, "SQLITE_BUSY_SNAPSHOT"},
+        {SQLITE_BUSY_TIMEOUT, "SQLITE_BUSY_TIMEOUT"},
+        {SQLITE_CANTOPEN_NOTEMPDIR, "SQLITE_CANTOPEN_NOTEMPDIR"},
+        {SQLITE_CANTOPEN_ISDIR, "SQLITE_CANTOPEN_ISDIR"},
+        {SQLITE_CANTOPEN_FULLPATH, "SQLITE_CANTOPEN_FULLPATH"},
+        {SQLITE_CANTOPEN_CONVPATH, "SQLITE_CANTOPEN_CONVPATH"},
+        {SQLITE_CANTOPEN_DIRTYWAL, "SQLITE_CANTOPEN_DIRTYWAL"},
+        {SQLITE_CANTOPEN_SYMLINK, "SQLITE_CANTOPEN_SYMLINK"},
+        {SQLITE_CORRUPT_VTAB, "SQLITE_CORRUPT_VTAB"},
+        {SQLITE_CORRUPT_SEQUENCE, "SQLITE_CORRUPT_SEQUENCE"},
+        {SQLITE_CORRUPT_INDEX, "SQLITE_CORRUPT_INDEX"},
+        {SQLITE_READONLY_RECOVERY, "SQLITE_READONLY_RECOVERY"},
+        {SQLITE_READONLY_CANTLOCK, "SQLITE_READONLY_CANTLOCK"},
+        {SQLITE_READONLY_ROLLBACK, "SQLITE_READONLY_ROLLBACK"},
+        {SQLITE_READONLY_DBMOVED, "SQLITE_READONLY_DBMOVED"},
+        {SQLITE_READONLY_CANTINIT, "SQLITE_READONLY_CANTINIT"},
+        {SQLITE_READONLY_DIRECTORY, "SQLITE_READONLY_DIRECTORY"},
+        {SQLITE_ABORT_ROLLBACK, "SQLITE_ABORT_ROLLBACK"},
+        {SQLITE_CONSTRAINT_CHECK, "SQLITE_CONSTRAINT_CHECK"},
+        {SQLITE_CONSTRAINT_COMMITHOOK, "SQLITE_CONSTRAINT_COMMITHOOK"},
+        {SQLITE_CONSTRAINT_FOREIGNKEY, "SQLITE_CONSTRAINT_FOREIGNKEY"},
+        {SQLITE_CONSTRAINT_FUNCTION, "SQLITE_CONSTRAINT_FUNCTION"},
+        {SQLITE_CONSTRAINT_NOTNULL, "SQLITE_CONSTRAINT_NOTNULL"},
+        {SQLITE_CONSTRAINT_PRIMARYKEY, "SQLITE_CONSTRAINT_PRIMARYKEY"},
+        {SQLITE_CONSTRAINT_TRIGGER, "SQLITE_CONSTRAINT_TRIGGER"},
+        {SQLITE_CONSTRAINT_UNIQUE, "SQLITE_CONSTRAINT_UNIQUE"},
+        {SQLITE_CONSTRAINT_VTAB, "SQLITE_CONSTRAINT_VTAB"},
+        {SQLITE_CONSTRAINT_ROWID, "SQLITE_CONSTRAINT_ROWID"},
+        {SQLITE_CONSTRAINT_PINNED, "SQLITE_CONSTRAINT_PINNED"},
+        {SQLITE_CONSTRAINT_DATATYPE, "SQLITE_CONSTRAINT_DATATYPE"},
+        {SQLITE_NOTICE_RECOVER_WAL, "SQLITE_NOTICE_RECOVER_WAL"},
+        {SQLITE_NOTICE_RECOVER_ROLLBACK, "SQLITE_NOTICE_RECOVER_ROLLBACK"},
+        {SQLITE_WARNING_AUTOINDEX, "SQLITE_WARNING_AUTOINDEX"},
+        {SQLITE_AUTH_USER, "SQLITE_AUTH_USER"},
+        {SQLITE_OK_LOAD_PERMANENTLY, "SQLITE_OK_LOAD_PERMANENTLY"},
+        {SQLITE_OK_SYMLINK, "SQLITE_OK_SYMLINK"},
+    };
+    for (const entry& e : names) {
+        if (e.code == code) return e.name;
+    }
+    return {};
+}
+
 // Throws the error SQLite reports for `rc` on `handle`, typed by its primary code.
 [[noreturn]] void fail(sqlite3* handle, int rc, std::string_view sql,
                        std::string_view context = {}) {
@@ -32,20 +154,21 @@ constexpr std::string_view backend_name = "sqlite";
     std::string message = handle != nullptr ? sqlite3_errmsg(handle) : sqlite3_errstr(rc);
     if (!context.empty()) message = std::string(context) + ": " + message;
     std::string statement(sql);
+    std::string name(code_name(code));
     switch (code & 0xff) {
         case SQLITE_CONSTRAINT:
             throw db::constraint_violation(std::string(backend_name), "", code, std::move(message),
-                                           std::move(statement));
+                                           std::move(statement), std::move(name));
         case SQLITE_BUSY:
         case SQLITE_LOCKED:
             throw db::serialization_failure(std::string(backend_name), "", code, std::move(message),
-                                            std::move(statement));
+                                            std::move(statement), std::move(name));
         case SQLITE_CANTOPEN:
             throw db::connection_error(std::string(backend_name), "", code, std::move(message),
-                                       std::move(statement));
+                                       std::move(statement), std::move(name));
         default:
             throw db::error(std::string(backend_name), "", code, std::move(message),
-                            std::move(statement));
+                            std::move(statement), std::move(name));
     }
 }
 
@@ -391,7 +514,7 @@ struct connection::impl {
             throw db::error(std::string(backend_name), "", SQLITE_ERROR,
                             "parameters are written $1, $2, ...; found SQLite's `?` at offset " +
                                 std::to_string(scan.foreign_at),
-                            std::string(sql));
+                            std::string(sql), std::string(code_name(SQLITE_ERROR)));
         }
         sqlite3_stmt* stmt = nullptr;
         const char* tail = nullptr;
@@ -400,7 +523,8 @@ struct connection::impl {
         if (rc != SQLITE_OK) fail(handle, rc, sql);
         if (stmt == nullptr) {
             throw db::error(std::string(backend_name), "", SQLITE_MISUSE,
-                            "no statement in the text", std::string(sql));
+                            "no statement in the text", std::string(sql),
+                            std::string(code_name(SQLITE_MISUSE)));
         }
         try {
             check_single(stmt, text, tail, sql);
@@ -423,8 +547,8 @@ struct connection::impl {
         if (next == nullptr && rc == SQLITE_OK) return;
         sqlite3_finalize(next);
         throw db::error(std::string(backend_name), "", SQLITE_MISUSE,
-                        "more than one statement; use execute_script for several",
-                        std::string(sql));
+                        "more than one statement; use execute_script for several", std::string(sql),
+                        std::string(code_name(SQLITE_MISUSE)));
     }
 
     static void check_parameter_names(sqlite3_stmt* stmt, std::string_view sql) {
@@ -434,7 +558,7 @@ struct connection::impl {
             if (name != nullptr && name[0] != '?') {
                 throw db::error(std::string(backend_name), "", SQLITE_ERROR,
                                 "parameters are written $1, $2, ...; found " + std::string(name),
-                                std::string(sql));
+                                std::string(sql), std::string(code_name(SQLITE_ERROR)));
             }
         }
     }
@@ -500,9 +624,8 @@ namespace {
 [[noreturn, gnu::cold, gnu::noinline]] void wrong_count(const std::string& sql, std::size_t given,
                                                         std::size_t expected) {
     throw db::error(std::string(backend_name), "", SQLITE_RANGE,
-                    std::to_string(given) + " parameters given, the statement takes " +
-                        std::to_string(expected),
-                    sql);
+                    db::detail::wrong_parameter_count(given, expected), sql,
+                    std::string(code_name(SQLITE_RANGE)));
 }
 
 [[noreturn, gnu::cold, gnu::noinline]] void unbindable(const std::string& sql, sqlite3_stmt* stmt,
@@ -570,10 +693,12 @@ inline connection::impl& connection::live(std::string_view operation) const {
     return *impl_;
 }
 
-connection connect(std::string_view path, const options& opts, std::source_location where) {
+connection connect(const std::filesystem::path& path, const options& opts,
+                   std::source_location where) {
     auto state = std::make_unique<connection::impl>();
     state->capacity = opts.statement_cache_size;
-    const std::string file(path);
+    // The bytes as given: ":memory:" and `file:` URIs pass through unchanged.
+    const std::string file = path.native();
     std::string description = '"' + file + '"';
     int flags = SQLITE_OPEN_URI | SQLITE_OPEN_NOMUTEX;
     flags |= opts.read_only ? SQLITE_OPEN_READONLY
@@ -648,7 +773,8 @@ void connection::close() {
     sqlite3_close_v2(handle);
     throw db::error(
         std::string(backend_name), "", code,
-        "close " + description() + ": " + message + "; it closes when they are finalized", "");
+        "close " + description() + ": " + message + "; it closes when they are finalized", "",
+        std::string(code_name(code)));
 }
 
 bool connection::is_open() const noexcept {

@@ -85,7 +85,8 @@ std::optional<std::vector<result_ptr>> run_until(connection& session, const std:
     if (conn == nullptr) throw closed_error(context + ": the session is closed");
     if (PQsendQuery(conn, sql.c_str()) == 0) {
         throw db::connection_error(std::string(backend_name), "", 0,
-                                   context + ": " + detail::one_line(PQerrorMessage(conn)), sql);
+                                   context + ": " + detail::indent_lines(PQerrorMessage(conn)),
+                                   sql);
     }
     std::vector<result_ptr> results;
     const bool in_time = detail::collect_results(
@@ -343,7 +344,7 @@ void advisory_lock::unlock() {
         const PGresult* answer = results->empty() ? nullptr : results->front().get();
         if (!session.is_open())
             throw lost(answer != nullptr
-                           ? " (" + detail::one_line(PQresultErrorMessage(answer)) + ')'
+                           ? " (" + detail::indent_lines(PQresultErrorMessage(answer)) + ')'
                            : "");
         if (answer == nullptr || failed(answer)) {
             fail(session, answer, context, sql);

@@ -424,7 +424,11 @@ void file::begin_writing() {
 }
 
 void file::begin_reading() {
-    if (!readable_) throw io_error("read", path_.string(), EBADF);
+    // An io_error with EBADF, as read(2) on the descriptor would give, so that callers catching
+    // io_error or testing the errno see what the system says; the reason, Python's
+    // io.UnsupportedOperation wording, says which mode is at fault. Not a protocol_error: the
+    // mode came from the caller's data (a path and a mode string) as often as from code.
+    if (!readable_) throw io_error("read", path_.string(), EBADF, "not readable");
     if (put_end_ != nullptr) {
         flush();
         put_ = put_end_ = nullptr;
@@ -433,7 +437,7 @@ void file::begin_reading() {
 
 void file::write_slow(const char* data, std::size_t size) {
     require_open("write");
-    if (!writable_) throw io_error("write", path_.string(), EBADF);
+    if (!writable_) throw io_error("write", path_.string(), EBADF, "not writable");
     if (size == 0) return;
     if (put_end_ == nullptr) begin_writing();
     if (size <= static_cast<std::size_t>(put_end_ - put_)) {
@@ -632,7 +636,7 @@ std::uint64_t file::truncate() {
 
 std::uint64_t file::truncate(std::uint64_t size) {
     require_open("truncate");
-    if (!writable_) throw io_error("truncate", path_.string(), EBADF);
+    if (!writable_) throw io_error("truncate", path_.string(), EBADF, "not writable");
     if (size > static_cast<std::uint64_t>(std::numeric_limits<off_t>::max())) {
         throw io_error("truncate", path_.string(), EFBIG);
     }

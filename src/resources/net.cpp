@@ -245,7 +245,7 @@ std::vector<socket_address> resolve(const std::string& host, std::uint16_t port,
         // EAI_SYSTEM means the errno says what went wrong.
         const auto code = rc == EAI_SYSTEM ? std::error_code(errno, std::generic_category())
                                            : std::error_code(rc, resolve_category());
-        throw network_error("resolve", host.empty() ? std::string("\"\"") : host, code);
+        throw network_error("resolve", '"' + host + '"', code);
     }
     const finally free_list([list] { ::freeaddrinfo(list); });
     std::vector<socket_address> result;
@@ -257,7 +257,8 @@ std::vector<socket_address> resolve(const std::string& host, std::uint16_t port,
         result.push_back(address);
     }
     if (result.empty()) {
-        throw network_error("resolve", host, std::error_code(EAI_NONAME, resolve_category()));
+        throw network_error("resolve", '"' + host + '"',
+                            std::error_code(EAI_NONAME, resolve_category()));
     }
     return result;
 }

@@ -153,6 +153,19 @@ constexpr std::string_view type_description() noexcept {
     }
 }
 
+// "1 parameter", "2 parameters": a count and its noun for messages.
+inline std::string count_of(std::size_t n, std::string_view noun) {
+    std::string text = std::to_string(n) + ' ' + std::string(noun);
+    if (n != 1) text += 's';
+    return text;
+}
+
+// "bind: 1 parameter given, the statement takes 2", the message of a wrong parameter count.
+inline std::string wrong_parameter_count(std::size_t given, std::size_t expected) {
+    return "bind: " + count_of(given, "parameter") + " given, the statement takes " +
+           std::to_string(expected);
+}
+
 // "column 2 \"name\"" for messages.
 inline std::string describe_column(const cursor& c, std::size_t column) {
     std::string text = "column " + std::to_string(column);
@@ -174,8 +187,8 @@ inline std::string describe_column(const cursor& c, std::size_t column) {
 
 [[noreturn, gnu::cold]] inline void throw_no_column(const cursor& c, std::size_t column) {
     throw std::out_of_range("column " + std::to_string(column) +
-                            " does not exist: " + std::to_string(c.columns()) +
-                            " columns in: " + error::shorten(std::string(c.sql())));
+                            " does not exist: " + count_of(c.columns(), "column") +
+                            " in: " + error::shorten(std::string(c.sql())));
 }
 
 // Throws std::out_of_range unless the result has column `column`.

@@ -66,6 +66,15 @@ struct options {
 
 class connection;
 
+// The connection string or URI without its passwords, as descriptions and messages name a
+// connection. A string libpq reads is written anew from libpq's reading of it, as key=value
+// pairs (host, hostaddr, port, user, password, dbname, then libpq's order), every secret option
+// (password, sslpassword) shown as ***; one it rejects is kept up to where a password could start
+// (after `password`, the `:` of a URI's userinfo, a URI's `?`) and hidden from there on.
+//   redact_secrets("host=db password='p w' user=a")  ->  "host=db user=a password=***"
+//   redact_secrets("postgresql://bob:s3cret@db/app") ->  "host=db user=bob password=*** dbname=app"
+[[nodiscard]] std::string redact_secrets(std::string_view conninfo);
+
 // Connects. Throws db::connection_error, whose message names the connection string without
 // its password, when the server cannot be reached, refuses, or does not answer within
 // options.connect_timeout; db::error for a malformed connection string.
@@ -114,8 +123,7 @@ class connection : public db::basic_connection<connection> {
     [[nodiscard]] static constexpr std::string_view kind() noexcept {
         return "postgresql connection";
     }
-    // description(), from db::basic_connection: the connection string with its password hidden
-    // (redact_secrets).
+    // description(), from db::basic_connection: redact_secrets(conninfo).
 
     // The libpq handle, for what ctxmgr does not wrap (LISTEN, COPY, ...); nullptr once
     // closed. Do not close it.

@@ -667,6 +667,34 @@ struct connection_deleter {
     void operator()(PGconn* conn) const noexcept { PQfinish(conn); }
 };
 
+// libpq's parse errors quote the input, password included: a quotation not shown by the
+// redacted description becomes "...". A translated message (other quotation marks) is not
+// searched and gives way to a plain one.
+std::string without_quotations(std::string_view message, std::string_view shown) {
+    if (std::any_of(message.begin(), message.end(),
+                    [](char c) { return static_cast<unsigned char>(c) >= 0x80; })) {
+        return "malformed connection string";
+    }
+    std::string out;
+    std::size_t i = 0;
+    while (i < message.size()) {
+        const std::size_t open = message.find('"', i);
+        if (open == std::string_view::npos) {
+            out += message.substr(i);
+            break;
+        }
+        out += message.substr(i, open + 1 - i);
+        const std::size_t close = message.find('"', open + 1);
+        const std::string_view quoted =
+            message.substr(open + 1, close == std::string_view::npos ? close : close - open - 1);
+        out += shown.find(quoted) != std::string_view::npos ? quoted : "...";
+        out += '"';
+        if (close == std::string_view::npos) break;
+        i = close + 1;
+    }
+    return out;
+}
+
 }  // namespace
 
 connection connect(std::string_view conninfo, const options& opts, std::source_location where) {
@@ -675,8 +703,9 @@ connection connect(std::string_view conninfo, const options& opts, std::source_l
     char* parse_error = nullptr;
     PQconninfoOption* parsed = PQconninfoParse(std::string(conninfo).c_str(), &parse_error);
     if (parsed == nullptr) {
-        const std::string message =
-            parse_error != nullptr ? one_line(parse_error) : "out of memory";
+        const std::string message = parse_error != nullptr
+                                        ? without_quotations(one_line(parse_error), description)
+                                        : "out of memory";
         PQfreemem(parse_error);
         throw db::error(std::string(backend_name), "", 0, context + ": " + message, "");
     }

@@ -455,6 +455,94 @@ TEST_F(Postgres, NoPasswordReachesADescriptionOrTheLeakReport) {
     }
 }
 
+// --- the client's statement deadline -------------------------------------------------------
+
+TEST_F(Postgres, AStatementPastTheClientsDeadlineIsCancelledAndTheConnectionStaysUsable) {
+    auto c = postgres::connect(server_.conninfo + " password=s3cr3t",
+                               {.statement_timeout = 300ms, .cancel_grace = 300ms});
+    // The server keeps no deadline of its own now: only the client's is left.
+    c.execute_script("SET statement_timeout = 0");
+    const auto start = std::chrono::steady_clock::now();
+    const auto e = exception_from([&] { c.execute("SELECT pg_sleep(5)"); });
+    const auto waited = std::chrono::steady_clock::now() - start;
+    ASSERT_TRUE(ctxmgr::holds<ctxmgr::timeout_error>(e)) << ctxmgr::describe(e);
+    const std::string what = what_of(e);
+    EXPECT_NE(what.find("SELECT pg_sleep(5)"), std::string::npos) << what;
+    EXPECT_NE(what.find(c.description()), std::string::npos) << what;
+    EXPECT_NE(what.find("cancelled on the server"), std::string::npos) << what;
+    EXPECT_EQ(what.find("s3cr3t"), std::string::npos) << what;
+    EXPECT_GE(waited, 590ms);
+    EXPECT_LT(waited, 4s);
+    EXPECT_TRUE(c.is_open());
+    EXPECT_EQ(c.transaction_state(), db::transaction_state::idle);
+    EXPECT_EQ(c.query_value<std::int64_t>("SELECT 42"), 42);
+    // A script too.
+    const auto script = exception_from([&] { c.execute_script("SELECT pg_sleep(5); SELECT 1"); });
+    ASSERT_TRUE(ctxmgr::holds<ctxmgr::timeout_error>(script)) << ctxmgr::describe(script);
+    EXPECT_TRUE(c.ping(1s));
+}
+
+TEST_F(Postgres, AStoppedBackendHoldsAStatementOnlyUntilTheDeadlineThenTheSessionIsClosed) {
+    auto c = postgres::connect(server_.conninfo + " password=s3cr3t",
+                               {.statement_timeout = 200ms, .cancel_grace = 200ms});
+    EXPECT_EQ(c.query_value<std::int64_t>("SELECT 1"), 1);
+    std::exception_ptr e;
+    std::chrono::steady_clock::duration waited{};
+    {
+        const ctxmgr::testing::stopped_backend stopped(c.backend_pid());
+        if (!stopped.stopped()) GTEST_SKIP() << "cannot signal the server's processes";
+        const auto start = std::chrono::steady_clock::now();
+        e = exception_from([&] { static_cast<void>(c.query_value<std::int64_t>("SELECT 2")); });
+        waited = std::chrono::steady_clock::now() - start;
+    }
+    ASSERT_TRUE(ctxmgr::holds<ctxmgr::timeout_error>(e)) << ctxmgr::describe(e);
+    const std::string what = what_of(e);
+    EXPECT_NE(what.find("SELECT 2"), std::string::npos) << what;
+    EXPECT_NE(what.find("password=***"), std::string::npos) << what;
+    EXPECT_NE(what.find("the session is closed"), std::string::npos) << what;
+    EXPECT_EQ(what.find("s3cr3t"), std::string::npos) << what;
+    EXPECT_GE(waited, 590ms);  // 200 ms, the server's grace, the cancel's grace
+    EXPECT_LT(waited, 5s);
+    EXPECT_FALSE(c.is_open());
+    EXPECT_THROW(c.execute("SELECT 1"), ctxmgr::closed_error);
+}
+
+TEST_F(Postgres, AStatementFinishedInTimeIsUntouchedByTheDeadline) {
+    auto c = connect({.statement_timeout = 2s, .cancel_grace = 200ms});
+    EXPECT_EQ(c.query_value<std::int64_t>("SELECT count(*) FROM generate_series(1, 1000)"), 1000);
+    EXPECT_EQ(c.execute("SELECT pg_sleep(0.1)"), 1);
+    // The server's own timeout still comes first, as a db::error.
+    c.execute_script("SET statement_timeout = 100");
+    const auto e = exception_from([&] { c.execute("SELECT pg_sleep(5)"); });
+    ASSERT_TRUE(ctxmgr::holds<db::error>(e)) << ctxmgr::describe(e);
+    EXPECT_TRUE(c.ping(1s));
+}
+
+TEST_F(PostgresDedicated, AWholeServerStoppedHoldsAStatementOnlyUntilTheDeadline) {
+    start();
+    CTXMGR_REQUIRE_POSTGRES(server_);
+    auto c =
+        postgres::connect(server_.conninfo, {.statement_timeout = 200ms, .cancel_grace = 300ms});
+    std::exception_ptr e;
+    std::chrono::steady_clock::duration waited{};
+    {
+        const ctxmgr::testing::stopped_backend stopped(c.backend_pid());
+        if (!stopped.stopped()) GTEST_SKIP() << "cannot signal the server's processes";
+        // The postmaster too: the cancel request itself is never answered.
+        cluster_->pause();
+        const auto start = std::chrono::steady_clock::now();
+        e = exception_from([&] { c.execute("SELECT 1"); });
+        waited = std::chrono::steady_clock::now() - start;
+        cluster_->resume();
+    }
+    ASSERT_TRUE(ctxmgr::holds<ctxmgr::timeout_error>(e)) << ctxmgr::describe(e);
+    EXPECT_NE(what_of(e).find("the session is closed"), std::string::npos) << what_of(e);
+    EXPECT_GE(waited, 790ms);
+    EXPECT_LT(waited, 5s);
+    EXPECT_FALSE(c.is_open());
+    EXPECT_TRUE(postgres::connect(server_.conninfo).ping(2s));
+}
+
 TEST_F(Postgres, AnErrorCaughtInsideATransactionAbortsItAndExitSaysSo) {
     auto c = connect();
     c.execute_script("CREATE TEMP TABLE t (id bigint PRIMARY KEY)");

@@ -56,8 +56,17 @@ struct options {
     // string's connect_timeout says: libpq has none by default and waits forever for a
     // server that accepts TCP but never answers.
     std::chrono::milliseconds connect_timeout{10000};
-    // The server cancels statements running longer (SQLSTATE 57014); 0 keeps the server's.
+    // The server cancels statements running longer (SQLSTATE 57014); 0 keeps the server's
+    // and sets no deadline. The client keeps it too, for a server that cannot (a stopped or
+    // unreachable backend): a statement without an answer cancel_grace past it is cancelled
+    // (PQcancel) and throws timeout_error naming the statement and the connection; the
+    // connection stays usable when the server answers the cancel within cancel_grace (a
+    // transaction open around the statement has failed, as with 57014), and is closed
+    // otherwise. A statement finished by the time the cancel is answered returns normally.
     std::chrono::milliseconds statement_timeout{0};
+    // How long past statement_timeout the client waits for the server's own cancel, and then
+    // for the answer to its own.
+    std::chrono::milliseconds cancel_grace{1000};
     // Shown in pg_stat_activity; empty keeps the string's, or "ctxmgr" when it has none.
     std::string application_name{};
     // Prepared statements kept per connection; 0 prepares every statement afresh.

@@ -482,6 +482,19 @@ TEST_F(Postgres, AStatementPastTheClientsDeadlineIsCancelledAndTheConnectionStay
     EXPECT_TRUE(c.ping(1s));
 }
 
+TEST_F(Postgres, AScriptTakesADeadlineOfItsOwn) {
+    auto c = connect({.cancel_grace = 300ms});
+    c.execute_script("SELECT pg_sleep(0.05)", 2s);
+    const auto start = std::chrono::steady_clock::now();
+    const auto e = exception_from([&] { c.execute_script("SELECT pg_sleep(5)", 200ms); });
+    const auto waited = std::chrono::steady_clock::now() - start;
+    ASSERT_TRUE(ctxmgr::holds<ctxmgr::timeout_error>(e)) << ctxmgr::describe(e);
+    EXPECT_NE(what_of(e).find("cancelled on the server"), std::string::npos) << what_of(e);
+    EXPECT_GE(waited, 195ms);
+    EXPECT_LT(waited, 3s);
+    EXPECT_EQ(c.query_value<std::int64_t>("SELECT 7"), 7);
+}
+
 TEST_F(Postgres, AStoppedBackendHoldsAStatementOnlyUntilTheDeadlineThenTheSessionIsClosed) {
     auto c = postgres::connect(server_.conninfo + " password=s3cr3t",
                                {.statement_timeout = 200ms, .cancel_grace = 200ms});

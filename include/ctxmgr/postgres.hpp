@@ -121,6 +121,11 @@ class connection : public db::basic_connection<connection> {
     // Runs one or several statements separated by `;` through the simple query protocol,
     // without parameters and without preparing (schema scripts, transaction control).
     void execute_script(std::string_view sql);
+    // The same under a deadline of the client's for this call only, instead of the
+    // connection's (options.statement_timeout): past `timeout` the script is cancelled as
+    // described there (timeout_error; the session closed when the cancel is not answered
+    // within options.cancel_grace). 0 sets no deadline.
+    void execute_script(std::string_view sql, std::chrono::milliseconds timeout);
 
     // The server process serving this session (PQbackendPID), as pg_stat_activity.pid and
     // pg_terminate_backend know it; still known after the link broke, 0 once closed.

@@ -588,18 +588,24 @@ struct connection::impl {
     }
 
     // A statement as PQexec runs it (`exec`), or, under a client deadline, sent (`send`) and
-    // waited for no longer than client_timeout: then cancelled on the server, the session
-    // usable again when the server answers within cancel_grace, abandoned otherwise (the
-    // caller closes it); timeout_error either way, unless the statement finished first.
+    // waited for no longer than `timeout` (client_timeout by default): then cancelled on the
+    // server, the session usable again when the server answers within cancel_grace, abandoned
+    // otherwise (the caller closes it); timeout_error either way, unless the statement finished
+    // first.
     template <class Exec, class Send>
     result_ptr exchange(std::string_view sql, Exec&& exec, Send&& send) {
-        if (client_timeout.count() == 0) [[likely]]
+        return exchange(sql, client_timeout, std::forward<Exec>(exec), std::forward<Send>(send));
+    }
+    template <class Exec, class Send>
+    result_ptr exchange(std::string_view sql, std::chrono::milliseconds timeout, Exec&& exec,
+                        Send&& send) {
+        if (timeout.count() <= 0) [[likely]]
             return result_ptr(exec());
         const auto start = std::chrono::steady_clock::now();
         if (!send()) return nullptr;  // the link is broken: the caller reports PQerrorMessage
         result_ptr last;
         const auto keep = [&](result_ptr result) { last = std::move(result); };
-        if (detail::collect_results(handle, start + client_timeout, keep)) return last;
+        if (detail::collect_results(handle, start + timeout, keep)) return last;
         const auto grace = std::chrono::steady_clock::now() + cancel_grace;
         const bool answered =
             request_cancel(handle, grace) && detail::collect_results(handle, grace, keep);
@@ -864,10 +870,10 @@ connection connect(std::string_view conninfo, const options& opts, std::source_l
     state->handle = conn.release();
     state->backend_pid = PQbackendPID(state->handle);
     state->capacity = opts.statement_cache_size;
+    state->cancel_grace = opts.cancel_grace;
+    state->description = description;
     if (opts.statement_timeout.count() > 0) {
-        state->cancel_grace = opts.cancel_grace;
         state->client_timeout = opts.statement_timeout + opts.cancel_grace;
-        state->description = description;
     }
     return connection(std::move(state), std::move(description), where);
 }
@@ -978,11 +984,15 @@ bool connection::rollback_any() {
 }
 
 void connection::execute_script(std::string_view sql) {
+    execute_script(sql, live("execute_script").client_timeout);
+}
+
+void connection::execute_script(std::string_view sql, std::chrono::milliseconds timeout) {
     impl& state = live("execute_script");
     const std::string text(sql);
     const result_ptr result = closing_if_abandoned(*this, state.abandoned, [&] {
         return state.exchange(
-            sql, [&] { return PQexec(state.handle, text.c_str()); },
+            sql, timeout, [&] { return PQexec(state.handle, text.c_str()); },
             [&] { return PQsendQuery(state.handle, text.c_str()) != 0; });
     });
     if (!succeeded(result.get())) fail(state.handle, result.get(), sql);

@@ -161,7 +161,7 @@ const bool registered = tour::add_chapter(
 std::string tour::postgres_from_environment() {
     const char* conninfo = std::getenv("CTXMGR_POSTGRES");
     if (conninfo == nullptr || *conninfo == '\0') return {};
-    say("on PostgreSQL (CTXMGR_POSTGRES), as " + ctxmgr::redact_secrets(conninfo) + ":");
+    say("on PostgreSQL (CTXMGR_POSTGRES), as " + ctxmgr::postgres::redact_secrets(conninfo) + ":");
     say("");
     return conninfo;
 }

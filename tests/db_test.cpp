@@ -75,7 +75,7 @@ struct postgres_backend {
         return ctxmgr::postgres::connect(s.server.conninfo, {.statement_cache_size = cache}, where);
     }
     static std::string expected_description(const state& s) {
-        return ctxmgr::redact_secrets(s.server.conninfo);
+        return ctxmgr::postgres::redact_secrets(s.server.conninfo);
     }
 };
 

@@ -4,7 +4,9 @@
 // failures, the prepared-statement cache as the server sees it, and type conversions. The
 // behaviour shared with SQLite is in db_test.cpp.
 #include <libpq-fe.h>
+#include <ctxmgr/distributed_lock.hpp>
 #include <ctxmgr/postgres.hpp>
+#include <ctxmgr/tracking.hpp>
 #include <ctxmgr/with.hpp>
 
 #include <arpa/inet.h>
@@ -18,6 +20,7 @@
 #include <limits>
 #include <memory>
 #include <random>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -336,6 +339,252 @@ TEST_F(Postgres, OptionsReachTheServer) {
     }
     EXPECT_LT(std::chrono::steady_clock::now() - start, 4s);
     EXPECT_TRUE(named.ping());
+}
+
+// --- passwords in messages ---------------------------------------------------------------
+
+// A connection string and the words of its password(s) that must never be shown.
+struct secret_case {
+    std::string conninfo;
+    std::vector<std::string> secrets;
+};
+
+// Every quoting form libpq reads, and strings it rejects after (or around) a password. The
+// servers named do not exist (`port`: nothing listens there), so a string that parses is
+// refused at once.
+std::vector<secret_case> secret_cases(int port) {
+    const std::string p = std::to_string(port);
+    const std::string local = "127.0.0.1:" + p;
+    const std::string kv = "host=127.0.0.1 port=" + p + " ";
+    return {
+        // Rejected by libpq's parser, which quotes the input.
+        {"postgresql://app:secret@[::1/app", {"secret"}},
+        {"postgresql://app:se%zzcret@" + local + "/db", {"se%zzcret", "zzcret"}},
+        {kv + "password=correct horse battery staple", {"correct", "horse", "battery", "staple"}},
+        {kv + "password='unterm1nated user=a", {"unterm1nated"}},
+        {kv + "password=aft3r no_such_key=1", {"aft3r"}},
+        {"password=befor3 " + kv + "bogus", {"befor3"}},
+        {"postgresql://" + local + "/db?password=qu3ry&bad%zz=1", {"qu3ry"}},
+        // Accepted: an `@`, `?` or `/` inside the userinfo is the password's.
+        {"postgresql://app:pa?ss@" + local + "/db", {"pa?ss", "?ss"}},
+        {"postgresql://app:p%40ss%2Fw0rd@" + local + "/db", {"p%40ss", "p@ss", "w0rd"}},
+        {"postgresql://app:pw#fr4g@" + local + "/db", {"fr4g"}},
+        // Quoting and escapes.
+        {kv + R"(password='it\'s s3cr3t' user=a)", {"s3cr3t"}},
+        {kv + R"(password=bk\ sl4sh user=a)", {"sl4sh"}},
+        {kv + "password = sp4ced user=a", {"sp4ced"}},
+        {kv + "password= user=a", {"user=a"}},
+        {kv + "sslpassword=k3yfile", {"k3yfile"}},
+        {kv + R"(dbname='host=h password=inn3r')", {"inn3r"}},
+        // The query string, its key percent-encoded or not.
+        {"postgresql://" + local + "/db?password=qu3ry%20pw", {"qu3ry"}},
+        {"postgresql://" + local + "/db?pass%77ord=enc0ded", {"enc0ded"}},
+        {"postgresql://app:one1@" + local + "/db?password=tw0", {"one1", "tw0"}},
+        // Several hosts, unix sockets.
+        {"postgresql://app:mh0sts@" + local + ",127.0.0.1:" + p + "/db", {"mh0sts"}},
+        {"postgresql://app:s0ck@%2Fnonexistent-dir/db", {"s0ck"}},
+        {"host=/nonexistent-dir password=s0ck2", {"s0ck2"}},
+    };
+}
+
+void expect_hidden(const std::string& text, const secret_case& c, std::string_view where) {
+    for (const std::string& secret : c.secrets) {
+        EXPECT_EQ(text.find(secret), std::string::npos)
+            << where << " shows `" << secret << "` of " << c.conninfo << ":\n"
+            << text;
+    }
+}
+
+TEST(PostgresRedactSecrets, NoPasswordInAnyFormIsShown) {
+    for (const secret_case& c : secret_cases(unused_port())) {
+        expect_hidden(postgres::redact_secrets(c.conninfo), c, "redact_secrets");
+    }
+}
+
+TEST(PostgresRedactSecrets, AStringLibpqReadsIsDescribedFromItsReading) {
+    EXPECT_EQ(postgres::redact_secrets("dbname=app password='p w' user=a host=db"),
+              "host=db user=a password=*** dbname=app");
+    EXPECT_EQ(postgres::redact_secrets("postgresql://bob:p?ss@db:5433/app?sslmode=disable"),
+              "host=db port=5433 user=bob password=*** dbname=app sslmode=disable");
+    EXPECT_EQ(postgres::redact_secrets("postgresql://%2Frun%2Fpg/app?application_name=my%20app"),
+              "host=/run/pg dbname=app application_name='my app'");
+    EXPECT_EQ(postgres::redact_secrets(R"(host=db application_name='it\'s')"),
+              R"(host=db application_name='it\'s')");
+    // An empty password hides nothing; passfile is a path, not a secret.
+    EXPECT_EQ(postgres::redact_secrets("host=db password='' passfile=/run/pw"),
+              "host=db password='' passfile=/run/pw");
+    EXPECT_EQ(postgres::redact_secrets(""), "");
+}
+
+TEST(PostgresRedactSecrets, AStringLibpqRejectsIsHiddenFromWhereAPasswordCouldStart) {
+    EXPECT_EQ(postgres::redact_secrets("host=db password=a b"), "host=db password=***");
+    EXPECT_EQ(postgres::redact_secrets("postgresql://app:secret@[::1/app"), "postgresql://app:***");
+    EXPECT_EQ(postgres::redact_secrets("postgresql://db/app?bad%zz=1"), "postgresql://db/app?***");
+    EXPECT_EQ(postgres::redact_secrets("host=db no_such_key=1"), "host=db no_such_key=1");
+}
+
+TEST_F(Postgres, NoPasswordReachesAnExceptionOrItsChain) {
+    for (const secret_case& c : secret_cases(unused_port())) {
+        const auto failure = exception_from(
+            [&] { static_cast<void>(postgres::connect(c.conninfo, {.connect_timeout = 2s})); });
+        ASSERT_TRUE(ctxmgr::holds<db::error>(failure)) << ctxmgr::describe(failure);
+        expect_hidden(ctxmgr::describe(failure), c, "connect's exception");
+        // The same failure, chained under another one (an exit that failed after it).
+        const auto lock_failure = exception_from([&] {
+            ctxmgr::with(postgres::advisory_lock(c.conninfo, "redaction"), [](postgres::lease&) {});
+        });
+        ASSERT_TRUE(lock_failure != nullptr) << c.conninfo;
+        const auto chained =
+            exception_from([&] { ctxmgr::rethrow_chained(lock_failure, failure); });
+        expect_hidden(ctxmgr::describe(chained), c, "a chained exception");
+    }
+}
+
+TEST_F(Postgres, AMalformedStringKeepsLibpqsReasonButNotItsQuotationOfThePassword) {
+    const auto e = exception_from([&] {
+        static_cast<void>(postgres::connect("host=127.0.0.1 password=correct horse battery"));
+    });
+    ASSERT_TRUE(ctxmgr::holds<db::error>(e)) << ctxmgr::describe(e);
+    EXPECT_FALSE(ctxmgr::holds<db::connection_error>(e));
+    EXPECT_NE(
+        what_of(e).find("connect to host=127.0.0.1 password=***: missing \"=\" after \"...\""),
+        std::string::npos)
+        << what_of(e);
+}
+
+TEST_F(Postgres, NoPasswordReachesADescriptionOrTheLeakReport) {
+    // Trust authentication ignores the passwords.
+    char* error = nullptr;
+    PQconninfoOption* parsed = PQconninfoParse(server_.conninfo.c_str(), &error);
+    ASSERT_NE(parsed, nullptr) << error;
+    std::string port = "5432";
+    for (const PQconninfoOption* o = parsed; o->keyword != nullptr; ++o) {
+        if (std::string_view(o->keyword) == "port" && o->val != nullptr) port = o->val;
+    }
+    PQconninfoFree(parsed);
+    const std::string local = "127.0.0.1:" + port;
+    const std::vector<secret_case> cases = {
+        {server_.conninfo + R"( password='it\'s s3cr3t')", {"s3cr3t"}},
+        {"postgresql://postgres:pa?ss@" + local + "/postgres", {"pa?ss", "?ss"}},
+        {"postgresql://postgres:p%40ss%2Fw0rd@" + local + "/postgres", {"p%40ss", "p@ss", "w0rd"}},
+        {"postgresql://postgres@" + local + "/postgres?pass%77ord=enc0ded", {"enc0ded"}},
+        {"postgresql://postgres:mh0sts@" + local + "," + local + "/postgres", {"mh0sts"}},
+    };
+    for (const secret_case& c : cases) {
+        auto connection = postgres::connect(c.conninfo);
+        expect_hidden(connection.description(), c, "description()");
+        ctxmgr::with(postgres::advisory_lock(c.conninfo, "redaction"), [&](postgres::lease&) {
+            std::ostringstream report;
+            ctxmgr::report_live(report);
+            expect_hidden(report.str(), c, "report_live");
+            for (const ctxmgr::resource_info& r : ctxmgr::live_resources()) {
+                expect_hidden(r.description, c, "live_resources");
+            }
+            const auto e = exception_from([&] { connection.execute("SELECT no_such_column"); });
+            expect_hidden(ctxmgr::describe(e), c, "a statement's error");
+        });
+    }
+}
+
+// --- the client's statement deadline -------------------------------------------------------
+
+TEST_F(Postgres, AStatementPastTheClientsDeadlineIsCancelledAndTheConnectionStaysUsable) {
+    auto c = postgres::connect(server_.conninfo + " password=s3cr3t",
+                               {.statement_timeout = 300ms, .cancel_grace = 300ms});
+    // The server keeps no deadline of its own now: only the client's is left.
+    c.execute_script("SET statement_timeout = 0");
+    const auto start = std::chrono::steady_clock::now();
+    const auto e = exception_from([&] { c.execute("SELECT pg_sleep(5)"); });
+    const auto waited = std::chrono::steady_clock::now() - start;
+    ASSERT_TRUE(ctxmgr::holds<ctxmgr::timeout_error>(e)) << ctxmgr::describe(e);
+    const std::string what = what_of(e);
+    EXPECT_NE(what.find("SELECT pg_sleep(5)"), std::string::npos) << what;
+    EXPECT_NE(what.find(c.description()), std::string::npos) << what;
+    EXPECT_NE(what.find("cancelled on the server"), std::string::npos) << what;
+    EXPECT_EQ(what.find("s3cr3t"), std::string::npos) << what;
+    EXPECT_GE(waited, 590ms);
+    EXPECT_LT(waited, 4s);
+    EXPECT_TRUE(c.is_open());
+    EXPECT_EQ(c.transaction_state(), db::transaction_state::idle);
+    EXPECT_EQ(c.query_value<std::int64_t>("SELECT 42"), 42);
+    // A script too.
+    const auto script = exception_from([&] { c.execute_script("SELECT pg_sleep(5); SELECT 1"); });
+    ASSERT_TRUE(ctxmgr::holds<ctxmgr::timeout_error>(script)) << ctxmgr::describe(script);
+    EXPECT_TRUE(c.ping(1s));
+}
+
+TEST_F(Postgres, AScriptTakesADeadlineOfItsOwn) {
+    auto c = connect({.cancel_grace = 300ms});
+    c.execute_script("SELECT pg_sleep(0.05)", 2s);
+    const auto start = std::chrono::steady_clock::now();
+    const auto e = exception_from([&] { c.execute_script("SELECT pg_sleep(5)", 200ms); });
+    const auto waited = std::chrono::steady_clock::now() - start;
+    ASSERT_TRUE(ctxmgr::holds<ctxmgr::timeout_error>(e)) << ctxmgr::describe(e);
+    EXPECT_NE(what_of(e).find("cancelled on the server"), std::string::npos) << what_of(e);
+    EXPECT_GE(waited, 195ms);
+    EXPECT_LT(waited, 3s);
+    EXPECT_EQ(c.query_value<std::int64_t>("SELECT 7"), 7);
+}
+
+TEST_F(Postgres, AStoppedBackendHoldsAStatementOnlyUntilTheDeadlineThenTheSessionIsClosed) {
+    auto c = postgres::connect(server_.conninfo + " password=s3cr3t",
+                               {.statement_timeout = 200ms, .cancel_grace = 200ms});
+    EXPECT_EQ(c.query_value<std::int64_t>("SELECT 1"), 1);
+    std::exception_ptr e;
+    std::chrono::steady_clock::duration waited{};
+    {
+        const ctxmgr::testing::stopped_backend stopped(c.backend_pid());
+        if (!stopped.stopped()) GTEST_SKIP() << "cannot signal the server's processes";
+        const auto start = std::chrono::steady_clock::now();
+        e = exception_from([&] { static_cast<void>(c.query_value<std::int64_t>("SELECT 2")); });
+        waited = std::chrono::steady_clock::now() - start;
+    }
+    ASSERT_TRUE(ctxmgr::holds<ctxmgr::timeout_error>(e)) << ctxmgr::describe(e);
+    const std::string what = what_of(e);
+    EXPECT_NE(what.find("SELECT 2"), std::string::npos) << what;
+    EXPECT_NE(what.find("password=***"), std::string::npos) << what;
+    EXPECT_NE(what.find("the session is closed"), std::string::npos) << what;
+    EXPECT_EQ(what.find("s3cr3t"), std::string::npos) << what;
+    EXPECT_GE(waited, 590ms);  // 200 ms, the server's grace, the cancel's grace
+    EXPECT_LT(waited, 5s);
+    EXPECT_FALSE(c.is_open());
+    EXPECT_THROW(c.execute("SELECT 1"), ctxmgr::closed_error);
+}
+
+TEST_F(Postgres, AStatementFinishedInTimeIsUntouchedByTheDeadline) {
+    auto c = connect({.statement_timeout = 2s, .cancel_grace = 200ms});
+    EXPECT_EQ(c.query_value<std::int64_t>("SELECT count(*) FROM generate_series(1, 1000)"), 1000);
+    EXPECT_EQ(c.execute("SELECT pg_sleep(0.1)"), 1);
+    // The server's own timeout still comes first, as a db::error.
+    c.execute_script("SET statement_timeout = 100");
+    const auto e = exception_from([&] { c.execute("SELECT pg_sleep(5)"); });
+    ASSERT_TRUE(ctxmgr::holds<db::error>(e)) << ctxmgr::describe(e);
+    EXPECT_TRUE(c.ping(1s));
+}
+
+TEST_F(PostgresDedicated, AWholeServerStoppedHoldsAStatementOnlyUntilTheDeadline) {
+    start();
+    CTXMGR_REQUIRE_POSTGRES(server_);
+    auto c =
+        postgres::connect(server_.conninfo, {.statement_timeout = 200ms, .cancel_grace = 300ms});
+    std::exception_ptr e;
+    std::chrono::steady_clock::duration waited{};
+    {
+        const ctxmgr::testing::stopped_backend stopped(c.backend_pid());
+        if (!stopped.stopped()) GTEST_SKIP() << "cannot signal the server's processes";
+        // The postmaster too: the cancel request itself is never answered.
+        cluster_->pause();
+        const auto start = std::chrono::steady_clock::now();
+        e = exception_from([&] { c.execute("SELECT 1"); });
+        waited = std::chrono::steady_clock::now() - start;
+        cluster_->resume();
+    }
+    ASSERT_TRUE(ctxmgr::holds<ctxmgr::timeout_error>(e)) << ctxmgr::describe(e);
+    EXPECT_NE(what_of(e).find("the session is closed"), std::string::npos) << what_of(e);
+    EXPECT_GE(waited, 790ms);
+    EXPECT_LT(waited, 5s);
+    EXPECT_FALSE(c.is_open());
+    EXPECT_TRUE(postgres::connect(server_.conninfo).ping(2s));
 }
 
 TEST_F(Postgres, AnErrorCaughtInsideATransactionAbortsItAndExitSaysSo) {

@@ -56,8 +56,17 @@ struct options {
     // string's connect_timeout says: libpq has none by default and waits forever for a
     // server that accepts TCP but never answers.
     std::chrono::milliseconds connect_timeout{10000};
-    // The server cancels statements running longer (SQLSTATE 57014); 0 keeps the server's.
+    // The server cancels statements running longer (SQLSTATE 57014); 0 keeps the server's
+    // and sets no deadline. The client keeps it too, for a server that cannot (a stopped or
+    // unreachable backend): a statement without an answer cancel_grace past it is cancelled
+    // (PQcancel) and throws timeout_error naming the statement and the connection; the
+    // connection stays usable when the server answers the cancel within cancel_grace (a
+    // transaction open around the statement has failed, as with 57014), and is closed
+    // otherwise. A statement finished by the time the cancel is answered returns normally.
     std::chrono::milliseconds statement_timeout{0};
+    // How long past statement_timeout the client waits for the server's own cancel, and then
+    // for the answer to its own.
+    std::chrono::milliseconds cancel_grace{1000};
     // Shown in pg_stat_activity; empty keeps the string's, or "ctxmgr" when it has none.
     std::string application_name{};
     // Prepared statements kept per connection; 0 prepares every statement afresh.
@@ -65,6 +74,15 @@ struct options {
 };
 
 class connection;
+
+// The connection string or URI without its passwords, as descriptions and messages name a
+// connection. A string libpq reads is written anew from libpq's reading of it, as key=value
+// pairs (host, hostaddr, port, user, password, dbname, then libpq's order), every secret option
+// (password, sslpassword) shown as ***; one it rejects is kept up to where a password could start
+// (after `password`, the `:` of a URI's userinfo, a URI's `?`) and hidden from there on.
+//   redact_secrets("host=db password='p w' user=a")  ->  "host=db user=a password=***"
+//   redact_secrets("postgresql://bob:s3cret@db/app") ->  "host=db user=bob password=*** dbname=app"
+[[nodiscard]] std::string redact_secrets(std::string_view conninfo);
 
 // Connects. Throws db::connection_error, whose message names the connection string without
 // its password, when the server cannot be reached, refuses, or does not answer within
@@ -106,6 +124,11 @@ class connection : public db::basic_connection<connection> {
     // Runs one or several statements separated by `;` through the simple query protocol,
     // without parameters and without preparing (schema scripts, transaction control).
     void execute_script(std::string_view sql);
+    // The same under a deadline of the client's for this call only, instead of the
+    // connection's (options.statement_timeout): past `timeout` the script is cancelled as
+    // described there (timeout_error; the session closed when the cancel is not answered
+    // within options.cancel_grace). 0 sets no deadline.
+    void execute_script(std::string_view sql, std::chrono::milliseconds timeout);
 
     // The server process serving this session (PQbackendPID), as pg_stat_activity.pid and
     // pg_terminate_backend know it; still known after the link broke, 0 once closed.
@@ -117,8 +140,7 @@ class connection : public db::basic_connection<connection> {
     [[nodiscard]] static constexpr std::string_view kind() noexcept {
         return "postgresql connection";
     }
-    // description(), from db::basic_connection: the connection string with its password hidden
-    // (redact_secrets).
+    // description(), from db::basic_connection: redact_secrets(conninfo).
 
     // The libpq handle, for what ctxmgr does not wrap (LISTEN, COPY, ...); nullptr once
     // closed. Do not close it.

@@ -234,11 +234,4 @@ class [[nodiscard]] expect_no_leaks {
     [[no_unique_address]] detail::entry_check<"expect_no_leaks"> check_;
 };
 
-// Hides passwords in a PostgreSQL connection string or a URI: `password=...` values
-// (quoted, with escapes), `scheme://user:secret@host`, and `password=` query parameters,
-// percent-encoded or not. Everything else is kept as is.
-//   redact_secrets("host=db password='p w' user=a")  ->  "host=db password=*** user=a"
-//   redact_secrets("postgresql://bob:s3cret@db/app") ->  "postgresql://bob:***@db/app"
-[[nodiscard]] std::string redact_secrets(std::string_view text);
-
 }  // namespace ctxmgr

@@ -9,9 +9,12 @@
 #include <cerrno>
 #include <charconv>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -496,6 +499,39 @@ std::string refusal_sqlstate(std::string_view message) {
 
 }  // namespace
 
+// Asks the server to cancel what runs on `conn` (PQcancel: a connection of its own to the
+// postmaster), waiting until `deadline`; true when the postmaster took the request. libpq 15's
+// PQcancel cannot be bounded, and a stopped postmaster never answers it: it runs on a thread
+// of its own, left to end by itself (when the server resumes or dies) past the deadline.
+bool request_cancel(PGconn* conn, std::chrono::steady_clock::time_point deadline) {
+    PGcancel* cancel = PQgetCancel(conn);
+    if (cancel == nullptr) return false;
+    struct outcome {
+        std::mutex mutex;
+        std::condition_variable done_cv;
+        bool done = false;
+        bool sent = false;
+    };
+    const auto shared = std::make_shared<outcome>();
+    try {
+        std::thread([shared, cancel] {
+            std::array<char, 256> error{};
+            const bool sent = PQcancel(cancel, error.data(), static_cast<int>(error.size())) != 0;
+            PQfreeCancel(cancel);
+            const std::lock_guard lock(shared->mutex);
+            shared->done = true;
+            shared->sent = sent;
+            shared->done_cv.notify_all();
+        }).detach();
+    } catch (const std::system_error&) {
+        PQfreeCancel(cancel);
+        return false;
+    }
+    std::unique_lock lock(shared->mutex);
+    shared->done_cv.wait_until(lock, deadline, [&] { return shared->done; });
+    return shared->sent;
+}
+
 struct connection::impl {
     PGconn* handle = nullptr;
     int backend_pid = 0;  // kept: libpq forgets it once the link breaks
@@ -514,6 +550,12 @@ struct connection::impl {
     std::vector<std::string> to_deallocate;  // evicted while a transaction had failed
     bound_parameters bound;
     std::unique_ptr<result_cursor> spare;
+    // The client's deadline for a statement (0: none), and how long a cancel may take.
+    std::chrono::milliseconds client_timeout{0};
+    std::chrono::milliseconds cancel_grace{0};
+    std::string description;  // the connection's, for timeout messages
+    // A statement outlived its deadline and its cancel: the session must be closed.
+    bool abandoned = false;
 
     impl() = default;
     impl(const impl&) = delete;
@@ -554,6 +596,38 @@ struct connection::impl {
         deallocate(std::move(name));
     }
 
+    // A statement as PQexec runs it (`exec`), or, under a client deadline, sent (`send`) and
+    // waited for no longer than `timeout` (client_timeout by default): then cancelled on the
+    // server, the session usable again when the server answers within cancel_grace, abandoned
+    // otherwise (the caller closes it); timeout_error either way, unless the statement finished
+    // first.
+    template <class Exec, class Send>
+    result_ptr exchange(std::string_view sql, Exec&& exec, Send&& send) {
+        return exchange(sql, client_timeout, std::forward<Exec>(exec), std::forward<Send>(send));
+    }
+    template <class Exec, class Send>
+    result_ptr exchange(std::string_view sql, std::chrono::milliseconds timeout, Exec&& exec,
+                        Send&& send) {
+        if (timeout.count() <= 0) [[likely]]
+            return result_ptr(exec());
+        const auto start = std::chrono::steady_clock::now();
+        if (!send()) return nullptr;  // the link is broken: the caller reports PQerrorMessage
+        result_ptr last;
+        const auto keep = [&](result_ptr result) { last = std::move(result); };
+        if (detail::collect_results(handle, start + timeout, keep)) return last;
+        const auto grace = std::chrono::steady_clock::now() + cancel_grace;
+        const bool answered =
+            request_cancel(handle, grace) && detail::collect_results(handle, grace, keep);
+        if (answered && succeeded(last.get())) return last;
+        abandoned = !answered;
+        throw timeout_error(
+            "statement " + db::error::shorten(std::string(sql)) + " on " + description +
+                (answered ? " (cancelled on the server)"
+                          : " (no answer to its cancel within " + format_duration(cancel_grace) +
+                                ": the session is closed)"),
+            std::chrono::steady_clock::now() - start);
+    }
+
     // Forgets the least recently used statement.
     void evict() {
         auto oldest = cache.end();
@@ -590,8 +664,16 @@ struct connection::impl {
         flush_deallocations();
         std::string name = "ctxmgr_" + std::to_string(++names);
         const std::string text(sql);
-        result_ptr result(PQprepare(handle, name.c_str(), text.c_str(),
-                                    static_cast<int>(bound.types.size()), bound.types.data()));
+        const int count = static_cast<int>(bound.types.size());
+        result_ptr result = exchange(
+            sql,
+            [&] {
+                return PQprepare(handle, name.c_str(), text.c_str(), count, bound.types.data());
+            },
+            [&] {
+                return PQsendPrepare(handle, name.c_str(), text.c_str(), count,
+                                     bound.types.data()) != 0;
+            });
         if (!succeeded(result.get())) fail(handle, result.get(), sql);
         std::vector<prepared>& variants = cache[text];
         variants.push_back(prepared{std::move(name), bound.types, 0});
@@ -630,9 +712,18 @@ struct connection::impl {
             check_count(sql, params.size(),
                         scan_parameters(sql, db::detail::dialect::postgresql).parameters);
             const std::string text(sql);
-            result_ptr result(PQexecParams(handle, text.c_str(), n, bound.types.data(),
-                                           bound.values.data(), bound.lengths.data(),
-                                           bound.formats.data(), 0));
+            result_ptr result = exchange(
+                sql,
+                [&] {
+                    return PQexecParams(handle, text.c_str(), n, bound.types.data(),
+                                        bound.values.data(), bound.lengths.data(),
+                                        bound.formats.data(), 0);
+                },
+                [&] {
+                    return PQsendQueryParams(handle, text.c_str(), n, bound.types.data(),
+                                             bound.values.data(), bound.lengths.data(),
+                                             bound.formats.data(), 0) != 0;
+                });
             if (!succeeded(result.get())) fail(handle, result.get(), sql);
             return result;
         }
@@ -641,8 +732,17 @@ struct connection::impl {
             // when it was prepared.
             prepared& statement = statement_for(sql, params.size());
             statement.last_used = ++clock;
-            result_ptr result(PQexecPrepared(handle, statement.name.c_str(), n, bound.values.data(),
-                                             bound.lengths.data(), bound.formats.data(), 0));
+            result_ptr result = exchange(
+                sql,
+                [&] {
+                    return PQexecPrepared(handle, statement.name.c_str(), n, bound.values.data(),
+                                          bound.lengths.data(), bound.formats.data(), 0);
+                },
+                [&] {
+                    return PQsendQueryPrepared(handle, statement.name.c_str(), n,
+                                               bound.values.data(), bound.lengths.data(),
+                                               bound.formats.data(), 0) != 0;
+                });
             if (succeeded(result.get())) return result;
             // The server forgot the statement (DISCARD ALL, DEALLOCATE by hand): prepare it
             // again, once, when no transaction was open that the error has now aborted.
@@ -674,6 +774,34 @@ struct connection_deleter {
     void operator()(PGconn* conn) const noexcept { PQfinish(conn); }
 };
 
+// libpq's parse errors quote the input, password included: a quotation not shown by the
+// redacted description becomes "...". A translated message (other quotation marks) is not
+// searched and gives way to a plain one.
+std::string without_quotations(std::string_view message, std::string_view shown) {
+    if (std::any_of(message.begin(), message.end(),
+                    [](char c) { return static_cast<unsigned char>(c) >= 0x80; })) {
+        return "malformed connection string";
+    }
+    std::string out;
+    std::size_t i = 0;
+    while (i < message.size()) {
+        const std::size_t open = message.find('"', i);
+        if (open == std::string_view::npos) {
+            out += message.substr(i);
+            break;
+        }
+        out += message.substr(i, open + 1 - i);
+        const std::size_t close = message.find('"', open + 1);
+        const std::string_view quoted =
+            message.substr(open + 1, close == std::string_view::npos ? close : close - open - 1);
+        out += shown.find(quoted) != std::string_view::npos ? quoted : "...";
+        out += '"';
+        if (close == std::string_view::npos) break;
+        i = close + 1;
+    }
+    return out;
+}
+
 }  // namespace
 
 connection connect(std::string_view conninfo, const options& opts, std::source_location where) {
@@ -683,7 +811,8 @@ connection connect(std::string_view conninfo, const options& opts, std::source_l
     PQconninfoOption* parsed = PQconninfoParse(std::string(conninfo).c_str(), &parse_error);
     if (parsed == nullptr) {
         const std::string message =
-            parse_error != nullptr ? indent_lines(parse_error) : "out of memory";
+            parse_error != nullptr ? without_quotations(indent_lines(parse_error), description)
+                                   : "out of memory";
         PQfreemem(parse_error);
         throw db::error(std::string(backend_name), "", 0, context + ": " + message, "");
     }
@@ -748,8 +877,29 @@ connection connect(std::string_view conninfo, const options& opts, std::source_l
     state->handle = conn.release();
     state->backend_pid = PQbackendPID(state->handle);
     state->capacity = opts.statement_cache_size;
+    state->cancel_grace = opts.cancel_grace;
+    state->description = description;
+    if (opts.statement_timeout.count() > 0) {
+        state->client_timeout = opts.statement_timeout + opts.cancel_grace;
+    }
     return connection(std::move(state), std::move(description), where);
 }
+
+namespace {
+
+// Runs `f`; a statement abandoned past its deadline closes `c` (it is still in flight on the
+// session, which can serve nothing else) before its timeout_error goes on.
+template <class F>
+decltype(auto) closing_if_abandoned(connection& c, const bool& abandoned, F&& f) {
+    try {
+        return std::forward<F>(f)();
+    } catch (const timeout_error&) {
+        if (abandoned) c.close();
+        throw;
+    }
+}
+
+}  // namespace
 
 connection::connection(std::unique_ptr<impl> state, std::string description,
                        std::source_location where)
@@ -841,9 +991,17 @@ bool connection::rollback_any() {
 }
 
 void connection::execute_script(std::string_view sql) {
+    execute_script(sql, live("execute_script").client_timeout);
+}
+
+void connection::execute_script(std::string_view sql, std::chrono::milliseconds timeout) {
     impl& state = live("execute_script");
     const std::string text(sql);
-    result_ptr result(PQexec(state.handle, text.c_str()));
+    const result_ptr result = closing_if_abandoned(*this, state.abandoned, [&] {
+        return state.exchange(
+            sql, timeout, [&] { return PQexec(state.handle, text.c_str()); },
+            [&] { return PQsendQuery(state.handle, text.c_str()) != 0; });
+    });
     if (!succeeded(result.get())) fail(state.handle, result.get(), sql);
 }
 
@@ -864,7 +1022,9 @@ std::size_t connection::cached_statements() const noexcept {
 }
 
 std::int64_t connection::run(std::string_view sql, std::span<const db::param> params) {
-    const result_ptr result = live("execute").execute(sql, params);
+    impl& state = live("execute");
+    const result_ptr result =
+        closing_if_abandoned(*this, state.abandoned, [&] { return state.execute(sql, params); });
     const char* tuples = PQcmdTuples(result.get());
     std::int64_t count = 0;
     if (tuples != nullptr && *tuples != '\0') parse_whole(std::string_view(tuples), count);
@@ -875,13 +1035,17 @@ db::detail::cursor* connection::open(std::string_view sql, std::span<const db::p
                                      bool) {
     // The result is complete when PQexecPrepared returns: nothing refers to the parameters.
     impl& state = live("query");
-    return state.cursor_for(state.execute(sql, params), sql, true);
+    return state.cursor_for(
+        closing_if_abandoned(*this, state.abandoned, [&] { return state.execute(sql, params); }),
+        sql, true);
 }
 
 void connection::fetch_first(std::string_view sql, std::span<const db::param> params,
                              db::detail::first_value& value) {
     impl& state = live("query");
-    result_cursor* c = state.cursor_for(state.execute(sql, params), sql, false);
+    result_cursor* c = state.cursor_for(
+        closing_if_abandoned(*this, state.abandoned, [&] { return state.execute(sql, params); }),
+        sql, false);
     struct release_at_end {
         result_cursor* c;
         ~release_at_end() { c->release(); }

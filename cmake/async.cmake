@@ -18,4 +18,8 @@ target_include_directories(ctxmgr_async SYSTEM INTERFACE $<BUILD_INTERFACE:${CTX
 # the rest of their program (io_service and the other removed names), and ctxmgr uses none of
 # the deprecated names, so it builds either way (the tests define it to prove so).
 target_link_libraries(ctxmgr_async INTERFACE ctxmgr_core Threads::Threads)
+# Asio 1.22 enables co_await under Clang only with <experimental/coroutine> (libc++'s old
+# header); Clang 16 with libstdc++ has C++20's <coroutine>, which Asio uses when told to.
+target_compile_definitions(ctxmgr_async INTERFACE
+    $<$<CXX_COMPILER_ID:Clang>:ASIO_HAS_CO_AWAIT=1;ASIO_HAS_STD_COROUTINE=1>)
 set(CTXMGR_HAS_ASYNC ON)

@@ -491,7 +491,8 @@ TEST(ExitStack, EnterMayRegisterOnTheSameStackAtEveryStorageBoundary) {
         // Python's order: enter() ran before the exit was pushed, so the exit unwinds first.
         EXPECT_EQ(log[0], "manager exit") << before;
         EXPECT_EQ(log[1], "registered by enter") << before;
-        for (int i = 0; i < before; ++i) EXPECT_EQ(log[static_cast<std::size_t>(2 + i)], "earlier") << before;
+        for (int i = 0; i < before; ++i)
+            EXPECT_EQ(log[static_cast<std::size_t>(2 + i)], "earlier") << before;
     }
 }
 

@@ -810,9 +810,9 @@ connection connect(std::string_view conninfo, const options& opts, std::source_l
     char* parse_error = nullptr;
     PQconninfoOption* parsed = PQconninfoParse(std::string(conninfo).c_str(), &parse_error);
     if (parsed == nullptr) {
-        const std::string message =
-            parse_error != nullptr ? without_quotations(indent_lines(parse_error), description)
-                                   : "out of memory";
+        const std::string message = parse_error != nullptr
+                                        ? without_quotations(indent_lines(parse_error), description)
+                                        : "out of memory";
         PQfreemem(parse_error);
         throw db::error(std::string(backend_name), "", 0, context + ": " + message, "");
     }

@@ -388,6 +388,28 @@ TEST(ContextManager, DecorateMakesAFreshManagerPerCall) {
                                              "teardown"}));
 }
 
+ctxmgr::contextmanager<> bare() {
+    co_yield {};
+}
+
+TEST(ContextManager, NestedAndAlternatingFramesAreRecycledToo) {
+    if constexpr (!ctxmgr::detail::frame_cache_enabled) {
+        GTEST_SKIP() << "the frame cache is off under AddressSanitizer";
+    } else {
+        std::vector<std::string> log;
+        log.reserve(1000);
+        const auto round = [&] {
+            ctxmgr::with(traced(log), [](int&) { ctxmgr::with(bare(), [] {}); });
+            ctxmgr::with(bare(), [] {});
+            ctxmgr::with(traced(log), [](int&) {});
+        };
+        round();  // warm the slots
+        ctxmgr::testing::allocation_scope allocations;
+        for (int i = 0; i < 100; ++i) round();
+        EXPECT_EQ(allocations.count(), 0u);
+    }
+}
+
 TEST(ContextManager, FramesAreRecycledAfterTheFirstUse) {
     if constexpr (!ctxmgr::detail::frame_cache_enabled) {
         GTEST_SKIP() << "the frame cache is off under AddressSanitizer, so freed frames stay "

@@ -37,8 +37,8 @@
 // references of reference parameters: those must outlive the manager. A manager is one-shot;
 // decorate() (contextlib.hpp) makes a fresh one per call.
 //
-// A thread keeps the last frame freed (one slot), so a manager made and used in a loop does
-// not reach the global allocator after the first iteration. The slot is off under
+// A thread keeps the last four frames freed, so managers made and used in a loop, nested or
+// not, do not reach the global allocator after the first iteration. The slots are off under
 // AddressSanitizer so that freed frames stay poisoned.
 //
 // Thread-compatible: a manager may be created, entered and exited on different threads, but
@@ -72,65 +72,105 @@ inline constexpr bool frame_cache_enabled = true;
 inline constexpr bool frame_cache_enabled = true;
 #endif
 
-// The last coroutine frame this thread freed, kept for the next allocation of a frame that
-// fits. Trivially destructible and constant-initialized, so reading it costs no guard: a
-// thread_local with a destructor costs a check on every access (26 instructions per with()
-// for the size-class cache this replaced). The frame still held when the thread ends is
-// freed by frame_slot_owner, a thread_local made only the first time a frame is kept.
-struct frame_slot {
-    void* frame = nullptr;
-    std::size_t size = 0;
+// The last coroutine frames this thread freed (up to four: managers nest), kept for the next
+// allocations of frames that fit, newest first. Trivially destructible and
+// constant-initialized, so reading it costs no guard: a thread_local with a destructor costs a
+// check on every access (26 instructions per with() for the size-class cache this replaced).
+// The frames still held when the thread ends are freed by frame_slots_owner, a thread_local
+// made only the first time a frame is kept.
+struct frame_slots {
+    static constexpr unsigned capacity = 4;
+    void* frames[capacity] = {};
+    std::size_t sizes[capacity] = {};
+    unsigned count = 0;
     enum : unsigned char { unregistered, registered, gone } state = unregistered;
 };
-inline constinit thread_local frame_slot recycled_frame{};
+inline constinit thread_local frame_slots recycled_frames{};
 
-struct frame_slot_owner {
-    frame_slot_owner() noexcept { recycled_frame.state = frame_slot::registered; }
-    frame_slot_owner(const frame_slot_owner&) = delete;
-    frame_slot_owner& operator=(const frame_slot_owner&) = delete;
-    ~frame_slot_owner() {
-        recycled_frame.state = frame_slot::gone;
-        if (recycled_frame.frame != nullptr) {
-            ::operator delete(std::exchange(recycled_frame.frame, nullptr));
-        }
+struct frame_slots_owner {
+    frame_slots_owner() noexcept { recycled_frames.state = frame_slots::registered; }
+    frame_slots_owner(const frame_slots_owner&) = delete;
+    frame_slots_owner& operator=(const frame_slots_owner&) = delete;
+    ~frame_slots_owner() {
+        frame_slots& slots = recycled_frames;
+        slots.state = frame_slots::gone;
+        while (slots.count > 0) ::operator delete(slots.frames[--slots.count]);
     }
 };
 
-inline void* allocate_frame(std::size_t size) {
-    if constexpr (frame_cache_enabled) {
-        frame_slot& slot = recycled_frame;
-        if (slot.frame != nullptr && slot.size >= size) return std::exchange(slot.frame, nullptr);
+// Below the newest frame (which nests and loops take back at once), the others are searched:
+// a frame of exactly this size first (a coroutine's frame size never changes, and a larger
+// block given to a smaller frame would come back recorded at the smaller size), then any that
+// fits.
+[[gnu::noinline]] inline void* allocate_frame_slow(std::size_t size) {
+    frame_slots& slots = recycled_frames;
+    const auto take = [&](unsigned i) {
+        void* frame = slots.frames[i];
+        --slots.count;
+        // The last one takes the hole: the order of the others matters little.
+        slots.frames[i] = slots.frames[slots.count];
+        slots.sizes[i] = slots.sizes[slots.count];
+        return frame;
+    };
+    for (unsigned i = slots.count; i-- > 0;) {
+        if (slots.sizes[i] == size) return take(i);
+    }
+    for (unsigned i = slots.count; i-- > 0;) {
+        if (slots.sizes[i] > size) return take(i);
     }
     return ::operator new(size);
 }
 
+inline void* allocate_frame(std::size_t size) {
+    if constexpr (frame_cache_enabled) {
+        frame_slots& slots = recycled_frames;
+        const unsigned newest = slots.count - 1;
+        if (slots.count != 0 && slots.sizes[newest] == size) {
+            slots.count = newest;
+            return slots.frames[newest];
+        }
+        return allocate_frame_slow(size);
+    }
+    return ::operator new(size);
+}
+
+// Keeps `frame`; when all four are taken, the oldest goes, so frames of sizes no longer
+// used cannot keep newer ones out for ever.
+[[gnu::noinline]] inline void drop_oldest_frame(frame_slots& slots) noexcept {
+    ::operator delete(slots.frames[0]);
+    for (unsigned i = 1; i < frame_slots::capacity; ++i) {
+        slots.frames[i - 1] = slots.frames[i];
+        slots.sizes[i - 1] = slots.sizes[i];
+    }
+    --slots.count;
+}
+
+inline void keep_frame(frame_slots& slots, void* frame, std::size_t size) noexcept {
+    if (slots.count == frame_slots::capacity) drop_oldest_frame(slots);
+    slots.frames[slots.count] = frame;
+    slots.sizes[slots.count] = size;
+    ++slots.count;
+}
+
 [[gnu::noinline]] inline void keep_frame_slow(void* frame, std::size_t size) noexcept {
-    frame_slot& slot = recycled_frame;
-    if (slot.state == frame_slot::unregistered) {
+    frame_slots& slots = recycled_frames;
+    if (slots.state == frame_slots::unregistered) {
         // Registers the thread-exit cleanup; out of memory for it, the frame is just freed.
         try {
-            thread_local frame_slot_owner owner;
+            thread_local frame_slots_owner owner;
             static_cast<void>(owner);
         } catch (...) {
         }
     }
-    if (slot.state == frame_slot::registered && slot.frame == nullptr) {
-        slot.frame = frame;
-        slot.size = size;
-        return;
-    }
+    if (slots.state == frame_slots::registered) return keep_frame(slots, frame, size);
     ::operator delete(frame);
 }
 
 inline void deallocate_frame(void* frame, std::size_t size) noexcept {
     if constexpr (frame_cache_enabled) {
-        frame_slot& slot = recycled_frame;
-        if (slot.frame == nullptr && slot.state == frame_slot::registered) {
-            slot.frame = frame;
-            slot.size = size;
-            return;
-        }
-        if (slot.state == frame_slot::unregistered) return keep_frame_slow(frame, size);
+        frame_slots& slots = recycled_frames;
+        if (slots.state == frame_slots::registered) return keep_frame(slots, frame, size);
+        if (slots.state == frame_slots::unregistered) return keep_frame_slow(frame, size);
     }
     ::operator delete(frame);
 }

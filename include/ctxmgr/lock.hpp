@@ -173,13 +173,13 @@ class [[nodiscard]] lock_until final
     explicit lock_until(const std::chrono::time_point<Clock, Duration>& deadline, Ms&... mutexes,
                         std::source_location where = std::source_location::current())
         : detail::lock_base<detail::manager_kind::lock_until, Ms...>(where, mutexes...),
-          deadline_(detail::steady_deadline(deadline)) {}
+          deadline_(detail::deadline::at(deadline)) {}
 
     // As lock_for's.
     void enter() { this->enter_until(std::chrono::steady_clock::now(), deadline_); }
 
   private:
-    std::chrono::steady_clock::time_point deadline_;
+    detail::deadline deadline_;
 };
 
 template <class Clock, class Duration, class... Ms>
@@ -248,13 +248,13 @@ class [[nodiscard]] shared_until final
     explicit shared_until(const std::chrono::time_point<Clock, Duration>& deadline, M& mutex,
                           std::source_location where = std::source_location::current())
         : detail::lock_base<detail::manager_kind::shared_until, M>(where, mutex),
-          deadline_(detail::steady_deadline(deadline)) {}
+          deadline_(detail::deadline::at(deadline)) {}
 
     // As lock_for's.
     void enter() { this->enter_until(std::chrono::steady_clock::now(), deadline_); }
 
   private:
-    std::chrono::steady_clock::time_point deadline_;
+    detail::deadline deadline_;
 };
 
 template <class Clock, class Duration, class M>

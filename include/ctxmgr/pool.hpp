@@ -88,6 +88,7 @@
 #include <vector>
 
 #include "db.hpp"
+#include "detail/deadline.hpp"
 #include "detail/entry_check.hpp"
 #include "errors.hpp"
 #include "release.hpp"
@@ -290,7 +291,7 @@ struct named_pool_metrics {
     pool_metrics metrics;
 };
 void write_prometheus(std::ostream& out, const named_pool_metrics* pools, std::size_t count);
-void pool_close(pool_core& core, std::chrono::steady_clock::time_point deadline);
+void pool_close(pool_core& core, const deadline& limit);
 // `pool "name"`, for messages.
 [[nodiscard]] const std::string& pool_description(const pool_core& core) noexcept;
 // `"name"`, a borrow's description in the leak tracker.
@@ -523,10 +524,10 @@ class pool {
     // See the top of this header. Idempotent; throws leak_error when connections are still
     // borrowed at `deadline`.
     void close(std::chrono::steady_clock::time_point deadline) {
-        detail::pool_close(*core_, deadline);
+        detail::pool_close(*core_, detail::deadline::at(deadline));
     }
     void close(std::chrono::nanoseconds timeout) {
-        close(std::chrono::steady_clock::now() + timeout);
+        detail::pool_close(*core_, detail::deadline::after(timeout));
     }
     void close() { close(detail::pool_close_timeout(*core_)); }
 

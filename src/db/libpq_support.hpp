@@ -4,12 +4,16 @@
 
 #include <libpq-fe.h>
 
+#include "ctxmgr/detail/deadline.hpp"
+
 #include <chrono>
 #include <memory>
 #include <string>
 #include <string_view>
 
 namespace ctxmgr::postgres::detail {
+
+using ctxmgr::detail::deadline;
 
 inline constexpr std::string_view backend_name = "postgresql";
 
@@ -35,17 +39,16 @@ std::string sqlstate_of(const PGresult* result);
 [[noreturn]] void fail(PGconn* conn, const PGresult* result, std::string_view sql,
                        std::string_view context = {});
 
-// Waits until the socket is ready for reading (or writing) or `deadline` passes (false);
-// time_point::max() waits as long as it takes. A poll error reads as ready, so that libpq's
+// Waits until the socket is ready for reading (or writing) or `deadline` passes (false); an
+// untimed deadline waits as long as it takes. A poll error reads as ready, so that libpq's
 // next call reports it.
-bool wait_socket(PGconn* conn, bool for_reading, std::chrono::steady_clock::time_point deadline);
+bool wait_socket(PGconn* conn, bool for_reading, const deadline& deadline);
 
 // Hands each result of the query sent on `conn` (PQsendQuery) to `on_result` as a result_ptr
 // until libpq has no more (true), or until `deadline` passes first (false: the query is still
 // running on the server). A broken link ends it with libpq's failure result.
 template <class OnResult>
-bool collect_results(PGconn* conn, std::chrono::steady_clock::time_point deadline,
-                     OnResult&& on_result) {
+bool collect_results(PGconn* conn, const deadline& deadline, OnResult&& on_result) {
     for (;;) {
         while (PQisBusy(conn) == 0) {
             PGresult* result = PQgetResult(conn);

@@ -101,17 +101,11 @@ std::string sqlstate_of(const PGresult* result) {
                     std::move(statement));
 }
 
-bool wait_socket(PGconn* conn, bool for_reading, std::chrono::steady_clock::time_point deadline) {
+bool wait_socket(PGconn* conn, bool for_reading, const deadline& deadline) {
     pollfd descriptor{PQsocket(conn), static_cast<short>(for_reading ? POLLIN : POLLOUT), 0};
     for (;;) {
-        int timeout = -1;
-        if (deadline != std::chrono::steady_clock::time_point::max()) {
-            const auto left = std::chrono::ceil<std::chrono::milliseconds>(
-                deadline - std::chrono::steady_clock::now());
-            if (left.count() <= 0) return false;
-            timeout = static_cast<int>(std::min<std::chrono::milliseconds::rep>(
-                left.count(), std::numeric_limits<int>::max()));
-        }
+        const int timeout = deadline.poll_timeout();
+        if (timeout == 0) return false;
         const int ready = ::poll(&descriptor, 1, timeout);
         if (ready > 0) return true;
         if (ready < 0 && errno != EINTR) return true;  // let libpq report the error
@@ -503,7 +497,7 @@ std::string refusal_sqlstate(std::string_view message) {
 // postmaster), waiting until `deadline`; true when the postmaster took the request. libpq 15's
 // PQcancel cannot be bounded, and a stopped postmaster never answers it: it runs on a thread
 // of its own, left to end by itself (when the server resumes or dies) past the deadline.
-bool request_cancel(PGconn* conn, std::chrono::steady_clock::time_point deadline) {
+bool request_cancel(PGconn* conn, const detail::deadline& deadline) {
     PGcancel* cancel = PQgetCancel(conn);
     if (cancel == nullptr) return false;
     struct outcome {
@@ -528,7 +522,7 @@ bool request_cancel(PGconn* conn, std::chrono::steady_clock::time_point deadline
         return false;
     }
     std::unique_lock lock(shared->mutex);
-    shared->done_cv.wait_until(lock, deadline, [&] { return shared->done; });
+    shared->done_cv.wait_until(lock, deadline.time_point(), [&] { return shared->done; });
     return shared->sent;
 }
 
@@ -611,11 +605,12 @@ struct connection::impl {
         if (timeout.count() <= 0) [[likely]]
             return result_ptr(exec());
         const auto start = std::chrono::steady_clock::now();
+        const auto limit = detail::deadline::after(timeout, start);
         if (!send()) return nullptr;  // the link is broken: the caller reports PQerrorMessage
         result_ptr last;
         const auto keep = [&](result_ptr result) { last = std::move(result); };
-        if (detail::collect_results(handle, start + timeout, keep)) return last;
-        const auto grace = std::chrono::steady_clock::now() + cancel_grace;
+        if (detail::collect_results(handle, limit, keep)) return last;
+        const auto grace = detail::deadline::after(cancel_grace);
         const bool answered =
             request_cancel(handle, grace) && detail::collect_results(handle, grace, keep);
         if (answered && succeeded(last.get())) return last;
@@ -850,7 +845,7 @@ connection connect(std::string_view conninfo, const options& opts, std::source_l
     keywords.push_back(nullptr);
     values.push_back(nullptr);
 
-    const auto deadline = std::chrono::steady_clock::now() + opts.connect_timeout;
+    const auto deadline = detail::deadline::after(opts.connect_timeout);
     std::unique_ptr<PGconn, connection_deleter> conn(
         PQconnectStartParams(keywords.data(), values.data(), 0));
     if (conn == nullptr) throw std::bad_alloc();
@@ -944,7 +939,7 @@ bool connection::ping(std::chrono::milliseconds timeout) noexcept {
     PGconn* conn = impl_->handle;
     // A statement of the user's still running (native_handle()): no ping can be sent.
     if (PQisBusy(conn) != 0) return false;
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    const auto deadline = detail::deadline::after(timeout);
     if (PQsendQuery(conn, "") == 0) return false;  // the link is broken
     bool answered = false;
     const bool in_time = detail::collect_results(conn, deadline, [&](result_ptr result) {

@@ -79,7 +79,7 @@ bool failed(const PGresult* result) {
 // returns nothing when the deadline passes first (the statement is then still running).
 // Throws connection_error when it cannot be sent.
 std::optional<std::vector<result_ptr>> run_until(connection& session, const std::string& sql,
-                                                 steady::time_point deadline,
+                                                 const detail::deadline& deadline,
                                                  const std::string& context) {
     PGconn* conn = session.native_handle();
     if (conn == nullptr) throw closed_error(context + ": the session is closed");
@@ -117,9 +117,10 @@ std::string lock_timeout_setting(std::chrono::milliseconds timeout) {
     return "SET LOCAL lock_timeout = " + std::to_string(ms);
 }
 
-steady::time_point answer_deadline(steady::time_point started, std::chrono::milliseconds timeout) {
-    if (timeout >= lock_options::forever) return steady::time_point::max();
-    return started + std::max(timeout, std::chrono::milliseconds(0)) + answer_grace;
+detail::deadline answer_deadline(steady::time_point started, std::chrono::milliseconds timeout) {
+    if (timeout >= lock_options::forever) return {};
+    return detail::deadline::after(std::max(timeout, std::chrono::milliseconds(0)) + answer_grace,
+                                   started);
 }
 
 // A quoted SQL literal of a value the server gave (a setting), for a script.
@@ -329,7 +330,7 @@ void advisory_lock::unlock() {
         if (!session.is_open()) throw lost("");
         std::optional<std::vector<result_ptr>> results;
         try {
-            results = run_until(session, sql, steady::now() + unlock_wait, context);
+            results = run_until(session, sql, detail::deadline::after(unlock_wait), context);
         } catch (const db::connection_error& e) {
             throw lost(" (" + e.message() + ')');
         }

@@ -388,7 +388,7 @@ class pool_core {
         throw_chained(timeout_error(what), failure);
     }
 
-    void close(steady::time_point deadline) {
+    void close(const detail::deadline& deadline) {
         const auto self = std::this_thread::get_id();
         if (self == creator_.get_id() || self == housekeeper_.get_id()) {
             throw protocol_error(description_ +
@@ -418,7 +418,7 @@ class pool_core {
         }
         stop_threads();
         std::unique_lock lock(mutex_);
-        drained_.wait_until(lock, deadline, [this] { return drained(); });
+        drained_.wait_until(lock, deadline.time_point(), [this] { return drained(); });
         if (in_use_ == 0) return;
         std::string message = description_ + ": closed with " + std::to_string(in_use_) +
                               (in_use_ == 1 ? " connection" : " connections") +
@@ -429,9 +429,9 @@ class pool_core {
 
     // The pool object is gone: free the core now, or leave that to the last borrower.
     static void dispose(pool_core* core) noexcept {
-        release_in_destructor([&] { core->close(steady::now() + core->options_.close_timeout); },
-                              [&] { return core->description_; }, "pool",
-                              "closing in the destructor");
+        release_in_destructor(
+            [&] { core->close(detail::deadline::after(core->options_.close_timeout)); },
+            [&] { return core->description_; }, "pool", "closing in the destructor");
         bool free_now = false;
         {
             std::lock_guard lock(core->mutex_);
@@ -495,27 +495,26 @@ class pool_core {
     }
 
     // A borrower's deadline: `timeout` from `started` (nanoseconds::max(): acquire_timeout).
-    steady::time_point deadline_after(std::chrono::nanoseconds timeout,
-                                      steady::time_point started) const noexcept {
+    detail::deadline deadline_after(std::chrono::nanoseconds timeout,
+                                    steady::time_point started) const noexcept {
         if (timeout == std::chrono::nanoseconds::max()) timeout = options_.acquire_timeout;
-        return started + std::clamp(timeout, std::chrono::nanoseconds(0), longest_wait);
+        return detail::deadline::after(std::min(timeout, longest_wait), started);
     }
 
     // How long a validation ping may wait: validation_timeout, cut to what the borrower has
     // left, but not below 250 ms (HikariCP's floor for its validationTimeout) unless
     // validation_timeout is smaller: a borrower nearly out of time, or asking not to wait,
     // must not have a healthy connection closed for want of time to hear it answer.
-    std::chrono::milliseconds ping_timeout(steady::time_point deadline) const noexcept {
+    std::chrono::milliseconds ping_timeout(const detail::deadline& deadline) const noexcept {
         constexpr std::chrono::milliseconds floor{250};
         const auto limit = options_.validation_timeout.count() > 0
                                ? options_.validation_timeout
                                : std::chrono::milliseconds::max();
-        const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - steady::now());
-        return std::min(limit, std::max(left, floor));
+        return std::min(limit, std::max(deadline.remaining_ms(), floor));
     }
 
     // Checks a connection just lent (without the mutex); destroys it when it fails.
-    bool ready(pool_entry& e, std::int64_t now, steady::time_point deadline) noexcept {
+    bool ready(pool_entry& e, std::int64_t now, const detail::deadline& deadline) noexcept {
         const std::int64_t idle_for = now - e.idle_since;
         if (now >= e.retire_at) {
             release(e, false, false);
@@ -538,7 +537,8 @@ class pool_core {
     }
 
     pool_entry* acquire_waiting(std::unique_lock<std::mutex>& lock, steady::time_point started,
-                                steady::time_point deadline, const std::source_location& where) {
+                                const detail::deadline& deadline,
+                                const std::source_location& where) {
         bool overtaken = false;
         for (;;) {
             if (closing_) throw closed_error("connection() on closed " + description_);
@@ -551,7 +551,7 @@ class pool_core {
                 continue;
             }
             const auto now = steady::now();
-            if (now >= deadline) {
+            if (deadline.expired(now)) {
                 ++timeouts_;
                 throw_timeout(lock, started, now);
             }
@@ -570,7 +570,7 @@ class pool_core {
             w.overtaken = overtaken;
             enqueue(w, overtaken);
             if (creation_wanted()) creator_wake_.notify_one();
-            w.wake.wait_until(lock, deadline, [&] { return w.dequeued; });
+            w.wake.wait_until(lock, deadline.time_point(), [&] { return w.dequeued; });
             if (!w.dequeued) {
                 dequeue(w);  // timed out; the next round throws
                 continue;
@@ -1122,8 +1122,8 @@ pool_stats pool_statistics(const pool_core& core) {
     return core.stats();
 }
 
-void pool_close(pool_core& core, std::chrono::steady_clock::time_point deadline) {
-    core.close(deadline);
+void pool_close(pool_core& core, const deadline& limit) {
+    core.close(limit);
 }
 
 pool_metrics pool_metrics_of(const pool_core& core) {

@@ -15,6 +15,7 @@
 #include <thread>
 #include <utility>
 
+#include "ctxmgr/detail/deadline.hpp"
 #include "ctxmgr/errors.hpp"
 #include "ctxmgr/lock.hpp"
 #include "ctxmgr/unraisable.hpp"
@@ -187,17 +188,18 @@ void file_lock::lock_descriptor(int fd, steady_clock::time_point start) {
         if (detail::retry([&] { return ::fcntl(fd, F_OFD_SETLKW, &request); }) != 0) fail(errno);
         return;
     }
-    const auto deadline = detail::deadline_after(start, detail::steady_duration(*timeout_));
+    const auto limit = detail::deadline::after(*timeout_, start);
     std::chrono::nanoseconds backoff = first_backoff;
     for (;;) {
         if (::fcntl(fd, F_OFD_SETLK, &request) == 0) return;
         if (errno != EAGAIN && errno != EACCES && errno != EINTR) fail(errno);
         const auto now = steady_clock::now();
-        if (now >= deadline) {
+        if (limit.expired(now)) {
             throw timeout_error(std::string(to_string(mode_)) + " file lock " + quoted(path_),
                                 now - start);
         }
-        std::this_thread::sleep_for(std::min<std::chrono::nanoseconds>(backoff, deadline - now));
+        std::this_thread::sleep_for(
+            std::min<std::chrono::nanoseconds>(backoff, limit.remaining(now)));
         backoff = std::min<std::chrono::nanoseconds>(backoff * 2, longest_backoff);
     }
 }

@@ -28,6 +28,7 @@
 #include <utility>
 #include <vector>
 
+#include "ctxmgr/detail/deadline.hpp"
 #include "ctxmgr/scope.hpp"
 #include "ctxmgr/unraisable.hpp"
 #include "support/posix_support.hpp"
@@ -74,46 +75,19 @@ void check_not_negative(milliseconds duration, std::string_view what,
     }
 }
 
-// When a timed call gives up: none for an untimed call.
-class deadline {
-  public:
-    deadline(const std::optional<milliseconds>& timeout, std::string_view operation) {
-        if (!timeout) return;
-        check_not_negative(*timeout, operation, " timeout");
-        timeout_ = *timeout;
-        const auto now = steady_clock::now();
-        // Saturate: a timeout of milliseconds::max() is as good as none, not an overflow.
-        if (*timeout > steady_clock::time_point::max() - now) return;
-        at_ = now + *timeout;
-    }
-
-    [[nodiscard]] bool timed() const noexcept { return timeout_.has_value(); }
-    [[nodiscard]] milliseconds timeout() const noexcept {
-        return timeout_.value_or(milliseconds(0));
-    }
-
-    // poll()'s argument: -1 to wait for ever, else the milliseconds left, rounded up so poll
-    // does not return just before the deadline and spin.
-    [[nodiscard]] int poll_timeout() const noexcept {
-        if (!at_) return -1;
-        const auto left = *at_ - steady_clock::now();
-        if (left <= steady_clock::duration::zero()) return 0;
-        const auto ms = std::chrono::ceil<milliseconds>(left).count();
-        return ms > INT_MAX ? INT_MAX : static_cast<int>(ms);
-    }
-    [[nodiscard]] bool expired() const noexcept { return at_ && steady_clock::now() >= *at_; }
-
-  private:
-    std::optional<milliseconds> timeout_;
-    std::optional<steady_clock::time_point> at_;
-};
+// The deadline of a timed call (none for an untimed one), once its timeout is checked.
+detail::deadline deadline_of(const std::optional<milliseconds>& timeout,
+                             std::string_view operation) {
+    if (timeout) check_not_negative(*timeout, operation, " timeout");
+    return detail::deadline::after(timeout);
+}
 
 // Waits until `fd` is ready for `events` (or has an error or hang-up, which the next call
 // reports) or the deadline passes. EINTR is retried with the time left. Returns 0 when
 // ready, ETIMEDOUT when the deadline passed (poll itself never fails with it), else poll's
 // errno. The callers build their messages only on failure: formatting an endpoint costs more
 // user time than the poll.
-int wait_for(int fd, short events, const deadline& limit) noexcept {
+int wait_for(int fd, short events, const detail::deadline& limit) noexcept {
     for (;;) {
         pollfd entry{fd, events, 0};
         const int n = ::poll(&entry, 1, limit.poll_timeout());
@@ -303,7 +277,7 @@ int release_descriptor(int fd, bool abortive) noexcept {
 // of time is not an error.
 int drain(int fd, milliseconds linger) noexcept {
     char scratch[read_chunk];
-    const deadline limit(linger, "linger");
+    const auto limit = deadline_of(linger, "linger");
     for (;;) {
         // Poll first: the peer's end of stream has rarely arrived yet when close() starts,
         // so a receive first would mostly cost an extra EAGAIN.
@@ -335,8 +309,8 @@ std::string description_of(const endpoint& local, const endpoint& remote) {
 // One receive into [data, data + size): the bytes read, 0 at end of stream, nullopt when
 // the deadline passed first. Timed: poll first, then MSG_DONTWAIT (two calls whether or not
 // data is waiting); untimed: the blocking call.
-std::optional<std::size_t> receive_into(int fd, char* data, std::size_t size, const deadline& limit,
-                                        const endpoint& remote) {
+std::optional<std::size_t> receive_into(int fd, char* data, std::size_t size,
+                                        const detail::deadline& limit, const endpoint& remote) {
     const bool timed = limit.timed();
     const auto wait = [&] {
         const int error = wait_for(fd, POLLIN, limit);
@@ -487,7 +461,7 @@ void connection::send_all(std::string_view data, std::optional<milliseconds> tim
 
 void connection::send_all(std::span<const std::byte> data, std::optional<milliseconds> timeout) {
     if (fd_ < 0) throw_closed("send to", remote_);
-    const deadline limit(timeout, "send");
+    const auto limit = deadline_of(timeout, "send");
     const auto* bytes = reinterpret_cast<const char*>(data.data());
     const int flags = MSG_NOSIGNAL | (limit.timed() ? MSG_DONTWAIT : 0);
     std::size_t sent = 0;
@@ -506,7 +480,7 @@ void connection::send_all(std::span<const std::byte> data, std::optional<millise
                                "room to send to " + remote_.to_string() + " (" +
                                    std::to_string(sent) + " of " + std::to_string(data.size()) +
                                    " bytes sent)",
-                               limit.timeout());
+                               *timeout);
         }
     }
 }
@@ -514,7 +488,7 @@ void connection::send_all(std::span<const std::byte> data, std::optional<millise
 std::size_t connection::send_some(std::span<const std::byte> data,
                                   std::optional<milliseconds> timeout) {
     if (fd_ < 0) throw_closed("send to", remote_);
-    const deadline limit(timeout, "send");
+    const auto limit = deadline_of(timeout, "send");
     if (data.empty()) return 0;
     for (;;) {
         // MSG_DONTWAIT even untimed: a blocking send would wait to send everything.
@@ -526,7 +500,7 @@ std::size_t connection::send_some(std::span<const std::byte> data,
         }
         if (const int error = wait_for(fd_, POLLOUT, limit); error != 0) {
             throw_wait_failure(error, "send to", remote_, "room to send to " + remote_.to_string(),
-                               limit.timeout());
+                               *timeout);
         }
     }
 }
@@ -539,7 +513,7 @@ std::size_t connection::receive_some(std::span<std::byte> buffer,
             "stream)");
     }
     if (fd_ < 0) throw_closed("receive from", remote_);
-    const deadline limit(timeout, "receive");
+    const auto limit = deadline_of(timeout, "receive");
     if (buffer_ && buffer_->size() > 0) {
         const std::size_t n = std::min(buffer.size(), buffer_->size());
         std::memcpy(buffer.data(), buffer_->bytes.data() + buffer_->begin, n);
@@ -548,13 +522,13 @@ std::size_t connection::receive_some(std::span<std::byte> buffer,
     }
     const auto got =
         receive_into(fd_, reinterpret_cast<char*>(buffer.data()), buffer.size(), limit, remote_);
-    if (!got) throw timeout_error("data from " + remote_.to_string(), limit.timeout());
+    if (!got) throw timeout_error("data from " + remote_.to_string(), *timeout);
     return *got;
 }
 
 std::string connection::receive_exactly(std::size_t n, std::optional<milliseconds> timeout) {
     if (fd_ < 0) throw_closed("receive from", remote_);
-    const deadline limit(timeout, "receive");
+    const auto limit = deadline_of(timeout, "receive");
     std::string result;
     std::size_t got = 0;
     if (buffer_ && buffer_->size() > 0) {
@@ -578,8 +552,7 @@ std::string connection::receive_exactly(std::size_t n, std::optional<millisecond
             const std::string progress = " (" + std::to_string(got) + " arrived)";
             if (!received) {
                 throw timeout_error(
-                    std::to_string(n) + " bytes from " + remote_.to_string() + progress,
-                    limit.timeout());
+                    std::to_string(n) + " bytes from " + remote_.to_string() + progress, *timeout);
             }
             throw network_error("receive " + std::to_string(n) + " bytes" + progress + " from",
                                 remote_.to_string(), errc::end_of_stream);
@@ -601,7 +574,7 @@ std::string connection::read_until(std::string_view delimiter, std::size_t max_b
                                     quoted(delimiter));
     }
     if (fd_ < 0) throw_closed("receive from", remote_);
-    const deadline limit(timeout, "receive");
+    const auto limit = deadline_of(timeout, "receive");
     if (!buffer_) buffer_ = std::make_unique<receive_buffer>();
     auto& buffer = *buffer_;
     std::size_t searched = 0;  // no match starts before this offset
@@ -622,7 +595,7 @@ std::string connection::read_until(std::string_view delimiter, std::size_t max_b
         if (!got) {
             throw timeout_error(quoted(delimiter) + " from " + remote_.to_string() + " (" +
                                     std::to_string(buffer.size()) + " bytes arrived)",
-                                limit.timeout());
+                                *timeout);
         }
         if (*got == 0) {
             throw network_error("read_until " + quoted(delimiter) + " (" +
@@ -706,7 +679,7 @@ struct attempt_result {
     bool timed_out = false;
 };
 
-attempt_result attempt(const socket_address& address, const deadline& limit,
+attempt_result attempt(const socket_address& address, const detail::deadline& limit,
                        const connect_options& options) {
     const int fd =
         ::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC | (limit.timed() ? SOCK_NONBLOCK : 0),
@@ -760,7 +733,7 @@ connection connect(std::string_view host, std::uint16_t port, const connect_opti
                    std::source_location where) {
     if (host.empty()) throw std::invalid_argument("ctxmgr::tcp::connect: empty host name");
     check_not_negative(options.linger, "linger");
-    const deadline limit(options.timeout, "connect");
+    const auto limit = deadline_of(options.timeout, "connect");
     const std::string name(host);
     // A numeric address needs neither getaddrinfo nor a vector.
     const auto numeric = parse_numeric(name, port);
@@ -774,11 +747,11 @@ connection connect(std::string_view host, std::uint16_t port, const connect_opti
         auto remote = to_endpoint(address.storage);
         const auto peer = [&] { return describe_peer(remote, name, numeric.has_value()); };
         if (i > 0 && limit.expired()) {
-            throw_chained(timeout_error("connect to " + peer(), limit.timeout()), failures);
+            throw_chained(timeout_error("connect to " + peer(), *options.timeout), failures);
         }
         const auto result = attempt(address, limit, options);
         if (result.timed_out) {
-            throw_chained(timeout_error("connect to " + peer(), limit.timeout()), failures);
+            throw_chained(timeout_error("connect to " + peer(), *options.timeout), failures);
         }
         if (result.fd < 0) {
             network_error failure("connect", peer(), result.error);
@@ -854,7 +827,7 @@ connection listener::accept(std::optional<milliseconds> timeout, std::source_loc
     if (fd_ < 0) {
         throw closed_error("accept on " + local_.to_string() + ": the listener is closed");
     }
-    const deadline limit(timeout, "accept");
+    const auto limit = deadline_of(timeout, "accept");
     sockaddr_storage storage{};
     int fd = -1;
     for (;;) {
@@ -868,7 +841,7 @@ connection listener::accept(std::optional<milliseconds> timeout, std::source_loc
 #endif
                 if (const int error = wait_for(fd_, POLLIN, limit); error != 0) {
                     throw_wait_failure(error, "accept on", local_,
-                                       "a connection on " + local_.to_string(), limit.timeout());
+                                       "a connection on " + local_.to_string(), *timeout);
                 }
                 continue;
             // A signal, or a connection that failed before it was accepted (accept(2):

@@ -18,6 +18,7 @@
 #include <typeinfo>
 #include <utility>
 
+#include "deadline.hpp"
 #include "entry_check.hpp"
 
 #ifndef CTXMGR_LOCK_ORDER_CHECK
@@ -189,41 +190,6 @@ void unlock_all(std::tuple<Ms&...>& mutexes) noexcept {
     (std::index_sequence_for<Ms...>{});
 }
 
-// A duration as the steady clock's, rounded up and saturated: a wait is never shortened,
-// and duration::max() waits for ever rather than overflowing. <= 0 (or NaN) is zero.
-template <class Rep, class Period>
-constexpr std::chrono::steady_clock::duration steady_duration(
-    const std::chrono::duration<Rep, Period>& d) noexcept {
-    using target = std::chrono::steady_clock::duration;
-    if (!(d > std::chrono::duration<Rep, Period>::zero())) return target::zero();
-    if (std::chrono::duration<long double, target::period>(d) >=
-        std::chrono::duration<long double, target::period>(target::max())) {
-        return target::max();
-    }
-    return std::chrono::ceil<target>(d);
-}
-
-// now + d, saturated at the clock's end.
-inline std::chrono::steady_clock::time_point deadline_after(
-    std::chrono::steady_clock::time_point now, std::chrono::steady_clock::duration d) noexcept {
-    if (d > std::chrono::steady_clock::time_point::max() - now) {
-        return std::chrono::steady_clock::time_point::max();
-    }
-    return now + d;
-}
-
-// A time point of any clock as a steady-clock deadline, read once, now.
-template <class Clock, class Duration>
-std::chrono::steady_clock::time_point steady_deadline(
-    const std::chrono::time_point<Clock, Duration>& t) {
-    const auto now = std::chrono::steady_clock::now();
-    if constexpr (std::is_same_v<Clock, std::chrono::steady_clock>) {
-        return t <= now ? now : deadline_after(now, steady_duration(t - now));
-    } else {
-        return deadline_after(now, steady_duration(t - Clock::now()));
-    }
-}
-
 // Calls f(std::get<i>(t)) for a run-time index i.
 template <class Tuple, class F>
 void visit_at(Tuple& t, std::size_t i, F&& f) {
@@ -235,19 +201,20 @@ void visit_at(Tuple& t, std::size_t i, F&& f) {
 
 // m.try_lock_until(deadline), made visible to ThreadSanitizer where it needs help (above).
 template <class M>
-bool try_lock_until(M& m, const std::chrono::steady_clock::time_point& deadline) {
+bool try_lock_until(M& m, const deadline& limit) {
+    const auto until = limit.time_point();
 #if CTXMGR_TSAN_CLOCKLOCK
     if constexpr (std::is_same_v<M, std::timed_mutex> ||
                   std::is_same_v<M, std::recursive_timed_mutex>) {
         void* const handle = m.native_handle();
         __tsan_mutex_pre_lock(handle, __tsan_mutex_try_lock);
-        const bool locked = m.try_lock_until(deadline);
+        const bool locked = m.try_lock_until(until);
         __tsan_mutex_post_lock(
             handle, __tsan_mutex_try_lock | (locked ? 0u : __tsan_mutex_try_lock_failed), 0);
         return locked;
     }
 #endif
-    return m.try_lock_until(deadline);
+    return m.try_lock_until(until);
 }
 
 // Locks every mutex by `deadline`, without deadlock: lock one with the time left, try the
@@ -255,21 +222,20 @@ bool try_lock_until(M& m, const std::chrono::steady_clock::time_point& deadline)
 // bounded by the deadline). Returns the number of mutexes on success, else the index of the
 // one still busy, with nothing locked.
 template <bool Shared, class... Ms>
-std::size_t lock_all_until(std::tuple<Ms&...>& mutexes,
-                           const std::chrono::steady_clock::time_point& deadline) {
+std::size_t lock_all_until(std::tuple<Ms&...>& mutexes, const deadline& limit) {
     constexpr std::size_t count = sizeof...(Ms);
     if constexpr (count == 1) {
         auto& m = std::get<0>(mutexes);
         if constexpr (Shared) {
-            return m.try_lock_shared_until(deadline) ? 1 : 0;
+            return m.try_lock_shared_until(limit.time_point()) ? 1 : 0;
         } else {
-            return try_lock_until(m, deadline) ? 1 : 0;
+            return try_lock_until(m, limit) ? 1 : 0;
         }
     } else {
         std::size_t first = 0;
         for (;;) {
             bool locked = false;
-            visit_at(mutexes, first, [&](auto& m) { locked = try_lock_until(m, deadline); });
+            visit_at(mutexes, first, [&](auto& m) { locked = try_lock_until(m, limit); });
             if (!locked) return first;
             std::size_t taken = 1;  // mutexes first, first + 1, ... (mod count) are locked
             auto unlock_taken = [&]() noexcept {
@@ -292,7 +258,7 @@ std::size_t lock_all_until(std::tuple<Ms&...>& mutexes,
             if (taken == count) return count;
             const std::size_t busy = (first + taken) % count;
             unlock_taken();
-            if (std::chrono::steady_clock::now() >= deadline) return busy;
+            if (limit.expired()) return busy;
             first = busy;
             std::this_thread::yield();
         }
@@ -369,10 +335,9 @@ class lock_base {
     }
 
     // The same by `deadline`, else timeout_error (which says how long since `start`).
-    void enter_until(std::chrono::steady_clock::time_point start,
-                     std::chrono::steady_clock::time_point deadline) {
+    void enter_until(std::chrono::steady_clock::time_point start, const deadline& limit) {
         prepare();
-        const std::size_t result = lock_all_until<shared>(mutexes_, deadline);
+        const std::size_t result = lock_all_until<shared>(mutexes_, limit);
         if (result != sizeof...(Ms)) {
             const auto refs = refs_of(mutexes_, shared);
             throw_lock_timeout(manager, refs.data(), refs.size(), result,
@@ -384,7 +349,7 @@ class lock_base {
     // The same within `timeout` from now.
     void enter_within(std::chrono::steady_clock::duration timeout) {
         const auto start = std::chrono::steady_clock::now();
-        enter_until(start, deadline_after(start, timeout));
+        enter_until(start, deadline::after(timeout, start));
     }
 
   private:

@@ -502,6 +502,27 @@ TEST_F(Pool, ClosedPoolsLendNothingAndWakeTheirWaiters) {
     EXPECT_THROW(static_cast<void>(pool.connection().enter()), ctxmgr::closed_error);
 }
 
+TEST_F(Pool, CloseWithoutALimitWaitsForTheBorrowerInsteadOfOverflowing) {
+    auto pool = make({.max_size = 1});
+    auto held = pool.connection();
+    static_cast<void>(held.enter());
+    std::atomic<bool> closed{false};
+    std::thread closer([&] {
+        EXPECT_NO_THROW(pool.close(std::chrono::nanoseconds::max()));
+        closed = true;
+    });
+    ASSERT_TRUE(eventually([&] {
+        return ctxmgr::holds<ctxmgr::closed_error>(
+            exception_from([&] { static_cast<void>(pool.connection(0ms).enter()); }));
+    }));
+    std::this_thread::sleep_for(20ms);
+    EXPECT_FALSE(closed) << "close() gave up on a borrower it had no limit to wait for";
+    held.exit(nullptr);
+    closer.join();
+    EXPECT_TRUE(closed);
+    EXPECT_EQ(pool.stats().size, 0U);
+}
+
 TEST_F(Pool, CloseNamesTheBorrowersThatNeverCameBackAndALateReturnClosesTheConnection) {
     auto pool = make({.name = "closing"});
     auto held = pool.connection();

@@ -2,6 +2,7 @@
 // between two connections, close failures, and a writer killed with SIGKILL mid-commit. The
 // behaviour shared with PostgreSQL is in db_test.cpp.
 #include <sqlite3.h>
+#include <ctxmgr/pool.hpp>
 #include <ctxmgr/sqlite.hpp>
 #include <ctxmgr/unraisable.hpp>
 #include <ctxmgr/with.hpp>
@@ -374,6 +375,70 @@ TEST_F(Sqlite, KilledMidCommitTheDatabaseReopensIntactWithEveryCommittedTransact
         EXPECT_EQ(c.query_value<std::int64_t>("SELECT count(*) FROM t WHERE payload NOT LIKE '%!'"),
                   0);  // nothing half-done
     }
+}
+
+// --- release failures chained to the block's exception -------------------------------------
+
+// An authorizer that refuses transaction control: the ROLLBACK a release runs fails with
+// SQLITE_AUTH, a database error that is not a lost connection.
+int refuse_transaction_control(void*, int action, const char*, const char*, const char*,
+                               const char*) {
+    return action == SQLITE_TRANSACTION || action == SQLITE_SAVEPOINT ? SQLITE_DENY : SQLITE_OK;
+}
+
+// `e` is the failed release: a db::error with SQLite's SQLITE_AUTH (the object the library
+// raised, not a copy sliced to a base), with the block's own exception nested in it.
+void expect_release_failure_chained_to(const std::exception_ptr& e,
+                                       const std::exception_ptr& thrown) {
+    ASSERT_TRUE(ctxmgr::holds<db::error>(e)) << ctxmgr::describe(e);
+    try {
+        std::rethrow_exception(e);
+    } catch (const db::error& failure) {
+        EXPECT_EQ(failure.code(), SQLITE_AUTH) << failure.what();
+        EXPECT_EQ(failure.code_name(), "SQLITE_AUTH");
+        EXPECT_NE(std::string(failure.what()).find("ROLLBACK"), std::string::npos)
+            << failure.what();
+        const auto* nested = dynamic_cast<const std::nested_exception*>(&failure);
+        ASSERT_NE(nested, nullptr) << "not chained: " << ctxmgr::describe(e);
+        EXPECT_EQ(nested->nested_ptr(), thrown) << "the block's exception itself is nested";
+    }
+}
+
+TEST_F(Sqlite, ATransactionsFailedRollbackIsChainedToTheBlocksException) {
+    auto c = sqlite::connect(":memory:");
+    c.execute("CREATE TABLE t (x INTEGER)");
+    std::exception_ptr thrown;
+    const auto e = exception_from([&] {
+        ctxmgr::with(c.transaction(), [&](sqlite::connection& tx) {
+            tx.execute("INSERT INTO t VALUES (1)");
+            sqlite3_set_authorizer(tx.native_handle(), refuse_transaction_control, nullptr);
+            ctxmgr::testing::throw_recorded(thrown);
+        });
+    });
+    expect_release_failure_chained_to(e, thrown);
+    sqlite3_set_authorizer(c.native_handle(), nullptr, nullptr);
+    EXPECT_NO_THROW(c.rollback_any()) << "the work is still open, not lost, and can be undone";
+    EXPECT_EQ(c.query_value<std::int64_t>("SELECT count(*) FROM t"), 0);
+}
+
+TEST_F(Sqlite, APooledConnectionWhoseRollbackFailsIsDestroyedAndTheFailureChained) {
+    ctxmgr::pool<sqlite::connection> pool([] { return sqlite::connect(":memory:"); },
+                                          {.name = "chained", .max_size = 1});
+    std::exception_ptr thrown;
+    const auto e = exception_from([&] {
+        ctxmgr::with(pool.connection(), [&](sqlite::connection& c) {
+            c.execute("BEGIN");
+            sqlite3_set_authorizer(c.native_handle(), refuse_transaction_control, nullptr);
+            ctxmgr::testing::throw_recorded(thrown);
+        });
+    });
+    expect_release_failure_chained_to(e, thrown);
+    const auto stats = pool.stats();
+    EXPECT_EQ(stats.in_use, 0u);
+    EXPECT_EQ(stats.destroyed, 1u) << "a connection with work it cannot undo is not lent again";
+    ctxmgr::with(pool.connection(), [](sqlite::connection& c) {
+        EXPECT_EQ(c.transaction_state(), db::transaction_state::idle);
+    });
 }
 
 }  // namespace

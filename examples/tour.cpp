@@ -10,6 +10,7 @@
 #include <fstream>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "tour.hpp"
@@ -39,6 +40,97 @@ std::filesystem::path scratch() {
     return scratch_directory;
 }
 
+namespace {
+
+constexpr std::size_t page_width = 100;
+constexpr std::string_view indent = "   ";
+
+void print_line(std::string_view line) {
+    std::printf("%.*s\n", static_cast<int>(line.size()), line.data());
+}
+
+// One line of text, wrapped at spaces; continuation lines go four columns further in.
+void say_wrapped(std::string_view text) {
+    const std::size_t lead =
+        text.find_first_not_of(' ') == std::string_view::npos ? 0 : text.find_first_not_of(' ');
+    std::string prefix(indent);
+    std::size_t width = page_width - indent.size();
+    while (text.size() > width) {
+        std::size_t cut = text.rfind(' ', width);
+        if (cut == std::string_view::npos || cut <= lead) cut = text.find(' ', width);
+        if (cut == std::string_view::npos) break;
+        print_line(prefix + std::string(text.substr(0, cut)));
+        text.remove_prefix(cut);
+        text.remove_prefix(std::min(text.size(), text.find_first_not_of(' ')));
+        prefix = std::string(indent) + std::string(lead + 4, ' ');
+        width = page_width - prefix.size();
+    }
+    print_line(prefix + std::string(text));
+}
+
+}  // namespace
+
+void say(std::string_view text) {
+    for (;;) {
+        const auto end = text.find('\n');
+        say_wrapped(text.substr(0, end));
+        if (end == std::string_view::npos) return;
+        text.remove_prefix(end + 1);
+    }
+}
+
+void show_code(std::string_view name, std::source_location where) {
+    const std::string file = std::filesystem::path(where.file_name()).filename().string();
+    std::ifstream in(std::filesystem::path(CTXMGR_TOUR_SOURCE_DIR) / file);
+    const std::string begin = "// tour: " + std::string(name);
+    std::vector<std::string> lines;
+    std::size_t first = 0;
+    std::size_t number = 0;
+    bool inside = false;
+    for (std::string line; std::getline(in, line);) {
+        ++number;
+        const auto text = line.substr(std::min(line.size(), line.find_first_not_of(' ')));
+        if (!inside && text == begin) {
+            inside = true;
+            first = number + 1;
+        } else if (inside && text == "// tour: end") {
+            break;
+        } else if (inside) {
+            lines.push_back(line);
+        }
+    }
+    if (lines.empty()) {
+        say("(the code of \"" + std::string(name) + "\" is in examples/" + file + ')');
+        return;
+    }
+    std::size_t common = std::string::npos;
+    for (const auto& line : lines) {
+        if (line.find_first_not_of(' ') != std::string::npos) {
+            common = std::min(common, line.find_first_not_of(' '));
+        }
+    }
+    say("examples/" + file + ':' + std::to_string(first) + '-' +
+        std::to_string(first + lines.size() - 1) + ':');
+    for (const auto& line : lines) {
+        print_line(std::string(indent) + "| " + (line.size() > common ? line.substr(common) : ""));
+    }
+}
+
+void say_exception(const std::exception_ptr& e) {
+    const std::string text = ctxmgr::describe(e);
+    constexpr std::string_view marker = "\n  nested: ";
+    std::size_t start = 0;
+    for (int level = 0;; ++level) {
+        const auto end = text.find(marker, start);
+        const std::string part = text.substr(start, end - start);
+        say(level == 0 ? "caught: " + part
+                       : std::string(static_cast<std::size_t>(level) * 2, ' ') +
+                             "raised while handling: " + part);
+        if (end == std::string::npos) return;
+        start = end + marker.size();
+    }
+}
+
 bool add_chapter(int order, std::string title, void (*run)()) {
     chapters().push_back({order, std::move(title), run});
     return true;
@@ -50,42 +142,86 @@ namespace {
 
 using tour::say;
 
-// A manager that narrates each step of the protocol.
+// A manager that narrates the steps of the protocol it takes part in (numbered as in
+// five_steps' list).
 struct narrator {
     std::string name;
     bool suppress = false;
 
     std::string enter() {
-        say("enter " + name + "  -> target \"" + name + "\"");
+        say("step 1: enter " + name + " -> its target \"" + name + "\"");
         return name;
     }
     bool exit(std::exception_ptr e) {
-        say("exit " + name + (e ? "  (sees: " + ctxmgr::describe(e) + ")" : "  (no exception)") +
-            (e && suppress ? "  -> suppresses it" : ""));
+        say("step 3: exit " + name + (e ? " sees " + ctxmgr::describe(e) : " sees no exception"));
+        if (e && suppress)
+            say("step 4: " + name + "'s exit returns true: the exception is suppressed");
         return suppress;
     }
 };
 
 void five_steps() {
-    say("ctxmgr::with(a, b, body) is Python's `with a as x, b as y: body`:");
+    say("Python runs `with a as x, b as y: body` in five steps; ctxmgr::with(a, b, body) runs");
+    say("the same five:");
+    say("  1. enter each manager in order; what enter() returns is the target (`as x`); if one");
+    say("     fails, the ones already entered are exited with that exception");
+    say("  2. run the body with the targets");
+    say("  3. exit the managers in reverse order, each seeing the exception pending then");
+    say("  4. an exit may suppress that exception (return true: outer managers see none) or");
+    say("     replace it (throw; std::throw_with_nested keeps the first inside the second)");
+    say("  5. rethrow what is still pending, the very object the body threw; else return the");
+    say("     body's result (a std::optional when an exit can suppress)");
+    say("");
+    tour::show_code("five steps");
+    // tour: five steps
     narrator a{"a"}, b{"b"};
     const auto result = ctxmgr::with(a, b, [](std::string& x, std::string& y) {
-        say("body runs with targets " + x + " and " + y);
+        say("step 2: the body runs with the targets " + x + " and " + y);
         return x + y;
     });
-    say("returned " + (result ? "\"" + *result + "\"" : std::string("nothing")) +
-        " (std::optional, because these exits may suppress)");
+    // tour: end
+    say("step 5: with returned " + (result ? "\"" + *result + "\"" : std::string("nothing")) +
+        " (std::optional: these exits may suppress)");
 
     say("");
-    say("if enter() of the second manager throws, only the first is exited:");
+    say("when the body throws, b suppresses and a, outside it, sees nothing:");
+    tour::show_code("suppressed");
+    // tour: suppressed
+    narrator inner{"b", true}, outer{"a"};
+    const auto none = ctxmgr::with(outer, inner, [](std::string&, std::string&) -> int {
+        throw std::runtime_error("the body failed");
+    });
+    // tour: end
+    say(std::string("step 5: with returned ") + (none ? "a value" : "std::nullopt"));
+
+    say("");
+    say("when nothing suppresses, the caller catches the object the body threw, not a copy:");
+    std::exception_ptr in_body;
+    try {
+        ctxmgr::with(a, [&](std::string&) {
+            try {
+                throw std::runtime_error("the body failed");
+            } catch (...) {
+                in_body = std::current_exception();
+                throw;
+            }
+        });
+    } catch (...) {
+        say(std::string("step 5: the caller caught ") + (std::current_exception() == in_body
+                                                             ? "the very object the body threw"
+                                                             : "another object"));
+    }
+
+    say("");
+    say("if enter() of the second manager throws, only the first is exited (step 1):");
     struct refuses {
         void enter() { throw std::runtime_error("b refused to enter"); }
         void exit(std::exception_ptr) { say("never printed"); }
     };
     try {
         ctxmgr::with(a, refuses{}, [] { say("never printed"); });
-    } catch (const std::exception& e) {
-        say(std::string("caught: ") + e.what());
+    } catch (...) {
+        tour::say_exception(std::current_exception());
     }
 }
 

@@ -2,16 +2,28 @@
 // and the registry through which each examples/tour_*.cpp adds its chapters.
 #pragma once
 
-#include <cstdio>
+#include <exception>
 #include <filesystem>
+#include <source_location>
 #include <string>
 #include <string_view>
 
 namespace tour {
 
-inline void say(std::string_view text) {
-    std::printf("   %.*s\n", static_cast<int>(text.size()), text.data());
-}
+// Prints `text` indented under the chapter's heading: every line of it, each wrapped at the
+// last space before 100 columns and continued four columns further in, so that a long
+// message (a pool timeout naming its borrowers) reads as lines, not as one.
+void say(std::string_view text);
+
+// Shows the code a chapter is about to run: the lines of the calling file between the
+// markers `// tour: <name>` and `// tour: end`, headed by the file and line numbers
+// (`examples/tour.cpp:84-89`), so that each effect printed after it sits next to its cause.
+void show_code(std::string_view name, std::source_location where = std::source_location::current());
+
+// Prints an exception that came out of a block, naming which is which: the outermost (the
+// one a `catch` sees) first, then each one nested in it (std::throw_with_nested: the
+// exception that was pending when it was raised).
+void say_exception(const std::exception_ptr& e);
 
 // The directory the tour writes its files into (created by main, removed at the end).
 std::filesystem::path scratch();

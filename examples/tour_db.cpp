@@ -12,11 +12,15 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "tour.hpp"
 
@@ -152,9 +156,139 @@ void databases_chapter() {
         "accounts");
 }
 
-const bool registered = tour::add_chapter(
-    100, "Databases: connections that close, transactions that commit or roll back",
-    &databases_chapter);
+#if CTXMGR_TOUR_POSTGRES
+// A PostgreSQL cluster of the tour's own (scripts/postgres-cluster): started with few
+// connection slots, stopped and removed by the destructor.
+class throwaway_cluster {
+  public:
+    static std::optional<throwaway_cluster> start(int max_connections) {
+        const char* from_environment = std::getenv("CTXMGR_TOUR_CLUSTER_SCRIPT");
+        const std::string script =
+            from_environment != nullptr && *from_environment != '\0'
+                ? from_environment
+                : std::string(CTXMGR_TOUR_SOURCE_DIR) + "/../scripts/postgres-cluster";
+        if (!std::filesystem::exists(script)) return std::nullopt;
+        // Not in the scratch directory: the server may run as another user (postgres, when
+        // the tour runs as root), who must be able to reach its data directory.
+        const auto dir = std::filesystem::temp_directory_path() /
+                         ("ctxmgr-tour-cluster-" + std::to_string(::getpid()));
+        const std::string command = "'" + script + "' start --dir '" + dir.string() +
+                                    "' --max-connections " + std::to_string(max_connections) +
+                                    " 2>/dev/null";
+        std::unique_ptr<FILE, int (*)(FILE*)> out(::popen(command.c_str(), "r"), &::pclose);
+        if (!out) return std::nullopt;
+        std::string conninfo;
+        char buffer[256];
+        while (std::fgets(buffer, sizeof buffer, out.get()) != nullptr) conninfo += buffer;
+        const int status = ::pclose(out.release());
+        if (status != 0 || conninfo.empty()) return std::nullopt;
+        if (conninfo.back() == '\n') conninfo.pop_back();
+        return throwaway_cluster(script, dir, conninfo);
+    }
+
+    throwaway_cluster(throwaway_cluster&& other) noexcept
+        : script_(std::move(other.script_)),
+          dir_(std::move(other.dir_)),
+          conninfo_(std::move(other.conninfo_)) {
+        other.dir_.clear();
+    }
+    throwaway_cluster& operator=(throwaway_cluster&&) = delete;
+    ~throwaway_cluster() {
+        if (dir_.empty()) return;
+        const std::string command =
+            "'" + script_ + "' stop --dir '" + dir_.string() + "' >/dev/null 2>&1";
+        static_cast<void>(std::system(command.c_str()));
+    }
+
+    [[nodiscard]] const std::string& conninfo() const noexcept { return conninfo_; }
+
+  private:
+    throwaway_cluster(std::string script, std::filesystem::path dir, std::string conninfo)
+        : script_(std::move(script)), dir_(std::move(dir)), conninfo_(std::move(conninfo)) {}
+
+    std::string script_;
+    std::filesystem::path dir_;
+    std::string conninfo_;
+};
+
+std::int64_t client_connections(const std::string& conninfo) {
+    return ctxmgr::with(ctxmgr::postgres::connect(conninfo), [](ctxmgr::postgres::connection& c) {
+        return c.query_value<std::int64_t>(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'");
+    });
+}
+#endif
+
+void leaked_connections_chapter() {
+    constexpr int slots = 8;
+    say("In Python, `conn = psycopg.connect(dsn)` without `with` closes the connection only when");
+    say("the object is collected; kept alive by a reference somewhere (a list, a cache, a cursor");
+    say("in a reference cycle), it stays open, and a server has a fixed number of slots.");
+#if CTXMGR_TOUR_POSTGRES
+    auto cluster = throwaway_cluster::start(slots);
+    if (!cluster) {
+#endif
+        say("");
+        say("(No PostgreSQL server could be started here: scripts/setup installs one. With it,");
+        say("this chapter starts a throwaway cluster with max_connections = " +
+            std::to_string(slots) + ", keeps every");
+        say("connection it opens until the server refuses the next one with \"FATAL: sorry, too");
+        say("many clients already\" (SQLSTATE 53300), names the line that opened the leaked ones,");
+        say("then runs the same requests with `with`: the server stays at its baseline.)");
+        return;
+#if CTXMGR_TOUR_POSTGRES
+    }
+    say("");
+    say("a throwaway server with max_connections = " + std::to_string(slots) + " (" +
+        cluster->conninfo() + "); requests that keep their connection, the Python way:");
+    const std::string& conninfo = cluster->conninfo();
+    tour::show_code("leak");
+    // tour: leak
+    std::vector<ctxmgr::postgres::connection> still_referenced;
+    try {
+        for (int request = 1; request <= 100; ++request) {
+            auto c = ctxmgr::postgres::connect(conninfo);
+            static_cast<void>(c.query_value<std::int64_t>("SELECT 1"));
+            still_referenced.push_back(std::move(c));  // never closed while referenced
+        }
+    } catch (const db::connection_error&) {
+        say("request " + std::to_string(still_referenced.size() + 1) + " failed:");
+        tour::say_exception(std::current_exception());
+    }
+    // tour: end
+    std::size_t leaked = 0;
+    std::string where;
+    for (const auto& info : ctxmgr::live_resources()) {
+        if (info.kind != "postgresql connection") continue;
+        ++leaked;
+        where = std::filesystem::path(info.where.file_name()).filename().string() + ':' +
+                std::to_string(info.where.line());
+    }
+    if (ctxmgr::tracking_enabled) {
+        say("the leak tracker: " + std::to_string(leaked) +
+            " live postgresql connections, opened at " + where);
+    }
+    still_referenced.clear();
+    say("");
+    say("the same requests, each connection in a `with`:");
+    tour::show_code("with");
+    // tour: with
+    for (int request = 1; request <= 100; ++request) {
+        ctxmgr::with(ctxmgr::postgres::connect(conninfo), [](ctxmgr::postgres::connection& c) {
+            static_cast<void>(c.query_value<std::int64_t>("SELECT 1"));
+        });
+    }
+    // tour: end
+    say("100 requests served; client connections on the server now: " +
+        std::to_string(client_connections(conninfo)) + " (the one counting them)");
+#endif
+}
+
+const bool registered =
+    tour::add_chapter(100,
+                      "Databases: connections that close, transactions that commit or roll back",
+                      &databases_chapter) &&
+    tour::add_chapter(105, "What leaked connections do to a server", &leaked_connections_chapter);
 
 }  // namespace
 

@@ -24,9 +24,12 @@ std::string first_line(const std::filesystem::path& path) {
 
 void never_silently_lost() {
     say("with open(\"/dev/full\", \"w\"): the flush at the end of the with fails, and says so:");
+    tour::show_code("dev full");
     try {
+        // tour: dev full
         ctxmgr::with(ctxmgr::open("/dev/full", "w"),
                      [](ctxmgr::file& f) { f.write("an important record\n"); });
+        // tour: end
     } catch (const ctxmgr::io_error& e) {
         say(std::string("  caught ctxmgr::io_error: ") + e.what() + " (errno " +
             std::to_string(e.code().value()) + ')');

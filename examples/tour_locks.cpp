@@ -23,11 +23,6 @@ namespace {
 using namespace std::chrono_literals;
 using tour::say;
 
-void say_each_line(std::string_view text) {
-    std::istringstream lines{std::string(text)};
-    for (std::string line; std::getline(lines, line);) say("  " + line);
-}
-
 struct account {
     std::mutex mutex;
     long balance = 0;
@@ -36,13 +31,16 @@ struct account {
 // Both accounts at once, in the order given: a transfer one way and another the other way
 // cannot deadlock, because lock(a, b) takes the pair with std::lock's algorithm.
 void transfer(account& from, account& to, long amount) {
+    // tour: transfer
     ctxmgr::with(ctxmgr::lock(from.mutex, to.mutex), [&] {
         from.balance -= amount;
         to.balance += amount;
     });
+    // tour: end
 }
 
 void mutexes() {
+    tour::show_code("transfer");
     account alice, bob;
     alice.balance = bob.balance = 1000;
     std::thread one([&] {
@@ -68,11 +66,14 @@ void timeouts() {
         done.get_future().wait();
     });
     held.get_future().wait();
+    say("lock_for(20ms, m) on a mutex another thread holds:");
+    tour::show_code("lock_for");
     try {
+        // tour: lock_for
         ctxmgr::with(ctxmgr::lock_for(20ms, busy), [] { say("never printed"); });
-    } catch (const ctxmgr::timeout_error& e) {
-        say("lock_for(20ms, m) on a mutex another thread holds:");
-        say_each_line(e.what());
+        // tour: end
+    } catch (const ctxmgr::timeout_error&) {
+        tour::say_exception(std::current_exception());
     }
     done.set_value();
     holder.join();
@@ -122,7 +123,7 @@ void order_checking() {
     // leaves the with() like any other (the default handler aborts instead).
     auto previous = ctxmgr::set_lock_order_handler([](std::string_view report) {
         say("the checker reports, though no deadlock happened (one thread):");
-        say_each_line(report);
+        say(report);
         throw std::logic_error("lock-order inversion");
     });
     ctxmgr::with(ctxmgr::lock(a), [&] { ctxmgr::with(ctxmgr::lock(b), [] {}); });

@@ -69,12 +69,15 @@ void network_chapter() {
     say("");
     say("a request that fails half-way: exit with an exception resets the connection:");
     server_thread = std::thread([&] { server_saw = serve_one(server); });
+    tour::show_code("reset");
     try {
+        // tour: reset
         ctxmgr::with(tcp::connect("127.0.0.1", server.local_port(), {.timeout = 2s}),
                      [](tcp::connection& c) {
                          c.send_all("POST /orders {\"qty\": ");  // half a request, no newline
                          throw std::runtime_error("the order form failed to validate");
                      });
+        // tour: end
     } catch (const std::runtime_error& e) {
         say("  client: " + std::string(e.what()) + " (the body's own exception propagates)");
     }

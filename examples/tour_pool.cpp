@@ -60,11 +60,14 @@ void pool_walk_through(Factory factory, const std::string& table) {
 
     say("with(pool.connection(), ...) borrows a connection and gives it back; the next borrow");
     say("gets the same one, so only one connection was ever made:");
+    tour::show_code("borrow");
+    // tour: borrow
     const Connection* first = nullptr;
     ctxmgr::with(pool.connection(), [&](Connection& c) { first = &c; });
     ctxmgr::with(pool.connection(), [&](Connection& c) {
         say(std::string("  same connection: ") + (&c == first ? "yes" : "no"));
     });
+    // tour: end
     say("  " + stats_line(pool.stats()));
 
     say("");
@@ -103,8 +106,8 @@ void pool_walk_through(Factory factory, const std::string& table) {
         static_cast<void>(b.enter());
         try {
             ctxmgr::with(pool.connection(200ms), [](Connection&) {});
-        } catch (const ctxmgr::timeout_error& e) {
-            say(std::string("  ") + e.what());
+        } catch (const ctxmgr::timeout_error&) {
+            tour::say_exception(std::current_exception());
         }
     }  // both given back here
 

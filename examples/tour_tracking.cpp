@@ -29,11 +29,6 @@ class connection {
     [[no_unique_address]] ctxmgr::tracked registration_;
 };
 
-void say_each_line(const std::string& text) {
-    std::istringstream lines(text);
-    for (std::string line; std::getline(lines, line);) say("  " + line);
-}
-
 void tracking_chapter() {
     if (!ctxmgr::tracking_enabled) {
         say("this build has leak tracking compiled out (CTXMGR_TRACKING=OFF): nothing registers");
@@ -43,16 +38,19 @@ void tracking_chapter() {
     std::unique_ptr<connection> forgotten(new connection("orders-db"));
     std::ostringstream live;
     ctxmgr::report_live(live);
-    say_each_line(live.str());
+    say(live.str());
 
     say("");
     say("expect_no_leaks turns a resource left open inside its block into an error:");
+    tour::show_code("expect_no_leaks");
+    // tour: expect_no_leaks
     std::unique_ptr<connection> left_open;
     try {
         ctxmgr::with(ctxmgr::expect_no_leaks(), [&] { left_open.reset(new connection("cache")); });
-    } catch (const ctxmgr::leak_error& e) {
-        say_each_line(e.what());
+    } catch (const ctxmgr::leak_error&) {
+        tour::say_exception(std::current_exception());
     }
+    // tour: end
     left_open->close();
 
     say("");

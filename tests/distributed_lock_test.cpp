@@ -9,8 +9,12 @@
 #include <ctxmgr/with.hpp>
 
 #include <gtest/gtest.h>
+#include <libpq-fe.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -20,6 +24,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <stop_token>
 #include <string>
 #include <thread>
 #include <vector>
@@ -179,6 +184,86 @@ TEST_F(DistributedLock, APoolLendsTheLockItsOwnSessionForAsLongAsItIsHeld) {
     EXPECT_EQ(s.in_use, 0U);
     EXPECT_EQ(s.idle, 2U);
     EXPECT_EQ(s.destroyed, 0U);
+}
+
+// Records when a lease's stop token fires, and on which thread.
+struct loss_record {
+    std::atomic<bool> fired{false};
+    std::atomic<std::int64_t> at_ns{0};
+
+    [[nodiscard]] std::chrono::steady_clock::time_point at() const {
+        return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(at_ns.load()));
+    }
+    auto callback() {
+        return [this] {
+            at_ns = std::chrono::steady_clock::now().time_since_epoch().count();
+            fired = true;
+        };
+    }
+};
+
+int socket_option(const postgres::connection& c, int level, int name) {
+    int value = -1;
+    socklen_t size = sizeof value;
+    EXPECT_EQ(::getsockopt(PQsocket(c.native_handle()), level, name, &value, &size), 0);
+    return value;
+}
+
+TEST_F(DistributedLock, ATerminatedSessionFiresTheLeasesStopTokenAtOnce) {
+    auto admin = connect();
+    postgres::advisory_lock lock(server_.conninfo, unique("watched"));
+    auto& held = lock.enter();
+    loss_record loss;
+    std::stop_callback on_loss(held.stop_token(), loss.callback());
+    std::this_thread::sleep_for(50ms);
+    EXPECT_FALSE(loss.fired) << "fired while the session was alive";
+    EXPECT_FALSE(held.lost());
+    const auto terminated = std::chrono::steady_clock::now();
+    ASSERT_TRUE(
+        admin.query_value<bool>("SELECT pg_terminate_backend($1, 10000)", held.backend_pid()));
+    ASSERT_TRUE(eventually([&] { return loss.fired.load(); }, 5s)) << "no notification";
+    EXPECT_LT(loss.at() - terminated, 2s) << "the server closed the session: seen at once";
+    EXPECT_TRUE(held.lost());
+    EXPECT_TRUE(held.stop_token().stop_requested());
+    const auto e = exception_from([&] { lock.exit(nullptr); });
+    ASSERT_TRUE(ctxmgr::holds<db::connection_error>(e)) << ctxmgr::describe(e);
+}
+
+TEST_F(DistributedLock, WithoutAWatcherTheTokenFiresOnlyWhenLostFindsTheSessionGone) {
+    auto admin = connect();
+    postgres::advisory_lock lock(server_.conninfo, unique("unwatched"), {.keep_alive = 0ms});
+    auto& held = lock.enter();
+    ASSERT_TRUE(
+        admin.query_value<bool>("SELECT pg_terminate_backend($1, 10000)", held.backend_pid()));
+    std::this_thread::sleep_for(300ms);
+    EXPECT_FALSE(held.stop_token().stop_requested()) << "keep_alive 0 starts no watcher";
+    ASSERT_TRUE(eventually([&] { return held.lost(); }));
+    EXPECT_TRUE(held.stop_token().stop_requested()) << "lost() tells the token";
+    EXPECT_THROW(lock.unlock(), db::connection_error);
+}
+
+TEST_F(DistributedLock, KeepAliveProbesAreOnWhileHeldAndTheSocketsOwnSettingsComeBack) {
+    ctxmgr::pool pool([this] { return connect(); }, {.name = "probed", .max_size = 1});
+    int keep_alive_before = -1;
+    ctxmgr::with(pool.connection(), [&](postgres::connection& c) {
+        keep_alive_before = socket_option(c, SOL_SOCKET, SO_KEEPALIVE);
+    });
+    ctxmgr::with(postgres::advisory_lock(pool, unique("probed"), {.keep_alive = 2500ms}),
+                 [&](postgres::lease& held) {
+                     EXPECT_EQ(socket_option(held.session(), SOL_SOCKET, SO_KEEPALIVE), 1);
+                     EXPECT_EQ(socket_option(held.session(), IPPROTO_TCP, TCP_KEEPIDLE), 3)
+                         << "whole seconds, rounded up";
+                     EXPECT_EQ(socket_option(held.session(), IPPROTO_TCP, TCP_KEEPINTVL), 3);
+                     EXPECT_EQ(socket_option(held.session(), IPPROTO_TCP, TCP_KEEPCNT), 3);
+                     // The session stays the holder's to use while it is watched.
+                     EXPECT_EQ(held.session().query_value<int>("SELECT 1"), 1);
+                     EXPECT_FALSE(held.stop_token().stop_requested());
+                 });
+    ctxmgr::with(pool.connection(), [&](postgres::connection& c) {
+        EXPECT_EQ(socket_option(c, SOL_SOCKET, SO_KEEPALIVE), keep_alive_before);
+        EXPECT_EQ(c.query_value<int>("SELECT 2"), 2) << "the session is as it was lent";
+    });
+    EXPECT_EQ(pool.stats().destroyed, 0U);
 }
 
 TEST_F(DistributedLock, AnUnlockAnsweredFalseIsAnError) {
@@ -509,6 +594,26 @@ TEST_F(DistributedLockDedicated, AHolderKilledWithSigkillIsReplacedWithinTheTime
     ctxmgr::with(postgres::advisory_lock(conninfo, name, {.timeout = 10s}),
                  [&](postgres::lease& held) { EXPECT_GT(held.fencing_token(), held_token); });
     EXPECT_LT(std::chrono::steady_clock::now() - start, 10s);
+}
+
+TEST_F(DistributedLockDedicated, AServerThatDiesFiresTheStopTokenOfEveryLease) {
+    start();
+    CTXMGR_REQUIRE_POSTGRES(server_);
+    ctxmgr::pool pool([&] { return postgres::connect(server_.conninfo); }, {.max_size = 1});
+    postgres::advisory_lock own(server_.conninfo, "own-session");
+    postgres::advisory_lock pooled(pool, "pooled-session");
+    auto& first = own.enter();
+    auto& second = pooled.enter();
+    loss_record first_loss, second_loss;
+    std::stop_callback on_first(first.stop_token(), first_loss.callback());
+    std::stop_callback on_second(second.stop_token(), second_loss.callback());
+    const auto killed = std::chrono::steady_clock::now();
+    cluster_->kill();
+    ASSERT_TRUE(eventually([&] { return first_loss.fired && second_loss.fired; }, 10s));
+    EXPECT_LT(first_loss.at() - killed, 3s);
+    EXPECT_LT(second_loss.at() - killed, 3s);
+    EXPECT_THROW(own.unlock(), db::connection_error);
+    EXPECT_THROW(pooled.unlock(), db::connection_error);
 }
 
 }  // namespace

@@ -43,10 +43,16 @@
 // timeout_error is thrown too. A timeout <= 0 tries once (pg_try_advisory_lock); one of
 // lock_options::forever or more waits as long as it takes.
 //
-// lost() is true once the session holding the lock is gone: it looks at the session without
-// a round trip (the socket is closed, or the server said goodbye, as pg_terminate_backend and
-// a server shutdown do), so a silently cut network shows only once something is sent:
-// lease.session().ping() asks the server, and lost() is true when it fails.
+// Loss of the lock: while it is held, a thread of the lease's own watches the locking
+// session's socket (it reads nothing: the session stays the caller's to use). When the server
+// ends the session (pg_terminate_backend, a shutdown, a crash: the connection is closed from
+// its side) the lease's stop_token() has stop requested at once; a network cut silently is
+// found by TCP keep-alive probes sent every lock_options::keep_alive, three unanswered ones
+// ending the connection (within 4 x keep_alive; the probes are set on the session's socket
+// for as long as the lock is held, then the socket's own settings come back). Callbacks
+// registered with std::stop_callback run on the watching thread. lost() is true once the
+// lease knows the session is gone: the watcher said so, or, without a watcher, the session
+// shows it without a round trip; lease.session().ping() asks the server.
 //
 // advisory_xact_lock(connection, key, options), for work done in one transaction, takes a
 // pg_advisory_xact_lock inside the connection's open transaction: the server releases it when
@@ -82,6 +88,7 @@
 #include <optional>
 #include <source_location>
 #include <stdexcept>
+#include <stop_token>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -143,9 +150,17 @@ struct lock_options {
     std::chrono::milliseconds timeout{30'000};
     // pg_advisory_lock_shared: any number of shared holders, no exclusive one.
     bool shared = false;
+    // The interval of the TCP keep-alive probes that find a silently cut session while the
+    // lock is held (whole seconds, at least one); 0: no watching thread, no probes, and
+    // lease.stop_token() fires only when lost() finds the session gone.
+    std::chrono::milliseconds keep_alive{5'000};
 };
 
 class advisory_lock;
+
+namespace detail {
+class session_watch;
+}
 
 // A granted lock, as advisory_lock::enter() returns it. Lives inside its manager.
 class lease {
@@ -163,6 +178,9 @@ class lease {
     // True once the session holding the lock is gone (without a round trip; see the top).
     // Stays true.
     [[nodiscard]] bool lost() noexcept;
+    // Stop is requested once the session holding the lock is known to be gone (see the top):
+    // pass it to the work done under the lock, or register a std::stop_callback.
+    [[nodiscard]] std::stop_token stop_token() const noexcept { return lost_signal_.get_token(); }
     // The locking session, for work that must run on it. Unlocking it by hand makes unlock()
     // fail; closing it loses the lock.
     [[nodiscard]] connection& session() noexcept { return *session_; }
@@ -179,6 +197,9 @@ class lease {
     std::optional<connection> owned_;                        // source: a conninfo
     std::optional<pooled_connection<connection>> borrowed_;  // source: a pool
     connection* session_ = nullptr;
+    std::stop_source lost_signal_;
+    // Declared after the session it watches: destroyed, and its thread joined, first.
+    std::unique_ptr<detail::session_watch> watch_;
     [[no_unique_address]] tracked tracked_;
 };
 

@@ -15,13 +15,22 @@
 #include "ctxmgr/release.hpp"
 
 #include <libpq-fe.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <array>
+#include <cerrno>
 #include <chrono>
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -163,6 +172,122 @@ script_answer run_lock_script(connection& session, const std::string& script,
 
 }  // namespace
 
+// --- session_watch -------------------------------------------------------------------------
+
+namespace detail {
+
+// Watches a locking session's socket on a thread of its own until destroyed, and requests
+// stop on `lost` when the connection ends: the server closed it (POLLRDHUP: it shut down its
+// side, as pg_terminate_backend and a shutdown do; POLLHUP, POLLERR), or TCP keep-alive
+// probes, set here for the watch's lifetime, went unanswered. It reads nothing, so the
+// session stays usable by its owner meanwhile.
+class session_watch {
+  public:
+    // Throws std::system_error when the thread or its wake-up descriptor cannot be made.
+    session_watch(int socket, std::chrono::milliseconds keep_alive, std::stop_source lost)
+        : socket_(socket), lost_(std::move(lost)) {
+        wake_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (wake_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
+        probe(keep_alive);
+        try {
+            thread_ = std::thread([this] { watch(); });
+        } catch (...) {
+            restore();
+            ::close(wake_);
+            throw;
+        }
+    }
+    session_watch(const session_watch&) = delete;
+    session_watch& operator=(const session_watch&) = delete;
+    ~session_watch() {
+        const std::uint64_t one = 1;
+        static_cast<void>(::write(wake_, &one, sizeof one));
+        thread_.join();
+        restore();
+        ::close(wake_);
+    }
+
+  private:
+    // The socket options the probes change, as they were before.
+    struct tcp_settings {
+        int keep_alive = 0;
+        int idle = 0;
+        int interval = 0;
+        int count = 0;
+        unsigned user_timeout = 0;
+    };
+
+    static bool get(int fd, int level, int name, auto& value) noexcept {
+        socklen_t size = sizeof value;
+        return ::getsockopt(fd, level, name, &value, &size) == 0;
+    }
+    static void set(int fd, int level, int name, auto value) noexcept {
+        static_cast<void>(::setsockopt(fd, level, name, &value, sizeof value));
+    }
+
+    // TCP only (a Unix-domain session has no network to lose: its end is seen at once).
+    void probe(std::chrono::milliseconds keep_alive) noexcept {
+        int domain = 0;
+        if (!get(socket_, SOL_SOCKET, SO_DOMAIN, domain) ||
+            (domain != AF_INET && domain != AF_INET6)) {
+            return;
+        }
+        tcp_settings before;
+        if (!get(socket_, SOL_SOCKET, SO_KEEPALIVE, before.keep_alive) ||
+            !get(socket_, IPPROTO_TCP, TCP_KEEPIDLE, before.idle) ||
+            !get(socket_, IPPROTO_TCP, TCP_KEEPINTVL, before.interval) ||
+            !get(socket_, IPPROTO_TCP, TCP_KEEPCNT, before.count) ||
+            !get(socket_, IPPROTO_TCP, TCP_USER_TIMEOUT, before.user_timeout)) {
+            return;
+        }
+        saved_ = before;
+        const auto seconds = std::clamp<std::chrono::milliseconds::rep>(
+            std::chrono::ceil<std::chrono::seconds>(keep_alive).count(), 1, 3600);
+        const int interval = static_cast<int>(seconds);
+        set(socket_, SOL_SOCKET, SO_KEEPALIVE, 1);
+        set(socket_, IPPROTO_TCP, TCP_KEEPIDLE, interval);
+        set(socket_, IPPROTO_TCP, TCP_KEEPINTVL, interval);
+        set(socket_, IPPROTO_TCP, TCP_KEEPCNT, probes);
+        // Data sent and never acknowledged ends the connection within the same bound.
+        set(socket_, IPPROTO_TCP, TCP_USER_TIMEOUT,
+            static_cast<unsigned>(interval * (probes + 1) * 1000));
+    }
+
+    void restore() noexcept {
+        if (!saved_) return;
+        set(socket_, SOL_SOCKET, SO_KEEPALIVE, saved_->keep_alive);
+        set(socket_, IPPROTO_TCP, TCP_KEEPIDLE, saved_->idle);
+        set(socket_, IPPROTO_TCP, TCP_KEEPINTVL, saved_->interval);
+        set(socket_, IPPROTO_TCP, TCP_KEEPCNT, saved_->count);
+        set(socket_, IPPROTO_TCP, TCP_USER_TIMEOUT, saved_->user_timeout);
+    }
+
+    void watch() noexcept {
+        std::array<pollfd, 2> watched{{{socket_, POLLRDHUP, 0}, {wake_, POLLIN, 0}}};
+        for (;;) {
+            if (::poll(watched.data(), watched.size(), -1) < 0) {
+                if (errno == EINTR) continue;
+                return;
+            }
+            if (watched[1].revents != 0) return;  // the lease is done with the session
+            if ((watched[0].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0) {
+                lost_.request_stop();
+                return;
+            }
+        }
+    }
+
+    static constexpr int probes = 3;
+
+    int socket_;
+    int wake_ = -1;
+    std::stop_source lost_;
+    std::optional<tcp_settings> saved_;
+    std::thread thread_;
+};
+
+}  // namespace detail
+
 // --- lock_key ------------------------------------------------------------------------------
 
 std::string lock_key::describe() const {
@@ -177,7 +302,11 @@ lease::lease(lock_key key, bool shared) : key_(std::move(key)), shared_(shared) 
 lease::~lease() = default;
 
 bool lease::lost() noexcept {
-    if (!lost_) lost_ = session_ == nullptr || !pool_traits<connection>::usable(*session_);
+    if (!lost_) {
+        lost_ = lost_signal_.stop_requested() || session_ == nullptr ||
+                !pool_traits<connection>::usable(*session_);
+        if (lost_) lost_signal_.request_stop();
+    }
     return lost_;
 }
 
@@ -304,6 +433,16 @@ lease& advisory_lock::enter() {
             throw;
         }
     }
+    // Last: nothing after it can fail, so no failure path closes the socket it watches.
+    if (options_.keep_alive.count() > 0) {
+        try {
+            held->watch_ = std::make_unique<detail::session_watch>(
+                PQsocket(session.native_handle()), options_.keep_alive, held->lost_signal_);
+        } catch (...) {
+            unlock_after_failure();
+            throw;
+        }
+    }
     lease_ = std::move(held);
     return *lease_;
 }
@@ -311,6 +450,7 @@ lease& advisory_lock::enter() {
 void advisory_lock::unlock() {
     if (!lease_) return;
     const std::unique_ptr<lease> held = std::move(lease_);
+    held->watch_.reset();  // before anything closes the socket it watches
     held->tracked_.release();
     connection& session = *held->session_;
     const std::string context = key_.describe() + " on " + session.description();

@@ -129,7 +129,7 @@ std::vector<bad_input> resource_inputs(const std::string& dir, std::uint16_t por
 }
 
 // The database cases, the same for both back ends. The statement is the object; the
-// operation is the back end's (its code or SQLSTATE) and, where the client refuses, a verb.
+// operation is the connection's call that ran it.
 template <class Connection>
 std::vector<bad_input> database_inputs(const std::string& backend,
                                        std::function<Connection()> connect,
@@ -137,17 +137,18 @@ std::vector<bad_input> database_inputs(const std::string& backend,
     const std::string create = "CREATE TABLE " + table + " (id INTEGER PRIMARY KEY)";
     const std::string insert = "INSERT INTO " + table + " (id) VALUES ($1)";
     return {
-        {backend + ": a bad statement", backend, "SELEC 1", [=] { connect().execute("SELEC 1"); }},
-        {backend + ": a constraint violation", backend, insert,
+        {backend + ": a bad statement", "execute", "SELEC 1",
+         [=] { connect().execute("SELEC 1"); }},
+        {backend + ": a constraint violation", "execute", insert,
          [=] {
              auto c = connect();
              c.execute(create);
              c.execute(insert, 1);
              c.execute(insert, 1);
          }},
-        {backend + ": a wrong parameter count", "bind", "SELECT $1 + $2",
+        {backend + ": a wrong parameter count", "query_value", "SELECT $1 + $2",
          [=] { static_cast<void>(connect().template query_value<int>("SELECT $1 + $2", 1)); }},
-        {backend + ": text read as an integer", "column 0", "SELECT 'abc'",
+        {backend + ": text read as an integer", "query_value", "SELECT 'abc'",
          [=] { static_cast<void>(connect().template query_value<int>("SELECT 'abc'")); }},
     };
 }

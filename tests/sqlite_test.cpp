@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <limits>
 #include <random>
 #include <set>
 #include <string>
@@ -375,6 +376,43 @@ TEST_F(Sqlite, KilledMidCommitTheDatabaseReopensIntactWithEveryCommittedTransact
         EXPECT_EQ(c.query_value<std::int64_t>("SELECT count(*) FROM t WHERE payload NOT LIKE '%!'"),
                   0);  // nothing half-done
     }
+}
+
+// --- errors name the call -------------------------------------------------------------------
+
+// `call`'s db::error names `operation` (the accessor and what()) and is of type E.
+template <class E, class Call>
+void expect_named(const std::string& operation, Call&& call) {
+    try {
+        call();
+        ADD_FAILURE() << operation << ": nothing thrown";
+    } catch (const E& e) {
+        EXPECT_EQ(e.operation(), operation) << e.what();
+        EXPECT_NE(std::string(e.what()).find("(in " + operation + ": "), std::string::npos)
+            << e.what();
+    } catch (...) {
+        ADD_FAILURE() << operation << ": " << ctxmgr::describe(std::current_exception());
+    }
+}
+
+TEST_F(Sqlite, AStatementsErrorNamesTheCallThatRanItAndKeepsItsType) {
+    auto c = sqlite::connect(":memory:");
+    c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)");
+    c.execute("INSERT INTO t VALUES (1)");
+    expect_named<db::error>("execute", [&] { c.execute("SELEC 1"); });
+    expect_named<db::constraint_violation>("execute",
+                                           [&] { c.execute("INSERT INTO t VALUES (1)"); });
+    expect_named<db::error>("query", [&] {
+        // abs() of the smallest integer overflows when the row is stepped to.
+        for (auto row : c.query("SELECT abs($1)", std::numeric_limits<std::int64_t>::min())) {
+            static_cast<void>(row);
+        }
+    });
+    expect_named<db::error>("query_one", [&] { static_cast<void>(c.query_one("SELEC 1")); });
+    expect_named<db::conversion_error>(
+        "query_value", [&] { static_cast<void>(c.query_value<int>("SELECT 'abc'")); });
+    expect_named<db::error>("query_value",
+                            [&] { static_cast<void>(c.query_value<int>("SELECT $1 + $2", 1)); });
 }
 
 // --- release failures chained to the block's exception -------------------------------------

@@ -153,22 +153,31 @@ class leak_error : public std::runtime_error {
 
 namespace db {
 
+template <class Derived>
+class basic_connection;
+class rows;
+
 // A database error. Carries the back end ("sqlite" or "postgresql"), PostgreSQL's SQLSTATE
 // (empty for SQLite), SQLite's extended result code (0 for PostgreSQL) and its name
-// ("SQLITE_CONSTRAINT_PRIMARYKEY"), the server's message and the statement (shortened);
-// what() has all of them: `sqlite [SQLITE_CONSTRAINT_PRIMARYKEY]: UNIQUE constraint failed:
-// t.id (in: INSERT ...)`. A code without a name reads `[code 1555]`.
+// ("SQLITE_CONSTRAINT_PRIMARYKEY"), the server's message, the statement (shortened) and the
+// connection's call that ran it; what() has all of them: `sqlite
+// [SQLITE_CONSTRAINT_PRIMARYKEY]: UNIQUE constraint failed: t.id (in execute: INSERT ...)`.
+// A code without a name reads `[code 1555]`.
 class error : public std::runtime_error {
   public:
     error(std::string backend, std::string sqlstate, int code, std::string message, std::string sql,
           std::string code_name = {})
-        : std::runtime_error(compose(backend, sqlstate, code, code_name, message, sql)),
+        : std::runtime_error(compose(backend, sqlstate, code, code_name, message, sql, {})),
           backend_(std::move(backend)),
           sqlstate_(std::move(sqlstate)),
           code_(code),
           code_name_(std::move(code_name)),
           message_(std::move(message)),
           sql_(shorten(std::move(sql))) {}
+
+    [[nodiscard]] const char* what() const noexcept override {
+        return text_.empty() ? std::runtime_error::what() : text_.c_str();
+    }
 
     [[nodiscard]] const std::string& backend() const noexcept { return backend_; }
     [[nodiscard]] const std::string& sqlstate() const noexcept { return sqlstate_; }
@@ -177,6 +186,10 @@ class error : public std::runtime_error {
     [[nodiscard]] std::string_view code_name() const noexcept { return code_name_; }
     [[nodiscard]] const std::string& message() const noexcept { return message_; }
     [[nodiscard]] const std::string& sql() const noexcept { return sql_; }
+    // The connection's call that ran the statement ("execute", "query", "query_one",
+    // "query_value"); empty when the error did not come through one (connect, commit, a
+    // back end's own calls).
+    [[nodiscard]] const std::string& operation() const noexcept { return operation_; }
 
     // Statements longer than this are cut in messages, with "..." at the cut.
     static constexpr std::size_t max_sql_length = 200;
@@ -190,9 +203,27 @@ class error : public std::runtime_error {
     }
 
   private:
+    template <class Derived>
+    friend class basic_connection;
+    friend class rows;
+
+    // Names the call the error came through, the innermost one that names it: what() then
+    // reads "(in query_value: SELECT ...)". Left as it was when memory runs out.
+    void name_operation(std::string_view operation) noexcept {
+        if (!operation_.empty() || sql_.empty()) return;
+        try {
+            std::string text =
+                compose(backend_, sqlstate_, code_, code_name_, message_, sql_, operation);
+            operation_ = operation;
+            text_ = std::move(text);
+        } catch (...) {
+            operation_.clear();
+        }
+    }
+
     static std::string compose(const std::string& backend, const std::string& sqlstate, int code,
                                const std::string& code_name, const std::string& message,
-                               const std::string& sql) {
+                               const std::string& sql, std::string_view operation) {
         std::string text = backend;
         if (!sqlstate.empty()) text += " [" + sqlstate + ']';
         if (!code_name.empty()) {
@@ -201,7 +232,11 @@ class error : public std::runtime_error {
             text += " [code " + std::to_string(code) + ']';
         }
         text += ": " + message;
-        if (!sql.empty()) text += " (in: " + shorten(sql) + ')';
+        if (!sql.empty()) {
+            text += " (in";
+            if (!operation.empty()) text += ' ' + std::string(operation);
+            text += ": " + shorten(sql) + ')';
+        }
         return text;
     }
 
@@ -211,6 +246,8 @@ class error : public std::runtime_error {
     std::string code_name_;
     std::string message_;
     std::string sql_;
+    std::string operation_;
+    std::string text_;  // what() once the operation is named
 };
 
 // A UNIQUE, FOREIGN KEY, NOT NULL or CHECK constraint was violated (SQLSTATE class 23,

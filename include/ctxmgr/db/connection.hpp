@@ -55,10 +55,10 @@ class basic_connection {
     template <bindable... Params>
     std::int64_t execute(std::string_view sql, const Params&... params) {
         const std::array<param, sizeof...(Params)> bound{param(params)...};
-        return self().run(sql, std::span<const param>(bound));
+        return execute(sql, std::span<const param>(bound));
     }
     std::int64_t execute(std::string_view sql, std::span<const param> params) {
-        return self().run(sql, params);
+        return naming("execute", [&] { return self().run(sql, params); });
     }
 
     // The rows of one statement, fetched as they are iterated (SQLite) or all at once
@@ -66,10 +66,11 @@ class basic_connection {
     template <bindable... Params>
     [[nodiscard]] rows query(std::string_view sql, const Params&... params) {
         const std::array<param, sizeof...(Params)> bound{param(params)...};
-        return rows(detail::cursor_lease(self().open(sql, std::span<const param>(bound), true)));
+        return query(sql, std::span<const param>(bound));
     }
     [[nodiscard]] rows query(std::string_view sql, std::span<const param> params) {
-        return rows(detail::cursor_lease(self().open(sql, params, true)));
+        return naming("query",
+                      [&] { return rows(detail::cursor_lease(self().open(sql, params, true))); });
     }
 
     // The first row, owning its data, or std::nullopt when there is none; the rest are
@@ -81,9 +82,11 @@ class basic_connection {
     }
     [[nodiscard]] std::optional<row> query_one(std::string_view sql,
                                                std::span<const param> params) {
-        detail::cursor_lease cursor(self().open(sql, params, false));
-        if (!cursor->next()) return std::nullopt;
-        return row(cursor->snapshot());
+        return naming("query_one", [&]() -> std::optional<row> {
+            detail::cursor_lease cursor(self().open(sql, params, false));
+            if (!cursor->next()) return std::nullopt;
+            return row(cursor->snapshot());
+        });
     }
 
     // The first column of the first row as T. No row at all reads as NULL: std::nullopt for
@@ -91,11 +94,11 @@ class basic_connection {
     template <class T, bindable... Params>
     [[nodiscard]] T query_value(std::string_view sql, const Params&... params) {
         const std::array<param, sizeof...(Params)> bound{param(params)...};
-        return first_value<T>(sql, std::span<const param>(bound));
+        return query_value<T>(sql, std::span<const param>(bound));
     }
     template <class T>
     [[nodiscard]] T query_value(std::string_view sql, std::span<const param> params) {
-        return first_value<T>(sql, params);
+        return naming("query_value", [&] { return first_value<T>(sql, params); });
     }
 
     // A manager for a transaction on this connection: BEGIN (or SAVEPOINT inside one) on
@@ -171,6 +174,18 @@ class basic_connection {
     friend class db::transaction;
 
     Derived& self() noexcept { return static_cast<Derived&>(*this); }
+
+    // Runs `call`, naming `operation` in a db::error that comes out of it (the same object
+    // rethrown: its type and identity are kept).
+    template <class Call>
+    static decltype(auto) naming(std::string_view operation, Call&& call) {
+        try {
+            return std::forward<Call>(call)();
+        } catch (error& e) {
+            e.name_operation(operation);
+            throw;
+        }
+    }
 
     template <class T>
     T first_value(std::string_view sql, std::span<const param> params) {

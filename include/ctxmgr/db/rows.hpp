@@ -147,7 +147,12 @@ class rows {
     void advance() {
         on_row_ = false;
         if (cursor_.get() == nullptr) return;
-        on_row_ = cursor_->next();
+        try {
+            on_row_ = cursor_->next();
+        } catch (error& e) {
+            e.name_operation("query");
+            throw;
+        }
     }
 
     detail::cursor_lease cursor_;

@@ -10,17 +10,20 @@
   id of that file;
 - the search box finds exit_stack: search.html?q=exit_stack, once MkDocs' search has loaded
   its index and answered, lists the exit_stack page (its DOM read through the DevTools
-  protocol, since the results arrive after the page's load event).
+  protocol, since the results arrive after the page's load event);
+- the API reference has a page for every public header, with the summary that opens it.
 
 Exits 77 (ctest's skip code here) with a message when Chromium is missing, unless CI=true,
 where that is a failure.
 """
 
 import functools
+import html
 import html.parser
 import http.server
 import json
 import os
+import re
 import select
 import shutil
 import subprocess
@@ -257,9 +260,27 @@ def main():
         errors.append("search.html?q=exit_stack: the results do not list exit-stack.html")
     server.shutdown()
 
+    # The API reference: a page per public header, opening with the header's own summary.
+    headers = sorted(h for h in os.listdir(os.path.join(repo, "include", "ctxmgr"))
+                     if h.endswith(".hpp"))
+    for header in headers:
+        page = os.path.join(site, "api", header.replace("_", "__").replace(".hpp", "_8hpp.html"))
+        with open(os.path.join(repo, "include", "ctxmgr", header), encoding="utf-8") as f:
+            # Doxygen shows `code` as <code>code</code>: compare the text alone.
+            summary = f.readline().removeprefix("//").strip().split(": ", 1)[-1].replace("`", "")
+        try:
+            with open(page, encoding="utf-8") as f:
+                text = html.unescape(re.sub(r"<[^>]+>", "", f.read()))
+        except FileNotFoundError:
+            errors.append(f"api: no page for {header} ({os.path.relpath(page, site)})")
+            continue
+        if summary not in text:
+            errors.append(f"api: the page of {header} lacks its summary {summary!r}")
+
     for error in errors:
         print(f"FAIL: {error}")
     print(f"{len(pages)} pages rendered, {checked} internal links checked, "
+          f"{len(headers)} headers in the API reference, "
           f"search for exit_stack: {len(hits)} result link(s) to exit-stack.html; "
           f"{time.monotonic() - start:.1f} s in all")
     sys.exit(1 if errors else 0)

@@ -167,6 +167,9 @@ def generate(page, label, blocks):
         examples.append("}")
 
     def source(includes, body, tail):
+        if not body:
+            # Nothing of this kind on the page: no need to parse the library for it.
+            return "\n".join(header[:1] + tail) + "\n"
         lines = list(header)
         for line, include in includes:
             lines += [line_directive(line, label), include]

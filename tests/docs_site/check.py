@@ -209,8 +209,12 @@ def main():
         doms = {page: dom_when(browser, base + page, "document.readyState === 'complete'")
                 for page in pages}
         # MkDocs' search builds its index in a web worker after the page has loaded.
-        search = dom_when(browser, base + "search.html?q=exit_stack",
-                          "document.querySelector('#mkdocs-search-results a') !== null")
+        try:
+            search = dom_when(browser, base + "search.html?q=exit_stack",
+                              "document.querySelector('#mkdocs-search-results a') !== null")
+        except RuntimeError as e:
+            errors.append(f"search.html?q=exit_stack: no result: {e}")
+            search = ""
     finally:
         browser.close()
         profile.cleanup()
@@ -253,8 +257,10 @@ def main():
                 if fragment not in ids_of(target):
                     errors.append(f"{page}: broken anchor {link!r}: no id {fragment!r} in {target}")
 
+    # The results: links in articles inside the results' div, which holds no other div.
     start_results = search.find('id="mkdocs-search-results"')
-    results = parse(search[start_results:]) if start_results >= 0 else None
+    end_results = search.find("</div>", start_results)
+    results = parse(search[start_results:end_results]) if start_results >= 0 else None
     hits = [link for link in results.links if "exit-stack.html" in link] if results else []
     if not hits:
         errors.append("search.html?q=exit_stack: the results do not list exit-stack.html")

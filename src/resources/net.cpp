@@ -63,16 +63,22 @@ class resolve_category_type final : public std::error_category {
     std::string message(int value) const override { return ::gai_strerror(value); }
 };
 
+}  // namespace
+
 // ---- time limits -------------------------------------------------------------------------
 
 // `what` and `suffix` are joined only for the message: the check runs on every timed call.
-void check_not_negative(milliseconds duration, std::string_view what,
-                        std::string_view suffix = {}) {
+void detail::check_not_negative(milliseconds duration, std::string_view what,
+                                std::string_view suffix) {
     if (duration.count() < 0) {
         throw std::invalid_argument("ctxmgr::tcp: " + std::string(what) + std::string(suffix) +
                                     " is negative (" + format_duration(duration) + ')');
     }
 }
+
+namespace {
+
+using detail::check_not_negative;
 
 // When a timed call gives up: none for an untimed call.
 class deadline {
@@ -293,7 +299,7 @@ int release_descriptor(int fd, bool abortive) noexcept {
         const ::linger reset{1, 0};
         if (::setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof reset) != 0) error = errno;
     }
-    if (const int close_error = detail::close_once(fd); error == 0) error = close_error;
+    if (const int close_error = ctxmgr::detail::close_once(fd); error == 0) error = close_error;
     return error;
 }
 
@@ -316,7 +322,9 @@ int drain(int fd, milliseconds linger) noexcept {
     }
 }
 
-[[noreturn]] void throw_closed(std::string_view operation, const endpoint& peer) {
+}  // namespace
+
+[[noreturn]] void detail::throw_closed(std::string_view operation, const endpoint& peer) {
     if (peer.address.empty()) {
         throw closed_error(std::string(operation) + ": the tcp connection is closed");
     }
@@ -324,13 +332,22 @@ int drain(int fd, milliseconds linger) noexcept {
                        ": the connection is closed");
 }
 
-std::string description_of(const endpoint& local, const endpoint& remote) {
+std::string detail::description_of(const endpoint& local, const endpoint& remote) {
     char text[2 * endpoint_text_size + 4];
     char* end = write_endpoint(text, local);
     std::memcpy(end, " -> ", 4);
     end = write_endpoint(end + 4, remote);
     return std::string(text, end);
 }
+
+std::string detail::quoted(std::string_view text) {
+    return ctxmgr::detail::quoted(text);
+}
+
+namespace {
+
+using detail::description_of;
+using detail::throw_closed;
 
 // One receive into [data, data + size): the bytes read, 0 at end of stream, nullopt when
 // the deadline passed first. Timed: poll first, then MSG_DONTWAIT (two calls whether or not
@@ -803,6 +820,26 @@ connection connect(std::string_view host, std::uint16_t port, const connect_opti
     throw network_error("connect", name, std::make_error_code(std::errc::address_not_available));
 }
 
+bool detail::accept_may_retry(int error) noexcept {
+    switch (error) {
+        // A signal, or a connection that failed before it was accepted (accept(2): "treat
+        // them like EAGAIN by retrying").
+        case EINTR:
+        case ECONNABORTED:
+        case EPROTO:
+        case ENETDOWN:
+        case ENOPROTOOPT:
+        case EHOSTDOWN:
+        case ENONET:
+        case EHOSTUNREACH:
+        case EOPNOTSUPP:
+        case ENETUNREACH:
+            return true;
+        default:
+            return false;
+    }
+}
+
 // ---- listener ----------------------------------------------------------------------------
 
 listener::listener(int fd, endpoint local, std::source_location where)
@@ -861,32 +898,16 @@ connection listener::accept(std::optional<milliseconds> timeout, std::source_loc
         socklen_t length = sizeof storage;
         fd = ::accept4(fd_, reinterpret_cast<sockaddr*>(&storage), &length, SOCK_CLOEXEC);
         if (fd >= 0) break;
-        switch (errno) {
-            case EAGAIN:
-#if EWOULDBLOCK != EAGAIN
-            case EWOULDBLOCK:
-#endif
-                if (const int error = wait_for(fd_, POLLIN, limit); error != 0) {
-                    throw_wait_failure(error, "accept on", local_,
-                                       "a connection on " + local_.to_string(), limit.timeout());
-                }
-                continue;
-            // A signal, or a connection that failed before it was accepted (accept(2):
-            // "treat them like EAGAIN by retrying").
-            case EINTR:
-            case ECONNABORTED:
-            case EPROTO:
-            case ENETDOWN:
-            case ENOPROTOOPT:
-            case EHOSTDOWN:
-            case ENONET:
-            case EHOSTUNREACH:
-            case EOPNOTSUPP:
-            case ENETUNREACH:
-                continue;
-            default:
-                throw network_error("accept on", local_.to_string(), errno);
+        const int error = errno;
+        if (error == EAGAIN || error == EWOULDBLOCK) {
+            if (const int failure = wait_for(fd_, POLLIN, limit); failure != 0) {
+                throw_wait_failure(failure, "accept on", local_,
+                                   "a connection on " + local_.to_string(), limit.timeout());
+            }
+            continue;
         }
+        if (detail::accept_may_retry(error)) continue;
+        throw network_error("accept on", local_.to_string(), error);
     }
     try {  // as in connect(): try/catch costs nothing when nothing throws
         auto remote = to_endpoint(storage);

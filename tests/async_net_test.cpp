@@ -33,6 +33,8 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstring>
 #include <exception>
 #include <functional>
 #include <optional>
@@ -779,6 +781,266 @@ TEST(AsyncNet, AConnectorNeverEnteredSaysSo) {
     EXPECT_TRUE(ctxmgr::testing::reports_never_entered(reports[0], "tcp::async_connect",
                                                        "async_net_test.cpp", line))
         << reports[0];
+}
+
+// ---- scale: ten thousand connections on one thread ----------------------------------------
+
+// The sanitizers multiply the cost of every coroutine step: they run a tenth of the count.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr int scale_connections = 1'000;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+constexpr int scale_connections = 1'000;
+#else
+constexpr int scale_connections = 10'000;
+#endif
+#else
+constexpr int scale_connections = 10'000;
+#endif
+// Listeners on 127.0.0.1 .. 127.0.0.8: each has an accept queue of its own (the kernel caps a
+// backlog at net.core.somaxconn, 4096 by default) and a four-tuple space of its own.
+constexpr int scale_listeners = 8;
+constexpr auto scale_limit = 60s;
+
+// What the server saw after echoing connection i's message: 'E' end of stream (the client left
+// its block normally), 'R' a reset (its body threw), else a failure.
+char server_outcome(std::string_view seen, int i) {
+    return i < static_cast<int>(seen.size()) ? seen[static_cast<std::size_t>(i)] : '?';
+}
+
+void write_all(int fd, const void* data, std::size_t size) {
+    const auto* bytes = static_cast<const char*>(data);
+    while (size > 0) {
+        const ssize_t n = ::write(fd, bytes, size);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) ::_exit(3);
+        bytes += n;
+        size -= static_cast<std::size_t>(n);
+    }
+}
+
+std::string read_all(int fd) {
+    std::string out;
+    char chunk[4096];
+    for (;;) {
+        const ssize_t n = ::read(fd, chunk, sizeof chunk);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return out;
+        out.append(chunk, static_cast<std::size_t>(n));
+    }
+}
+
+std::uint32_t id_of(std::string_view message) {
+    std::uint32_t id = 0;
+    std::memcpy(&id, message.data(), sizeof id);
+    return id;
+}
+
+// The echo server, in a process of its own so that each process holds one end of every
+// connection (RLIMIT_NOFILE's hard limit is often 20,000, too few for both ends). It reports
+// the ports, then one outcome byte per connection and a last line: live tracked resources
+// and descriptors left open, both of which must be 0.
+[[noreturn]] void run_scale_server(int report) {
+    ::alarm(static_cast<unsigned>(scale_limit.count()) + 30);
+    std::string seen(scale_connections, '?');
+    std::string summary = "no summary";
+    {
+        asio::io_context io;
+        const asio::steady_timer reactor_started(io);
+        const auto before = ctxmgr::testing::open_descriptors();
+        {
+            std::vector<tcp::async_listener> listeners;
+            std::array<std::uint16_t, scale_listeners> ports{};
+            for (int k = 0; k < scale_listeners; ++k) {
+                listeners.push_back(
+                    tcp::async_listen(io, "127.0.0." + std::to_string(k + 1), 0, 4096));
+                ports[static_cast<std::size_t>(k)] = listeners.back().local_port();
+            }
+            write_all(report, ports.data(), sizeof ports);
+            int accepted = 0;
+            auto serve = [&](tcp::async_connection accepted_connection) -> task<void> {
+                int id = -1;
+                try {
+                    co_await ctxmgr::async_with(
+                        std::move(accepted_connection),
+                        [&](tcp::async_connection& c) -> task<void> {
+                            const auto message = co_await c.async_receive_exactly(8, scale_limit);
+                            id = static_cast<int>(id_of(message));
+                            co_await c.async_send_all(message, scale_limit);
+                            std::array<std::byte, 16> next{};
+                            char outcome = 'D';  // more data: a protocol failure
+                            try {
+                                if (co_await c.async_receive_some(next, scale_limit) == 0) {
+                                    outcome = 'E';
+                                }
+                            } catch (const ctxmgr::network_error& e) {
+                                outcome = e.code() == std::errc::connection_reset ? 'R' : 'N';
+                            }
+                            if (id >= 0 && id < scale_connections) {
+                                seen[static_cast<std::size_t>(id)] = outcome;
+                            }
+                        });
+                } catch (...) {
+                    if (id >= 0 && id < scale_connections) seen[static_cast<std::size_t>(id)] = 'X';
+                }
+            };
+            auto accept_loop = [&](tcp::async_listener& l) -> task<void> {
+                try {
+                    while (accepted < scale_connections) {
+                        auto c = co_await l.async_accept(scale_limit);
+                        if (++accepted == scale_connections) {
+                            for (auto& other : listeners) other.close();
+                        }
+                        asio::co_spawn(io, serve(std::move(c)), asio::detached);
+                    }
+                } catch (...) {  // closed by the loop that took the last connection
+                }
+            };
+            for (auto& l : listeners) asio::co_spawn(io, accept_loop(l), asio::detached);
+            io.run_for(scale_limit);
+        }
+        summary = "live " + std::to_string(ctxmgr::live_resources().size()) + ", descriptors " +
+                  std::to_string(ctxmgr::testing::open_descriptors().size() - before.size());
+    }
+    seen += '\n' + summary;
+    write_all(report, seen.data(), seen.size());
+    ::_exit(0);
+}
+
+TEST(AsyncNetScale, TenThousandConcurrentConnectionsOnOneThreadEachReleasedAndClosedRightly) {
+    // One end of every connection per process, plus the test's own descriptors.
+    const rlim_t needed = scale_connections + 256;
+    rlimit limit{};
+    ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &limit), 0);
+    if (limit.rlim_max != RLIM_INFINITY && limit.rlim_max < needed) {
+        GTEST_SKIP() << "RLIMIT_NOFILE's hard limit is " << limit.rlim_max << ", below the "
+                     << needed << " descriptors " << scale_connections
+                     << " connections need in one process";
+    }
+    const rlimit saved = limit;
+    if (limit.rlim_cur < needed) {
+        limit.rlim_cur = limit.rlim_max;
+        ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &limit), 0);
+    }
+    int pipe_fds[2];
+    ASSERT_EQ(::pipe2(pipe_fds, O_CLOEXEC), 0);
+    const pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+        ::close(pipe_fds[0]);
+        run_scale_server(pipe_fds[1]);
+    }
+    ::close(pipe_fds[1]);
+    std::array<std::uint16_t, scale_listeners> ports{};
+    std::size_t got = 0;
+    while (got < sizeof ports) {
+        const ssize_t n =
+            ::read(pipe_fds[0], reinterpret_cast<char*>(ports.data()) + got, sizeof ports - got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        got += static_cast<std::size_t>(n);
+    }
+    if (got != sizeof ports) {
+        ::close(pipe_fds[0]);
+        ::waitpid(child, nullptr, 0);
+        ::setrlimit(RLIMIT_NOFILE, &saved);
+        FAIL() << "the server process did not report its ports";
+    }
+
+    const auto start = steady_clock::now();
+    std::string client_outcome(scale_connections, '?');
+    std::string first_failure;
+    std::size_t live_at_peak = 0;
+    {
+        asio::io_context io;
+        const asio::steady_timer reactor_started(io);
+        const auto before = ctxmgr::testing::open_descriptors();
+        const auto connections_before = live_count("tcp connection");
+        // Every client waits here once its exchange is done, so that all are open at once.
+        asio::steady_timer gate(io, steady_clock::time_point::max());
+        int arrived = 0;
+        int finished = 0;
+        const auto arrive = [&](bool& counted) {
+            if (std::exchange(counted, true)) return;
+            if (++arrived == scale_connections) {
+                live_at_peak = live_count("tcp connection") - connections_before;
+                gate.cancel();
+            }
+        };
+        auto client = [&](int i) -> task<void> {
+            bool counted = false;
+            const auto k = static_cast<std::size_t>(i % scale_listeners);
+            char outcome = 'G';
+            try {
+                co_await ctxmgr::async_with(
+                    tcp::async_connect(io, "127.0.0." + std::to_string(k + 1), ports[k],
+                                       {.timeout = scale_limit}),
+                    [&](tcp::async_connection& c) -> task<void> {
+                        std::string message(8, '.');
+                        const auto id = static_cast<std::uint32_t>(i);
+                        std::memcpy(message.data(), &id, sizeof id);
+                        co_await c.async_send_all(message, scale_limit);
+                        const auto echo = co_await c.async_receive_exactly(8, scale_limit);
+                        if (echo != message) throw std::runtime_error("wrong echo");
+                        arrive(counted);
+                        // The last to arrive opened the gate: a wait begun now would never end.
+                        if (arrived < scale_connections) {
+                            static_cast<void>(co_await gate.async_wait(as_tuple));
+                        }
+                        if (i % 10 == 0) throw test_error("the body failed");
+                    });
+            } catch (const test_error&) {
+                outcome = 'T';
+            } catch (...) {
+                outcome = 'X';
+                if (first_failure.empty()) {
+                    first_failure = std::to_string(i) + ": " + what_of(std::current_exception());
+                }
+            }
+            client_outcome[static_cast<std::size_t>(i)] = outcome;
+            arrive(counted);
+            ++finished;
+        };
+        for (int i = 0; i < scale_connections; ++i) asio::co_spawn(io, client(i), asio::detached);
+        io.run_for(scale_limit);
+        EXPECT_EQ(finished, scale_connections) << "clients still running after the time limit";
+        EXPECT_EQ(live_count("tcp connection"), connections_before);
+        EXPECT_EQ(
+            ctxmgr::testing::describe_new_descriptors(before, ctxmgr::testing::open_descriptors()),
+            "");
+    }
+    const auto elapsed = steady_clock::now() - start;
+    const std::string report = read_all(pipe_fds[0]);
+    ::close(pipe_fds[0]);
+    int status = 0;
+    ::waitpid(child, &status, 0);
+    ::setrlimit(RLIMIT_NOFILE, &saved);
+
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "server status " << status;
+    EXPECT_EQ(live_at_peak, static_cast<std::size_t>(scale_connections))
+        << "connections open at once";
+    EXPECT_EQ(first_failure, "");
+    const auto newline = report.find('\n');
+    ASSERT_NE(newline, std::string::npos) << "the server's report is incomplete";
+    const std::string_view seen = std::string_view(report).substr(0, newline);
+    EXPECT_EQ(report.substr(newline + 1), "live 0, descriptors 0");
+    int wrong = 0;
+    std::string examples;
+    for (int i = 0; i < scale_connections; ++i) {
+        const bool throws = i % 10 == 0;
+        const char client_expected = throws ? 'T' : 'G';
+        const char server_expected = throws ? 'R' : 'E';
+        const char client_saw = client_outcome[static_cast<std::size_t>(i)];
+        const char server_saw = server_outcome(seen, i);
+        if (client_saw == client_expected && server_saw == server_expected) continue;
+        if (++wrong <= 5) {
+            examples += ' ' + std::to_string(i) + ':' + client_saw + server_saw;
+        }
+    }
+    EXPECT_EQ(wrong, 0) << "connections ended wrongly (client, server):" << examples;
+    EXPECT_LT(elapsed, scale_limit);
+    std::printf("%d connections (%d listeners) in %.2f s\n", scale_connections, scale_listeners,
+                std::chrono::duration<double>(elapsed).count());
 }
 
 }  // namespace

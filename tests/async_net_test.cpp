@@ -783,6 +783,67 @@ TEST(AsyncNet, AConnectorNeverEnteredSaysSo) {
         << reports[0];
 }
 
+TEST(AsyncNet, EveryDescriptorIsCloseOnExecAndNonBlocking) {
+    asio::io_context io;
+    auto server = tcp::async_listen(io, "127.0.0.1", 0);
+    std::vector<int> descriptors{server.acceptor().native_handle()};
+    auto serve = [&]() -> task<void> {
+        auto c = co_await server.async_accept(patience);
+        descriptors.push_back(c.socket().native_handle());
+        static_cast<void>(co_await read_to_end(c.socket()));
+        co_await c.async_close();
+    };
+    auto client = [&]() -> task<void> {
+        co_await ctxmgr::async_with(tcp::async_connect(io, "127.0.0.1", server.local_port()),
+                                    [&](tcp::async_connection& c) -> task<void> {
+                                        descriptors.push_back(c.socket().native_handle());
+                                        co_return;
+                                    });
+    };
+    auto check = [&]() -> task<void> {
+        // Both connections are open here (the client's body has run, the server reads).
+        while (descriptors.size() < 3) co_await sleep(1ms);
+        for (const int fd : descriptors) {
+            EXPECT_NE(::fcntl(fd, F_GETFD) & FD_CLOEXEC, 0) << fd;
+            EXPECT_NE(::fcntl(fd, F_GETFL) & O_NONBLOCK, 0) << fd;
+        }
+    };
+    run(io, [&]() -> task<void> {
+        co_await (serve() && [&]() -> task<void> { co_await (check() && client()); }());
+    }());
+    EXPECT_EQ(descriptors.size(), 3u);
+}
+
+// README.md's example: a timer that wins the race cancels the exchange; the peer sees a reset.
+task<void> ask(asio::any_io_executor ex, std::uint16_t port) {
+    asio::steady_timer deadline(ex, 200ms);
+    co_await (ctxmgr::async_with(tcp::async_connect(ex, "127.0.0.1", port, {.timeout = 2s}),
+                                 [](tcp::async_connection& c) -> asio::awaitable<void> {
+                                     co_await c.async_send_all("ping\n");
+                                     auto reply = co_await c.async_read_until("\n", 1024, 500ms);
+                                     std::printf("%s", reply.c_str());
+                                 }) ||
+              deadline.async_wait(asio::use_awaitable));
+}
+
+TEST(AsyncNet, TheReadmeExampleResetsWhenTheTimerWins) {
+    asio::io_context io;
+    auto server = tcp::async_listen(io, "127.0.0.1", 0);
+    stream_end seen;
+    auto silent_server = [&]() -> task<void> {
+        auto c = co_await server.async_accept(patience);
+        seen = co_await read_to_end(c.socket());  // never answers
+        c.abort();
+    };
+    const auto start = steady_clock::now();
+    run(io, [&]() -> task<void> {
+        co_await (silent_server() && ask(io.get_executor(), server.local_port()));
+    }());
+    EXPECT_GE(steady_clock::now() - start, 200ms);
+    EXPECT_EQ(seen.data, "ping\n");
+    EXPECT_TRUE(is_reset(seen.error)) << seen.error.message();
+}
+
 // ---- scale: ten thousand connections on one thread ----------------------------------------
 
 // The sanitizers multiply the cost of every coroutine step: they run a tenth of the count.

@@ -149,6 +149,17 @@ class [[nodiscard]] async_connection {
         std::span<const std::byte> data,
         std::optional<std::chrono::milliseconds> timeout = std::nullopt) {
         if (closed()) detail::throw_closed("send to", remote_);
+        if (!timeout) {
+            // The bare operation, awaited here: no coroutine frame of run_step's.
+            auto [error, sent] =
+                co_await asio::async_write(*socket_, asio::buffer(data.data(), data.size()),
+                                           asio::experimental::as_tuple(asio::use_awaitable));
+            static_cast<void>(sent);
+            if (error) {
+                throw network_error("send to", remote_.to_string(), detail::errno_code(error));
+            }
+            co_return;
+        }
         auto timer = detail::start_deadline(get_executor(), timeout, "send");
         const auto step = co_await detail::run_step(
             [&](auto token) {
@@ -204,8 +215,17 @@ class [[nodiscard]] async_connection {
         if (closed()) detail::throw_closed("receive from", remote_);
         auto timer = detail::start_deadline(get_executor(), timeout, "receive");
         if (buffered() > 0) co_return take(reinterpret_cast<char*>(buffer.data()), buffer.size());
-        const auto step = co_await receive_into(reinterpret_cast<char*>(buffer.data()),
-                                                buffer.size(), timer ? &*timer : nullptr);
+        detail::async_step step;
+        if (timer) {
+            step = co_await receive_into(reinterpret_cast<char*>(buffer.data()), buffer.size(),
+                                         &*timer);
+        } else {
+            // The bare operation, awaited here: no coroutine frame of receive_into's.
+            auto [error, bytes] = co_await socket_->async_read_some(
+                asio::buffer(buffer.data(), buffer.size()),
+                asio::experimental::as_tuple(asio::use_awaitable));
+            step = {error, bytes, false};
+        }
         if (step.timed_out) throw timeout_error("data from " + remote_.to_string(), *timeout);
         if (step.error == asio::error::eof) co_return 0;
         if (step.error)

@@ -613,6 +613,70 @@ TEST(AsyncNet, ReadUntilKeepsWhatFollowsAndEndOfStreamIsTyped) {
     EXPECT_EQ(left, 3u);
 }
 
+TEST(AsyncNet, AReceiveSomeThatTimesOutNamesThePeerAndASendSomeCountsWhatWentOut) {
+    asio::io_context io;
+    auto server = tcp::async_listen(io, "127.0.0.1", 0);
+    std::string message;
+    std::size_t sent = 0;
+    std::string received;
+    auto serve = [&]() -> task<void> {
+        co_await ctxmgr::async_with(
+            co_await server.async_accept(patience), [&](tcp::async_connection& c) -> task<void> {
+                std::array<std::byte, 8> buffer{};
+                try {
+                    static_cast<void>(co_await c.async_receive_some(buffer, 50ms));
+                } catch (const ctxmgr::timeout_error& e) {
+                    message = e.what();
+                }
+                const std::string data = "some";
+                sent = co_await c.async_send_some(
+                    std::as_bytes(std::span(data.data(), data.size())), patience);
+            });
+    };
+    auto peer = [&]() -> task<void> {
+        auto socket = co_await raw_connect(server.local_port());
+        received = (co_await read_to_end(socket)).data;
+    };
+    run(io, [&]() -> task<void> { co_await (serve() && peer()); }());
+    EXPECT_TRUE(message.starts_with("timed out after 50 ms waiting for data from 127.0.0.1:"))
+        << message;
+    EXPECT_EQ(sent, 4u);
+    EXPECT_EQ(received, "some");
+}
+
+TEST(AsyncNet, LingerBoundsHowLongCloseWaitsForAPeerThatNeverCloses) {
+    asio::io_context io;
+    auto server = tcp::async_listen(io, "127.0.0.1", 0);
+    std::chrono::steady_clock::duration closing{};
+    stream_end seen;
+    auto serve = [&]() -> task<void> {
+        auto c = co_await server.async_accept(patience);
+        c.set_linger(150ms);
+        co_await c.async_send_all("bye");
+        const auto start = steady_clock::now();
+        co_await c.async_close();  // the peer reads but never closes: linger runs out
+        closing = steady_clock::now() - start;
+    };
+    auto peer = [&]() -> task<void> {
+        auto socket = co_await raw_connect(server.local_port());
+        seen = co_await read_to_end(socket);
+        co_await sleep(500ms);  // this side stays open past the server's linger
+    };
+    run(io, [&]() -> task<void> { co_await (serve() && peer()); }());
+    EXPECT_GE(closing, 150ms);
+    EXPECT_LT(closing, patience);
+    EXPECT_EQ(seen.data, "bye");
+    EXPECT_EQ(seen.error, asio::error::eof);
+    EXPECT_THROW(
+        [&] {
+            asio::io_context other;
+            auto l = tcp::async_listen(other, "127.0.0.1", 0);
+            tcp::async_connection never;
+            never.set_linger(-1ms);
+        }(),
+        std::invalid_argument);
+}
+
 // ---- errors -------------------------------------------------------------------------------
 
 TEST(AsyncNet, ConnectionRefusedNamesThePeerAndKeepsTheErrno) {

@@ -1,4 +1,4 @@
-# ctxmgr::async: async_with, async_exit_stack, async_contextmanager and async_mutex on
+# ctxmgr::async: async_with, async_exit_stack, async_contextmanager, async_mutex and async TCP on
 # standalone Asio's coroutines (include/ctxmgr/async.hpp). Header-only, like Asio itself.
 # Defined only when asio.hpp is found, so a build or a user that never includes the async
 # headers needs no Asio.
@@ -17,7 +17,9 @@ target_include_directories(ctxmgr_async SYSTEM INTERFACE $<BUILD_INTERFACE:${CTX
 # ASIO_NO_DEPRECATED is left to the user: defining it here would change Asio's interface for
 # the rest of their program (io_service and the other removed names), and ctxmgr uses none of
 # the deprecated names, so it builds either way (the tests define it to prove so).
-target_link_libraries(ctxmgr_async INTERFACE ctxmgr_core Threads::Threads)
+# ctxmgr::ctxmgr for async_net.hpp: its connections are tracked (tracking.hpp) and share
+# net.hpp's endpoints and error wording.
+target_link_libraries(ctxmgr_async INTERFACE ctxmgr_core ctxmgr_ctxmgr Threads::Threads)
 # Asio 1.22 enables co_await under Clang only with <experimental/coroutine> (libc++'s old
 # header); Clang 16 with libstdc++ has C++20's <coroutine>, which Asio uses when told to.
 target_compile_definitions(ctxmgr_async INTERFACE

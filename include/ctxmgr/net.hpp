@@ -290,6 +290,23 @@ class [[nodiscard]] listener {
 [[nodiscard]] listener listen(std::string_view address, std::uint16_t port, int backlog = 128,
                               std::source_location where = std::source_location::current());
 
+// The wording both halves share, so that async_net.hpp's errors and tracked descriptions read
+// exactly as these do.
+namespace detail {
+// closed_error: "send to 127.0.0.1:5000: the connection is closed".
+[[noreturn]] void throw_closed(std::string_view operation, const endpoint& peer);
+// std::invalid_argument for a negative duration: "ctxmgr::tcp: send timeout is negative (-5 ms)".
+void check_not_negative(std::chrono::milliseconds duration, std::string_view what,
+                        std::string_view suffix = {});
+// "127.0.0.1:41234 -> 127.0.0.1:5000", a connection's tracked description.
+[[nodiscard]] std::string description_of(const endpoint& local, const endpoint& remote);
+// `text` in double quotes, escaped as a C string literal: "\r\n".
+[[nodiscard]] std::string quoted(std::string_view text);
+// Whether accept4's errno is one to retry at once: a signal, or a connection that failed
+// before it was accepted.
+[[nodiscard]] bool accept_may_retry(int error) noexcept;
+}  // namespace detail
+
 }  // namespace ctxmgr::tcp
 
 template <>

@@ -64,22 +64,28 @@ class resolve_category_type final : public std::error_category {
     std::string message(int value) const override { return ::gai_strerror(value); }
 };
 
+}  // namespace
+
 // ---- time limits -------------------------------------------------------------------------
 
 // `what` and `suffix` are joined only for the message: the check runs on every timed call.
-void check_not_negative(milliseconds duration, std::string_view what,
-                        std::string_view suffix = {}) {
+void detail::check_not_negative(milliseconds duration, std::string_view what,
+                                std::string_view suffix) {
     if (duration.count() < 0) {
         throw std::invalid_argument("ctxmgr::tcp: " + std::string(what) + std::string(suffix) +
                                     " is negative (" + format_duration(duration) + ')');
     }
 }
 
+namespace {
+
+using detail::check_not_negative;
+using deadline = ctxmgr::detail::deadline;
+
 // The deadline of a timed call (none for an untimed one), once its timeout is checked.
-detail::deadline deadline_of(const std::optional<milliseconds>& timeout,
-                             std::string_view operation) {
+deadline deadline_of(const std::optional<milliseconds>& timeout, std::string_view operation) {
     if (timeout) check_not_negative(*timeout, operation, " timeout");
-    return detail::deadline::after(timeout);
+    return deadline::after(timeout);
 }
 
 // Waits until `fd` is ready for `events` (or has an error or hang-up, which the next call
@@ -87,7 +93,7 @@ detail::deadline deadline_of(const std::optional<milliseconds>& timeout,
 // ready, ETIMEDOUT when the deadline passed (poll itself never fails with it), else poll's
 // errno. The callers build their messages only on failure: formatting an endpoint costs more
 // user time than the poll.
-int wait_for(int fd, short events, const detail::deadline& limit) noexcept {
+int wait_for(int fd, short events, const deadline& limit) noexcept {
     for (;;) {
         pollfd entry{fd, events, 0};
         const int n = ::poll(&entry, 1, limit.poll_timeout());
@@ -267,7 +273,7 @@ int release_descriptor(int fd, bool abortive) noexcept {
         const ::linger reset{1, 0};
         if (::setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof reset) != 0) error = errno;
     }
-    if (const int close_error = detail::close_once(fd); error == 0) error = close_error;
+    if (const int close_error = ctxmgr::detail::close_once(fd); error == 0) error = close_error;
     return error;
 }
 
@@ -290,7 +296,9 @@ int drain(int fd, milliseconds linger) noexcept {
     }
 }
 
-[[noreturn]] void throw_closed(std::string_view operation, const endpoint& peer) {
+}  // namespace
+
+[[noreturn]] void detail::throw_closed(std::string_view operation, const endpoint& peer) {
     if (peer.address.empty()) {
         throw closed_error(std::string(operation) + ": the tcp connection is closed");
     }
@@ -298,7 +306,7 @@ int drain(int fd, milliseconds linger) noexcept {
                        ": the connection is closed");
 }
 
-std::string description_of(const endpoint& local, const endpoint& remote) {
+std::string detail::description_of(const endpoint& local, const endpoint& remote) {
     char text[2 * endpoint_text_size + 4];
     char* end = write_endpoint(text, local);
     std::memcpy(end, " -> ", 4);
@@ -306,11 +314,20 @@ std::string description_of(const endpoint& local, const endpoint& remote) {
     return std::string(text, end);
 }
 
+std::string detail::quoted(std::string_view text) {
+    return ctxmgr::detail::quoted(text);
+}
+
+namespace {
+
+using detail::description_of;
+using detail::throw_closed;
+
 // One receive into [data, data + size): the bytes read, 0 at end of stream, nullopt when
 // the deadline passed first. Timed: poll first, then MSG_DONTWAIT (two calls whether or not
 // data is waiting); untimed: the blocking call.
-std::optional<std::size_t> receive_into(int fd, char* data, std::size_t size,
-                                        const detail::deadline& limit, const endpoint& remote) {
+std::optional<std::size_t> receive_into(int fd, char* data, std::size_t size, const deadline& limit,
+                                        const endpoint& remote) {
     const bool timed = limit.timed();
     const auto wait = [&] {
         const int error = wait_for(fd, POLLIN, limit);
@@ -679,7 +696,7 @@ struct attempt_result {
     bool timed_out = false;
 };
 
-attempt_result attempt(const socket_address& address, const detail::deadline& limit,
+attempt_result attempt(const socket_address& address, const deadline& limit,
                        const connect_options& options) {
     const int fd =
         ::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC | (limit.timed() ? SOCK_NONBLOCK : 0),
@@ -776,6 +793,26 @@ connection connect(std::string_view host, std::uint16_t port, const connect_opti
     throw network_error("connect", name, std::make_error_code(std::errc::address_not_available));
 }
 
+bool detail::accept_may_retry(int error) noexcept {
+    switch (error) {
+        // A signal, or a connection that failed before it was accepted (accept(2): "treat
+        // them like EAGAIN by retrying").
+        case EINTR:
+        case ECONNABORTED:
+        case EPROTO:
+        case ENETDOWN:
+        case ENOPROTOOPT:
+        case EHOSTDOWN:
+        case ENONET:
+        case EHOSTUNREACH:
+        case EOPNOTSUPP:
+        case ENETUNREACH:
+            return true;
+        default:
+            return false;
+    }
+}
+
 // ---- listener ----------------------------------------------------------------------------
 
 listener::listener(int fd, endpoint local, std::source_location where)
@@ -834,32 +871,16 @@ connection listener::accept(std::optional<milliseconds> timeout, std::source_loc
         socklen_t length = sizeof storage;
         fd = ::accept4(fd_, reinterpret_cast<sockaddr*>(&storage), &length, SOCK_CLOEXEC);
         if (fd >= 0) break;
-        switch (errno) {
-            case EAGAIN:
-#if EWOULDBLOCK != EAGAIN
-            case EWOULDBLOCK:
-#endif
-                if (const int error = wait_for(fd_, POLLIN, limit); error != 0) {
-                    throw_wait_failure(error, "accept on", local_,
-                                       "a connection on " + local_.to_string(), *timeout);
-                }
-                continue;
-            // A signal, or a connection that failed before it was accepted (accept(2):
-            // "treat them like EAGAIN by retrying").
-            case EINTR:
-            case ECONNABORTED:
-            case EPROTO:
-            case ENETDOWN:
-            case ENOPROTOOPT:
-            case EHOSTDOWN:
-            case ENONET:
-            case EHOSTUNREACH:
-            case EOPNOTSUPP:
-            case ENETUNREACH:
-                continue;
-            default:
-                throw network_error("accept on", local_.to_string(), errno);
+        const int error = errno;
+        if (error == EAGAIN || error == EWOULDBLOCK) {
+            if (const int failure = wait_for(fd_, POLLIN, limit); failure != 0) {
+                throw_wait_failure(failure, "accept on", local_,
+                                   "a connection on " + local_.to_string(), *timeout);
+            }
+            continue;
         }
+        if (detail::accept_may_retry(error)) continue;
+        throw network_error("accept on", local_.to_string(), error);
     }
     try {  // as in connect(): try/catch costs nothing when nothing throws
         auto remote = to_endpoint(storage);

@@ -58,6 +58,10 @@ constexpr std::int64_t housekeeping_period_ns = 1'000'000'000;
 constexpr std::chrono::nanoseconds longest_wait = std::chrono::hours(24 * 365 * 10);
 // Borrowers listed in a message, at most.
 constexpr std::size_t listed_borrowers = 10;
+// What two cores hand each other whenever one writes what the other read; x86-64's and most
+// ARM cores' line (std::hardware_destructive_interference_size varies with compiler flags,
+// which GCC warns about in a type's layout).
+constexpr std::size_t cache_line = 64;
 
 std::int64_t count_ns(std::chrono::milliseconds d) noexcept {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
@@ -108,7 +112,12 @@ void check_options(const pool_options& o) {
 
 }  // namespace
 
-struct pool_entry : pool_entry_base {
+static_assert(sizeof(std::mutex) + sizeof(std::vector<void*>) <= cache_line,
+              "the pool's lock and its idle stack share a cache line");
+
+// A cache line each: the borrower of one connection writes its entry on lending and
+// returning, and must not take the line of another borrower's entry from that one's core.
+struct alignas(cache_line) pool_entry : pool_entry_base {
     // Guarded by the core's mutex.
     bool occupied = false;  // holds a connection, or one is being made or closed for it
     bool lent = false;
@@ -197,8 +206,9 @@ class pool_core {
             const bool fresh = now - e.idle_since < look_after_ns &&
                                now - e.idle_since < validate_ns_ && now < e.retire_at;
             if (fresh) [[likely]] {
-                // No clock read for a borrow that neither waited nor checked.
-                wait_time_.record(std::chrono::nanoseconds(0));
+                // No clock read for a borrow that neither waited nor checked, and no write to
+                // wait_time_'s lines: a count on the line the lock is on.
+                ++unwaited_;
                 return &e;
             }
             lock.unlock();
@@ -220,7 +230,14 @@ class pool_core {
             std::unique_lock lock(mutex_);
             e.lent = false;
             --in_use_;
-            if (used) use_time_.record(std::chrono::nanoseconds(now - e.lent_at));
+            if (used) {
+                // Within one coarse tick, a use counts 0: counted on the line the lock is on.
+                if (now == e.lent_at) [[likely]] {
+                    ++instant_uses_;
+                } else {
+                    use_time_.record(std::chrono::nanoseconds(now - e.lent_at));
+                }
+            }
             if (reusable && !closing_ && now < e.retire_at && e.generation == generation_ &&
                 occupied_ - discarding_ <= max_size_) [[likely]] {
                 e.idle_since = now;
@@ -453,7 +470,11 @@ class pool_core {
         m.created = created_;
         m.destroyed = destroyed_;
         m.wait_time = wait_time_;
+        m.wait_time.buckets[0] += unwaited_;
+        m.wait_time.count += unwaited_;
         m.use_time = use_time_;
+        m.use_time.buckets[0] += instant_uses_;
+        m.use_time.count += instant_uses_;
         m.create_time = create_time_;
         return m;
     }
@@ -915,27 +936,36 @@ class pool_core {
     const std::int64_t leak_ns_;
     std::minstd_rand jitter_;  // the creator's
 
-    mutable std::mutex mutex_;
-    std::condition_variable creator_wake_;
+    // What every borrow and return writes, on two lines of its own: when threads on two
+    // cores take turns, each line written is a transfer from the other core, made while the
+    // lock is held (and the longer the lock is held, the likelier a borrower finds it taken
+    // and sleeps). The histograms' zeros are counted here and added when read.
+    alignas(cache_line) mutable std::mutex mutex_;
+    std::vector<pool_entry*> idle_;  // most recently returned last
+    alignas(cache_line) std::size_t in_use_ = 0;
+    pool_waiter* waiters_ = nullptr;  // first come first
+    std::uint64_t unwaited_ = 0;      // borrows served at once: wait_time_'s zeros
+    std::uint64_t instant_uses_ = 0;  // returns within the tick of their borrow: use_time_'s
+    bool closing_ = false;
+    bool suspended_ = false;  // suspend(): nothing lent, nothing made
+
+    // Read by every borrow and return, written seldom.
+    alignas(cache_line) std::size_t max_size_ = 0;  // pool_options::max_size, until resize()
+    std::size_t min_idle_ = 0;
+    std::size_t occupied_ = 0;      // slots holding a connection, or one being made or closed
+    std::size_t discarding_ = 0;    // connections being closed, no longer counted in size
+    std::uint64_t generation_ = 0;  // evict_all() calls
+
+    alignas(cache_line) std::condition_variable creator_wake_;
     std::condition_variable housekeeper_wake_;
     std::condition_variable drained_;
     std::condition_variable initialized_;  // the first connection, for initialization_timeout
-    std::size_t max_size_ = 0;             // pool_options::max_size, until resize()
-    std::size_t min_idle_ = 0;
-    std::vector<pool_entry*> idle_;   // most recently returned last
-    pool_waiter* waiters_ = nullptr;  // first come first
     pool_waiter* waiters_tail_ = nullptr;
-    std::size_t in_use_ = 0;
     std::size_t waiting_ = 0;
-    std::size_t occupied_ = 0;    // slots holding a connection, or one being made or closed
-    std::size_t discarding_ = 0;  // connections being closed, no longer counted in size
     bool creating_ = false;
-    bool sweep_ = false;  // a borrower found a broken connection: look at the idle ones now
-    bool closing_ = false;
-    bool suspended_ = false;        // suspend(): nothing lent, nothing made
-    bool initializing_ = false;     // initialization_timeout: one connection wanted at once
-    std::uint64_t generation_ = 0;  // evict_all() calls
-    bool orphaned_ = false;         // the pool is gone; the last borrower to return frees the core
+    bool sweep_ = false;         // a borrower found a broken connection: look at the idle ones now
+    bool initializing_ = false;  // initialization_timeout: one connection wanted at once
+    bool orphaned_ = false;      // the pool is gone; the last borrower to return frees the core
     std::uint64_t created_ = 0;
     std::uint64_t destroyed_ = 0;
     std::uint64_t timeouts_ = 0;

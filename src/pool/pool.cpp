@@ -24,6 +24,10 @@
 #include "ctxmgr/pool.hpp"
 #include "ctxmgr/release.hpp"
 
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
@@ -133,28 +137,56 @@ struct alignas(cache_line) pool_entry : pool_entry_base {
 
 // A borrower waiting for a connection, on its own stack, queued first come, first served.
 // Whoever takes it off the queue other than itself (a returner handing it a connection, the
-// creator, close()) notifies it after unlocking the mutex, so that it wakes to a free mutex
-// (not to block on it at once), then sets `released`: the waiter does not return (and free
-// its stack) before that, since the notify still touches `wake`.
+// creator, close()) does so under the mutex and wakes it after unlocking. The waiter sleeps
+// on a futex word of its own, not on a condition variable of the pool's mutex: woken, it
+// finds what it was handed without taking the mutex again, and a waker never makes it wake
+// to a mutex held. The wake's last touch of the waiter is the word's exchange; the futex
+// call after it only names the address (a spurious wake-up of whatever waits there later is
+// harmless, as every futex wait here checks its word again).
 struct pool_waiter {
     pool_waiter* prev = nullptr;
     pool_waiter* next = nullptr;
     std::source_location where;
     steady::time_point started;    // when its borrower asked
     pool_entry* handed = nullptr;  // the connection handed to it
-    bool dequeued = false;         // by someone else, who notifies it
+    bool dequeued = false;         // by someone else, who wakes it
     bool overtaken = false;        // woken once for a connection another borrower took
-    std::condition_variable wake;
-    std::atomic<bool> released{false};
+    // queued, then asleep (the waker must call the kernel), then released.
+    enum : std::uint32_t { queued, asleep, released };
+    std::atomic<std::uint32_t> state{queued};
 
-    // Notifies, after the mutex was unlocked; the waiter may be gone when this returns.
+    // Wakes it, after the mutex was unlocked; the waiter may be gone when this returns.
     void release() noexcept {
-        wake.notify_one();
-        released.store(true, std::memory_order_release);
+        if (state.exchange(released, std::memory_order_acq_rel) == asleep) {
+            ::syscall(SYS_futex, &state, FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+        }
     }
-    // Waits until release() is done with this waiter.
+
+    // Sleeps until release() or the deadline; true when released.
+    bool wait(const detail::deadline& deadline) noexcept {
+        const auto at = deadline.time_point().time_since_epoch();
+        timespec until{};
+        until.tv_sec = static_cast<time_t>(std::chrono::floor<std::chrono::seconds>(at).count());
+        until.tv_nsec = static_cast<long>((at - std::chrono::floor<std::chrono::seconds>(at)) /
+                                          std::chrono::nanoseconds(1));
+        for (;;) {
+            std::uint32_t now = state.load(std::memory_order_acquire);
+            if (now == released) return true;
+            if (deadline.expired()) return false;
+            if (now == queued &&
+                !state.compare_exchange_strong(now, asleep, std::memory_order_acquire)) {
+                continue;  // released meanwhile
+            }
+            // steady_clock is CLOCK_MONOTONIC, FUTEX_WAIT_BITSET's clock.
+            ::syscall(SYS_futex, &state, FUTEX_WAIT_BITSET_PRIVATE, asleep,
+                      deadline.timed() ? &until : nullptr, nullptr, FUTEX_BITSET_MATCH_ANY);
+        }
+    }
+
+    // Waits until release() is done with this waiter (dequeued while it timed out: the
+    // release is under way).
     void wait_released() const noexcept {
-        while (!released.load(std::memory_order_acquire)) std::this_thread::yield();
+        while (state.load(std::memory_order_acquire) != released) std::this_thread::yield();
     }
 };
 
@@ -591,13 +623,16 @@ class pool_core {
             w.overtaken = overtaken;
             enqueue(w, overtaken);
             if (creation_wanted()) creator_wake_.notify_one();
-            w.wake.wait_until(lock, deadline.time_point(), [&] { return w.dequeued; });
-            if (!w.dequeued) {
-                dequeue(w);  // timed out; the next round throws
-                continue;
-            }
             lock.unlock();
-            w.wait_released();
+            if (!w.wait(deadline)) {
+                lock.lock();
+                if (!w.dequeued) {
+                    dequeue(w);  // timed out; the next round throws
+                    continue;
+                }
+                lock.unlock();
+                w.wait_released();
+            }
             if (w.handed != nullptr && ready(*w.handed, coarse_now_ns(), deadline)) {
                 return obtained(*w.handed, started);
             }

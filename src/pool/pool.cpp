@@ -3,14 +3,17 @@
 //
 // One mutex guards everything. Lending and returning hold it for a few instructions (a pop
 // or a push on the idle stack), so uncontended they cost two lock/unlock pairs; every slow
-// thing (connecting, pinging, closing a connection, reporting) runs outside it. Borrowers that
-// wait queue first come, first served, each on a condition variable of its own, notified after
-// the mutex is unlocked (a waiter woken under it would block on it at once: a second context
-// switch). A returned connection goes to idle and the first waiter is woken for it, but a
-// borrower already running may take it first: when threads outnumber connections, that saves
-// a handoff's context switches (8 threads on a pool of 4: about 10% more queries a second
-// than handing every connection to the waiter). A waiter that lost a connection so is handed
-// the next one outright, so nobody is overtaken twice in a row. Two threads
+// thing (connecting, pinging, closing a connection, reporting) runs outside it. What they
+// write under it sits on two cache lines of its own and each connection's entry on another:
+// with threads on two cores taking turns, every line written is fetched from the other core
+// while the lock is held. Borrowers that wait queue first come, first served, each asleep on
+// a futex word of its own, woken after the mutex is unlocked; woken, a waiter handed a
+// connection has it without taking the mutex again. A returned connection goes to idle and
+// the first waiter is woken for it, but a borrower already running may take it first; a
+// waiter that lost a connection so is handed the next one outright, so nobody is overtaken
+// twice in a row. Handing every connection to the first waiter instead (strict FIFO) makes
+// a lock convoy when threads outnumber cores: each connection sits unused until its waiter
+// is scheduled (see pool.hpp for the figures). Two threads
 // per pool: the creator, the only caller of the factory (so a borrower never waits inside a
 // connect and always keeps its deadline), and the housekeeper (idle and lifetime limits,
 // leak reports). Connections live in max_size fixed slots, so an entry's address is stable

@@ -282,6 +282,38 @@ void select1_8_threads_paired(benchmark::State& state) {
 }
 BENCHMARK(select1_8_threads_paired)->Iterations(15)->Unit(benchmark::kMillisecond)->UseRealTime();
 
+// The pool's own cost under load, alone: 4 threads through a pool of 4 (no borrower ever
+// waits) against 4 threads on 4 dedicated connections, the two alternating, so that neither
+// always runs after the same neighbour (in the benchmark above, pool4_4threads always follows
+// dedicated4).
+void select1_4_threads_paired(benchmark::State& state) {
+    if (skip_without_postgres(state)) return;
+    constexpr int per_thread = 500;
+    const std::string conninfo = postgres_server().conninfo;
+    auto pool = make_postgres_pool(4);
+    std::vector<ctxmgr::postgres::connection> dedicated;
+    for (int t = 0; t < 4; ++t) dedicated.push_back(ctxmgr::postgres::connect(conninfo));
+    const std::vector<variant> variants = {
+        {"pool4",
+         [&] {
+             return run_threads(4, per_thread, [&](std::size_t) {
+                 ctxmgr::with(pool.connection(), [](ctxmgr::postgres::connection& c) {
+                     benchmark::DoNotOptimize(kernels::select_one(c));
+                 });
+             });
+         }},
+        {"dedicated4",
+         [&] {
+             return run_threads(4, per_thread, [&](std::size_t t) {
+                 benchmark::DoNotOptimize(kernels::select_one(dedicated[t]));
+             });
+         }},
+    };
+    const std::vector<double> qps = run_paired(state, variants, "qps");
+    state.counters["pool4/dedicated4"] = qps[0] / qps[1];
+}
+BENCHMARK(select1_4_threads_paired)->Iterations(30)->Unit(benchmark::kMillisecond)->UseRealTime();
+
 }  // namespace
 
 BENCHMARK_MAIN();

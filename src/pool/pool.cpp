@@ -525,9 +525,10 @@ class pool_core {
     [[nodiscard]] bool drained() const noexcept { return in_use_ == 0 && discarding_ == 0; }
 
     // A connection is wanted from the creator: a borrower waits with none idle, or fewer than
-    // min_idle are idle; and there is room.
+    // min_idle are idle; and there is room. Room first: a borrow from a full pool below
+    // min_idle idle asks this every time, and the answer is then on lines no borrower writes.
     [[nodiscard]] bool creation_wanted() const noexcept {
-        return !closing_ && !suspended_ && !creating_ && occupied_ < max_size_ &&
+        return occupied_ < max_size_ && !closing_ && !suspended_ && !creating_ &&
                (waiting_ > idle_.size() || idle_.size() < min_idle_ ||
                 (initializing_ && idle_.empty()));
     }

@@ -1,9 +1,10 @@
 // Pool benchmarks: borrow and return through ctxmgr::pool (leak tracking on) next to SOCI's
-// connection_pool (when installed) and next to opening a connection per request; and
-// `SELECT 1` from 8 threads through a pool of 4 next to 8 dedicated connections (and SOCI's
-// pool of 4). PostgreSQL: the server named by CTXMGR_POSTGRES, else a throwaway cluster
-// started for the run (scripts/postgres-cluster); without one those benchmarks are skipped
-// with the reason. Reproduce: see docs/performance.md.
+// connection_pool (when installed) and next to opening a connection per request; borrow and
+// return from 1, 8 and 32 threads on a pool of 4 next to SOCI's and to a bare mutex and
+// condition variable pool; and `SELECT 1` from 8 threads through a pool of 4 next to 8
+// dedicated connections (and SOCI's pool of 4). PostgreSQL: the server named by CTXMGR_POSTGRES,
+// else a throwaway cluster started for the run (scripts/postgres-cluster); without one those
+// benchmarks are skipped with the reason. Reproduce: see docs/performance.md.
 #include <benchmark/benchmark.h>
 #include <sys/resource.h>
 
@@ -106,8 +107,6 @@ BENCHMARK(connect_sqlite)->Unit(benchmark::kMicrosecond);
 // threads on 4 dedicated connections (what 4 sessions can do at best), 4 threads through the
 // pool of 4 (the pool without waiting), and 8 threads through SOCI's pool of 4.
 
-constexpr int per_thread = 500;
-
 struct run_result {
     double queries_per_second;
     double switches_per_query;
@@ -121,7 +120,7 @@ long context_switches() {
 
 // `threads` threads run query(thread) per_thread times each, started together.
 template <class Query>
-run_result run_threads(int threads, Query&& query) {
+run_result run_threads(int threads, int per_thread, Query&& query) {
     std::atomic<int> ready{0};
     std::atomic<bool> go{false};
     std::vector<std::thread> workers;
@@ -138,7 +137,7 @@ run_result run_threads(int threads, Query&& query) {
     go.store(true, std::memory_order_release);
     for (auto& w : workers) w.join();
     const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
-    const double queries = threads * per_thread;
+    const double queries = static_cast<double>(threads) * per_thread;
     return {queries / took.count(), static_cast<double>(context_switches() - switches) / queries};
 }
 
@@ -147,42 +146,16 @@ double median(std::vector<double> v) {
     return v[v.size() / 2];
 }
 
-void select1_8_threads_paired(benchmark::State& state) {
-    if (skip_without_postgres(state)) return;
-    const std::string conninfo = postgres_server().conninfo;
-    auto pool = make_postgres_pool(4);
-    std::vector<ctxmgr::postgres::connection> dedicated;
-    for (int t = 0; t < 8; ++t) dedicated.push_back(ctxmgr::postgres::connect(conninfo));
-    auto through_pool = [&](std::size_t) {
-        ctxmgr::with(pool.connection(), [](ctxmgr::postgres::connection& c) {
-            benchmark::DoNotOptimize(kernels::select_one(c));
-        });
-    };
-    auto on_dedicated = [&](std::size_t t) {
-        benchmark::DoNotOptimize(kernels::select_one(dedicated[t]));
-    };
-    struct variant {
-        std::string name;
-        std::function<run_result()> run;
-    };
-    std::vector<variant> variants = {
-        {"pool4", [&] { return run_threads(8, through_pool); }},
-        {"dedicated8", [&] { return run_threads(8, on_dedicated); }},
-        {"dedicated4", [&] { return run_threads(4, on_dedicated); }},
-        {"pool4_4threads", [&] { return run_threads(4, through_pool); }},
-    };
-#if defined(CTXMGR_BENCH_SOCI)
-    soci::connection_pool soci_pool(4);
-    for (std::size_t i = 0; i < 4; ++i) soci_pool.at(i).open(soci::postgresql, conninfo);
-    variants.push_back({"soci_pool4", [&] {
-                            return run_threads(8, [&](std::size_t) {
-                                soci::session s(soci_pool);
-                                long long one = 0;
-                                s << "SELECT 1", soci::into(one);
-                                benchmark::DoNotOptimize(one);
-                            });
-                        }});
-#endif
+struct variant {
+    std::string name;
+    std::function<run_result()> run;
+};
+
+// Runs every variant once per iteration, in an order that rotates; sets each variant's median
+// throughput and context switches per operation as counters `<name>_<unit>` and
+// `<name>_switches`, and returns the medians.
+std::vector<double> run_paired(benchmark::State& state, const std::vector<variant>& variants,
+                               const char* unit) {
     std::vector<std::vector<double>> rates(variants.size());
     std::vector<std::vector<double>> switches(variants.size());
     std::size_t turn = 0;
@@ -195,18 +168,151 @@ void select1_8_threads_paired(benchmark::State& state) {
         }
         ++turn;
     }
-    std::vector<double> qps;
+    std::vector<double> medians;
     for (std::size_t i = 0; i < variants.size(); ++i) {
-        qps.push_back(median(rates[i]));
-        state.counters[variants[i].name + "_qps"] = qps.back();
+        medians.push_back(median(rates[i]));
+        state.counters[variants[i].name + "_" + unit] = medians.back();
         state.counters[variants[i].name + "_switches"] = median(switches[i]);
     }
+    return medians;
+}
+
+// ---- borrow and return from 1, 8, 32 threads, paired ------------------------------------
+// A pool of 4 SQLite :memory: connections, each thread borrowing and returning at once: what
+// the pool itself costs when threads outnumber connections (and cores). ctxmgr's pool as
+// built (deadline, leak tracking, metrics, checks) next to SOCI's connection_pool and next
+// to mutex_pool, the bare mutex-and-condition-variable floor. The counters are each
+// variant's median in borrows per second, and the ratios of ctxmgr's to the others'.
+
+void borrow_return_paired(benchmark::State& state) {
+    const int threads = static_cast<int>(state.range(0));
+    // About 20 ms a run at the floor's pace, whatever the number of threads.
+    const int per_thread = 400'000 / threads;
+    constexpr std::size_t size = 4;
+    kernels::sqlite_pool pool([] { return ctxmgr::sqlite::connect(":memory:"); },
+                              {.name = "bench", .max_size = size, .min_idle = size});
+    while (pool.stats().idle < size) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    std::vector<ctxmgr::sqlite::connection> connections;
+    for (std::size_t i = 0; i < size; ++i)
+        connections.push_back(ctxmgr::sqlite::connect(":memory:"));
+    kernels::sqlite_mutex_pool floor(std::move(connections));
+    std::vector<variant> variants = {
+        {"ctxmgr",
+         [&] {
+             return run_threads(threads, per_thread, [&](std::size_t) {
+                 int w = 0;
+                 kernels::pool_cycle_sqlite(pool, w);
+                 benchmark::DoNotOptimize(w);
+             });
+         }},
+        {"mutex_pool",
+         [&] {
+             return run_threads(threads, per_thread, [&](std::size_t) {
+                 int w = 0;
+                 kernels::mutex_pool_cycle_sqlite(floor, w);
+                 benchmark::DoNotOptimize(w);
+             });
+         }},
+    };
+#if defined(CTXMGR_BENCH_SOCI)
+    soci::connection_pool soci_pool(size);
+    for (std::size_t i = 0; i < size; ++i) soci_pool.at(i).open(soci::sqlite3, ":memory:");
+    variants.push_back({"soci", [&] {
+                            return run_threads(threads, per_thread, [&](std::size_t) {
+                                int w = 0;
+                                kernels::soci_cycle(soci_pool, w);
+                                benchmark::DoNotOptimize(w);
+                            });
+                        }});
+#endif
+    const std::vector<double> rate = run_paired(state, variants, "per_s");
+    state.counters["ctxmgr/mutex_pool"] = rate[0] / rate[1];
+    if (rate.size() > 2) state.counters["ctxmgr/soci"] = rate[0] / rate[2];
+    const auto ns = [](double per_second) { return 1e9 / per_second; };
+    state.counters["ctxmgr_ns"] = ns(rate[0]);
+    state.counters["mutex_pool_ns"] = ns(rate[1]);
+    if (rate.size() > 2) state.counters["soci_ns"] = ns(rate[2]);
+}
+BENCHMARK(borrow_return_paired)
+    ->Arg(1)
+    ->Arg(8)
+    ->Arg(32)
+    ->Iterations(15)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+
+void select1_8_threads_paired(benchmark::State& state) {
+    if (skip_without_postgres(state)) return;
+    constexpr int per_thread = 500;
+    const std::string conninfo = postgres_server().conninfo;
+    auto pool = make_postgres_pool(4);
+    std::vector<ctxmgr::postgres::connection> dedicated;
+    for (int t = 0; t < 8; ++t) dedicated.push_back(ctxmgr::postgres::connect(conninfo));
+    auto through_pool = [&](std::size_t) {
+        ctxmgr::with(pool.connection(), [](ctxmgr::postgres::connection& c) {
+            benchmark::DoNotOptimize(kernels::select_one(c));
+        });
+    };
+    auto on_dedicated = [&](std::size_t t) {
+        benchmark::DoNotOptimize(kernels::select_one(dedicated[t]));
+    };
+    std::vector<variant> variants = {
+        {"pool4", [&] { return run_threads(8, per_thread, through_pool); }},
+        {"dedicated8", [&] { return run_threads(8, per_thread, on_dedicated); }},
+        {"dedicated4", [&] { return run_threads(4, per_thread, on_dedicated); }},
+        {"pool4_4threads", [&] { return run_threads(4, per_thread, through_pool); }},
+    };
+#if defined(CTXMGR_BENCH_SOCI)
+    soci::connection_pool soci_pool(4);
+    for (std::size_t i = 0; i < 4; ++i) soci_pool.at(i).open(soci::postgresql, conninfo);
+    variants.push_back({"soci_pool4", [&] {
+                            return run_threads(8, per_thread, [&](std::size_t) {
+                                soci::session s(soci_pool);
+                                long long one = 0;
+                                s << "SELECT 1", soci::into(one);
+                                benchmark::DoNotOptimize(one);
+                            });
+                        }});
+#endif
+    const std::vector<double> qps = run_paired(state, variants, "qps");
     state.counters["pool4/dedicated8"] = qps[0] / qps[1];
     state.counters["pool4/dedicated4"] = qps[0] / qps[2];
     state.counters["pool4_4threads/dedicated4"] = qps[3] / qps[2];
     if (qps.size() > 4) state.counters["pool4/soci_pool4"] = qps[0] / qps[4];
 }
 BENCHMARK(select1_8_threads_paired)->Iterations(15)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// The pool's own cost under load, alone: 4 threads through a pool of 4 (no borrower ever
+// waits) against 4 threads on 4 dedicated connections, the two alternating, so that neither
+// always runs after the same neighbour (in the benchmark above, pool4_4threads always follows
+// dedicated4).
+void select1_4_threads_paired(benchmark::State& state) {
+    if (skip_without_postgres(state)) return;
+    constexpr int per_thread = 500;
+    const std::string conninfo = postgres_server().conninfo;
+    auto pool = make_postgres_pool(4);
+    std::vector<ctxmgr::postgres::connection> dedicated;
+    for (int t = 0; t < 4; ++t) dedicated.push_back(ctxmgr::postgres::connect(conninfo));
+    const std::vector<variant> variants = {
+        {"pool4",
+         [&] {
+             return run_threads(4, per_thread, [&](std::size_t) {
+                 ctxmgr::with(pool.connection(), [](ctxmgr::postgres::connection& c) {
+                     benchmark::DoNotOptimize(kernels::select_one(c));
+                 });
+             });
+         }},
+        {"dedicated4",
+         [&] {
+             return run_threads(4, per_thread, [&](std::size_t t) {
+                 benchmark::DoNotOptimize(kernels::select_one(dedicated[t]));
+             });
+         }},
+    };
+    const std::vector<double> qps = run_paired(state, variants, "qps");
+    state.counters["pool4/dedicated4"] = qps[0] / qps[1];
+}
+BENCHMARK(select1_4_threads_paired)->Iterations(30)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
 

@@ -2,6 +2,8 @@
 //   pool_instructions <kernel> [iterations]
 // bench/instructions runs it under callgrind and compares a kernel with its baseline, e.g.
 //   bench/instructions build/default/bench/pool_instructions pool_cycle_postgres soci_cycle
+//   bench/instructions build/default/bench/pool_instructions pool_cycle_sqlite
+//   mutex_pool_cycle_sqlite
 // The PostgreSQL kernels need CTXMGR_POSTGRES (a connection string); they count the client's
 // instructions only.
 #include <chrono>
@@ -10,6 +12,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "instructions_main.hpp"
 #include "pool_kernels.hpp"
@@ -25,6 +28,9 @@ int main(int argc, char** argv) {
     }
     kernels::sqlite_pool sqlite([] { return ctxmgr::sqlite::connect(":memory:"); },
                                 {.name = "bench", .max_size = 1});
+    std::vector<ctxmgr::sqlite::connection> connections;
+    connections.push_back(ctxmgr::sqlite::connect(":memory:"));
+    kernels::sqlite_mutex_pool floor(std::move(connections));
     std::optional<kernels::postgres_pool> pg;
 #if defined(CTXMGR_BENCH_SOCI)
     std::optional<soci::connection_pool> soci_pool;
@@ -41,6 +47,7 @@ int main(int argc, char** argv) {
     int work = 0;
     const kernels::kernel_cases cases = {
         {"pool_cycle_sqlite", [&] { kernels::pool_cycle_sqlite(sqlite, work); }},
+        {"mutex_pool_cycle_sqlite", [&] { kernels::mutex_pool_cycle_sqlite(floor, work); }},
         {"pool_cycle_postgres", [&] { kernels::pool_cycle_postgres(*pg, work); }},
 #if defined(CTXMGR_BENCH_SOCI)
         {"soci_cycle", [&] { kernels::soci_cycle(*soci_pool, work); }},

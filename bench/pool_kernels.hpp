@@ -2,8 +2,8 @@
 // time) and pool_instructions.cpp (fixed iterations, for callgrind's instruction counts):
 // one borrow and return through ctxmgr::pool (leak tracking on, as the library is built),
 // through SOCI's connection_pool (a soci::session made from the pool leases, its destructor
-// gives back), and, for the other side of the ratio, opening and closing a connection per
-// request.
+// gives back), through mutex_pool (the floor: what a pool that only lends and takes back
+// costs), and, for the other side of the ratio, opening and closing a connection per request.
 #pragma once
 
 #include <libpq-fe.h>
@@ -12,9 +12,12 @@
 #include <ctxmgr/sqlite.hpp>
 #include <ctxmgr/with.hpp>
 
+#include <condition_variable>
 #include <cstdint>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #if defined(CTXMGR_BENCH_SOCI)
 // Debian's SOCI is configured with Boost, whose headers libsoci-dev does not pull in. Boost
@@ -27,6 +30,7 @@
 #include <soci/connection-pool.h>
 #include <soci/postgresql/soci-postgresql.h>
 #include <soci/soci.h>
+#include <soci/sqlite3/soci-sqlite3.h>
 #endif
 
 #define CTXMGR_KERNEL __attribute__((noinline))
@@ -36,6 +40,37 @@ namespace kernels {
 using sqlite_pool = ctxmgr::pool<ctxmgr::sqlite::connection>;
 using postgres_pool = ctxmgr::pool<ctxmgr::postgres::connection>;
 
+// The baseline a pool is held up to: idle connections in a vector under one mutex, a borrower
+// waiting on one condition variable, a return pushing and waking one waiter. Nothing else: no
+// deadline, no fairness (a waiter may be overtaken any number of times), no checks, no leak
+// tracking, no metrics.
+template <class Connection>
+class mutex_pool {
+  public:
+    explicit mutex_pool(std::vector<Connection> connections) : idle_(std::move(connections)) {}
+    Connection borrow() {
+        std::unique_lock lock(mutex_);
+        returned_.wait(lock, [&] { return !idle_.empty(); });
+        Connection c = std::move(idle_.back());
+        idle_.pop_back();
+        return c;
+    }
+    void give_back(Connection c) {
+        {
+            std::lock_guard lock(mutex_);
+            idle_.push_back(std::move(c));
+        }
+        returned_.notify_one();
+    }
+
+  private:
+    std::mutex mutex_;
+    std::condition_variable returned_;
+    std::vector<Connection> idle_;
+};
+
+using sqlite_mutex_pool = mutex_pool<ctxmgr::sqlite::connection>;
+
 // Borrow, touch the connection, give back.
 CTXMGR_KERNEL inline void pool_cycle_sqlite(sqlite_pool& pool, int& work) {
     ctxmgr::with(pool.connection(), [&](ctxmgr::sqlite::connection& c) { work += c.is_open(); });
@@ -43,6 +78,12 @@ CTXMGR_KERNEL inline void pool_cycle_sqlite(sqlite_pool& pool, int& work) {
 
 CTXMGR_KERNEL inline void pool_cycle_postgres(postgres_pool& pool, int& work) {
     ctxmgr::with(pool.connection(), [&](ctxmgr::postgres::connection& c) { work += c.is_open(); });
+}
+
+CTXMGR_KERNEL inline void mutex_pool_cycle_sqlite(sqlite_mutex_pool& pool, int& work) {
+    ctxmgr::sqlite::connection c = pool.borrow();
+    work += c.is_open();
+    pool.give_back(std::move(c));
 }
 
 #if defined(CTXMGR_BENCH_SOCI)

@@ -27,8 +27,14 @@
 // (where a leak would be) and the last connection failure (also nested in it). A connection
 // that arrives after its waiter gave up stays in the pool. Waiters are served first come,
 // first served, except that a borrower arriving just as a connection comes back may take it
-// before the waiter woken for it (which spares two context switches when threads outnumber
-// connections); a waiter overtaken so is handed the next connection outright.
+// before the waiter woken for it; a waiter overtaken so is handed the next connection
+// outright, so none is overtaken twice in a row and none starves. Chosen over strict FIFO
+// hand-off (every returned connection handed to the first waiter) by measurement on 2 cores,
+// a pool of 4 SQLite connections: bare borrow and return from 32 threads took 8.7 us a borrow
+// with strict hand-off against 0.27 us (a lock convoy: each connection sits unused until the
+// thread it was handed to is scheduled, while running threads wait), from 8 threads 0.61 us
+// against 0.43 us; SELECT 1 on PostgreSQL from 8 threads through a pool of 4 made 1.97
+// against 2.02 context switches a query, no difference in throughput beyond the noise.
 //
 // Giving back (exit): rollback_any() ends whatever transaction is open or failed, as the back
 // end reports it (and makes transaction managers still entered on it inert); a connection

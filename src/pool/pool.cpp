@@ -3,14 +3,17 @@
 //
 // One mutex guards everything. Lending and returning hold it for a few instructions (a pop
 // or a push on the idle stack), so uncontended they cost two lock/unlock pairs; every slow
-// thing (connecting, pinging, closing a connection, reporting) runs outside it. Borrowers that
-// wait queue first come, first served, each on a condition variable of its own, notified after
-// the mutex is unlocked (a waiter woken under it would block on it at once: a second context
-// switch). A returned connection goes to idle and the first waiter is woken for it, but a
-// borrower already running may take it first: when threads outnumber connections, that saves
-// a handoff's context switches (8 threads on a pool of 4: about 10% more queries a second
-// than handing every connection to the waiter). A waiter that lost a connection so is handed
-// the next one outright, so nobody is overtaken twice in a row. Two threads
+// thing (connecting, pinging, closing a connection, reporting) runs outside it. What they
+// write under it sits on two cache lines of its own and each connection's entry on another:
+// with threads on two cores taking turns, every line written is fetched from the other core
+// while the lock is held. Borrowers that wait queue first come, first served, each asleep on
+// a futex word of its own, woken after the mutex is unlocked; woken, a waiter handed a
+// connection has it without taking the mutex again. A returned connection goes to idle and
+// the first waiter is woken for it, but a borrower already running may take it first; a
+// waiter that lost a connection so is handed the next one outright, so nobody is overtaken
+// twice in a row. Handing every connection to the first waiter instead (strict FIFO) makes
+// a lock convoy when threads outnumber cores: each connection sits unused until its waiter
+// is scheduled (see pool.hpp for the figures). Two threads
 // per pool: the creator, the only caller of the factory (so a borrower never waits inside a
 // connect and always keeps its deadline), and the housekeeper (idle and lifetime limits,
 // leak reports). Connections live in max_size fixed slots, so an entry's address is stable
@@ -23,6 +26,10 @@
 // that mutex) cannot pull it from under a return in progress.
 #include "ctxmgr/pool.hpp"
 #include "ctxmgr/release.hpp"
+
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -58,6 +65,10 @@ constexpr std::int64_t housekeeping_period_ns = 1'000'000'000;
 constexpr std::chrono::nanoseconds longest_wait = std::chrono::hours(24 * 365 * 10);
 // Borrowers listed in a message, at most.
 constexpr std::size_t listed_borrowers = 10;
+// What two cores hand each other whenever one writes what the other read; x86-64's and most
+// ARM cores' line (std::hardware_destructive_interference_size varies with compiler flags,
+// which GCC warns about in a type's layout).
+constexpr std::size_t cache_line = 64;
 
 std::int64_t count_ns(std::chrono::milliseconds d) noexcept {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
@@ -108,7 +119,12 @@ void check_options(const pool_options& o) {
 
 }  // namespace
 
-struct pool_entry : pool_entry_base {
+static_assert(sizeof(std::mutex) + sizeof(std::vector<void*>) <= cache_line,
+              "the pool's lock and its idle stack share a cache line");
+
+// A cache line each: the borrower of one connection writes its entry on lending and
+// returning, and must not take the line of another borrower's entry from that one's core.
+struct alignas(cache_line) pool_entry : pool_entry_base {
     // Guarded by the core's mutex.
     bool occupied = false;  // holds a connection, or one is being made or closed for it
     bool lent = false;
@@ -124,28 +140,56 @@ struct pool_entry : pool_entry_base {
 
 // A borrower waiting for a connection, on its own stack, queued first come, first served.
 // Whoever takes it off the queue other than itself (a returner handing it a connection, the
-// creator, close()) notifies it after unlocking the mutex, so that it wakes to a free mutex
-// (not to block on it at once), then sets `released`: the waiter does not return (and free
-// its stack) before that, since the notify still touches `wake`.
+// creator, close()) does so under the mutex and wakes it after unlocking. The waiter sleeps
+// on a futex word of its own, not on a condition variable of the pool's mutex: woken, it
+// finds what it was handed without taking the mutex again, and a waker never makes it wake
+// to a mutex held. The wake's last touch of the waiter is the word's exchange; the futex
+// call after it only names the address (a spurious wake-up of whatever waits there later is
+// harmless, as every futex wait here checks its word again).
 struct pool_waiter {
     pool_waiter* prev = nullptr;
     pool_waiter* next = nullptr;
     std::source_location where;
     steady::time_point started;    // when its borrower asked
     pool_entry* handed = nullptr;  // the connection handed to it
-    bool dequeued = false;         // by someone else, who notifies it
+    bool dequeued = false;         // by someone else, who wakes it
     bool overtaken = false;        // woken once for a connection another borrower took
-    std::condition_variable wake;
-    std::atomic<bool> released{false};
+    // queued, then asleep (the waker must call the kernel), then released.
+    enum : std::uint32_t { queued, asleep, released };
+    std::atomic<std::uint32_t> state{queued};
 
-    // Notifies, after the mutex was unlocked; the waiter may be gone when this returns.
+    // Wakes it, after the mutex was unlocked; the waiter may be gone when this returns.
     void release() noexcept {
-        wake.notify_one();
-        released.store(true, std::memory_order_release);
+        if (state.exchange(released, std::memory_order_acq_rel) == asleep) {
+            ::syscall(SYS_futex, &state, FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+        }
     }
-    // Waits until release() is done with this waiter.
+
+    // Sleeps until release() or the deadline; true when released.
+    bool wait(const detail::deadline& deadline) noexcept {
+        const auto at = deadline.time_point().time_since_epoch();
+        timespec until{};
+        until.tv_sec = static_cast<time_t>(std::chrono::floor<std::chrono::seconds>(at).count());
+        until.tv_nsec = static_cast<long>((at - std::chrono::floor<std::chrono::seconds>(at)) /
+                                          std::chrono::nanoseconds(1));
+        for (;;) {
+            std::uint32_t now = state.load(std::memory_order_acquire);
+            if (now == released) return true;
+            if (deadline.expired()) return false;
+            if (now == queued &&
+                !state.compare_exchange_strong(now, asleep, std::memory_order_acquire)) {
+                continue;  // released meanwhile
+            }
+            // steady_clock is CLOCK_MONOTONIC, FUTEX_WAIT_BITSET's clock.
+            ::syscall(SYS_futex, &state, FUTEX_WAIT_BITSET_PRIVATE, asleep,
+                      deadline.timed() ? &until : nullptr, nullptr, FUTEX_BITSET_MATCH_ANY);
+        }
+    }
+
+    // Waits until release() is done with this waiter (dequeued while it timed out: the
+    // release is under way).
     void wait_released() const noexcept {
-        while (!released.load(std::memory_order_acquire)) std::this_thread::yield();
+        while (state.load(std::memory_order_acquire) != released) std::this_thread::yield();
     }
 };
 
@@ -197,8 +241,9 @@ class pool_core {
             const bool fresh = now - e.idle_since < look_after_ns &&
                                now - e.idle_since < validate_ns_ && now < e.retire_at;
             if (fresh) [[likely]] {
-                // No clock read for a borrow that neither waited nor checked.
-                wait_time_.record(std::chrono::nanoseconds(0));
+                // No clock read for a borrow that neither waited nor checked, and no write to
+                // wait_time_'s lines: a count on the line the lock is on.
+                ++unwaited_;
                 return &e;
             }
             lock.unlock();
@@ -220,7 +265,14 @@ class pool_core {
             std::unique_lock lock(mutex_);
             e.lent = false;
             --in_use_;
-            if (used) use_time_.record(std::chrono::nanoseconds(now - e.lent_at));
+            if (used) {
+                // Within one coarse tick, a use counts 0: counted on the line the lock is on.
+                if (now == e.lent_at) [[likely]] {
+                    ++instant_uses_;
+                } else {
+                    use_time_.record(std::chrono::nanoseconds(now - e.lent_at));
+                }
+            }
             if (reusable && !closing_ && now < e.retire_at && e.generation == generation_ &&
                 occupied_ - discarding_ <= max_size_) [[likely]] {
                 e.idle_since = now;
@@ -453,7 +505,11 @@ class pool_core {
         m.created = created_;
         m.destroyed = destroyed_;
         m.wait_time = wait_time_;
+        m.wait_time.buckets[0] += unwaited_;
+        m.wait_time.count += unwaited_;
         m.use_time = use_time_;
+        m.use_time.buckets[0] += instant_uses_;
+        m.use_time.count += instant_uses_;
         m.create_time = create_time_;
         return m;
     }
@@ -469,9 +525,10 @@ class pool_core {
     [[nodiscard]] bool drained() const noexcept { return in_use_ == 0 && discarding_ == 0; }
 
     // A connection is wanted from the creator: a borrower waits with none idle, or fewer than
-    // min_idle are idle; and there is room.
+    // min_idle are idle; and there is room. Room first: a borrow from a full pool below
+    // min_idle idle asks this every time, and the answer is then on lines no borrower writes.
     [[nodiscard]] bool creation_wanted() const noexcept {
-        return !closing_ && !suspended_ && !creating_ && occupied_ < max_size_ &&
+        return occupied_ < max_size_ && !closing_ && !suspended_ && !creating_ &&
                (waiting_ > idle_.size() || idle_.size() < min_idle_ ||
                 (initializing_ && idle_.empty()));
     }
@@ -570,13 +627,16 @@ class pool_core {
             w.overtaken = overtaken;
             enqueue(w, overtaken);
             if (creation_wanted()) creator_wake_.notify_one();
-            w.wake.wait_until(lock, deadline.time_point(), [&] { return w.dequeued; });
-            if (!w.dequeued) {
-                dequeue(w);  // timed out; the next round throws
-                continue;
-            }
             lock.unlock();
-            w.wait_released();
+            if (!w.wait(deadline)) {
+                lock.lock();
+                if (!w.dequeued) {
+                    dequeue(w);  // timed out; the next round throws
+                    continue;
+                }
+                lock.unlock();
+                w.wait_released();
+            }
             if (w.handed != nullptr && ready(*w.handed, coarse_now_ns(), deadline)) {
                 return obtained(*w.handed, started);
             }
@@ -915,27 +975,36 @@ class pool_core {
     const std::int64_t leak_ns_;
     std::minstd_rand jitter_;  // the creator's
 
-    mutable std::mutex mutex_;
-    std::condition_variable creator_wake_;
+    // What every borrow and return writes, on two lines of its own: when threads on two
+    // cores take turns, each line written is a transfer from the other core, made while the
+    // lock is held (and the longer the lock is held, the likelier a borrower finds it taken
+    // and sleeps). The histograms' zeros are counted here and added when read.
+    alignas(cache_line) mutable std::mutex mutex_;
+    std::vector<pool_entry*> idle_;  // most recently returned last
+    alignas(cache_line) std::size_t in_use_ = 0;
+    pool_waiter* waiters_ = nullptr;  // first come first
+    std::uint64_t unwaited_ = 0;      // borrows served at once: wait_time_'s zeros
+    std::uint64_t instant_uses_ = 0;  // returns within the tick of their borrow: use_time_'s
+    bool closing_ = false;
+    bool suspended_ = false;  // suspend(): nothing lent, nothing made
+
+    // Read by every borrow and return, written seldom.
+    alignas(cache_line) std::size_t max_size_ = 0;  // pool_options::max_size, until resize()
+    std::size_t min_idle_ = 0;
+    std::size_t occupied_ = 0;      // slots holding a connection, or one being made or closed
+    std::size_t discarding_ = 0;    // connections being closed, no longer counted in size
+    std::uint64_t generation_ = 0;  // evict_all() calls
+
+    alignas(cache_line) std::condition_variable creator_wake_;
     std::condition_variable housekeeper_wake_;
     std::condition_variable drained_;
     std::condition_variable initialized_;  // the first connection, for initialization_timeout
-    std::size_t max_size_ = 0;             // pool_options::max_size, until resize()
-    std::size_t min_idle_ = 0;
-    std::vector<pool_entry*> idle_;   // most recently returned last
-    pool_waiter* waiters_ = nullptr;  // first come first
     pool_waiter* waiters_tail_ = nullptr;
-    std::size_t in_use_ = 0;
     std::size_t waiting_ = 0;
-    std::size_t occupied_ = 0;    // slots holding a connection, or one being made or closed
-    std::size_t discarding_ = 0;  // connections being closed, no longer counted in size
     bool creating_ = false;
-    bool sweep_ = false;  // a borrower found a broken connection: look at the idle ones now
-    bool closing_ = false;
-    bool suspended_ = false;        // suspend(): nothing lent, nothing made
-    bool initializing_ = false;     // initialization_timeout: one connection wanted at once
-    std::uint64_t generation_ = 0;  // evict_all() calls
-    bool orphaned_ = false;         // the pool is gone; the last borrower to return frees the core
+    bool sweep_ = false;         // a borrower found a broken connection: look at the idle ones now
+    bool initializing_ = false;  // initialization_timeout: one connection wanted at once
+    bool orphaned_ = false;      // the pool is gone; the last borrower to return frees the core
     std::uint64_t created_ = 0;
     std::uint64_t destroyed_ = 0;
     std::uint64_t timeouts_ = 0;

@@ -99,6 +99,9 @@ void show_code(std::string_view name, std::source_location where) {
             lines.push_back(line);
         }
     }
+    while (!lines.empty() && lines.back().find_first_not_of(' ') == std::string::npos) {
+        lines.pop_back();
+    }
     if (lines.empty()) {
         say("(the code of \"" + std::string(name) + "\" is in examples/" + file + ')');
         return;

@@ -76,6 +76,7 @@ task<void> accept_three(tcp::async_listener& server) {
 }
 
 // One client: sends `lines` one at a time and prints each echo.
+// tour: client
 task<void> client(std::uint16_t port, std::string name, std::vector<std::string> lines) {
     auto executor = co_await asio::this_coro::executor;
     co_await ctxmgr::async_with(tcp::async_connect(executor, "127.0.0.1", port, {.timeout = 2s}),
@@ -89,7 +90,10 @@ task<void> client(std::uint16_t port, std::string name, std::vector<std::string>
                                 });
 }
 
+// tour: end
+
 void async_network_chapter() {
+    tour::show_code("client");
     asio::io_context io;
     auto server = tcp::async_listen(io, "127.0.0.1", 0);
     say("echo server listening on " + server.local_endpoint().to_string() +
@@ -100,14 +104,18 @@ void async_network_chapter() {
     asio::co_spawn(io, client(port, "client 2", {"ping"}), asio::detached);
     // Client 3 waits at most 100 ms for its answer: the timer wins the race, the exchange is
     // cancelled at its co_await, and async_with still exits, with a reset.
+    say("client 3 races its exchange against a 100 ms timer:");
+    tour::show_code("race");
     asio::co_spawn(
         io,
         [&]() -> task<void> {
             asio::steady_timer deadline(io, 100ms);
             auto exchange = client(port, "client 3", {"slow question"});
             try {
+                // tour: race
                 const auto winner =
                     co_await (std::move(exchange) || deadline.async_wait(asio::use_awaitable));
+                // tour: end
                 if (winner.index() == 1) say("  client 3 gave up after 100 ms: cancelled");
             } catch (const std::exception& e) {
                 say("  client 3: " + std::string(e.what()));

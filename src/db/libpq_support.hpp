@@ -7,6 +7,7 @@
 #include "ctxmgr/detail/deadline.hpp"
 
 #include <chrono>
+#include <exception>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -38,6 +39,15 @@ std::string sqlstate_of(const PGresult* result);
 // serialization_failure, else db::error. `context` prefixes the message.
 [[noreturn]] void fail(PGconn* conn, const PGresult* result, std::string_view sql,
                        std::string_view context = {});
+
+// What db::transaction sends to end a transaction, whose loss leaves the outcome unknown.
+inline constexpr std::string_view commit_statement = "COMMIT";
+
+// Throws commit_outcome_unknown for a COMMIT sent on a working link that `failure` (a
+// connection_error, or the timeout_error of a COMMIT whose session was abandoned) ended
+// without its answer; `failure` is nested when it is not a connection_error itself.
+[[noreturn]] void throw_commit_outcome_unknown(const std::exception_ptr& failure,
+                                               std::string_view connection);
 
 // Waits until the socket is ready for reading (or writing) or `deadline` passes (false); an
 // untimed deadline waits as long as it takes. A poll error reads as ready, so that libpq's

@@ -101,6 +101,21 @@ std::string sqlstate_of(const PGresult* result) {
                     std::move(statement));
 }
 
+void throw_commit_outcome_unknown(const std::exception_ptr& failure, std::string_view connection) {
+    const std::string prefix =
+        "the outcome of COMMIT on " + std::string(connection) + " is unknown, the link was lost: ";
+    try {
+        std::rethrow_exception(failure);
+    } catch (const db::connection_error& e) {
+        throw db::commit_outcome_unknown(e.backend(), e.sqlstate(), e.code(), prefix + e.message(),
+                                         e.sql());
+    } catch (const std::exception& e) {
+        throw_chained(db::commit_outcome_unknown(std::string(backend_name), "", 0,
+                                                 prefix + e.what(), std::string(commit_statement)),
+                      failure);
+    }
+}
+
 bool wait_socket(PGconn* conn, bool for_reading, const deadline& deadline) {
     pollfd descriptor{PQsocket(conn), static_cast<short>(for_reading ? POLLIN : POLLOUT), 0};
     for (;;) {
@@ -992,12 +1007,25 @@ void connection::execute_script(std::string_view sql) {
 void connection::execute_script(std::string_view sql, std::chrono::milliseconds timeout) {
     impl& state = live("execute_script");
     const std::string text(sql);
-    const result_ptr result = closing_if_abandoned(*this, state.abandoned, [&] {
-        return state.exchange(
-            sql, timeout, [&] { return PQexec(state.handle, text.c_str()); },
-            [&] { return PQsendQuery(state.handle, text.c_str()) != 0; });
-    });
-    if (!succeeded(result.get())) fail(state.handle, result.get(), sql);
+    // A COMMIT that leaves a working link and loses it has an unknown outcome.
+    const bool commit = sql == detail::commit_statement && !lost(state.handle);
+    try {
+        const result_ptr result = closing_if_abandoned(*this, state.abandoned, [&] {
+            return state.exchange(
+                sql, timeout, [&] { return PQexec(state.handle, text.c_str()); },
+                [&] { return PQsendQuery(state.handle, text.c_str()) != 0; });
+        });
+        if (!succeeded(result.get())) fail(state.handle, result.get(), sql);
+    } catch (const db::connection_error&) {
+        if (commit) detail::throw_commit_outcome_unknown(std::current_exception(), description());
+        throw;
+    } catch (const timeout_error&) {
+        // Abandoned (the session is closed now): whether the server committed is unknown.
+        if (commit && closed()) {
+            detail::throw_commit_outcome_unknown(std::current_exception(), description());
+        }
+        throw;
+    }
 }
 
 int connection::backend_pid() const noexcept {

@@ -1,6 +1,8 @@
 // db::retry and db::async_retry (db/retry.hpp, db/async_retry.hpp): what is retried and what is
 // not, the backoff, and real serialization failures and deadlocks between two PostgreSQL
 // sessions.
+#include <ctxmgr/async_postgres.hpp>
+#include <ctxmgr/async_with.hpp>
 #include <ctxmgr/db/async_retry.hpp>
 #include <ctxmgr/postgres.hpp>
 #include <ctxmgr/with.hpp>
@@ -280,6 +282,57 @@ TEST_F(DbRetryPostgres, ADeadlockVictimIsRunAgainAndBothSessionsFinish) {
     all.insert(all.end(), failures[1].begin(), failures[1].end());
     EXPECT_EQ(all, (std::vector<std::string>{"40P01"}));
     EXPECT_EQ(setup.query_value<std::int64_t>("SELECT sum(n) FROM " + table_), 4);
+    setup.execute_script("DROP TABLE " + table_);
+}
+
+TEST_F(DbRetryPostgres, AnAsyncSerializableTransactionThatConflictsIsRunAgainAndCommits) {
+    auto setup = connect();
+    setup.execute_script("DROP TABLE IF EXISTS " + table_ + "; CREATE TABLE " + table_ +
+                         " (n bigint)");
+    std::vector<std::string> failures;
+    const auto attempts = run_awaitable([](std::string conninfo, std::string table,
+                                           std::vector<std::string>& seen) -> asio::awaitable<int> {
+        const db::transaction_options serializable{.isolation = db::isolation_level::serializable};
+        auto executor = co_await asio::this_coro::executor;
+        co_return co_await ctxmgr::async_with(
+            postgres::async_connect(executor, conninfo),
+            postgres::async_connect(executor, conninfo),
+            [&](postgres::async_connection& a,
+                postgres::async_connection& b) -> asio::awaitable<int> {
+                db::retry_policy policy{.max_attempts = 3, .initial_backoff = 1ms};
+                policy.on_retry = [&](int, const db::serialization_failure& f) {
+                    seen.push_back(f.sqlstate());
+                };
+                co_return co_await db::async_retry(
+                    policy, [&](int attempt) -> asio::awaitable<int> {
+                        co_await ctxmgr::async_with(
+                            b.async_transaction(serializable),
+                            [&](postgres::async_connection& tb) -> asio::awaitable<void> {
+                                const auto n = co_await tb.async_query_value<std::int64_t>(
+                                    "SELECT count(*) FROM " + table);
+                                if (attempt == 1) {
+                                    co_await ctxmgr::async_with(
+                                        a.async_transaction(serializable),
+                                        [&](postgres::async_connection& ta)
+                                            -> asio::awaitable<void> {
+                                            const auto m =
+                                                co_await ta.async_query_value<std::int64_t>(
+                                                    "SELECT count(*) FROM " + table);
+                                            co_await ta.async_execute(
+                                                "INSERT INTO " + table + " VALUES ($1)", m);
+                                        });
+                                }
+                                co_await tb.async_execute("INSERT INTO " + table + " VALUES ($1)",
+                                                          n);
+                            });
+                        co_return attempt;
+                    });
+            });
+    }(server_.conninfo, table_, failures));
+    EXPECT_EQ(attempts, 2);
+    EXPECT_EQ(failures, (std::vector<std::string>{"40001"}));
+    EXPECT_EQ(setup.query_value<std::int64_t>("SELECT count(*) FROM " + table_), 2);
+    EXPECT_EQ(setup.query_value<std::int64_t>("SELECT max(n) FROM " + table_), 1);
     setup.execute_script("DROP TABLE " + table_);
 }
 

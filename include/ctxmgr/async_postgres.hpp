@@ -30,6 +30,10 @@
 // is enforced by the server and by the client as for the synchronous connection (timeout_error).
 // A COMMIT whose connection is lost or closed that way throws db::commit_outcome_unknown.
 //
+// Caution: GCC 12 destroys some temporaries of a co_await expression twice (a braced
+// `{.connect_timeout = 1s}` passed to async_connect inside co_await async_with(...) crashes);
+// name the options in a variable first.
+//
 // Guarantees: a connection is never left with a statement in flight: drained or closed.
 // Thread-compatible: one connection on one thread at a time, its executor's; the executor's
 // io_context must outlive it. Leak tracking: kind "postgresql async connection", described

@@ -101,11 +101,12 @@ get_property(components GLOBAL PROPERTY ctxmgr_components)
 set(built)
 set(CTXMGR_CONFIG_COMPONENTS "")
 foreach(name IN LISTS components)
-    foreach(field TARGET LIBRARY DEBIAN FIND_PACKAGE PKG_CONFIG)
+    foreach(field TARGET LIBRARY DEBIAN FIND_PACKAGE PKG_CONFIG COMPONENTS)
         get_property(${field} GLOBAL PROPERTY ctxmgr_component_${name}_${field})
     endforeach()
     string(APPEND CTXMGR_CONFIG_COMPONENTS
-        "set(_ctxmgr_needs_${name} \"${LIBRARY} (Debian: ${DEBIAN})\")\n")
+        "set(_ctxmgr_needs_${name} \"${LIBRARY} (Debian: ${DEBIAN})\")\n"
+        "set(_ctxmgr_requires_${name} ${COMPONENTS})\n")
     if(NOT TARGET ${TARGET})
         continue()
     endif()
@@ -119,9 +120,10 @@ foreach(name IN LISTS components)
     if(FIND_PACKAGE AND NOT type STREQUAL "SHARED_LIBRARY")
         string(APPEND CTXMGR_CONFIG_COMPONENTS "set(_ctxmgr_find_${name} ${FIND_PACKAGE})\n")
     endif()
+    list(TRANSFORM COMPONENTS PREPEND "ctxmgr-" OUTPUT_VARIABLE component_modules)
     ctxmgr_pkg_config(ctxmgr-${name} ${TARGET}
         DESCRIPTION "ctxmgr::${name}, the ${name} component of ctxmgr"
-        REQUIRES ctxmgr
+        REQUIRES ctxmgr ${component_modules}
         REQUIRES_PRIVATE ${PKG_CONFIG})
 endforeach()
 string(APPEND CTXMGR_CONFIG_COMPONENTS

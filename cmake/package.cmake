@@ -41,6 +41,7 @@ foreach(component IN LISTS components)
         list(APPEND dev_depends ${debian})
     endif()
 endforeach()
+list(REMOVE_DUPLICATES dev_depends)
 
 set(CPACK_PACKAGE_NAME ctxmgr)
 set(CPACK_PACKAGE_VENDOR "the ctxmgr authors")

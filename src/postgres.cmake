@@ -13,3 +13,13 @@ ctxmgr_compiled_library(postgres SOURCES
     pool/postgres_pool.cpp
     pool/distributed_lock.cpp)
 target_link_libraries(ctxmgr_postgres PUBLIC ctxmgr_ctxmgr PRIVATE PostgreSQL::PostgreSQL)
+
+# ctxmgr::async_postgres: PostgreSQL connections for Asio coroutines (include
+# <ctxmgr/async_postgres.hpp>), on ctxmgr::postgres and ctxmgr::async. Built when Asio is found.
+if(TARGET ctxmgr_async)
+    ctxmgr_compiled_library(async_postgres SOURCES db/async_postgres.cpp)
+    target_link_libraries(ctxmgr_async_postgres PUBLIC ctxmgr_postgres ctxmgr_async
+        PRIVATE PostgreSQL::PostgreSQL)
+    # Asio's std::atomic_thread_fence makes GCC warn under -fsanitize=thread.
+    target_compile_options(ctxmgr_async_postgres PRIVATE $<$<CXX_COMPILER_ID:GNU>:-Wno-tsan>)
+endif()

@@ -22,6 +22,8 @@ TEST(Errors, HierarchyFollowsTheArchitecture) {
     static_assert(std::is_base_of_v<ctxmgr::db::error, ctxmgr::db::constraint_violation>);
     static_assert(std::is_base_of_v<ctxmgr::db::error, ctxmgr::db::serialization_failure>);
     static_assert(std::is_base_of_v<ctxmgr::db::error, ctxmgr::db::connection_error>);
+    static_assert(
+        std::is_base_of_v<ctxmgr::db::connection_error, ctxmgr::db::commit_outcome_unknown>);
 }
 
 TEST(Errors, IoErrorNamesTheOperationAndThePathAndKeepsErrno) {
@@ -173,6 +175,8 @@ TEST(Errors, RethrowChainedKeepsTheDynamicTypeOfEveryLibraryError) {
         ctxmgr::db::serialization_failure("postgresql", "40001", 0, "m", "COMMIT"));
     expect_chained_keeps_type(
         ctxmgr::db::connection_error("postgresql", "08006", 0, "m", "COMMIT"));
+    expect_chained_keeps_type(
+        ctxmgr::db::commit_outcome_unknown("postgresql", "57P01", 0, "m", "COMMIT"));
     expect_chained_keeps_type(ctxmgr::db::conversion_error("sqlite", "", 0, "m", "SELECT"));
 }
 

@@ -247,6 +247,75 @@ TEST_F(Postgres, ASessionTerminatedByTheAdministratorIsAConnectionError) {
     EXPECT_EQ(victim.backend_pid(), 0);
 }
 
+// Waits (boundedly) until the server process `pid` has left pg_stat_activity.
+bool backend_gone(postgres::connection& admin, int pid) {
+    for (int i = 0; i < 250; ++i) {
+        if (admin.query_value<std::int64_t>("SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+                                            pid) == 0) {
+            return true;
+        }
+        std::this_thread::sleep_for(20ms);
+    }
+    return false;
+}
+
+TEST_F(Postgres, ASessionLostDuringCommitIsACommitOutcomeUnknown) {
+    auto victim = connect();
+    auto admin = connect();
+    victim.execute_script("CREATE TEMP TABLE t (id bigint)");
+    const auto e = exception_from([&] {
+        ctxmgr::with(victim.transaction(), [&](auto& tx) {
+            tx.execute("INSERT INTO t VALUES ($1)", 1);
+            // Terminated between the last statement and COMMIT: the link looked fine.
+            ASSERT_TRUE(
+                admin.query_value<bool>("SELECT pg_terminate_backend($1)", victim.backend_pid()));
+            ASSERT_TRUE(backend_gone(admin, victim.backend_pid()));
+        });
+    });
+    ASSERT_TRUE(ctxmgr::holds<db::commit_outcome_unknown>(e)) << ctxmgr::describe(e);
+    EXPECT_TRUE(ctxmgr::holds<db::connection_error>(e));
+    EXPECT_FALSE(is_nested(e));
+    try {
+        std::rethrow_exception(e);
+    } catch (const db::error& error) {
+        EXPECT_EQ(error.sql(), "COMMIT");
+    }
+    EXPECT_NE(what_of(e).find("the outcome of COMMIT on host="), std::string::npos) << what_of(e);
+    EXPECT_FALSE(victim.is_open());
+}
+
+TEST_F(Postgres, ACommitOnALinkAlreadyKnownLostIsAPlainConnectionError) {
+    auto victim = connect();
+    auto admin = connect();
+    auto tx = victim.transaction();
+    tx.enter();
+    ASSERT_TRUE(admin.query_value<bool>("SELECT pg_terminate_backend($1)", victim.backend_pid()));
+    ASSERT_TRUE(backend_gone(admin, victim.backend_pid()));
+    EXPECT_FALSE(victim.ping());  // libpq now knows
+    const auto e = exception_from([&] { tx.exit(nullptr); });
+    ASSERT_TRUE(ctxmgr::holds<db::connection_error>(e)) << ctxmgr::describe(e);
+    EXPECT_FALSE(ctxmgr::holds<db::commit_outcome_unknown>(e)) << ctxmgr::describe(e);
+}
+
+TEST_F(Postgres, ACommitAbandonedPastItsDeadlineIsACommitOutcomeUnknownWithTheTimeoutNested) {
+    auto c = connect({.statement_timeout = 200ms, .cancel_grace = 200ms});
+    auto tx = c.transaction();
+    tx.enter();
+    c.execute("SELECT 1");
+    std::exception_ptr e;
+    {
+        // COMMIT goes to a server process that never answers, nor answers its cancel.
+        const ctxmgr::testing::stopped_backend stopped(c.backend_pid());
+        if (!stopped.stopped()) GTEST_SKIP() << "cannot signal the server's processes";
+        e = exception_from([&] { tx.exit(nullptr); });
+    }
+    ASSERT_TRUE(ctxmgr::holds<db::commit_outcome_unknown>(e)) << ctxmgr::describe(e);
+    EXPECT_TRUE(is_nested(e));
+    EXPECT_NE(ctxmgr::describe(e).find("nested: ctxmgr::timeout_error"), std::string::npos)
+        << ctxmgr::describe(e);
+    EXPECT_TRUE(c.closed());
+}
+
 TEST_F(Postgres, PingAnswersAndTheServerVersionIsKnown) {
     auto c = connect();
     EXPECT_TRUE(c.ping());

@@ -48,10 +48,12 @@
 //
 // The parts, each a header of its own under <ctxmgr/db/>: param.hpp (parameters),
 // rows.hpp (rows and their values), transaction.hpp (the transaction manager and its
-// options), connection.hpp (the shared connection base and the db::connection concept).
+// options), connection.hpp (the shared connection base and the db::connection concept),
+// retry.hpp (db::retry: a transaction run again on serialization failures).
 #pragma once
 
 #include "db/connection.hpp"
 #include "db/param.hpp"
+#include "db/retry.hpp"
 #include "db/rows.hpp"
 #include "db/transaction.hpp"

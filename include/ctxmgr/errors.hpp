@@ -15,7 +15,8 @@
 //     leak_error            resources still live where none should be
 //     db::error             a database error; subclasses follow the server's classes
 //                           (constraint_violation, serialization_failure,
-//                           connection_error), and conversion_error for values
+//                           connection_error and its commit_outcome_unknown), and
+//                           conversion_error for values
 //
 // Guarantees: every message names the operation and the object (path, endpoint, redacted
 // connection string, lock name), so a log line alone says what failed. Constructing an
@@ -271,6 +272,17 @@ class connection_error : public error {
     using error::error;
 };
 
+// The connection was lost after COMMIT was sent and before its answer arrived (the link broke,
+// the server process was terminated, or the client gave up on a COMMIT whose cancel went
+// unanswered): the transaction may or may not have been committed, and only the data can
+// tell. Never retried by db::retry, since running the work again could apply it twice. A
+// COMMIT sent on a link already known to be broken is a plain connection_error: it never
+// reached the server, whose transaction ended with the session.
+class commit_outcome_unknown : public connection_error {
+  public:
+    using connection_error::connection_error;
+};
+
 // A value that cannot be read as the type asked for (text read as an integer, NULL read
 // into a non-optional, 300 read into an int8_t, no row at all) or a parameter that cannot be
 // bound without loss (an unsigned value above INT64_MAX). Raised by the client, so
@@ -349,7 +361,8 @@ struct exception_types {};
 using library_exceptions =
     exception_types<protocol_error, closed_error, io_error, network_error, timeout_error,
                     too_many_waiters, leak_error, db::error, db::constraint_violation,
-                    db::serialization_failure, db::connection_error, db::conversion_error>;
+                    db::serialization_failure, db::connection_error, db::commit_outcome_unknown,
+                    db::conversion_error>;
 
 template <class... Types>
 [[noreturn]] void rethrow_chained_as(exception_types<Types...>, const std::exception_ptr& failure,

@@ -5,11 +5,16 @@
 #include <libpq-fe.h>
 
 #include "ctxmgr/detail/deadline.hpp"
+#include "ctxmgr/postgres.hpp"
 
 #include <chrono>
+#include <exception>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 namespace ctxmgr::postgres::detail {
 
@@ -38,6 +43,37 @@ std::string sqlstate_of(const PGresult* result);
 // serialization_failure, else db::error. `context` prefixes the message.
 [[noreturn]] void fail(PGconn* conn, const PGresult* result, std::string_view sql,
                        std::string_view context = {});
+
+// BEGIN with the isolation level and READ ONLY that `options` ask for.
+std::string begin_statement(const db::transaction_options& options);
+
+// What db::transaction sends to end a transaction, whose loss leaves the outcome unknown.
+inline constexpr std::string_view commit_statement = "COMMIT";
+
+// Throws commit_outcome_unknown for a COMMIT sent on a working link that `failure` (a
+// connection_error, or the timeout_error of a COMMIT whose session was abandoned) ended
+// without its answer; `failure` is nested when it is not a connection_error itself.
+[[noreturn]] void throw_commit_outcome_unknown(const std::exception_ptr& failure,
+                                               std::string_view connection);
+
+// The connection string `conninfo` as PQconnectStartParams takes it, with what `opts` adds
+// (application_name, fallback_application_name "ctxmgr", client_encoding UTF8, the server's
+// statement_timeout). Throws db::error naming `description` for a string libpq rejects.
+struct connect_parameters {
+    connect_parameters(std::string_view conninfo, const options& opts,
+                       const std::string& description);
+    connect_parameters(const connect_parameters&) = delete;
+    connect_parameters& operator=(const connect_parameters&) = delete;
+
+    std::vector<std::pair<std::string, std::string>> settings;
+    std::vector<const char*> keywords;  // into settings, ending with nullptr
+    std::vector<const char*> values;
+};
+
+// Sends a cancel request for what runs on `conn` (PQcancel) from a thread of its own, left to
+// end by itself (libpq 15's PQcancel cannot be bounded); done(sent) runs on that thread.
+// False when no request could be started.
+bool cancel_in_background(PGconn* conn, std::function<void(bool sent)> done);
 
 // Waits until the socket is ready for reading (or writing) or `deadline` passes (false); an
 // untimed deadline waits as long as it takes. A poll error reads as ready, so that libpq's

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "db/libpq_support.hpp"
+#include "db/libpq_values.hpp"
 #include "db/recent_statements.hpp"
 #include "db/sql_text.hpp"
 
@@ -101,6 +102,21 @@ std::string sqlstate_of(const PGresult* result) {
                     std::move(statement));
 }
 
+void throw_commit_outcome_unknown(const std::exception_ptr& failure, std::string_view connection) {
+    const std::string prefix =
+        "the outcome of COMMIT on " + std::string(connection) + " is unknown, the link was lost: ";
+    try {
+        std::rethrow_exception(failure);
+    } catch (const db::connection_error& e) {
+        throw db::commit_outcome_unknown(e.backend(), e.sqlstate(), e.code(), prefix + e.message(),
+                                         e.sql());
+    } catch (const std::exception& e) {
+        throw_chained(db::commit_outcome_unknown(std::string(backend_name), "", 0,
+                                                 prefix + e.what(), std::string(commit_statement)),
+                      failure);
+    }
+}
+
 bool wait_socket(PGconn* conn, bool for_reading, const deadline& deadline) {
     pollfd descriptor{PQsocket(conn), static_cast<short>(for_reading ? POLLIN : POLLOUT), 0};
     for (;;) {
@@ -123,222 +139,11 @@ using detail::lost;
 using detail::result_ptr;
 using detail::wait_socket;
 
-using db::detail::throw_conversion;
-
-// Type OIDs (pg_type.h, stable across versions).
-constexpr Oid bool_oid = 16, bytea_oid = 17, name_oid = 19, int8_oid = 20, int2_oid = 21,
-              int4_oid = 23, text_oid = 25, oid_oid = 26, float4_oid = 700, float8_oid = 701,
-              unknown_oid = 705, bpchar_oid = 1042, varchar_oid = 1043, numeric_oid = 1700;
-
-std::string type_name(Oid type) {
-    switch (type) {
-        case bool_oid:
-            return "boolean";
-        case bytea_oid:
-            return "bytea";
-        case name_oid:
-            return "name";
-        case int8_oid:
-            return "bigint";
-        case int2_oid:
-            return "smallint";
-        case int4_oid:
-            return "integer";
-        case text_oid:
-            return "text";
-        case oid_oid:
-            return "oid";
-        case float4_oid:
-            return "real";
-        case float8_oid:
-            return "double precision";
-        case unknown_oid:
-            return "unknown";
-        case bpchar_oid:
-            return "character";
-        case varchar_oid:
-            return "character varying";
-        case numeric_oid:
-            return "numeric";
-        default:
-            return "type oid " + std::to_string(type);
-    }
-}
-
-bool is_integer_type(Oid type) {
-    return type == int2_oid || type == int4_oid || type == int8_oid || type == oid_oid;
-}
-bool is_text_type(Oid type) {
-    return type == text_oid || type == varchar_oid || type == bpchar_oid || type == name_oid ||
-           type == unknown_oid;
-}
-
-bool succeeded(const PGresult* result) noexcept {
-    if (result == nullptr) return false;
-    const ExecStatusType status = PQresultStatus(result);
-    return status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK || status == PGRES_EMPTY_QUERY;
-}
-
-template <class T>
-bool parse_whole(std::string_view text, T& value) {
-    const char* end = text.data() + text.size();
-    const auto [stop, ec] = std::from_chars(text.data(), end, value);
-    return ec == std::errc() && stop == end;
-}
-
-// A text-format result, positioned on one row at a time.
-class result_cursor final : public db::detail::cursor {
-  public:
-    // `home`: where a connection keeps one cursor for reuse; release() goes back there.
-    explicit result_cursor(std::unique_ptr<result_cursor>* home) noexcept : home_(home) {}
-    ~result_cursor() override { PQclear(result_); }
-
-    // `sql` is copied when the cursor may outlive the caller's text (rows, snapshots).
-    void reset(PGresult* result, std::string_view sql, bool snapshot, bool copy_sql) {
-        PQclear(std::exchange(result_, result));
-        if (copy_sql) {
-            owned_sql_.assign(sql);
-            sql_ = owned_sql_;
-        } else {
-            sql_ = sql;
-        }
-        row_ = snapshot ? 0 : -1;
-        rows_ = PQntuples(result);
-        columns_ = static_cast<std::size_t>(PQnfields(result));
-        snapshot_ = snapshot;
-    }
-
-    bool next() override {
-        if (snapshot_ || row_ >= rows_) return false;
-        ++row_;
-        return row_ < rows_;
-    }
-    std::string_view name(std::size_t column) const override {
-        const char* name = PQfname(result_, index(column));
-        return name != nullptr ? name : "";
-    }
-    bool is_null(std::size_t column) const override {
-        return PQgetisnull(result_, row_, index(column)) != 0;
-    }
-    std::int64_t integer(std::size_t column) const override {
-        const std::string_view text = value(column, "an integer");
-        const Oid type = PQftype(result_, index(column));
-        std::int64_t out = 0;
-        if ((is_integer_type(type) || type == numeric_oid) && parse_whole(text, out)) return out;
-        wrong(column, type, text, "an integer");
-    }
-    double real(std::size_t column) const override {
-        const std::string_view text = value(column, "a number");
-        const Oid type = PQftype(result_, index(column));
-        if (is_integer_type(type)) {
-            const std::int64_t integral = integer(column);
-            constexpr std::int64_t exact = std::int64_t{1} << std::numeric_limits<double>::digits;
-            if (integral < -exact || integral > exact) {
-                throw_conversion(
-                    *this, column,
-                    "holds " + std::string(text) + ", which a double cannot represent exactly");
-            }
-            return static_cast<double>(integral);
-        }
-        double out = 0;
-        if ((type == float4_oid || type == float8_oid || type == numeric_oid) &&
-            parse_whole(text, out)) {
-            return out;
-        }
-        wrong(column, type, text, "a number");
-    }
-    bool boolean(std::size_t column) const override {
-        const std::string_view text = value(column, "a boolean");
-        const Oid type = PQftype(result_, index(column));
-        if (type == bool_oid && (text == "t" || text == "f")) return text == "t";
-        wrong(column, type, text, "a boolean");
-    }
-    std::string_view text(std::size_t column) const override {
-        const std::string_view text = value(column, "text");
-        const Oid type = PQftype(result_, index(column));
-        if (type == bytea_oid) wrong(column, type, {}, "text");
-        return text;
-    }
-    db::bytes blob(std::size_t column) const override {
-        const std::string_view text = value(column, "bytes");
-        const Oid type = PQftype(result_, index(column));
-        if (is_text_type(type)) {
-            const auto* data = reinterpret_cast<const std::byte*>(text.data());
-            return db::bytes(data, data + text.size());
-        }
-        if (type != bytea_oid) wrong(column, type, text, "bytes");
-        std::size_t length = 0;
-        unsigned char* raw =
-            PQunescapeBytea(reinterpret_cast<const unsigned char*>(text.data()), &length);
-        if (raw == nullptr) throw std::bad_alloc();
-        const auto* data = reinterpret_cast<const std::byte*>(raw);
-        db::bytes out;
-        try {
-            out.assign(data, data + length);
-        } catch (...) {
-            PQfreemem(raw);
-            throw;
-        }
-        PQfreemem(raw);
-        return out;
-    }
-    std::shared_ptr<const cursor> snapshot() const override {
-        result_ptr copy(PQcopyResult(result_, PG_COPYRES_ATTRS));
-        if (copy == nullptr) throw std::bad_alloc();
-        const int n = PQnfields(result_);
-        for (int c = 0; c < n; ++c) {
-            const bool null = PQgetisnull(result_, row_, c) != 0;
-            if (PQsetvalue(copy.get(), 0, c, null ? nullptr : PQgetvalue(result_, row_, c),
-                           null ? -1 : PQgetlength(result_, row_, c)) == 0) {
-                throw std::bad_alloc();
-            }
-        }
-        auto out = std::make_shared<result_cursor>(nullptr);
-        out->reset(copy.release(), sql_, true, true);
-        return out;
-    }
-    std::string_view backend() const noexcept override { return backend_name; }
-    std::string_view sql() const noexcept override { return sql_; }
-    void release() noexcept override {
-        PQclear(std::exchange(result_, nullptr));
-        if (home_ != nullptr && *home_ == nullptr) {
-            home_->reset(this);
-        } else {
-            delete this;
-        }
-    }
-
-  private:
-    static int index(std::size_t column) noexcept { return static_cast<int>(column); }
-
-    std::string_view value(std::size_t column, std::string_view wanted) const {
-        if (is_null(column)) {
-            throw_conversion(
-                *this, column,
-                "is NULL, which is not " + std::string(wanted) + "; read a std::optional");
-        }
-        return std::string_view(
-            PQgetvalue(result_, row_, index(column)),
-            static_cast<std::size_t>(PQgetlength(result_, row_, index(column))));
-    }
-
-    [[noreturn]] void wrong(std::size_t column, Oid type, std::string_view text,
-                            std::string_view wanted) const {
-        std::string shown(text.substr(0, 40));
-        if (text.size() > 40) shown += "...";
-        throw_conversion(*this, column,
-                         "holds " + type_name(type) + (text.empty() ? "" : " '" + shown + "'") +
-                             ", not " + std::string(wanted));
-    }
-
-    std::unique_ptr<result_cursor>* home_;
-    PGresult* result_ = nullptr;
-    std::string_view sql_;
-    std::string owned_sql_;
-    int row_ = -1;
-    int rows_ = 0;
-    bool snapshot_ = false;
-};
+using detail::bound_parameters;
+using detail::parse_whole;
+using detail::refusal_sqlstate;
+using detail::result_cursor;
+using detail::succeeded;
 
 // A statement prepared on the server for one list of parameter types.
 struct prepared {
@@ -347,150 +152,6 @@ struct prepared {
     std::uint64_t last_used = 0;
 };
 
-// The parameters of one call in libpq's form. Kept by the connection and reused, so that a
-// call allocates nothing once the buffers have grown.
-struct bound_parameters {
-    std::vector<Oid> types;
-    std::vector<const char*> values;
-    std::vector<int> lengths;
-    std::vector<int> formats;
-    std::vector<std::array<char, 8>> binary;
-    std::string text;  // every text parameter, each followed by its NUL
-
-    void bind(std::span<const db::param> params, std::string_view sql) {
-        const std::size_t n = params.size();
-        if (values.size() != n) {  // every element is written below
-            types.resize(n);
-            values.resize(n);
-            lengths.resize(n);
-            formats.resize(n);
-            binary.resize(n);
-        }
-        text.clear();
-        std::size_t text_size = 0;
-        for (const db::param& p : params) {
-            if (p.type() == db::param::kind::text && !p.nul_terminated()) {
-                text_size += p.view().size() + 1;
-            }
-        }
-        if (text_size > 0) text.reserve(text_size);  // no reallocation below: pointers stay
-        for (std::size_t i = 0; i < n; ++i) {
-            const db::param& p = params[i];
-            char* const bytes = binary[i].data();
-            formats[i] = 1;
-            switch (p.type()) {
-                case db::param::kind::integer: {
-                    // The smallest type that holds the value, as psycopg 3 does: PostgreSQL
-                    // casts integer up to bigint implicitly, never down (substr(text, $1)
-                    // wants an integer).
-                    if (std::in_range<std::int32_t>(p.integer())) {
-                        const std::uint32_t big =
-                            __builtin_bswap32(static_cast<std::uint32_t>(p.integer()));
-                        std::memcpy(bytes, &big, 4);
-                        types[i] = int4_oid;
-                        lengths[i] = 4;
-                    } else {
-                        const std::uint64_t big =
-                            __builtin_bswap64(static_cast<std::uint64_t>(p.integer()));
-                        std::memcpy(bytes, &big, 8);
-                        types[i] = int8_oid;
-                        lengths[i] = 8;
-                    }
-                    values[i] = bytes;
-                    break;
-                }
-                case db::param::kind::real: {
-                    const std::uint64_t big =
-                        __builtin_bswap64(std::bit_cast<std::uint64_t>(p.real()));
-                    std::memcpy(bytes, &big, 8);
-                    types[i] = float8_oid;
-                    values[i] = bytes;
-                    lengths[i] = 8;
-                    break;
-                }
-                case db::param::kind::boolean:
-                    bytes[0] = p.boolean() ? 1 : 0;
-                    types[i] = bool_oid;
-                    values[i] = bytes;
-                    lengths[i] = 1;
-                    break;
-                case db::param::kind::blob:
-                    types[i] = bytea_oid;
-                    values[i] = p.view().data() != nullptr ? p.view().data() : "";
-                    lengths[i] = static_cast<int>(p.view().size());
-                    break;
-                case db::param::kind::text:
-                    if (p.view().find('\0') != std::string_view::npos) {
-                        throw db::conversion_error(
-                            std::string(backend_name), "", 0,
-                            "parameter $" + std::to_string(i + 1) +
-                                ": text holds a NUL character, which PostgreSQL text cannot; "
-                                "bind bytes",
-                            std::string(sql));
-                    }
-                    // Typed `unknown`: the server reads it as whatever the context wants.
-                    // Text-format values travel NUL-terminated: copy those that are not.
-                    types[i] = 0;
-                    lengths[i] = 0;
-                    formats[i] = 0;
-                    if (p.nul_terminated()) {
-                        values[i] = p.view().data();
-                    } else {
-                        values[i] = text.data() + text.size();
-                        text.append(p.view());
-                        text.push_back('\0');
-                    }
-                    break;
-                case db::param::kind::null:
-                    // A NULL has the type of the optional it came from; an integer one is
-                    // typed integer (no value says it needs bigint).
-                    switch (p.declared_type()) {
-                        case db::param::kind::integer:
-                            types[i] = int4_oid;
-                            break;
-                        case db::param::kind::real:
-                            types[i] = float8_oid;
-                            break;
-                        case db::param::kind::boolean:
-                            types[i] = bool_oid;
-                            break;
-                        case db::param::kind::blob:
-                            types[i] = bytea_oid;
-                            break;
-                        default:
-                            types[i] = 0;
-                            break;  // text, std::nullopt: the server decides
-                    }
-                    values[i] = nullptr;
-                    lengths[i] = 0;
-                    break;
-                case db::param::kind::out_of_range:
-                    throw db::conversion_error(std::string(backend_name), "", 0,
-                                               "parameter $" + std::to_string(i + 1) + ": " +
-                                                   std::to_string(p.unsigned_value()) +
-                                                   " does not fit a 64-bit signed integer",
-                                               std::string(sql));
-            }
-        }
-    }
-};
-
-// The SQLSTATE of a refusal that libpq reports only as text (no session, no error fields).
-std::string refusal_sqlstate(std::string_view message) {
-    if (message.find("too many clients") != std::string_view::npos ||
-        message.find("remaining connection slots are reserved") != std::string_view::npos) {
-        return "53300";
-    }
-    if (message.find("the database system is starting up") != std::string_view::npos ||
-        message.find("the database system is shutting down") != std::string_view::npos ||
-        message.find("the database system is in recovery mode") != std::string_view::npos ||
-        message.find("not yet accepting connections") != std::string_view::npos) {
-        return "57P03";
-    }
-    if (message.find("password authentication failed") != std::string_view::npos) return "28P01";
-    return "";
-}
-
 }  // namespace
 
 // Asks the server to cancel what runs on `conn` (PQcancel: a connection of its own to the
@@ -498,8 +159,6 @@ std::string refusal_sqlstate(std::string_view message) {
 // PQcancel cannot be bounded, and a stopped postmaster never answers it: it runs on a thread
 // of its own, left to end by itself (when the server resumes or dies) past the deadline.
 bool request_cancel(PGconn* conn, const detail::deadline& deadline) {
-    PGcancel* cancel = PQgetCancel(conn);
-    if (cancel == nullptr) return false;
     struct outcome {
         std::mutex mutex;
         std::condition_variable done_cv;
@@ -507,24 +166,38 @@ bool request_cancel(PGconn* conn, const detail::deadline& deadline) {
         bool sent = false;
     };
     const auto shared = std::make_shared<outcome>();
+    const bool started = detail::cancel_in_background(conn, [shared](bool sent) {
+        const std::lock_guard lock(shared->mutex);
+        shared->done = true;
+        shared->sent = sent;
+        shared->done_cv.notify_all();
+    });
+    if (!started) return false;
+    std::unique_lock lock(shared->mutex);
+    shared->done_cv.wait_until(lock, deadline.time_point(), [&] { return shared->done; });
+    return shared->sent;
+}
+
+namespace detail {
+
+bool cancel_in_background(PGconn* conn, std::function<void(bool sent)> done) {
+    PGcancel* cancel = PQgetCancel(conn);
+    if (cancel == nullptr) return false;
     try {
-        std::thread([shared, cancel] {
+        std::thread([cancel, done = std::move(done)] {
             std::array<char, 256> error{};
             const bool sent = PQcancel(cancel, error.data(), static_cast<int>(error.size())) != 0;
             PQfreeCancel(cancel);
-            const std::lock_guard lock(shared->mutex);
-            shared->done = true;
-            shared->sent = sent;
-            shared->done_cv.notify_all();
+            if (done) done(sent);
         }).detach();
     } catch (const std::system_error&) {
         PQfreeCancel(cancel);
         return false;
     }
-    std::unique_lock lock(shared->mutex);
-    shared->done_cv.wait_until(lock, deadline.time_point(), [&] { return shared->done; });
-    return shared->sent;
+    return true;
 }
+
+}  // namespace detail
 
 struct connection::impl {
     PGconn* handle = nullptr;
@@ -799,8 +472,10 @@ std::string without_quotations(std::string_view message, std::string_view shown)
 
 }  // namespace
 
-connection connect(std::string_view conninfo, const options& opts, std::source_location where) {
-    std::string description = redact_secrets(conninfo);
+namespace detail {
+
+connect_parameters::connect_parameters(std::string_view conninfo, const options& opts,
+                                       const std::string& description) {
     const std::string context = "connect to " + description;
     char* parse_error = nullptr;
     PQconninfoOption* parsed = PQconninfoParse(std::string(conninfo).c_str(), &parse_error);
@@ -811,7 +486,6 @@ connection connect(std::string_view conninfo, const options& opts, std::source_l
         PQfreemem(parse_error);
         throw db::error(std::string(backend_name), "", 0, context + ": " + message, "");
     }
-    std::vector<std::pair<std::string, std::string>> settings;
     for (const PQconninfoOption* option = parsed; option->keyword != nullptr; ++option) {
         if (option->val != nullptr) settings.emplace_back(option->keyword, option->val);
     }
@@ -837,17 +511,23 @@ connection connect(std::string_view conninfo, const options& opts, std::source_l
         server_options += "-c statement_timeout=" + std::to_string(opts.statement_timeout.count());
         set("options", std::move(server_options));
     }
-    std::vector<const char*> keywords, values;
     for (const auto& [k, v] : settings) {
         keywords.push_back(k.c_str());
         values.push_back(v.c_str());
     }
     keywords.push_back(nullptr);
     values.push_back(nullptr);
+}
 
+}  // namespace detail
+
+connection connect(std::string_view conninfo, const options& opts, std::source_location where) {
+    std::string description = redact_secrets(conninfo);
+    const std::string context = "connect to " + description;
+    const detail::connect_parameters parameters(conninfo, opts, description);
     const auto deadline = detail::deadline::after(opts.connect_timeout);
     std::unique_ptr<PGconn, connection_deleter> conn(
-        PQconnectStartParams(keywords.data(), values.data(), 0));
+        PQconnectStartParams(parameters.keywords.data(), parameters.values.data(), 0));
     if (conn == nullptr) throw std::bad_alloc();
     auto refused = [&]() {
         const std::string message = indent_lines(PQerrorMessage(conn.get()));
@@ -992,12 +672,25 @@ void connection::execute_script(std::string_view sql) {
 void connection::execute_script(std::string_view sql, std::chrono::milliseconds timeout) {
     impl& state = live("execute_script");
     const std::string text(sql);
-    const result_ptr result = closing_if_abandoned(*this, state.abandoned, [&] {
-        return state.exchange(
-            sql, timeout, [&] { return PQexec(state.handle, text.c_str()); },
-            [&] { return PQsendQuery(state.handle, text.c_str()) != 0; });
-    });
-    if (!succeeded(result.get())) fail(state.handle, result.get(), sql);
+    // A COMMIT that leaves a working link and loses it has an unknown outcome.
+    const bool commit = sql == detail::commit_statement && !lost(state.handle);
+    try {
+        const result_ptr result = closing_if_abandoned(*this, state.abandoned, [&] {
+            return state.exchange(
+                sql, timeout, [&] { return PQexec(state.handle, text.c_str()); },
+                [&] { return PQsendQuery(state.handle, text.c_str()) != 0; });
+        });
+        if (!succeeded(result.get())) fail(state.handle, result.get(), sql);
+    } catch (const db::connection_error&) {
+        if (commit) detail::throw_commit_outcome_unknown(std::current_exception(), description());
+        throw;
+    } catch (const timeout_error&) {
+        // Abandoned (the session is closed now): whether the server committed is unknown.
+        if (commit && closed()) {
+            detail::throw_commit_outcome_unknown(std::current_exception(), description());
+        }
+        throw;
+    }
 }
 
 int connection::backend_pid() const noexcept {
@@ -1051,6 +744,12 @@ void connection::fetch_first(std::string_view sql, std::span<const db::param> pa
 }
 
 void connection::begin(const db::transaction_options& options) {
+    execute_script(detail::begin_statement(options));
+}
+
+namespace detail {
+
+std::string begin_statement(const db::transaction_options& options) {
     std::string sql = "BEGIN";
     switch (options.isolation) {
         case db::isolation_level::server_default:
@@ -1066,7 +765,9 @@ void connection::begin(const db::transaction_options& options) {
             break;
     }
     if (options.read_only) sql += " READ ONLY";
-    execute_script(sql);
+    return sql;
 }
+
+}  // namespace detail
 
 }  // namespace ctxmgr::postgres

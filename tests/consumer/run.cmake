@@ -32,7 +32,7 @@ consumer_project(all BUILD EXPECT_COMPONENTS "${built}")
 # ctxmgr::ctxmgr alone, on a machine without SQLite's and libpq's development files: the
 # components that need neither (async, on Asio's headers) still load.
 set(without_databases ${built})
-list(REMOVE_ITEM without_databases sqlite postgres)
+list(REMOVE_ITEM without_databases sqlite postgres async_postgres)
 consumer_project(without_databases WITHOUT SQLite3 PostgreSQL
     EXPECT_COMPONENTS "${without_databases}")
 # A component asked for and missing says what it needs (this build's libraries are static,

@@ -1,0 +1,476 @@
+// postgres::async_connect and the async connection on a real server: statements, typed errors,
+// redaction, the connect deadline, cancellation of a statement in flight (drained or closed),
+// the client's statement timeout, and transactions cancelled at each await point.
+#include <ctxmgr/async_postgres.hpp>
+#include <ctxmgr/async_with.hpp>
+#include <ctxmgr/with.hpp>
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <asio/co_spawn.hpp>
+#include <asio/experimental/awaitable_operators.hpp>
+#include <asio/io_context.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/system_error.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <thread>
+#include <variant>
+#include <vector>
+
+#include "async_recording.hpp"
+#include "postgres_fixtures.hpp"
+#include "recording.hpp"
+#include "refusing_port.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+using namespace asio::experimental::awaitable_operators;
+using ctxmgr::testing::exception_from;
+using ctxmgr::testing::holds_system_error;
+using ctxmgr::testing::pause;
+using ctxmgr::testing::run_awaitable;
+using ctxmgr::testing::test_error;
+using ctxmgr::testing::what_of;
+namespace db = ctxmgr::db;
+namespace postgres = ctxmgr::postgres;
+using postgres::async_connection;
+
+template <class T>
+using task = asio::awaitable<T>;
+
+// Cancels answered under load: the server forks a process for each cancel request.
+const postgres::options answered_cancel{.cancel_grace = 10s};
+
+class AsyncPostgres : public ctxmgr::testing::shared_postgres_test {
+  protected:
+    // Runs body(connection) inside async_connect's manager on a fresh io_context.
+    template <class Body>
+    auto with_connection(Body user_body, postgres::options user_options = {}) {
+        return run_awaitable([](std::string conninfo, postgres::options opts, Body body)
+                                 -> task<ctxmgr::detail::awaitable_value_t<
+                                     std::invoke_result_t<Body&, async_connection&>>> {
+            co_return co_await ctxmgr::async_with(
+                postgres::async_connect(co_await asio::this_coro::executor, conninfo, opts), body);
+        }(server_.conninfo, std::move(user_options), std::move(user_body)));
+    }
+    postgres::connection sync_connect() { return postgres::connect(server_.conninfo); }
+    const std::string table_ = "async_pg_" + std::to_string(::getpid());
+};
+
+TEST_F(AsyncPostgres, StatementsTakeTypedParametersAndReturnRowsAndValues) {
+    const auto names = with_connection([&](async_connection& c) -> task<std::vector<std::string>> {
+        EXPECT_TRUE(c.is_open());
+        EXPECT_GT(c.backend_pid(), 0);
+        co_await c.async_execute_script("CREATE TEMP TABLE t (id bigint PRIMARY KEY, name text)");
+        EXPECT_EQ(co_await c.async_execute("INSERT INTO t VALUES ($1, $2), ($3, $4)", 1, "one",
+                                           std::int64_t{1} << 40, std::string("big")),
+                  2);
+        EXPECT_EQ(co_await c.async_query_value<std::int64_t>("SELECT count(*) FROM t"), 2);
+        EXPECT_EQ(co_await c.async_query_value<std::string>("SELECT pg_typeof($1)::text", 5),
+                  "integer");
+        EXPECT_EQ(co_await c.async_query_value<std::optional<std::string>>(
+                      "SELECT name FROM t WHERE id = $1", 99),
+                  std::nullopt);
+        const auto one = co_await c.async_query_one("SELECT id, name FROM t WHERE id = $1", 1);
+        EXPECT_TRUE(one.has_value());
+        if (one) {
+            EXPECT_EQ(one->get<std::string>("name"), "one");
+        }
+        std::vector<std::string> out;
+        for (auto row : co_await c.async_query("SELECT name FROM t ORDER BY id"))
+            out.push_back(row.get<std::string>(0));
+        co_return out;
+    });
+    EXPECT_EQ(names, (std::vector<std::string>{"one", "big"}));
+}
+
+TEST_F(AsyncPostgres, ErrorsAreTypedBySqlstateAsOnTheSynchronousConnection) {
+    with_connection([&](async_connection& c) -> task<void> {
+        co_await c.async_execute_script("CREATE TEMP TABLE t (id bigint PRIMARY KEY)");
+        co_await c.async_execute("INSERT INTO t VALUES ($1)", 1);
+        std::exception_ptr duplicate;
+        try {
+            co_await c.async_execute("INSERT INTO t VALUES ($1)", 1);
+        } catch (...) {
+            duplicate = std::current_exception();
+        }
+        EXPECT_TRUE(ctxmgr::holds<db::constraint_violation>(duplicate))
+            << ctxmgr::describe(duplicate);
+        EXPECT_NE(what_of(duplicate).find("DETAIL:  Key (id)=(1) already exists."),
+                  std::string::npos);
+        std::exception_ptr count;
+        try {
+            co_await c.async_execute("SELECT $1, $2", 1);
+        } catch (...) {
+            count = std::current_exception();
+        }
+        EXPECT_TRUE(ctxmgr::holds<db::error>(count));
+        EXPECT_NE(what_of(count).find("2"), std::string::npos) << what_of(count);
+        std::exception_ptr none;
+        try {
+            static_cast<void>(co_await c.async_query_value<std::int64_t>("SELECT 1 WHERE false"));
+        } catch (...) {
+            none = std::current_exception();
+        }
+        EXPECT_TRUE(ctxmgr::holds<db::conversion_error>(none)) << ctxmgr::describe(none);
+        // Still usable.
+        EXPECT_EQ(co_await c.async_query_value<std::int64_t>("SELECT 7"), 7);
+    });
+}
+
+TEST_F(AsyncPostgres, ARefusedConnectionIsAConnectionErrorWithoutThePassword) {
+    const ctxmgr::testing::refusing_port refusing;
+    const std::string conninfo = "host=127.0.0.1 port=" + std::to_string(refusing.port()) +
+                                 " user=postgres password=s3cret-value dbname=postgres";
+    const auto e = exception_from([&] {
+        run_awaitable([](std::string target) -> task<void> {
+            co_await ctxmgr::async_with(
+                postgres::async_connect(co_await asio::this_coro::executor, target),
+                [](async_connection&) -> task<void> { co_return; });
+        }(conninfo));
+    });
+    ASSERT_TRUE(ctxmgr::holds<db::connection_error>(e)) << ctxmgr::describe(e);
+    EXPECT_EQ(what_of(e).find("s3cret-value"), std::string::npos) << what_of(e);
+    EXPECT_NE(what_of(e).find("password=***"), std::string::npos) << what_of(e);
+}
+
+TEST_F(AsyncPostgres, AServerThatNeverAnswersTheConnectionFailsAtTheDeadline) {
+    // Listens (the kernel completes the handshake) and never says a word.
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+    ASSERT_EQ(::listen(fd, 4), 0);
+    socklen_t length = sizeof address;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+    const std::string conninfo =
+        "host=127.0.0.1 port=" + std::to_string(ntohs(address.sin_port)) + " user=postgres";
+    const auto start = std::chrono::steady_clock::now();
+    const auto e = exception_from([&] {
+        run_awaitable([](std::string target) -> task<void> {
+            // Named: GCC 12 destroys a temporary of a co_await expression twice.
+            const postgres::options opts{.connect_timeout = 200ms};
+            co_await ctxmgr::async_with(
+                postgres::async_connect(co_await asio::this_coro::executor, target, opts),
+                [](async_connection&) -> task<void> { co_return; });
+        }(conninfo));
+    });
+    const auto waited = std::chrono::steady_clock::now() - start;
+    ::close(fd);
+    ASSERT_TRUE(ctxmgr::holds<db::connection_error>(e)) << ctxmgr::describe(e);
+    EXPECT_NE(what_of(e).find("no answer within 200 ms"), std::string::npos) << what_of(e);
+    EXPECT_GE(waited, 195ms);
+    EXPECT_LT(waited, 5s);
+}
+
+TEST_F(AsyncPostgres, ACancelledStatementIsCancelledOnTheServerAndTheConnectionStaysUsable) {
+    with_connection(
+        [&](async_connection& c) -> task<void> {
+            asio::steady_timer timer(co_await asio::this_coro::executor, 100ms);
+            const auto start = std::chrono::steady_clock::now();
+            const auto winner = co_await (c.async_execute("SELECT pg_sleep(30)") ||
+                                          timer.async_wait(asio::use_awaitable));
+            EXPECT_EQ(winner.index(), 1u);
+            EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
+            EXPECT_TRUE(c.is_open());
+            EXPECT_EQ(c.transaction_state(), db::transaction_state::idle);
+            EXPECT_EQ(co_await c.async_query_value<std::int64_t>("SELECT 1"), 1);
+            // No statement of ours is left running on the server.
+            auto admin = sync_connect();
+            EXPECT_EQ(
+                admin.query_value<std::int64_t>(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%'"
+                    " AND state = 'active'"),
+                0);
+        },
+        answered_cancel);
+}
+
+TEST_F(AsyncPostgres, TheCancelledStatementThrowsOperationAborted) {
+    with_connection(
+        [&](async_connection& c) -> task<void> {
+            asio::cancellation_signal signal;
+            auto executor = co_await asio::this_coro::executor;
+            std::exception_ptr thrown;
+            bool done = false;
+            asio::co_spawn(executor, c.async_execute("SELECT pg_sleep(30)"),
+                           asio::bind_cancellation_slot(signal.slot(),
+                                                        [&](std::exception_ptr e, std::int64_t) {
+                                                            thrown = e;
+                                                            done = true;
+                                                        }));
+            co_await pause(100ms);
+            signal.emit(asio::cancellation_type::terminal);
+            while (!done) co_await pause(10ms);
+            EXPECT_TRUE(holds_system_error(thrown, asio::error::operation_aborted))
+                << ctxmgr::describe(thrown);
+            EXPECT_NE(what_of(thrown).find("cancelled on the server"), std::string::npos)
+                << what_of(thrown);
+            EXPECT_EQ(co_await c.async_query_value<std::int64_t>("SELECT 2"), 2);
+        },
+        answered_cancel);
+}
+
+TEST_F(AsyncPostgres, OneStatementAtATimePerConnection) {
+    with_connection([&](async_connection& c) -> task<void> {
+        auto executor = co_await asio::this_coro::executor;
+        bool done = false;
+        asio::co_spawn(executor, c.async_execute("SELECT pg_sleep(0.2)"),
+                       [&](std::exception_ptr, std::int64_t) { done = true; });
+        co_await pause();
+        std::exception_ptr second;
+        try {
+            co_await c.async_execute("SELECT 1");
+        } catch (...) {
+            second = std::current_exception();
+        }
+        EXPECT_TRUE(ctxmgr::holds<ctxmgr::protocol_error>(second)) << ctxmgr::describe(second);
+        while (!done) co_await pause(10ms);
+        EXPECT_EQ(co_await c.async_query_value<std::int64_t>("SELECT 3"), 3);
+    });
+}
+
+TEST_F(AsyncPostgres, ACancelThatTheServerNeverAnswersClosesTheConnection) {
+    with_connection(
+        [&](async_connection& c) -> task<void> {
+            const ctxmgr::testing::stopped_backend stopped(c.backend_pid());
+            if (!stopped.stopped()) co_return;
+            asio::steady_timer timer(co_await asio::this_coro::executor, 100ms);
+            const auto start = std::chrono::steady_clock::now();
+            const auto winner =
+                co_await (c.async_execute("SELECT 1") || timer.async_wait(asio::use_awaitable));
+            EXPECT_EQ(winner.index(), 1u);
+            const auto waited = std::chrono::steady_clock::now() - start;
+            EXPECT_GE(waited, 290ms);  // 100 ms, then the grace
+            EXPECT_LT(waited, 5s);
+            EXPECT_TRUE(c.closed());
+            std::exception_ptr after;
+            try {
+                co_await c.async_execute("SELECT 1");
+            } catch (...) {
+                after = std::current_exception();
+            }
+            EXPECT_TRUE(ctxmgr::holds<ctxmgr::closed_error>(after)) << ctxmgr::describe(after);
+        },
+        {.cancel_grace = 200ms});
+}
+
+TEST_F(AsyncPostgres, TheClientsStatementTimeoutEndsAStatementTheServerCannot) {
+    with_connection(
+        [&](async_connection& c) -> task<void> {
+            const ctxmgr::testing::stopped_backend stopped(c.backend_pid());
+            if (!stopped.stopped()) co_return;
+            std::exception_ptr e;
+            try {
+                co_await c.async_execute("SELECT 1");
+            } catch (...) {
+                e = std::current_exception();
+            }
+            EXPECT_TRUE(ctxmgr::holds<ctxmgr::timeout_error>(e)) << ctxmgr::describe(e);
+            EXPECT_NE(what_of(e).find("the session is closed"), std::string::npos) << what_of(e);
+            EXPECT_TRUE(c.closed());
+        },
+        {.statement_timeout = 100ms, .cancel_grace = 100ms});
+}
+
+TEST_F(AsyncPostgres, TheServersStatementTimeoutIsAnErrorAndTheConnectionStaysUsable) {
+    with_connection(
+        [&](async_connection& c) -> task<void> {
+            std::exception_ptr e;
+            try {
+                co_await c.async_execute("SELECT pg_sleep(5)");
+            } catch (...) {
+                e = std::current_exception();
+            }
+            EXPECT_NE(what_of(e).find("[57014]"), std::string::npos) << ctxmgr::describe(e);
+            EXPECT_EQ(co_await c.async_query_value<std::int64_t>("SELECT 4"), 4);
+        },
+        {.statement_timeout = 100ms});
+}
+
+// ---- transactions --------------------------------------------------------------------------
+
+TEST_F(AsyncPostgres, ATransactionCommitsRollsBackOnAnExceptionAndNestsAsSavepoints) {
+    with_connection([&](async_connection& c) -> task<void> {
+        co_await c.async_execute_script("CREATE TEMP TABLE t (id bigint)");
+        co_await ctxmgr::async_with(c.async_transaction(), [&](async_connection& tx) -> task<void> {
+            co_await tx.async_execute("INSERT INTO t VALUES ($1)", 1);
+            std::exception_ptr inner;
+            try {
+                co_await ctxmgr::async_with(
+                    tx.async_transaction(), [&](async_connection& sp) -> task<void> {
+                        co_await sp.async_execute("INSERT INTO t VALUES ($1)", 2);
+                        throw test_error("the savepoint's block failed");
+                    });
+            } catch (...) {
+                inner = std::current_exception();
+            }
+            EXPECT_TRUE(ctxmgr::holds<test_error>(inner));
+            EXPECT_EQ(tx.transaction_state(), db::transaction_state::active);
+            co_await tx.async_execute("INSERT INTO t VALUES ($1)", 3);
+        });
+        EXPECT_EQ(c.transaction_state(), db::transaction_state::idle);
+        std::exception_ptr failed;
+        try {
+            co_await ctxmgr::async_with(
+                c.async_transaction(), [&](async_connection& tx) -> task<void> {
+                    co_await tx.async_execute("INSERT INTO t VALUES ($1)", 4);
+                    throw test_error("the block failed");
+                });
+        } catch (...) {
+            failed = std::current_exception();
+        }
+        EXPECT_TRUE(ctxmgr::holds<test_error>(failed));
+        EXPECT_EQ(c.transaction_state(), db::transaction_state::idle);
+        std::vector<std::int64_t> ids;
+        for (auto row : co_await c.async_query("SELECT id FROM t ORDER BY id"))
+            ids.push_back(row.get<std::int64_t>(0));
+        EXPECT_EQ(ids, (std::vector<std::int64_t>{1, 3}));
+    });
+}
+
+TEST_F(AsyncPostgres, AnErrorCaughtInsideTheBlockRollsBackAndExitSays25P02) {
+    with_connection([&](async_connection& c) -> task<void> {
+        std::exception_ptr e;
+        try {
+            co_await ctxmgr::async_with(
+                c.async_transaction(), [&](async_connection& tx) -> task<void> {
+                    try {
+                        co_await tx.async_execute("SELECT no_such_column FROM pg_class");
+                    } catch (const db::error&) {
+                    }
+                });
+        } catch (...) {
+            e = std::current_exception();
+        }
+        EXPECT_NE(what_of(e).find("[25P02]"), std::string::npos) << ctxmgr::describe(e);
+        EXPECT_EQ(c.transaction_state(), db::transaction_state::idle);
+    });
+}
+
+TEST_F(AsyncPostgres, ACancellationDuringBeginLeavesNoTransactionAndAUsableConnection) {
+    with_connection(
+        [&](async_connection& c) -> task<void> {
+            auto executor = co_await asio::this_coro::executor;
+            std::optional<ctxmgr::testing::stopped_backend> stopped(std::in_place, c.backend_pid());
+            if (!stopped->stopped()) co_return;
+            // BEGIN waits on the stopped server; the cancellation comes at 100 ms, the server
+            // resumes at 200 ms, within the grace.
+            asio::steady_timer resume(executor, 200ms);
+            resume.async_wait([&](asio::error_code) { stopped.reset(); });
+            bool body_ran = false;
+            asio::steady_timer timer(executor, 100ms);
+            const auto winner = co_await (ctxmgr::async_with(c.async_transaction(),
+                                                             [&](async_connection&) -> task<void> {
+                                                                 body_ran = true;
+                                                                 co_return;
+                                                             }) ||
+                                          timer.async_wait(asio::use_awaitable));
+            EXPECT_EQ(winner.index(), 1u);
+            EXPECT_FALSE(body_ran);
+            EXPECT_TRUE(c.is_open());
+            EXPECT_EQ(c.transaction_state(), db::transaction_state::idle);
+            EXPECT_EQ(co_await c.async_query_value<std::int64_t>("SELECT 5"), 5);
+        },
+        {.cancel_grace = 3000ms});
+}
+
+TEST_F(AsyncPostgres, ACancellationDuringAStatementRollsTheTransactionBack) {
+    with_connection(
+        [&](async_connection& c) -> task<void> {
+            co_await c.async_execute_script("CREATE TEMP TABLE t (id bigint)");
+            asio::steady_timer timer(co_await asio::this_coro::executor, 100ms);
+            const auto winner = co_await (
+                ctxmgr::async_with(c.async_transaction(),
+                                   [&](async_connection& tx) -> task<void> {
+                                       co_await tx.async_execute("INSERT INTO t VALUES ($1)", 1);
+                                       co_await tx.async_execute("SELECT pg_sleep(30)");
+                                       co_await tx.async_execute("INSERT INTO t VALUES ($1)", 2);
+                                   }) ||
+                timer.async_wait(asio::use_awaitable));
+            EXPECT_EQ(winner.index(), 1u);
+            EXPECT_EQ(c.transaction_state(), db::transaction_state::idle);
+            EXPECT_EQ(co_await c.async_query_value<std::int64_t>("SELECT count(*) FROM t"), 0);
+        },
+        answered_cancel);
+}
+
+TEST_F(AsyncPostgres, ACancellationDuringCommitDoesNotInterruptIt) {
+    auto admin = sync_connect();
+    admin.execute_script("DROP TABLE IF EXISTS " + table_ + "; CREATE TABLE " + table_ +
+                         " (id bigint)");
+    // COMMIT takes 300 ms: a deferred constraint trigger sleeps.
+    admin.execute_script("CREATE FUNCTION " + table_ +
+                         "_slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM "
+                         "pg_sleep(0.3); RETURN NULL; END $$; CREATE CONSTRAINT TRIGGER slow "
+                         "AFTER INSERT ON " +
+                         table_ + " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION " +
+                         table_ + "_slow()");
+    with_connection([&](async_connection& c) -> task<void> {
+        asio::steady_timer timer(co_await asio::this_coro::executor, 100ms);
+        const auto start = std::chrono::steady_clock::now();
+        const auto winner =
+            co_await (ctxmgr::async_with(c.async_transaction(),
+                                         [&](async_connection& tx) -> task<void> {
+                                             co_await tx.async_execute(
+                                                 "INSERT INTO " + table_ + " VALUES ($1)", 1);
+                                         }) ||
+                      timer.async_wait(asio::use_awaitable));
+        EXPECT_EQ(winner.index(), 1u);
+        // The exit, shielded, ran its COMMIT to the end.
+        EXPECT_GE(std::chrono::steady_clock::now() - start, 290ms);
+        EXPECT_EQ(c.transaction_state(), db::transaction_state::idle);
+    });
+    EXPECT_EQ(admin.query_value<std::int64_t>("SELECT count(*) FROM " + table_), 1);
+    admin.execute_script("DROP TABLE " + table_ + "; DROP FUNCTION " + table_ + "_slow()");
+}
+
+TEST_F(AsyncPostgres, ACommitWhoseSessionIsLostIsACommitOutcomeUnknown) {
+    auto admin = sync_connect();
+    const auto e = exception_from([&] {
+        with_connection([&](async_connection& c) -> task<void> {
+            co_await ctxmgr::async_with(
+                c.async_transaction(), [&](async_connection& tx) -> task<void> {
+                    co_await tx.async_execute("SELECT 1");
+                    const int pid = tx.backend_pid();
+                    EXPECT_TRUE(admin.query_value<bool>("SELECT pg_terminate_backend($1)", pid));
+                    for (int i = 0;
+                         i < 250 &&
+                         admin.query_value<std::int64_t>(
+                             "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid) != 0;
+                         ++i) {
+                        co_await pause(20ms);
+                    }
+                });
+        });
+    });
+    ASSERT_TRUE(ctxmgr::holds<db::commit_outcome_unknown>(e)) << ctxmgr::describe(e);
+    EXPECT_NE(what_of(e).find("the outcome of COMMIT"), std::string::npos) << what_of(e);
+}
+
+// Making a manager touches no server.
+TEST(AsyncPostgresNeverEntered, AManagerNeverEnteredReportsItsLine) {
+    ctxmgr::testing::unraisable_log log;
+    unsigned line = 0;
+    {
+        asio::io_context io;
+        const auto unused = postgres::async_connect(io.get_executor(), "host=/nonexistent");
+        line = __LINE__ - 1;
+    }
+    const auto reports = log.reports();
+    ASSERT_EQ(reports.size(), 1u);
+    EXPECT_TRUE(ctxmgr::testing::reports_never_entered(reports[0], "postgres::async_connect",
+                                                       "async_postgres_test.cpp", line))
+        << reports[0];
+}
+
+}  // namespace

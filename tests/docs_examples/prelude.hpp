@@ -10,6 +10,7 @@
 #include <ctxmgr/sqlite.hpp>
 #if CTXMGR_DOCS_EXAMPLES_ASYNC
 #include <ctxmgr/async.hpp>
+#include <ctxmgr/async_postgres.hpp>
 #endif
 
 #include <chrono>

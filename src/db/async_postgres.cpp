@@ -339,18 +339,8 @@ bool async_connection::is_open() const noexcept {
 }
 
 db::transaction_state async_connection::transaction_state() const noexcept {
-    if (impl_ == nullptr || impl_->handle == nullptr) return db::transaction_state::unknown;
-    switch (PQtransactionStatus(impl_->handle)) {
-        case PQTRANS_IDLE:
-            return db::transaction_state::idle;
-        case PQTRANS_ACTIVE:
-        case PQTRANS_INTRANS:
-            return db::transaction_state::active;
-        case PQTRANS_INERROR:
-            return db::transaction_state::failed;
-        default:
-            return db::transaction_state::unknown;
-    }
+    return impl_ == nullptr ? db::transaction_state::unknown
+                            : detail::transaction_state_of(impl_->handle);
 }
 
 int async_connection::backend_pid() const noexcept {

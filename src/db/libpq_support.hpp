@@ -35,6 +35,9 @@ std::string indent_lines(const char* text);
 // The link is gone (or there is none).
 bool lost(PGconn* conn) noexcept;
 
+// Where the session's transaction stands, as libpq reports it; unknown without a session.
+db::transaction_state transaction_state_of(PGconn* conn) noexcept;
+
 // The SQLSTATE of a failed result; empty when it has none.
 std::string sqlstate_of(const PGresult* result);
 

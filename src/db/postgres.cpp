@@ -51,6 +51,21 @@ bool lost(PGconn* conn) noexcept {
     return conn == nullptr || PQstatus(conn) == CONNECTION_BAD;
 }
 
+db::transaction_state transaction_state_of(PGconn* conn) noexcept {
+    if (conn == nullptr) return db::transaction_state::unknown;
+    switch (PQtransactionStatus(conn)) {
+        case PQTRANS_IDLE:
+            return db::transaction_state::idle;
+        case PQTRANS_ACTIVE:
+        case PQTRANS_INTRANS:
+            return db::transaction_state::active;
+        case PQTRANS_INERROR:
+            return db::transaction_state::failed;
+        default:
+            return db::transaction_state::unknown;
+    }
+}
+
 std::string sqlstate_of(const PGresult* result) {
     const char* state = result != nullptr ? PQresultErrorField(result, PG_DIAG_SQLSTATE) : nullptr;
     return state != nullptr ? state : "";
@@ -633,18 +648,8 @@ bool connection::ping(std::chrono::milliseconds timeout) noexcept {
 }
 
 db::transaction_state connection::transaction_state() const noexcept {
-    if (impl_ == nullptr) return db::transaction_state::unknown;
-    switch (PQtransactionStatus(impl_->handle)) {
-        case PQTRANS_IDLE:
-            return db::transaction_state::idle;
-        case PQTRANS_ACTIVE:
-        case PQTRANS_INTRANS:
-            return db::transaction_state::active;
-        case PQTRANS_INERROR:
-            return db::transaction_state::failed;
-        default:
-            return db::transaction_state::unknown;
-    }
+    return impl_ == nullptr ? db::transaction_state::unknown
+                            : detail::transaction_state_of(impl_->handle);
 }
 
 bool connection::rollback_any() {

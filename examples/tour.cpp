@@ -112,8 +112,9 @@ void show_code(std::string_view name, std::source_location where) {
             common = std::min(common, line.find_first_not_of(' '));
         }
     }
-    say("examples/" + file + ':' + std::to_string(first) + '-' +
-        std::to_string(first + lines.size() - 1) + ':');
+    const std::size_t last = first + lines.size() - 1;
+    say("examples/" + file + ':' + std::to_string(first) +
+        (last > first ? '-' + std::to_string(last) : std::string()) + ':');
     for (const auto& line : lines) {
         print_line(std::string(indent) + "| " + (line.size() > common ? line.substr(common) : ""));
     }
@@ -243,7 +244,10 @@ void try_finally_versus_with() {
         say("closed hello.txt by hand");
     }
     say("with ctxmgr: the release is written once, by the manager, and cannot be forgotten:");
+    tour::show_code("append");
+    // tour: append
     ctxmgr::with(ctxmgr::open(path, "a"), [](ctxmgr::file& f) { f.write("Hello again!\n"); });
+    // tour: end
     ctxmgr::with(ctxmgr::open(path), [](ctxmgr::file& f) {
         for (const std::string& line : f.lines())
             say("hello.txt: " + line.substr(0, line.size() - 1));
@@ -264,6 +268,8 @@ void two_managers() {
     const auto output = tour::scratch() / "output.txt";
     ctxmgr::with(ctxmgr::open(input, "w"),
                  [](ctxmgr::file& f) { f.write("context managers\nrelease what they acquire\n"); });
+    tour::show_code("two managers");
+    // tour: two managers
     ctxmgr::with(ctxmgr::open(input), ctxmgr::open(output, "w"),
                  [](ctxmgr::file& in, ctxmgr::file& out) {
                      std::string text = in.read_all();
@@ -271,6 +277,7 @@ void two_managers() {
                                     [](unsigned char c) { return std::toupper(c); });
                      out.write(text);
                  });
+    // tour: end
     say("both closed, output.txt first (exits run in reverse)");
     ctxmgr::with(ctxmgr::open(output), [](ctxmgr::file& f) {
         for (const std::string& line : f.lines())
@@ -280,11 +287,14 @@ void two_managers() {
 
 void when_the_body_throws() {
     const auto path = tour::scratch() / "partial.txt";
+    tour::show_code("halfway");
     try {
+        // tour: halfway
         ctxmgr::with(ctxmgr::open(path, "w"), [](ctxmgr::file& f) {
             f.write("half a record");
             throw std::runtime_error("the body failed halfway");
         });
+        // tour: end
     } catch (const std::exception& e) {
         say(std::string("the file was flushed and closed before the exception reached us: ") +
             e.what());
@@ -318,18 +328,24 @@ void when_the_body_throws() {
 }
 
 void exit_stack_and_coroutines() {
+    tour::show_code("exit_stack");
+    // tour: exit_stack
     ctxmgr::with(ctxmgr::exit_stack(), [](ctxmgr::exit_stack& stack) {
         for (int i = 1; i <= 3; ++i) {
             stack.callback([i] { say("release resource " + std::to_string(i)); });
             say("acquired resource " + std::to_string(i));
         }
     });
+    // tour: end
+    tour::show_code("tag");
+    // tour: tag
     auto tag = [](std::string name) -> ctxmgr::contextmanager<void> {
         say("<" + name + ">");
         co_yield {};
         say("</" + name + ">");
     };
     ctxmgr::with(tag("p"), [] { say("  contextmanager: setup, co_yield, teardown"); });
+    // tour: end
 }
 
 const bool registered =

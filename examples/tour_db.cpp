@@ -62,10 +62,13 @@ void walk_through(Open open, const std::string& table) {
     auto c = open();
     say("");
     say("a transaction commits when its block ends normally ($1, $2 are bound, never spliced):");
+    tour::show_code("transaction");
+    // tour: transaction
     ctxmgr::with(c.transaction(), [&](Connection& tx) {
         tx.execute("UPDATE " + table + " SET balance = balance - $1 WHERE name = $2", 30, "alice");
         tx.execute("UPDATE " + table + " SET balance = balance + $1 WHERE name = $2", 30, "bob");
     });
+    // tour: end
     show_accounts(c, table);
 
     say("");

@@ -42,9 +42,9 @@ template <db::connection Connection, class Open>
 void walk_through(Open open, const std::string& table) {
     say("Python's sqlite3 commits on `with conn:` but leaves the connection open; here the");
     say("connection is its own manager, and leaving the block closes it:");
-    Connection* seen = nullptr;
-    ctxmgr::with(open(), [&](Connection& c) {
-        seen = &c;
+    // A named manager, so that it can be asked afterwards: with() exits it, it stays.
+    auto first = open();
+    ctxmgr::with(first, [&](Connection& c) {
         c.execute_script("DROP TABLE IF EXISTS " + table);
         c.execute("CREATE TABLE " + table +
                   " (name TEXT PRIMARY KEY, balance BIGINT NOT NULL CHECK (balance >= 0))");
@@ -52,7 +52,7 @@ void walk_through(Open open, const std::string& table) {
                   100, "bob", 20);
         say("  open inside the block: " + std::string(c.is_open() ? "yes" : "no"));
     });
-    say("  open after it: " + std::string(seen->is_open() ? "yes" : "no"));
+    say("  open after it: " + std::string(first.is_open() ? "yes" : "no"));
     // Whatever happens below, the table goes (PostgreSQL keeps it beyond the tour).
     ctxmgr::finally drop_table([&] {
         ctxmgr::with(open(),

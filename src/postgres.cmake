@@ -20,6 +20,5 @@ if(TARGET ctxmgr_async)
     ctxmgr_compiled_library(async_postgres SOURCES db/async_postgres.cpp)
     target_link_libraries(ctxmgr_async_postgres PUBLIC ctxmgr_postgres ctxmgr_async
         PRIVATE PostgreSQL::PostgreSQL)
-    # Asio's std::atomic_thread_fence makes GCC warn under -fsanitize=thread.
-    target_compile_options(ctxmgr_async_postgres PRIVATE $<$<CXX_COMPILER_ID:GNU>:-Wno-tsan>)
+    ctxmgr_asio_warnings(ctxmgr_async_postgres)
 endif()

@@ -282,6 +282,39 @@ void pool_dispose(pool_core* core) noexcept;
 // After the borrow's leak registration is made: its id, for on_leak.
 void pool_registered(pool_entry_base& entry, std::uint64_t id) noexcept;
 void pool_release(pool_core& core, pool_entry_base& entry, bool reusable) noexcept;
+
+// Borrowing without blocking a thread (async_pool.hpp drives it from a coroutine). An
+// asynchronous borrower waits in the same queue as the synchronous ones, first come first
+// served. The core calls wake(*this) once, from any thread and after unlocking, when it
+// takes the waiter off the queue (a connection handed to it, one come back to look at, the
+// pool closing, resumed), and touches nothing of it once that call has begun.
+struct pool_async_waiter {
+    void (*wake)(pool_async_waiter&) noexcept = nullptr;
+    // Guarded by the pool's lock.
+    void* queued = nullptr;             // the core's record of it, while it is in the queue
+    pool_entry_base* handed = nullptr;  // lent to it outright when taken off the queue
+    bool woken = false;                 // taken off the queue by the core
+};
+// The deadline of a borrow asked at `started` (nanoseconds::max(): acquire_timeout).
+[[nodiscard]] deadline pool_deadline(const pool_core& core, std::chrono::nanoseconds timeout,
+                                     std::chrono::steady_clock::time_point started) noexcept;
+// Lends a connection (checked as connection() checks it), or queues `waiter` and returns
+// nullptr: then wait for its wake, or withdraw it. Throws what connection() throws (the
+// timeout_error once `limit` has passed).
+[[nodiscard]] pool_entry_base* pool_acquire_async(pool_core& core, pool_async_waiter& waiter,
+                                                  const deadline& limit,
+                                                  std::chrono::steady_clock::time_point started,
+                                                  const std::source_location& where);
+// Takes `waiter` off the queue when it is still there (its wait ended otherwise: true, and
+// wake is not called); false when the core took it off (wake is called, or was).
+[[nodiscard]] bool pool_withdraw(pool_core& core, pool_async_waiter& waiter) noexcept;
+// After the wake, or a withdraw that found the core quicker: the connection handed to
+// `waiter`, checked (nullptr: none, or it failed its check and was destroyed).
+[[nodiscard]] pool_entry_base* pool_take_handed(pool_core& core, pool_async_waiter& waiter,
+                                                const deadline& limit,
+                                                std::chrono::steady_clock::time_point started);
+// Gives back a connection lent to a borrower who left before using it (cancelled).
+void pool_return_unused(pool_core& core, pool_entry_base& entry) noexcept;
 [[nodiscard]] pool_stats pool_statistics(const pool_core& core);
 [[nodiscard]] pool_metrics pool_metrics_of(const pool_core& core);
 [[nodiscard]] pool_status pool_status_of(const pool_core& core);
@@ -335,86 +368,52 @@ class typed_pool_connector final : public pool_connector {
     std::function<Connection()> factory_;
 };
 
-}  // namespace detail
-
+// A connection lent by the pool to one borrower: its leak registration, and its return
+// (rollback, then lent again or destroyed). What pool.connection() and pool.async_connection()
+// share. Move-only; gives back in its destructor what was never given back.
 template <db::connection Connection>
-class pool;
-
-// The manager pool.connection() returns. enter() borrows a connection and returns it; exit()
-// gives it back (see the top of this header). It may be entered again after exit. Move-only;
-// the pool must outlive enter(). One never entered borrowed nothing: its destructor reports
-// that, naming the line that made it, to the unraisable hook (a protocol_error).
-template <db::connection Connection>
-class [[nodiscard]] pooled_connection {
+class pool_loan {
   public:
-    pooled_connection(pooled_connection&& other) noexcept
+    explicit pool_loan(pool_core& core) noexcept : core_(&core) {}
+    pool_loan(pool_loan&& other) noexcept
         : core_(other.core_),
           entry_(std::exchange(other.entry_, nullptr)),
-          timeout_(other.timeout_),
-          check_(std::move(other.check_)),
           tracked_(std::move(other.tracked_)) {}
-    pooled_connection& operator=(pooled_connection&&) = delete;
-    pooled_connection(const pooled_connection&) = delete;
-    pooled_connection& operator=(const pooled_connection&) = delete;
-
-    // Gives back a connection entered and never exited.
-    ~pooled_connection() {
+    pool_loan& operator=(pool_loan&&) = delete;
+    pool_loan(const pool_loan&) = delete;
+    pool_loan& operator=(const pool_loan&) = delete;
+    ~pool_loan() {
         if (entry_ == nullptr) return;
-        release_in_destructor([&] { give_back(nullptr); },
-                              [&] { return detail::pool_description(*core_); }, "pool",
-                              "returning a connection in the destructor");
+        release_in_destructor([&] { give_back(nullptr); }, [&] { return pool_description(*core_); },
+                              "pool", "returning a connection in the destructor");
     }
 
-    // Waits for a connection (see the top of this header). Throws timeout_error,
-    // closed_error, protocol_error when already entered.
-    Connection& enter() {
-        check_.entered();
-        if (entry_ != nullptr) {
-            throw protocol_error(detail::pool_description(*core_) +
-                                 ": pooled connection entered twice");
-        }
-        detail::pool_entry_base* entry = detail::pool_acquire(*core_, timeout_, check_.where());
-        entry_ = entry;
-        if constexpr (tracking_enabled) {
-            try {
-                tracked_ =
-                    tracked("pooled connection", detail::pool_quoted_name(*core_), check_.where());
-            } catch (...) {
-                give_back(nullptr);
-                throw;
-            }
-            detail::pool_registered(*entry, tracked_.id());
-        }
-        return *static_cast<Connection*>(entry->connection);
-    }
-
-    // Gives the connection back: rolls back what is open; destroys it when lost, closed, or
-    // when the rollback fails, and throws that failure (chained to `e`). Throws
-    // protocol_error when not entered.
-    void exit(const std::exception_ptr& e) {
-        if (entry_ == nullptr) {
-            throw protocol_error("pooled connection exited without being entered");
-        }
-        give_back(e);
-    }
-
-    // The borrowed connection; nullptr when not entered.
-    // The resources' common query: true when no connection is borrowed (before enter(),
-    // after exit).
-    [[nodiscard]] bool closed() const noexcept { return entry_ == nullptr; }
+    [[nodiscard]] pool_core& core() const noexcept { return *core_; }
+    [[nodiscard]] bool held() const noexcept { return entry_ != nullptr; }
     [[nodiscard]] Connection* get() const noexcept {
         return entry_ != nullptr ? static_cast<Connection*>(entry_->connection) : nullptr;
     }
 
-  private:
-    friend class pool<Connection>;
+    // Holds `entry`, just lent to the borrower at `where`, and registers it with the leak
+    // tracker; when that throws, the connection goes back first.
+    Connection& hold(pool_entry_base* entry, const std::source_location& where) {
+        entry_ = entry;
+        if constexpr (tracking_enabled) {
+            try {
+                tracked_ = tracked("pooled connection", pool_quoted_name(*core_), where);
+            } catch (...) {
+                give_back(nullptr);
+                throw;
+            }
+            pool_registered(*entry, tracked_.id());
+        }
+        return *static_cast<Connection*>(entry->connection);
+    }
 
-    pooled_connection(detail::pool_core& core, std::chrono::nanoseconds timeout,
-                      std::source_location where) noexcept
-        : core_(&core), timeout_(timeout), check_(where) {}
-
+    // Rolls back what is open; destroys the connection when lost, closed, or when the
+    // rollback fails, and throws that failure (chained to `e`). Requires held().
     void give_back(const std::exception_ptr& e) {
-        detail::pool_entry_base& entry = *std::exchange(entry_, nullptr);
+        pool_entry_base& entry = *std::exchange(entry_, nullptr);
         tracked_.release();
         Connection& c = *static_cast<Connection*>(entry.connection);
         bool reusable = c.is_open();
@@ -432,15 +431,75 @@ class [[nodiscard]] pooled_connection {
                 failure = std::current_exception();
             }
         }
-        detail::pool_release(*core_, entry, reusable);
+        pool_release(*core_, entry, reusable);
         if (failure) rethrow_chained(failure, e);
     }
 
-    detail::pool_core* core_;
-    detail::pool_entry_base* entry_ = nullptr;
+  private:
+    pool_core* core_;
+    pool_entry_base* entry_ = nullptr;
+    [[no_unique_address]] tracked tracked_;
+};
+
+}  // namespace detail
+
+template <db::connection Connection>
+class pool;
+template <db::connection Connection>
+class async_pooled_connection;
+
+// The manager pool.connection() returns. enter() borrows a connection and returns it; exit()
+// gives it back (see the top of this header). It may be entered again after exit. Move-only;
+// the pool must outlive enter(). One never entered borrowed nothing: its destructor reports
+// that, naming the line that made it, to the unraisable hook (a protocol_error).
+template <db::connection Connection>
+class [[nodiscard]] pooled_connection {
+  public:
+    pooled_connection(pooled_connection&& other) noexcept = default;
+    pooled_connection& operator=(pooled_connection&&) = delete;
+    pooled_connection(const pooled_connection&) = delete;
+    pooled_connection& operator=(const pooled_connection&) = delete;
+    // Gives back a connection entered and never exited.
+    ~pooled_connection() = default;
+
+    // Waits for a connection (see the top of this header). Throws timeout_error,
+    // closed_error, protocol_error when already entered.
+    Connection& enter() {
+        check_.entered();
+        if (loan_.held()) {
+            throw protocol_error(detail::pool_description(loan_.core()) +
+                                 ": pooled connection entered twice");
+        }
+        return loan_.hold(detail::pool_acquire(loan_.core(), timeout_, check_.where()),
+                          check_.where());
+    }
+
+    // Gives the connection back: rolls back what is open; destroys it when lost, closed, or
+    // when the rollback fails, and throws that failure (chained to `e`). Throws
+    // protocol_error when not entered.
+    void exit(const std::exception_ptr& e) {
+        if (!loan_.held()) {
+            throw protocol_error("pooled connection exited without being entered");
+        }
+        loan_.give_back(e);
+    }
+
+    // The resources' common query: true when no connection is borrowed (before enter(),
+    // after exit).
+    [[nodiscard]] bool closed() const noexcept { return !loan_.held(); }
+    // The borrowed connection; nullptr when not entered.
+    [[nodiscard]] Connection* get() const noexcept { return loan_.get(); }
+
+  private:
+    friend class pool<Connection>;
+
+    pooled_connection(detail::pool_core& core, std::chrono::nanoseconds timeout,
+                      std::source_location where) noexcept
+        : loan_(core), timeout_(timeout), check_(where) {}
+
+    detail::pool_loan<Connection> loan_;
     std::chrono::nanoseconds timeout_;
     [[no_unique_address]] detail::entry_check<"pooled_connection"> check_;
-    [[no_unique_address]] tracked tracked_;
 };
 
 // A pool of connections made by `factory` (see the top of this header). Also a manager:
@@ -484,6 +543,18 @@ class pool {
         std::chrono::nanoseconds timeout,
         std::source_location where = std::source_location::current()) noexcept {
         return pooled_connection<Connection>(*core_, timeout, where);
+    }
+
+    // The same, for a coroutine (include <ctxmgr/async_pool.hpp>, link ctxmgr::async): an
+    // async manager whose async_enter() waits without blocking its thread.
+    [[nodiscard]] async_pooled_connection<Connection> async_connection(
+        std::source_location where = std::source_location::current()) noexcept {
+        return async_connection(std::chrono::nanoseconds::max(), where);
+    }
+    [[nodiscard]] async_pooled_connection<Connection> async_connection(
+        std::chrono::nanoseconds timeout,
+        std::source_location where = std::source_location::current()) noexcept {
+        return async_pooled_connection<Connection>(*core_, timeout, where);
     }
 
     [[nodiscard]] pool_stats stats() const { return detail::pool_statistics(*core_); }

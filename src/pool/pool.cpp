@@ -154,12 +154,21 @@ struct pool_waiter {
     pool_entry* handed = nullptr;  // the connection handed to it
     bool dequeued = false;         // by someone else, who wakes it
     bool overtaken = false;        // woken once for a connection another borrower took
+    // An asynchronous borrower's, allocated by pool_acquire_async: it has no thread asleep
+    // here, and the record is freed by whoever takes it off the queue.
+    pool_async_waiter* async = nullptr;
     // queued, then asleep (the waker must call the kernel), then released.
     enum : std::uint32_t { queued, asleep, released };
     std::atomic<std::uint32_t> state{queued};
 
     // Wakes it, after the mutex was unlocked; the waiter may be gone when this returns.
     void release() noexcept {
+        if (async != nullptr) {
+            pool_async_waiter& woken = *async;
+            delete this;  // NOLINT: allocated by pool_acquire_async, unreachable from the queue
+            woken.wake(woken);
+            return;
+        }
         if (state.exchange(released, std::memory_order_acq_rel) == asleep) {
             ::syscall(SYS_futex, &state, FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
         }
@@ -493,6 +502,74 @@ class pool_core {
         if (free_now) delete core;
     }
 
+    // A borrower's deadline: `timeout` from `started` (nanoseconds::max(): acquire_timeout).
+    detail::deadline deadline_after(std::chrono::nanoseconds timeout,
+                                    steady::time_point started) const noexcept {
+        if (timeout == std::chrono::nanoseconds::max()) timeout = options_.acquire_timeout;
+        return detail::deadline::after(std::min(timeout, longest_wait), started);
+    }
+
+    // One step of an asynchronous borrow (pool_acquire_async in pool.hpp): acquire_waiting's
+    // loop up to the wait, which the borrower's coroutine does instead of sleeping here.
+    pool_entry* acquire_async(pool_async_waiter& a, const detail::deadline& deadline,
+                              steady::time_point started, const std::source_location& where) {
+        auto record = std::make_unique<pool_waiter>();  // before anything changes: may throw
+        std::unique_lock lock(mutex_);
+        for (;;) {
+            if (closing_) throw closed_error("async_connection() on closed " + description_);
+            if (!idle_.empty() && !suspended_) {
+                const std::int64_t now = coarse_now_ns();
+                pool_entry& e = lend(now, where);
+                lock.unlock();
+                if (ready(e, now, deadline)) return obtained(e, started);
+                lock.lock();
+                continue;
+            }
+            const auto now = steady::now();
+            if (deadline.expired(now)) {
+                ++timeouts_;
+                throw_timeout(lock, started, now);
+            }
+            // Woken for a connection that another borrower took first: to the front.
+            const bool overtaken = std::exchange(a.woken, false) && a.handed == nullptr;
+            if (!overtaken && options_.max_waiting > 0 && waiting_ >= options_.max_waiting) {
+                ++refused_;
+                const std::string what = "a connection from " + description_ + ": " +
+                                         std::to_string(waiting_) +
+                                         " borrowers are waiting already (max_waiting " +
+                                         std::to_string(options_.max_waiting) + ')';
+                lock.unlock();
+                throw too_many_waiters(what);
+            }
+            record->where = where;
+            record->started = started;
+            record->overtaken = overtaken;
+            record->async = &a;
+            a.handed = nullptr;
+            a.queued = record.get();
+            enqueue(*record.release(), overtaken);
+            if (creation_wanted()) creator_wake_.notify_one();
+            return nullptr;
+        }
+    }
+
+    bool withdraw(pool_async_waiter& a) noexcept {
+        std::lock_guard lock(mutex_);
+        if (a.queued == nullptr) return false;
+        pool_waiter* record = static_cast<pool_waiter*>(a.queued);
+        dequeue(*record);
+        a.woken = false;
+        delete record;  // NOLINT: allocated by acquire_async
+        return true;
+    }
+
+    pool_entry* take_handed(pool_async_waiter& a, const detail::deadline& deadline,
+                            steady::time_point started) noexcept {
+        pool_entry* e = static_cast<pool_entry*>(std::exchange(a.handed, nullptr));
+        if (e == nullptr || !ready(*e, coarse_now_ns(), deadline)) return nullptr;
+        return obtained(*e, started);
+    }
+
   private:
     [[nodiscard]] pool_metrics metrics_locked() const noexcept {
         pool_metrics m;
@@ -549,13 +626,6 @@ class pool_core {
         e.leak_reported = false;
         e.tracked_id.store(0, std::memory_order_relaxed);
         ++in_use_;
-    }
-
-    // A borrower's deadline: `timeout` from `started` (nanoseconds::max(): acquire_timeout).
-    detail::deadline deadline_after(std::chrono::nanoseconds timeout,
-                                    steady::time_point started) const noexcept {
-        if (timeout == std::chrono::nanoseconds::max()) timeout = options_.acquire_timeout;
-        return detail::deadline::after(std::min(timeout, longest_wait), started);
     }
 
     // How long a validation ping may wait: validation_timeout, cut to what the borrower has
@@ -678,6 +748,10 @@ class pool_core {
         (w.next != nullptr ? w.next->prev : waiters_tail_) = w.prev;
         w.prev = w.next = nullptr;
         w.dequeued = true;
+        if (w.async != nullptr) {
+            w.async->queued = nullptr;
+            w.async->woken = true;
+        }
         --waiting_;
         return w;
     }
@@ -687,6 +761,7 @@ class pool_core {
         pool_waiter& w = dequeue(*waiters_);
         lend(e, now, w.where);
         w.handed = &e;
+        if (w.async != nullptr) w.async->handed = &e;
         return w;
     }
 
@@ -1177,6 +1252,31 @@ void pool_dispose(pool_core* core) noexcept {
 pool_entry_base* pool_acquire(pool_core& core, std::chrono::nanoseconds timeout,
                               const std::source_location& where) {
     return core.acquire(timeout, where);
+}
+
+deadline pool_deadline(const pool_core& core, std::chrono::nanoseconds timeout,
+                       std::chrono::steady_clock::time_point started) noexcept {
+    return core.deadline_after(timeout, started);
+}
+
+pool_entry_base* pool_acquire_async(pool_core& core, pool_async_waiter& waiter,
+                                    const deadline& limit,
+                                    std::chrono::steady_clock::time_point started,
+                                    const std::source_location& where) {
+    return core.acquire_async(waiter, limit, started, where);
+}
+
+bool pool_withdraw(pool_core& core, pool_async_waiter& waiter) noexcept {
+    return core.withdraw(waiter);
+}
+
+pool_entry_base* pool_take_handed(pool_core& core, pool_async_waiter& waiter, const deadline& limit,
+                                  std::chrono::steady_clock::time_point started) {
+    return core.take_handed(waiter, limit, started);
+}
+
+void pool_return_unused(pool_core& core, pool_entry_base& entry) noexcept {
+    core.release(static_cast<pool_entry&>(entry), true, false);
 }
 
 void pool_registered(pool_entry_base& entry, std::uint64_t id) noexcept {

@@ -1,0 +1,191 @@
+// ctxmgr/async_pool.hpp: borrowing from a ctxmgr::pool in a coroutine, without blocking its
+// thread (link ctxmgr::async).
+//
+// pool.async_connection() is the async twin of pool.connection(): its async_enter() waits for
+// a connection by suspending the coroutine, so one thread serves any number of borrowers
+// waiting at once; its exit gives the connection back as connection()'s does (a transaction
+// left open rolled back, a broken connection replaced), synchronously, since giving back
+// never waits for another borrower.
+//
+//   ctxmgr::pool pool([] { return ctxmgr::sqlite::connect("app.db"); }, {.max_size = 4});
+//   co_await ctxmgr::async_with(pool.async_connection(std::chrono::seconds(2)),
+//       [](ctxmgr::sqlite::connection& db) -> asio::awaitable<void> {
+//           db.execute("UPDATE t SET n = n + 1");
+//           co_return;
+//       });
+//
+// Guarantees:
+//   - One queue: asynchronous and synchronous borrowers of a pool wait in the same queue,
+//     first come, first served, with the same rule against starvation (pool.hpp).
+//   - Deadline: async_enter() waits at most the timeout given (acquire_timeout by default),
+//     then throws timeout_error as connection() does, naming the pool and its borrowers.
+//   - Cancellation (Asio per-operation cancellation, e.g. `||` with a timer): a cancelled
+//     borrower leaves the queue and takes nothing (a connection handed to it at that very
+//     moment goes back to the pool unused); async_enter() then throws
+//     std::system_error(asio::error::operation_aborted). async_with shields the exit, so a
+//     connection borrowed is always given back.
+//   - Errors: closed_error (the pool is closed, also while waiting), too_many_waiters
+//     (max_waiting), protocol_error (entered twice). After any of them nothing is borrowed.
+//   - Threads: the waiting borrower resumes on its coroutine's executor; the pool's own
+//     threads only post to it. The manager and the connection lent are used by one coroutine
+//     at a time. The pool must outlive async_enter() and the borrow, as with connection().
+//   - The connection is the pool's synchronous one: checking an idle connection before it is
+//     lent (after validate_after_idle: a ping, at most validation_timeout) and the statements
+//     the body runs block the thread for their round trip. For PostgreSQL without blocking,
+//     use postgres::async_connect (async_postgres.hpp).
+#pragma once
+
+#include <asio/any_io_executor.hpp>
+#include <asio/awaitable.hpp>
+#include <asio/error.hpp>
+#include <asio/experimental/as_tuple.hpp>
+#include <asio/experimental/concurrent_channel.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/this_coro.hpp>
+#include <asio/use_awaitable.hpp>
+
+#include <chrono>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <source_location>
+#include <system_error>
+
+#include "detail/entry_check.hpp"
+#include "pool.hpp"
+
+namespace ctxmgr {
+
+namespace detail {
+
+// One turn in the pool's queue: the core wakes it through a channel, from any thread. It
+// keeps itself alive while the core may still wake it, so that a borrower who stops waiting
+// (deadline, cancellation) may leave at once.
+struct async_pool_turn : pool_async_waiter {
+    explicit async_pool_turn(const asio::any_io_executor& executor) : channel(executor, 1) {
+        wake = &on_wake;
+    }
+
+    static void on_wake(pool_async_waiter& waiter) noexcept {
+        auto& turn = static_cast<async_pool_turn&>(waiter);
+        const std::shared_ptr<async_pool_turn> alive = std::move(turn.alive);
+        turn.channel.try_send(asio::error_code(), true);
+    }
+
+    // The bool is unused: Asio 1.22's channels cannot carry an error_code alone.
+    asio::experimental::concurrent_channel<void(asio::error_code, bool)> channel;
+    std::shared_ptr<async_pool_turn> alive;
+};
+
+// pool_acquire's loop, with the waits awaited.
+inline asio::awaitable<pool_entry_base*> async_pool_acquire(pool_core& core,
+                                                            std::chrono::nanoseconds timeout,
+                                                            std::source_location where) {
+    const auto executor = co_await asio::this_coro::executor;
+    const auto started = std::chrono::steady_clock::now();
+    const deadline limit = pool_deadline(core, timeout, started);
+    bool overtaken = false;  // woken for a connection another borrower took first
+    for (;;) {
+        auto turn = std::make_shared<async_pool_turn>(executor);
+        turn->alive = turn;
+        turn->woken = overtaken;
+        pool_entry_base* entry = nullptr;
+        try {
+            entry = pool_acquire_async(core, *turn, limit, started, where);
+        } catch (...) {
+            turn->alive.reset();  // not queued: nobody wakes it
+            throw;
+        }
+        if (entry != nullptr) {
+            turn->alive.reset();
+            co_return entry;
+        }
+        std::optional<asio::steady_timer> timer;
+        if (limit.timed()) {
+            timer.emplace(executor, limit.time_point());
+            timer->async_wait([turn](const asio::error_code& error) {
+                if (!error) turn->channel.try_send(asio::error_code(asio::error::timed_out), false);
+            });
+        }
+        asio::error_code error;
+        try {
+            auto [received, unused] = co_await turn->channel.async_receive(
+                asio::experimental::as_tuple(asio::use_awaitable));
+            static_cast<void>(unused);
+            error = received;
+        } catch (const std::system_error& cancelled) {
+            error = cancelled.code();  // cancelled before the wait began
+        }
+        if (timer) timer->cancel();
+        if (error && pool_withdraw(core, *turn)) turn->alive.reset();
+        // Taken off the queue by the core (woken, or handed a connection) also when the
+        // wait ended otherwise at the same moment: what was handed is this borrower's.
+        if (error && error != asio::error::timed_out) {
+            if (turn->handed != nullptr) pool_return_unused(core, *turn->handed);
+            throw std::system_error(asio::error::operation_aborted,
+                                    "a connection from " + pool_description(core));
+        }
+        overtaken = turn->woken && turn->handed == nullptr;
+        entry = pool_take_handed(core, *turn, limit, started);
+        if (entry != nullptr) co_return entry;
+        // Woken to look again, or the deadline passed: the next turn lends, queues again
+        // (first, when it was overtaken), or throws timeout_error.
+    }
+}
+
+}  // namespace detail
+
+// The manager pool.async_connection() returns (see the top of this header): async_enter()
+// borrows and gives the connection to the body; exit() gives it back. It may be entered
+// again after exit. Move-only; one never entered borrowed nothing, and its destructor
+// reports that to the unraisable hook.
+template <db::connection Connection>
+class [[nodiscard]] async_pooled_connection {
+  public:
+    async_pooled_connection(async_pooled_connection&&) noexcept = default;
+    async_pooled_connection& operator=(async_pooled_connection&&) = delete;
+    async_pooled_connection(const async_pooled_connection&) = delete;
+    async_pooled_connection& operator=(const async_pooled_connection&) = delete;
+    // Gives back a connection entered and never exited.
+    ~async_pooled_connection() = default;
+
+    // Waits for a connection. Throws timeout_error, closed_error, too_many_waiters,
+    // std::system_error(operation_aborted) when cancelled, protocol_error when entered twice.
+    asio::awaitable<std::reference_wrapper<Connection>> async_enter() {
+        check_.entered();
+        if (loan_.held()) {
+            throw protocol_error(detail::pool_description(loan_.core()) +
+                                 ": async pooled connection entered twice");
+        }
+        detail::pool_entry_base* entry =
+            co_await detail::async_pool_acquire(loan_.core(), timeout_, check_.where());
+        co_return std::ref(loan_.hold(entry, check_.where()));
+    }
+
+    // As pooled_connection::exit.
+    void exit(const std::exception_ptr& e) {
+        if (!loan_.held()) {
+            throw protocol_error("async pooled connection exited without being entered");
+        }
+        loan_.give_back(e);
+    }
+
+    // True when no connection is borrowed (before async_enter(), after exit).
+    [[nodiscard]] bool closed() const noexcept { return !loan_.held(); }
+    // The borrowed connection; nullptr when not entered.
+    [[nodiscard]] Connection* get() const noexcept { return loan_.get(); }
+
+  private:
+    friend class pool<Connection>;
+
+    async_pooled_connection(detail::pool_core& core, std::chrono::nanoseconds timeout,
+                            std::source_location where) noexcept
+        : loan_(core), timeout_(timeout), check_(where) {}
+
+    detail::pool_loan<Connection> loan_;
+    std::chrono::nanoseconds timeout_;
+    [[no_unique_address]] detail::entry_check<"pool::async_connection"> check_;
+};
+
+}  // namespace ctxmgr

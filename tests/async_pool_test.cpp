@@ -1,0 +1,408 @@
+#include <ctxmgr/async_pool.hpp>
+#include <ctxmgr/async_with.hpp>
+#include <ctxmgr/sqlite.hpp>
+
+#include <gtest/gtest.h>
+#include <asio/bind_cancellation_slot.hpp>
+#include <asio/cancellation_signal.hpp>
+#include <asio/co_spawn.hpp>
+#include <asio/detached.hpp>
+#include <asio/experimental/awaitable_operators.hpp>
+#include <asio/io_context.hpp>
+#include <asio/post.hpp>
+#include <asio/steady_timer.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <exception>
+#include <future>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#include "async_recording.hpp"
+#include "eventually.hpp"
+#include "recording.hpp"
+#include "temp_directory.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+using namespace asio::experimental::awaitable_operators;
+using ctxmgr::testing::contains;
+using ctxmgr::testing::eventually;
+using ctxmgr::testing::holds_system_error;
+using ctxmgr::testing::pause;
+using ctxmgr::testing::run_awaitable;
+using ctxmgr::testing::test_error;
+namespace sqlite = ctxmgr::sqlite;
+using sqlite_pool = ctxmgr::pool<sqlite::connection>;
+using async_borrow = ctxmgr::async_pooled_connection<sqlite::connection>;
+
+template <class T>
+using task = asio::awaitable<T>;
+
+static_assert(ctxmgr::async_context_manager<async_borrow>);
+static_assert(!std::is_copy_constructible_v<async_borrow>);
+static_assert(std::is_nothrow_move_constructible_v<async_borrow>);
+
+// Pools of SQLite connections to one file.
+class AsyncPool : public ::testing::Test {
+  protected:
+    sqlite_pool make(ctxmgr::pool_options options = {}) {
+        if (options.name == "pool") options.name = "async";
+        return sqlite_pool([this] { return sqlite::connect(file_, {.busy_timeout = 10s}); },
+                           std::move(options));
+    }
+    // Makes one connection and leaves it idle.
+    static void warm(sqlite_pool& pool) {
+        ctxmgr::with(pool.connection(), [](sqlite::connection&) {});
+    }
+
+    ctxmgr::testing::temp_directory directory_;
+    std::string file_ = directory_.file("async_pool.db");
+};
+
+// What a coroutine's borrow ended with.
+std::exception_ptr outcome_of(asio::io_context& io, task<void> borrow) {
+    std::exception_ptr outcome;
+    bool done = false;
+    asio::co_spawn(io, std::move(borrow), [&](std::exception_ptr e) {
+        outcome = e;
+        done = true;
+    });
+    io.run();
+    EXPECT_TRUE(done);
+    return outcome;
+}
+
+TEST_F(AsyncPool, LendsAConnectionToACoroutineAndTakesItBack) {
+    auto pool = make();
+    sqlite::connection* lent = nullptr;
+    run_awaitable(
+        ctxmgr::async_with(pool.async_connection(), [&](sqlite::connection& c) -> task<void> {
+            lent = &c;
+            co_await pause();
+            EXPECT_EQ(c.query_value<std::int64_t>("SELECT $1 + 1", 41), 42);
+            EXPECT_EQ(pool.stats().in_use, 1U);
+        }));
+    auto s = pool.stats();
+    EXPECT_EQ(s.in_use, 0U);
+    EXPECT_EQ(s.idle, 1U);
+    // The same connection serves the synchronous borrowers: one pool.
+    ctxmgr::with(pool.connection(), [&](sqlite::connection& c) { EXPECT_EQ(&c, lent); });
+    EXPECT_EQ(pool.stats().created, 1U);
+}
+
+TEST_F(AsyncPool, ABodyThatThrowsHasItsTransactionRolledBackAndItsExceptionKept) {
+    auto pool = make();
+    ctxmgr::with(pool.connection(),
+                 [](sqlite::connection& c) { c.execute("CREATE TABLE t (n INTEGER)"); });
+    const test_error thrown("body");
+    std::exception_ptr caught;
+    try {
+        run_awaitable(
+            ctxmgr::async_with(pool.async_connection(), [&](sqlite::connection& c) -> task<void> {
+                c.execute("BEGIN");
+                c.execute("INSERT INTO t VALUES (1)");
+                co_await pause();
+                throw thrown;
+            }));
+    } catch (const test_error&) {
+        caught = std::current_exception();
+    }
+    ASSERT_TRUE(caught);
+    ctxmgr::with(pool.connection(), [](sqlite::connection& c) {
+        EXPECT_EQ(c.transaction_state(), ctxmgr::db::transaction_state::idle);
+        EXPECT_EQ(c.query_value<std::int64_t>("SELECT count(*) FROM t"), 0);
+    });
+}
+
+TEST_F(AsyncPool, ManyCoroutinesShareAFewConnectionsWithoutBlockingTheirThread) {
+    auto pool = make({.max_size = 2});
+    asio::io_context io;
+    std::size_t most_in_use = 0;
+    int served = 0;
+    int ticks = 0;
+    bool waiting_seen = false;
+    for (int i = 0; i < 40; ++i) {
+        asio::co_spawn(io,
+                       ctxmgr::async_with(pool.async_connection(5s),
+                                          [&](sqlite::connection& c) -> task<void> {
+                                              const auto s = pool.stats();
+                                              most_in_use = std::max(most_in_use, s.in_use);
+                                              waiting_seen = waiting_seen || s.waiting > 0;
+                                              co_await pause(1ms);  // holds it across a suspension
+                                              EXPECT_EQ(c.query_value<std::int64_t>("SELECT 7"), 7);
+                                              ++served;
+                                          }),
+                       asio::detached);
+    }
+    // Runs on the same thread while the borrowers wait: nobody sleeps in the pool.
+    asio::co_spawn(
+        io,
+        [&]() -> task<void> {
+            while (served < 40) {
+                ++ticks;
+                co_await pause(1ms);
+            }
+        },
+        asio::detached);
+    io.run();
+    EXPECT_EQ(served, 40);
+    EXPECT_EQ(most_in_use, 2U);
+    EXPECT_TRUE(waiting_seen);
+    EXPECT_GT(ticks, 5);
+    const auto s = pool.stats();
+    EXPECT_EQ(s.in_use, 0U);
+    EXPECT_EQ(s.waiting, 0U);
+    EXPECT_LE(s.created, 2U);
+}
+
+TEST_F(AsyncPool, CoroutinesAndThreadsAreServedInTheOrderTheyAsked) {
+    auto pool = make({.max_size = 1});
+    warm(pool);
+    std::mutex order_mutex;
+    std::vector<std::string> order;
+    auto served = [&](const std::string& who) {
+        std::lock_guard lock(order_mutex);
+        order.push_back(who);
+    };
+    std::promise<void> release_first;
+    std::thread holder([&] {
+        ctxmgr::with(pool.connection(), [&](sqlite::connection&) {
+            served("holder");
+            release_first.get_future().wait();
+        });
+    });
+    ASSERT_TRUE(eventually([&] { return pool.stats().in_use == 1; }));
+    std::thread first_waiter(
+        [&] { ctxmgr::with(pool.connection(5s), [&](sqlite::connection&) { served("thread"); }); });
+    ASSERT_TRUE(eventually([&] { return pool.stats().waiting == 1; }));
+    asio::io_context io;
+    asio::co_spawn(io,
+                   ctxmgr::async_with(pool.async_connection(5s),
+                                      [&](sqlite::connection&) -> task<void> {
+                                          served("coroutine");
+                                          co_return;
+                                      }),
+                   asio::detached);
+    io.poll();  // the coroutine queues behind the thread
+    ASSERT_TRUE(eventually([&] { return pool.stats().waiting == 2; }));
+    release_first.set_value();
+    holder.join();
+    first_waiter.join();
+    io.run();
+    EXPECT_EQ(order, (std::vector<std::string>{"holder", "thread", "coroutine"}));
+}
+
+TEST_F(AsyncPool, AWaitThatOutlivesItsTimeoutThrowsTimeoutErrorNamingThePool) {
+    auto pool = make({.name = "reports", .max_size = 1});
+    warm(pool);
+    std::exception_ptr outcome;
+    ctxmgr::with(pool.connection(), [&](sqlite::connection&) {
+        asio::io_context io;
+        outcome = outcome_of(
+            io, ctxmgr::async_with(pool.async_connection(30ms),
+                                   [](sqlite::connection&) -> task<void> { co_return; }));
+    });
+    ASSERT_TRUE(outcome);
+    try {
+        std::rethrow_exception(outcome);
+    } catch (const ctxmgr::timeout_error& e) {
+        EXPECT_TRUE(contains(e.what(), "pool \"reports\"")) << e.what();
+        EXPECT_TRUE(contains(e.what(), "async_pool_test.cpp")) << e.what();  // the borrower
+    }
+    const auto m = pool.metrics();
+    EXPECT_EQ(m.timeouts, 1U);
+    EXPECT_EQ(m.pending, 0U);
+    EXPECT_EQ(m.idle, 1U);
+}
+
+TEST_F(AsyncPool, ACancelledWaiterLeavesTheQueueAndTakesNothing) {
+    auto pool = make({.max_size = 1});
+    warm(pool);
+    std::exception_ptr outcome;
+    bool timer_won = false;
+    {
+        auto held = pool.connection();
+        held.enter();
+        asio::io_context io;
+        asio::co_spawn(
+            io,
+            [&]() -> task<void> {
+                asio::steady_timer timer(co_await asio::this_coro::executor, 30ms);
+                auto borrow =
+                    ctxmgr::async_with(pool.async_connection(10s),
+                                       [](sqlite::connection&) -> task<void> { co_return; });
+                auto winner = co_await (std::move(borrow) || timer.async_wait(asio::use_awaitable));
+                timer_won = winner.index() == 1;
+            },
+            [&](std::exception_ptr e) { outcome = e; });
+        io.run();
+        EXPECT_EQ(pool.stats().waiting, 0U);
+        held.exit(nullptr);
+    }
+    EXPECT_FALSE(outcome);
+    EXPECT_TRUE(timer_won);
+    const auto s = pool.stats();
+    EXPECT_EQ(s.idle, 1U);
+    EXPECT_EQ(s.in_use, 0U);
+    EXPECT_EQ(pool.metrics().timeouts, 0U);
+}
+
+TEST_F(AsyncPool, AConnectionHandedToAWaiterCancelledAtThatMomentGoesBackUnused) {
+    auto pool = make({.max_size = 1});
+    warm(pool);
+    pool.suspend();
+    asio::io_context io;
+    asio::cancellation_signal cancel;
+    std::exception_ptr outcome;
+    bool body_ran = false;
+    asio::co_spawn(
+        io,
+        ctxmgr::async_with(pool.async_connection(10s),
+                           [&](sqlite::connection&) -> task<void> {
+                               body_ran = true;
+                               co_return;
+                           }),
+        asio::bind_cancellation_slot(cancel.slot(), [&](std::exception_ptr e) { outcome = e; }));
+    io.poll();
+    ASSERT_EQ(pool.stats().waiting, 1U);
+    // The cancellation lands first, then resume() hands the idle connection to the waiter,
+    // which still sits in the queue: it must give it back.
+    asio::post(io, [&] {
+        cancel.emit(asio::cancellation_type::terminal);
+        pool.resume();
+    });
+    io.run();
+    EXPECT_FALSE(body_ran);
+    EXPECT_TRUE(holds_system_error(outcome, asio::error::operation_aborted));
+    const auto s = pool.stats();
+    EXPECT_EQ(s.idle, 1U);
+    EXPECT_EQ(s.in_use, 0U);
+    EXPECT_EQ(s.waiting, 0U);
+    // Still lendable.
+    ctxmgr::with(pool.connection(0ns), [](sqlite::connection& c) { EXPECT_TRUE(c.is_open()); });
+}
+
+TEST_F(AsyncPool, ClosingThePoolEndsTheWaitWithClosedError) {
+    auto pool = make({.max_size = 1});
+    pool.suspend();
+    asio::io_context io;
+    std::exception_ptr outcome;
+    asio::co_spawn(io,
+                   ctxmgr::async_with(pool.async_connection(10s),
+                                      [](sqlite::connection&) -> task<void> { co_return; }),
+                   [&](std::exception_ptr e) { outcome = e; });
+    io.poll();
+    ASSERT_EQ(pool.stats().waiting, 1U);
+    std::thread closer([&] { pool.close(1s); });
+    io.run();  // returns once the waiter has its answer
+    closer.join();
+    ASSERT_TRUE(outcome);
+    EXPECT_THROW(std::rethrow_exception(outcome), ctxmgr::closed_error);
+}
+
+TEST_F(AsyncPool, MaxWaitingTurnsAwayACoroutineBeyondIt) {
+    auto pool = make({.max_size = 1, .max_waiting = 1});
+    pool.suspend();
+    asio::io_context io;
+    std::exception_ptr first;
+    std::exception_ptr second;
+    auto borrow = [&] {
+        return ctxmgr::async_with(pool.async_connection(10s),
+                                  [](sqlite::connection&) -> task<void> { co_return; });
+    };
+    asio::co_spawn(io, borrow(), [&](std::exception_ptr e) { first = e; });
+    asio::co_spawn(io, borrow(), [&](std::exception_ptr e) { second = e; });
+    io.poll();
+    ASSERT_TRUE(second);
+    EXPECT_THROW(std::rethrow_exception(second), ctxmgr::too_many_waiters);
+    pool.resume();
+    io.run();
+    EXPECT_FALSE(first);
+    EXPECT_EQ(pool.metrics().refused, 1U);
+}
+
+TEST_F(AsyncPool, EnteredTwiceIsAProtocolErrorAndNeverEnteredIsReported) {
+    auto pool = make();
+    run_awaitable([&]() -> task<void> {
+        auto borrow = pool.async_connection();
+        co_await borrow.async_enter();
+        EXPECT_FALSE(borrow.closed());
+        EXPECT_THROW(co_await borrow.async_enter(), ctxmgr::protocol_error);
+        borrow.exit(nullptr);
+        EXPECT_TRUE(borrow.closed());
+        EXPECT_THROW(borrow.exit(nullptr), ctxmgr::protocol_error);
+    }());
+    ctxmgr::testing::unraisable_log log;
+    const unsigned line = __LINE__ + 1;
+    { auto unused = pool.async_connection(); }
+    const auto reports = log.reports();
+    ASSERT_EQ(reports.size(), 1U);
+    EXPECT_TRUE(ctxmgr::testing::reports_never_entered(reports[0], "pool::async_connection",
+                                                       "async_pool_test.cpp", line))
+        << reports[0];
+    EXPECT_EQ(pool.stats().in_use, 0U);
+}
+
+// Threads borrowing synchronously and coroutines on a two-thread io_context, on one pool:
+// never more lent than max_size, every borrow served.
+TEST_F(AsyncPool, ThreadsAndCoroutinesOnSeveralThreadsShareOnePool) {
+    auto pool = make({.max_size = 2});
+    std::atomic<int> lent{0};
+    std::atomic<int> most{0};
+    std::atomic<int> borrows{0};
+    auto begin_use = [&] {
+        const int now = ++lent;
+        int seen = most.load();
+        while (now > seen && !most.compare_exchange_weak(seen, now)) {
+        }
+        ++borrows;
+    };
+    constexpr int rounds = 50;
+    asio::io_context io;
+    for (int i = 0; i < 8; ++i) {
+        asio::co_spawn(
+            io,
+            [&]() -> task<void> {
+                for (int r = 0; r < rounds; ++r) {
+                    co_await ctxmgr::async_with(pool.async_connection(10s),
+                                                [&](sqlite::connection&) -> task<void> {
+                                                    begin_use();
+                                                    co_await pause();
+                                                    --lent;
+                                                });
+                }
+            },
+            asio::detached);
+    }
+    std::vector<std::thread> threads;
+    for (int i = 0; i < 2; ++i) threads.emplace_back([&] { io.run(); });
+    for (int i = 0; i < 2; ++i) {
+        threads.emplace_back([&] {
+            for (int r = 0; r < rounds; ++r) {
+                ctxmgr::with(pool.connection(10s), [&](sqlite::connection&) {
+                    begin_use();
+                    std::this_thread::sleep_for(100us);
+                    --lent;
+                });
+            }
+        });
+    }
+    for (auto& t : threads) t.join();
+    EXPECT_EQ(borrows.load(), 10 * rounds);
+    EXPECT_LE(most.load(), 2);
+    const auto s = pool.stats();
+    EXPECT_EQ(s.in_use, 0U);
+    EXPECT_EQ(s.waiting, 0U);
+}
+
+}  // namespace

@@ -44,6 +44,7 @@
 #include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <exception>
 #include <functional>
@@ -51,6 +52,8 @@
 #include <optional>
 #include <source_location>
 #include <system_error>
+#include <thread>
+#include <utility>
 
 #include "detail/entry_check.hpp"
 #include "pool.hpp"
@@ -59,9 +62,7 @@ namespace ctxmgr {
 
 namespace detail {
 
-// One turn in the pool's queue: the core wakes it through a channel, from any thread. It
-// keeps itself alive while the core may still wake it, so that a borrower who stops waiting
-// (deadline, cancellation) may leave at once.
+// One turn in the pool's queue: the core wakes it through a channel, from any thread.
 struct async_pool_turn : pool_async_waiter {
     explicit async_pool_turn(const asio::any_io_executor& executor) : channel(executor, 1) {
         wake = &on_wake;
@@ -69,13 +70,43 @@ struct async_pool_turn : pool_async_waiter {
 
     static void on_wake(pool_async_waiter& waiter) noexcept {
         auto& turn = static_cast<async_pool_turn&>(waiter);
-        const std::shared_ptr<async_pool_turn> alive = std::move(turn.alive);
         turn.channel.try_send(asio::error_code(), true);
+        turn.wake_done.store(true, std::memory_order_release);  // its last touch of the turn
     }
 
     // The bool is unused: Asio 1.22's channels cannot carry an error_code alone.
     asio::experimental::concurrent_channel<void(asio::error_code, bool)> channel;
-    std::shared_ptr<async_pool_turn> alive;
+    std::atomic<bool> wake_done{false};
+};
+
+// A turn's place in the queue, left on every way out of the wait: withdrawn when the core
+// has not taken it off; otherwise held until the core's wake is over, so that the turn, its
+// channel and the executor behind it outlive the wake (the coroutine may be done and its
+// io_context gone the moment the wake has sent). Also when the coroutine's frame is
+// destroyed while it waits: then a connection handed to it goes back.
+class async_pool_place {
+  public:
+    async_pool_place(pool_core& core, async_pool_turn& turn) noexcept : core_(core), turn_(turn) {}
+    async_pool_place(const async_pool_place&) = delete;
+    async_pool_place& operator=(const async_pool_place&) = delete;
+    ~async_pool_place() {
+        if (queued_ && leave() && turn_.handed != nullptr) {
+            pool_return_unused(core_, *std::exchange(turn_.handed, nullptr));
+        }
+    }
+
+    // True when the core took the turn off the queue (turn.handed says with what).
+    bool leave() noexcept {
+        queued_ = false;
+        if (pool_withdraw(core_, turn_)) return false;
+        while (!turn_.wake_done.load(std::memory_order_acquire)) std::this_thread::yield();
+        return true;
+    }
+
+  private:
+    pool_core& core_;
+    async_pool_turn& turn_;
+    bool queued_ = true;
 };
 
 // pool_acquire's loop, with the waits awaited.
@@ -87,20 +118,13 @@ inline asio::awaitable<pool_entry_base*> async_pool_acquire(pool_core& core,
     const deadline limit = pool_deadline(core, timeout, started);
     bool overtaken = false;  // woken for a connection another borrower took first
     for (;;) {
-        auto turn = std::make_shared<async_pool_turn>(executor);
-        turn->alive = turn;
+        // Shared with the timer's handler, which may run after this turn is over.
+        const auto turn = std::make_shared<async_pool_turn>(executor);
         turn->woken = overtaken;
-        pool_entry_base* entry = nullptr;
-        try {
-            entry = pool_acquire_async(core, *turn, limit, started, where);
-        } catch (...) {
-            turn->alive.reset();  // not queued: nobody wakes it
-            throw;
-        }
-        if (entry != nullptr) {
-            turn->alive.reset();
+        if (pool_entry_base* entry = pool_acquire_async(core, *turn, limit, started, where)) {
             co_return entry;
         }
+        async_pool_place place(core, *turn);
         std::optional<asio::steady_timer> timer;
         if (limit.timed()) {
             timer.emplace(executor, limit.time_point());
@@ -118,17 +142,18 @@ inline asio::awaitable<pool_entry_base*> async_pool_acquire(pool_core& core,
             error = cancelled.code();  // cancelled before the wait began
         }
         if (timer) timer->cancel();
-        if (error && pool_withdraw(core, *turn)) turn->alive.reset();
-        // Taken off the queue by the core (woken, or handed a connection) also when the
-        // wait ended otherwise at the same moment: what was handed is this borrower's.
+        // Taken off the queue by the core also when the wait ended otherwise at the same
+        // moment: what was handed is this borrower's.
+        const bool by_core = place.leave();
         if (error && error != asio::error::timed_out) {
-            if (turn->handed != nullptr) pool_return_unused(core, *turn->handed);
+            if (by_core && turn->handed != nullptr) pool_return_unused(core, *turn->handed);
             throw std::system_error(asio::error::operation_aborted,
                                     "a connection from " + pool_description(core));
         }
-        overtaken = turn->woken && turn->handed == nullptr;
-        entry = pool_take_handed(core, *turn, limit, started);
-        if (entry != nullptr) co_return entry;
+        overtaken = by_core && turn->handed == nullptr;
+        if (pool_entry_base* entry = pool_take_handed(core, *turn, limit, started)) {
+            co_return entry;
+        }
         // Woken to look again, or the deadline passed: the next turn lends, queues again
         // (first, when it was overtaken), or throws timeout_error.
     }

@@ -29,7 +29,8 @@ void say_exception(const std::exception_ptr& e);
 std::filesystem::path scratch();
 
 // Adds a chapter; chapters run in increasing `order` (core 10-50, tracking 60, files 70,
-// locks 80, network 90, async network 95, databases 100, pool and distributed locks 110).
+// locks 80, network 90, async network 95, databases 100, pool and distributed locks 110,
+// databases for coroutines 115).
 // Use it to initialize a namespace-scope variable:
 //   const bool registered = tour::add_chapter(70, "Files", &files_chapter);
 bool add_chapter(int order, std::string title, void (*run)());

@@ -5,6 +5,7 @@
 // failure: no lock held and no session left (counted in pg_stat_activity by application_name).
 #include <ctxmgr/async_distributed_lock.hpp>
 #include <ctxmgr/async_with.hpp>
+#include <ctxmgr/tracking.hpp>
 #include <ctxmgr/with.hpp>
 
 #include <gtest/gtest.h>
@@ -314,13 +315,23 @@ TEST_F(AsyncDistributedLock, TheBlocksExceptionPassesAndAnUnlockFailureIsChained
     EXPECT_EQ(holders(admin, postgres::advisory_key(name)), 0);
 }
 
-TEST_F(AsyncDistributedLock, TheManagerMayBeEnteredAgainAndUnlockIsIdempotent) {
+TEST_F(AsyncDistributedLock, WhileHeldTheLeaseIsTrackedAndTheManagerMayBeEnteredAgain) {
     const std::string name = unique("again");
     run_awaitable([&]() -> task<void> {
         auto manager = lock(co_await asio::this_coro::executor, name, {});
         async_lease& first = co_await manager.async_enter();
         const std::int64_t token = first.fencing_token();
         EXPECT_FALSE(manager.closed());
+        if constexpr (ctxmgr::tracking_enabled) {
+            int tracked = 0;
+            for (const auto& r : ctxmgr::live_resources()) {
+                if (r.kind == "advisory lock" && r.description.find(name) != std::string::npos) {
+                    ++tracked;
+                    EXPECT_EQ(r.description.find("password"), std::string::npos);
+                }
+            }
+            EXPECT_EQ(tracked, 1) << "the lease is tracked while held";
+        }
         std::exception_ptr twice;
         try {
             static_cast<void>(co_await manager.async_enter());

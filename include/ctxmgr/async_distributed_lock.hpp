@@ -6,7 +6,8 @@
 // async_connect does), waits for the lock without blocking the thread and returns an
 // async_lease; its async_exit unlocks on that very session and closes it. Keys, fencing tokens
 // (the same table, one sequence per key shared with the synchronous lock), lock_options and
-// the loss watcher are advisory_lock's: read the top of distributed_lock.hpp.
+// the loss watcher are advisory_lock's: read the top of distributed_lock.hpp. Unlike
+// advisory_lock it takes no pool: the session is always one of its own.
 //
 //   co_await ctxmgr::async_with(
 //       ctxmgr::postgres::async_advisory_lock(executor, conninfo, "nightly-report", options),
@@ -17,17 +18,17 @@
 //
 // Guarantees:
 //   - async_enter throws timeout_error naming the key (options.timeout passed with the lock
-//     held elsewhere; timeout <= 0 tries once; a server silent past the timeout plus two
-//     seconds), db::error and subclasses (connect or query failures), protocol_error (entered
-//     twice). Cancelled while it waits (awaitable_operators' `||`, a cancellation slot), the
-//     lock statement is cancelled on the server and async_enter throws
+//     held elsewhere; timeout <= 0 tries once; a server silent past the timeout and the
+//     synchronous lock's grace), db::error and subclasses (connect or query failures),
+//     protocol_error (entered twice). Cancelled while it waits (awaitable_operators' `||`, a
+//     cancellation slot), the lock statement is cancelled on the server and async_enter throws
 //     asio::system_error(operation_aborted). After any failure no lock is held and no session
 //     is left open: the session is closed, and the server drops what it granted with it.
 //   - async_unlock() (and async_exit) releases on the locking session and closes it, bounded
-//     by ten seconds; it throws db::error when the server answers the unlock with false, and
-//     db::connection_error when the session was lost while the lock was held. async_exit(e)
-//     chains them to e. async_with shields the exit from cancellation. The destructor of a
-//     manager still holding closes the session, which releases the lock on the server.
+//     as the synchronous unlock is; it throws db::error when the server answers the unlock with
+//     false, and db::connection_error when the session was lost while the lock was held.
+//     async_exit(e) chains them to e. async_with shields the exit from cancellation. The destructor
+//     of a manager still holding closes the session, which releases the lock on the server.
 //   - Loss: while held, lease.stop_token() has stop requested once the session is known to be
 //     gone (the server closed it: at once; a silent network cut: within 4 x keep_alive), by the
 //     synchronous lease's watcher thread; std::stop_callbacks run on that thread, so one that

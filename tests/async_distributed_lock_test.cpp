@@ -3,6 +3,7 @@
 // a single try with the lock held elsewhere, a cancellation while waiting, the loss of the
 // session while held, and an unlock failure chained to the block's exception. After every
 // failure: no lock held and no session left (counted in pg_stat_activity by application_name).
+// A borrowed session holds the lock and is given back open, as it was lent, after failures too.
 #include <ctxmgr/async_distributed_lock.hpp>
 #include <ctxmgr/async_with.hpp>
 #include <ctxmgr/tracking.hpp>
@@ -345,6 +346,72 @@ TEST_F(AsyncDistributedLock, WhileHeldTheLeaseIsTrackedAndTheManagerMayBeEntered
         async_lease& second = co_await manager.async_enter();
         EXPECT_GT(second.fencing_token(), token);
         co_await manager.async_exit(nullptr);
+    }());
+}
+
+TEST_F(AsyncDistributedLock, ABorrowedSessionHoldsTheLockAndStaysOpenAndAsItWasLent) {
+    auto admin = connect();
+    auto holder = connect();
+    const std::string name = unique("borrowed");
+    const std::int64_t key = postgres::advisory_key(name);
+    run_awaitable([&]() -> task<void> {
+        co_await ctxmgr::async_with(
+            postgres::async_connect(co_await asio::this_coro::executor, server_.conninfo),
+            [&](postgres::async_connection& c) -> task<void> {
+                std::int64_t first = 0;
+                co_await ctxmgr::async_with(postgres::async_advisory_lock(c, name),
+                                            [&](async_lease& held) -> task<void> {
+                                                EXPECT_EQ(&held.session(), &c);
+                                                EXPECT_EQ(held.backend_pid(), c.backend_pid());
+                                                EXPECT_EQ(holders(admin, key), 1);
+                                                first = held.fencing_token();
+                                                co_return;
+                                            });
+                EXPECT_TRUE(c.is_open()) << "a borrowed session stays open";
+                EXPECT_EQ(holders(admin, key), 0);
+                // A failed wait (a timeout, a cancellation) leaves it as it was lent.
+                EXPECT_TRUE(holder.query_value<bool>("SELECT pg_try_advisory_lock($1)", key));
+                std::exception_ptr timed_out;
+                try {
+                    co_await ctxmgr::async_with(
+                        postgres::async_advisory_lock(c, name, {.timeout = 100ms}),
+                        [](async_lease&) -> task<void> { co_return; });
+                } catch (...) {
+                    timed_out = std::current_exception();
+                }
+                EXPECT_TRUE(ctxmgr::holds<ctxmgr::timeout_error>(timed_out))
+                    << ctxmgr::describe(timed_out);
+                EXPECT_EQ(c.transaction_state(), db::transaction_state::idle);
+                asio::steady_timer timer(co_await asio::this_coro::executor, 200ms);
+                const auto winner = co_await (
+                    ctxmgr::async_with(postgres::async_advisory_lock(c, name, {.timeout = 30s}),
+                                       [](async_lease&) -> task<void> { co_return; }) ||
+                    timer.async_wait(asio::use_awaitable));
+                EXPECT_EQ(winner.index(), 1U);
+                EXPECT_TRUE(c.is_open());
+                EXPECT_EQ(c.transaction_state(), db::transaction_state::idle);
+                EXPECT_EQ(co_await c.async_query_value<int>("SELECT 2"), 2);
+                EXPECT_TRUE(holder.query_value<bool>("SELECT pg_advisory_unlock($1)", key));
+                EXPECT_EQ(holders(admin, key), 0) << "the failed waits took nothing";
+                // Granted again on the same session, with a later token.
+                co_await ctxmgr::async_with(postgres::async_advisory_lock(c, name),
+                                            [&](async_lease& held) -> task<void> {
+                                                EXPECT_GT(held.fencing_token(), first);
+                                                co_return;
+                                            });
+                // Not inside a transaction: the lock's own would end the caller's.
+                co_await c.async_execute_script("BEGIN");
+                std::exception_ptr misuse;
+                try {
+                    co_await ctxmgr::async_with(postgres::async_advisory_lock(c, name),
+                                                [](async_lease&) -> task<void> { co_return; });
+                } catch (...) {
+                    misuse = std::current_exception();
+                }
+                EXPECT_TRUE(ctxmgr::holds<ctxmgr::protocol_error>(misuse))
+                    << ctxmgr::describe(misuse);
+                co_await c.async_execute_script("ROLLBACK");
+            });
     }());
 }
 

@@ -6,8 +6,10 @@
 // async_connect does), waits for the lock without blocking the thread and returns an
 // async_lease; its async_exit unlocks on that very session and closes it. Keys, fencing tokens
 // (the same table, one sequence per key shared with the synchronous lock), lock_options and
-// the loss watcher are advisory_lock's: read the top of distributed_lock.hpp. Unlike
-// advisory_lock it takes no pool: the session is always one of its own.
+// the loss watcher are advisory_lock's: read the top of distributed_lock.hpp.
+// async_advisory_lock(session, key, options) locks on an async_connection already open
+// instead, outside a transaction, for as long as the lock is held (advisory_lock's pool
+// lends its session the same way); the exit leaves that session open.
 //
 //   co_await ctxmgr::async_with(
 //       ctxmgr::postgres::async_advisory_lock(executor, conninfo, "nightly-report", options),
@@ -20,15 +22,19 @@
 //   - async_enter throws timeout_error naming the key (options.timeout passed with the lock
 //     held elsewhere; timeout <= 0 tries once; a server silent past the timeout and the
 //     synchronous lock's grace), db::error and subclasses (connect or query failures),
-//     protocol_error (entered twice). Cancelled while it waits (awaitable_operators' `||`, a
-//     cancellation slot), the lock statement is cancelled on the server and async_enter throws
-//     asio::system_error(operation_aborted). After any failure no lock is held and no session
-//     is left open: the session is closed, and the server drops what it granted with it.
-//   - async_unlock() (and async_exit) releases on the locking session and closes it, bounded
+//     protocol_error (entered twice; a borrowed session inside a transaction). Cancelled while it
+//     waits (awaitable_operators' `||`, a cancellation slot), the lock statement is cancelled on
+//     the server and async_enter throws asio::system_error(operation_aborted). After any failure no
+//     lock is held and no session of its own is left open: the session is closed, and the server
+//     drops what it granted with it; a borrowed session is rolled back and unlocked, and stays open
+//     (closed only when it does not answer).
+//   - async_unlock() (and async_exit) releases on the locking session and closes it (not a
+//     borrowed one, unless the unlock goes unanswered), bounded
 //     as the synchronous unlock is; it throws db::error when the server answers the unlock with
 //     false, and db::connection_error when the session was lost while the lock was held.
 //     async_exit(e) chains them to e. async_with shields the exit from cancellation. The destructor
-//     of a manager still holding closes the session, which releases the lock on the server.
+//     of a manager still holding (its coroutine destroyed unfinished) cannot wait for an
+//     unlock: it closes the session, borrowed or not, which releases the lock on the server.
 //   - Loss: while held, lease.stop_token() has stop requested once the session is known to be
 //     gone (the server closed it: at once; a silent network cut: within 4 x keep_alive), by the
 //     synchronous lease's watcher thread; std::stop_callbacks run on that thread, so one that
@@ -90,7 +96,8 @@ class async_lease {
     bool lost_ = false;
     std::int64_t token_ = 0;
     int pid_ = 0;
-    std::optional<async_connection> session_;
+    std::optional<async_connection> owned_;  // made by async_enter, not borrowed
+    async_connection* session_ = nullptr;
     std::stop_source lost_signal_;
     // Declared after the session it watches: destroyed, and its thread joined, first.
     std::unique_ptr<detail::session_watch> watch_;
@@ -103,6 +110,9 @@ class [[nodiscard]] async_advisory_lock {
   public:
     async_advisory_lock(asio::any_io_executor executor, std::string conninfo, lock_key key,
                         lock_options options = {},
+                        std::source_location where = std::source_location::current());
+    // Locks on `session` (open, outside a transaction), which must outlive the manager.
+    async_advisory_lock(async_connection& session, lock_key key, lock_options options = {},
                         std::source_location where = std::source_location::current());
     async_advisory_lock(async_advisory_lock&&) noexcept;
     async_advisory_lock& operator=(async_advisory_lock&&) = delete;
@@ -124,6 +134,7 @@ class [[nodiscard]] async_advisory_lock {
   private:
     asio::any_io_executor executor_;
     std::string conninfo_;
+    async_connection* borrowed_ = nullptr;
     lock_key key_;
     lock_options options_;
     [[no_unique_address]] ctxmgr::detail::entry_check<"postgres::async_advisory_lock"> check_;

@@ -59,15 +59,17 @@ asio::awaitable<std::int64_t> next_token(async_connection& session, std::int64_t
     co_return co_await session.async_query_value<std::int64_t>(next_token_statement("$1"), key);
 }
 
-// Takes the lock and its token on `session`, or throws; the caller closes the session then.
+// Takes the lock and its token on `session`, or throws; `granted` tells the caller, who
+// cleans up then, whether the lock was granted before the failure.
 asio::awaitable<std::int64_t> take(async_connection& session, const lock_key& key,
                                    const lock_options& options, const std::string& context,
-                                   steady::time_point started) {
+                                   steady::time_point started, bool& granted) {
     if (options.timeout.count() <= 0) {
         if (!co_await session.async_query_value<bool>(try_lock_statement(options.shared),
                                                       key.value())) {
             throw held_elsewhere(context, steady::now() - started);
         }
+        granted = true;
         co_return co_await next_token(session, key.value());
     }
     const std::string script = lock_statements(key.value(), options.shared, options.timeout);
@@ -91,6 +93,7 @@ asio::awaitable<std::int64_t> take(async_connection& session, const lock_key& ke
         timed_out = true;
     }
     if (timed_out) throw lock_timed_out(context, steady::now() - started);
+    granted = true;
     // Held from here: a session lock outlives the rollback of the transaction that took it.
     bool table_missing = false;
     std::int64_t token = 0;
@@ -107,6 +110,27 @@ asio::awaitable<std::int64_t> take(async_connection& session, const lock_key& ke
     }
     co_await session.async_execute_script("COMMIT");
     co_return token;
+}
+
+// After a failed enter on a borrowed session: its transaction rolled back and the lock, if
+// granted, unlocked, so that the session is as it was lent; closed when that fails (which
+// releases the lock). Never throws; awaited with throw_if_cancelled off, so that it runs to
+// its end in a cancelled coroutine too.
+asio::awaitable<void> give_back(async_connection& session, const lock_key& key, bool shared,
+                                bool granted) {
+    try {
+        if (session.is_open() && session.transaction_state() != db::transaction_state::idle) {
+            co_await session.async_execute_script("ROLLBACK");
+        }
+        // Not a co_await inside the && above: GCC 12's code for one crashes (SIGILL).
+        if (granted && session.is_open()) {
+            const bool unlocked = co_await session.async_query_value<bool>(
+                unlock_statement("$1", shared), key.value());
+            if (!unlocked) session.close();
+        }
+    } catch (...) {
+        session.close();
+    }
 }
 
 }  // namespace
@@ -138,6 +162,11 @@ async_advisory_lock::async_advisory_lock(asio::any_io_executor executor, std::st
       check_(where) {
 }
 
+async_advisory_lock::async_advisory_lock(async_connection& session, lock_key key,
+                                         lock_options options, std::source_location where)
+    : borrowed_(&session), key_(std::move(key)), options_(options), check_(where) {
+}
+
 async_advisory_lock::async_advisory_lock(async_advisory_lock&&) noexcept = default;
 
 async_advisory_lock::~async_advisory_lock() {
@@ -151,16 +180,24 @@ asio::awaitable<std::reference_wrapper<async_lease>> async_advisory_lock::async_
     if (lease_) throw protocol_error(key_.describe() + ": entered twice");
     const auto started = steady::now();
     std::unique_ptr<async_lease> held(new async_lease(key_, options_.shared));
-    {
+    if (borrowed_ != nullptr) {
+        if (borrowed_->transaction_state() != db::transaction_state::idle) {
+            throw protocol_error(detail::advisory::context(key_, borrowed_->description()) +
+                                 ": a borrowed session must be outside a transaction (the "
+                                 "lock's own transaction would end the caller's)");
+        }
+        held->session_ = borrowed_;
+    } else {
         async_connector connector = async_connect(executor_, conninfo_, check_.where());
         async_connection& opened = co_await connector.async_enter();
-        held->session_.emplace(std::move(opened));
+        held->session_ = &held->owned_.emplace(std::move(opened));
     }
     async_connection& session = *held->session_;
     const std::string context = detail::advisory::context(key_, session.description());
     std::exception_ptr failure;
+    bool granted = false;
     try {
-        held->token_ = co_await take(session, key_, options_, context, started);
+        held->token_ = co_await take(session, key_, options_, context, started, granted);
         held->pid_ = session.backend_pid();
         if constexpr (tracking_enabled) {
             held->tracked_ = tracked(
@@ -175,7 +212,15 @@ asio::awaitable<std::reference_wrapper<async_lease>> async_advisory_lock::async_
         failure = std::current_exception();
     }
     if (failure) {
-        session.close();  // the server drops the lock, if granted, with the session
+        if (held->owned_) {
+            session.close();  // the server drops the lock, if granted, with the session
+        } else {
+            // Asio throws at every co_await of a cancelled coroutine unless told not to.
+            const bool throwing = co_await asio::this_coro::throw_if_cancelled();
+            co_await asio::this_coro::throw_if_cancelled(false);
+            co_await give_back(session, key_, options_.shared, granted);
+            co_await asio::this_coro::throw_if_cancelled(throwing);
+        }
         std::rethrow_exception(failure);
     }
     lease_ = std::move(held);
@@ -193,12 +238,15 @@ asio::awaitable<void> async_advisory_lock::async_unlock() {
     std::exception_ptr failure;
     try {
         if (held->lost()) throw session_lost(context, held->pid_, "", sql);
-        asio::steady_timer limit(executor_);
+        asio::steady_timer limit(co_await asio::this_coro::executor);
         limit.expires_after(unlock_wait);
         bool unlocked = false;
         const auto first = co_await (settled(unlock_on(session, sql, unlocked)) ||
                                      limit.async_wait(asio::use_awaitable));
-        if (first.index() == 1) throw unlock_unanswered(context, sql);
+        if (first.index() == 1) {
+            session.close();  // borrowed too: closing is what releases the lock now
+            throw unlock_unanswered(context, sql);
+        }
         try {
             if (const std::exception_ptr lost = std::get<0>(first)) std::rethrow_exception(lost);
         } catch (const db::connection_error& e) {
@@ -208,7 +256,7 @@ asio::awaitable<void> async_advisory_lock::async_unlock() {
     } catch (...) {
         failure = std::current_exception();
     }
-    session.close();
+    if (held->owned_) session.close();
     if (failure) std::rethrow_exception(failure);
 }
 

@@ -2,10 +2,10 @@
 //
 // The synchronous lock's rules and text (advisory_lock_support.hpp), over the async
 // connection's statements: the lock statements (BEGIN, lock_timeout, the lock) in one round
-// trip, then the token and COMMIT in the same transaction. A session of its own makes every
-// failure path one step: close the session, which releases whatever it was granted.
+// trip, then the token and COMMIT in the same transaction. On a session of its own every
+// failure path is one step: close the session, which releases whatever it was granted; a
+// borrowed session is rolled back and unlocked instead (give_back).
 #include "ctxmgr/async_distributed_lock.hpp"
-#include "ctxmgr/release.hpp"
 
 #include <libpq-fe.h>
 
@@ -83,7 +83,11 @@ asio::awaitable<std::int64_t> take(async_connection& session, const lock_key& ke
             limit.expires_at(started + options.timeout + answer_grace);
             const auto first = co_await (settled(session.async_execute_script(script)) ||
                                          limit.async_wait(asio::use_awaitable));
-            if (first.index() == 1) throw no_answer(context, steady::now() - started);
+            if (first.index() == 1) {
+                // Closed, borrowed or not: the lock may have been granted as the wait ended.
+                session.close();
+                throw no_answer(context, steady::now() - started);
+            }
             if (const std::exception_ptr failure = std::get<0>(first)) {
                 std::rethrow_exception(failure);
             }
@@ -122,7 +126,8 @@ asio::awaitable<void> give_back(async_connection& session, const lock_key& key, 
         if (session.is_open() && session.transaction_state() != db::transaction_state::idle) {
             co_await session.async_execute_script("ROLLBACK");
         }
-        // Not a co_await inside the && above: GCC 12's code for one crashes (SIGILL).
+        // The co_await is not part of this condition: GCC 12's code for a co_await inside a
+        // && crashes (SIGILL).
         if (granted && session.is_open()) {
             const bool unlocked = co_await session.async_query_value<bool>(
                 unlock_statement("$1", shared), key.value());

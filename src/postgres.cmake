@@ -17,7 +17,8 @@ target_link_libraries(ctxmgr_postgres PUBLIC ctxmgr_ctxmgr PRIVATE PostgreSQL::P
 # ctxmgr::async_postgres: PostgreSQL connections for Asio coroutines (include
 # <ctxmgr/async_postgres.hpp>), on ctxmgr::postgres and ctxmgr::async. Built when Asio is found.
 if(TARGET ctxmgr_async)
-    ctxmgr_compiled_library(async_postgres SOURCES db/async_postgres.cpp)
+    ctxmgr_compiled_library(async_postgres SOURCES db/async_postgres.cpp
+        pool/async_distributed_lock.cpp)
     target_link_libraries(ctxmgr_async_postgres PUBLIC ctxmgr_postgres ctxmgr_async
         PRIVATE PostgreSQL::PostgreSQL)
     ctxmgr_asio_warnings(ctxmgr_async_postgres)

@@ -54,6 +54,8 @@
 // lease knows the session is gone: the watcher said so, or, without a watcher, the session
 // shows it without a round trip; lease.session().ping() asks the server.
 //
+// async_distributed_lock.hpp has the same lock for Asio coroutines (async_advisory_lock).
+//
 // advisory_xact_lock(connection, key, options), for work done in one transaction, takes a
 // pg_advisory_xact_lock inside the connection's open transaction: the server releases it when
 // the transaction ends, whatever happens, and exit() does nothing. A timeout leaves the

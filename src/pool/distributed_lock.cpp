@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "db/libpq_support.hpp"
+#include "pool/advisory_lock_support.hpp"
 
 namespace ctxmgr::postgres {
 
@@ -51,33 +52,7 @@ using steady = std::chrono::steady_clock;
     detail::fail(session.native_handle(), result, sql, context);
 }
 
-// How long past the lock timeout the client waits for the server's answer.
-constexpr std::chrono::seconds answer_grace{2};
-// How long an unlock may take before the session is given up (closing it releases the lock).
-constexpr std::chrono::seconds unlock_wait{10};
-
-constexpr std::string_view lock_timeout_sqlstate = "55P03";
-constexpr std::string_view undefined_table_sqlstate = "42P01";
-
-constexpr std::string_view create_table =
-    "CREATE TABLE IF NOT EXISTS ctxmgr_fencing_tokens "
-    "(key bigint PRIMARY KEY, token bigint NOT NULL)";
-
-// The statement that takes the next token of `key` (a decimal integer, or a parameter "$1").
-std::string next_token_statement(std::string_view key) {
-    return "INSERT INTO ctxmgr_fencing_tokens AS f (key, token) VALUES (" + std::string(key) +
-           ", 1) ON CONFLICT (key) DO UPDATE SET token = f.token + 1 RETURNING token";
-}
-
-// `"jobs" (key 42)` for a named key, `42` for an integer one.
-std::string label(const lock_key& key) {
-    if (key.name().empty()) return std::to_string(key.value());
-    return '"' + key.name() + "\" (key " + std::to_string(key.value()) + ')';
-}
-
-std::string suffix(bool shared) {
-    return shared ? "_shared" : "";
-}
+using namespace detail::advisory;
 
 bool failed(const PGresult* result) {
     const ExecStatusType status = PQresultStatus(result);
@@ -115,15 +90,9 @@ std::int64_t next_token(connection& session, std::int64_t key) {
         session.execute_script(create_table);
     } catch (const db::error& e) {
         // Made by another session at the same moment (CREATE TABLE IF NOT EXISTS races).
-        if (e.sqlstate() != "23505" && e.sqlstate() != "42P07") throw;
+        if (!created_meanwhile(e.sqlstate())) throw;
     }
     return session.query_value<std::int64_t>(next_token_statement("$1"), key);
-}
-
-// "SET LOCAL lock_timeout = 1500" (milliseconds; 0: no limit).
-std::string lock_timeout_setting(std::chrono::milliseconds timeout) {
-    const auto ms = timeout >= lock_options::forever ? 0 : timeout.count();
-    return "SET LOCAL lock_timeout = " + std::to_string(ms);
 }
 
 detail::deadline answer_deadline(steady::time_point started, std::chrono::milliseconds timeout) {
@@ -159,8 +128,7 @@ script_answer run_lock_script(connection& session, const std::string& script,
     auto results = run_until(session, script, answer_deadline(started, timeout), context);
     if (!results) {
         session.close();
-        throw timeout_error(context + " (the server did not answer; session closed)",
-                            steady::now() - started);
+        throw no_answer(context, steady::now() - started);
     }
     script_answer answer{std::move(*results), 0};
     while (answer.failed_at < answer.results.size() &&
@@ -176,115 +144,183 @@ script_answer run_lock_script(connection& session, const std::string& script,
 
 namespace detail {
 
-// Watches a locking session's socket on a thread of its own until destroyed, and requests
-// stop on `lost` when the connection ends: the server closed it (POLLRDHUP: it shut down its
-// side, as pg_terminate_backend and a shutdown do; POLLHUP, POLLERR), or TCP keep-alive
-// probes, set here for the watch's lifetime, went unanswered. It reads nothing, so the
-// session stays usable by its owner meanwhile.
-class session_watch {
-  public:
-    // Throws std::system_error when the thread or its wake-up descriptor cannot be made.
-    session_watch(int socket, std::chrono::milliseconds keep_alive, std::stop_source lost)
-        : socket_(socket), lost_(std::move(lost)) {
-        wake_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        if (wake_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
-        probe(keep_alive);
-        try {
-            thread_ = std::thread([this] { watch(); });
-        } catch (...) {
-            restore();
-            ::close(wake_);
-            throw;
-        }
-    }
-    session_watch(const session_watch&) = delete;
-    session_watch& operator=(const session_watch&) = delete;
-    ~session_watch() {
-        const std::uint64_t one = 1;
-        static_cast<void>(::write(wake_, &one, sizeof one));
-        thread_.join();
+session_watch::session_watch(int socket, std::chrono::milliseconds keep_alive,
+                             std::stop_source lost)
+    : socket_(socket), lost_(std::move(lost)) {
+    wake_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (wake_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
+    probe(keep_alive);
+    try {
+        thread_ = std::thread([this] { watch(); });
+    } catch (...) {
         restore();
         ::close(wake_);
+        throw;
     }
+}
 
-  private:
-    // The socket options the probes change, as they were before.
-    struct tcp_settings {
-        int keep_alive = 0;
-        int idle = 0;
-        int interval = 0;
-        int count = 0;
-        unsigned user_timeout = 0;
-    };
+session_watch::~session_watch() {
+    const std::uint64_t one = 1;
+    static_cast<void>(::write(wake_, &one, sizeof one));
+    thread_.join();
+    restore();
+    ::close(wake_);
+}
 
-    static bool get(int fd, int level, int name, auto& value) noexcept {
-        socklen_t size = sizeof value;
-        return ::getsockopt(fd, level, name, &value, &size) == 0;
+namespace {
+bool get(int fd, int level, int name, auto& value) noexcept {
+    socklen_t size = sizeof value;
+    return ::getsockopt(fd, level, name, &value, &size) == 0;
+}
+void set(int fd, int level, int name, auto value) noexcept {
+    static_cast<void>(::setsockopt(fd, level, name, &value, sizeof value));
+}
+}  // namespace
+
+// TCP only (a Unix-domain session has no network to lose: its end is seen at once).
+void session_watch::probe(std::chrono::milliseconds keep_alive) noexcept {
+    int domain = 0;
+    if (!get(socket_, SOL_SOCKET, SO_DOMAIN, domain) || (domain != AF_INET && domain != AF_INET6)) {
+        return;
     }
-    static void set(int fd, int level, int name, auto value) noexcept {
-        static_cast<void>(::setsockopt(fd, level, name, &value, sizeof value));
+    tcp_settings before;
+    if (!get(socket_, SOL_SOCKET, SO_KEEPALIVE, before.keep_alive) ||
+        !get(socket_, IPPROTO_TCP, TCP_KEEPIDLE, before.idle) ||
+        !get(socket_, IPPROTO_TCP, TCP_KEEPINTVL, before.interval) ||
+        !get(socket_, IPPROTO_TCP, TCP_KEEPCNT, before.count) ||
+        !get(socket_, IPPROTO_TCP, TCP_USER_TIMEOUT, before.user_timeout)) {
+        return;
     }
+    saved_ = before;
+    const auto seconds = std::clamp<std::chrono::milliseconds::rep>(
+        std::chrono::ceil<std::chrono::seconds>(keep_alive).count(), 1, 3600);
+    const int interval = static_cast<int>(seconds);
+    set(socket_, SOL_SOCKET, SO_KEEPALIVE, 1);
+    set(socket_, IPPROTO_TCP, TCP_KEEPIDLE, interval);
+    set(socket_, IPPROTO_TCP, TCP_KEEPINTVL, interval);
+    set(socket_, IPPROTO_TCP, TCP_KEEPCNT, probes);
+    // Data sent and never acknowledged ends the connection within the same bound.
+    set(socket_, IPPROTO_TCP, TCP_USER_TIMEOUT,
+        static_cast<unsigned>(interval * (probes + 1) * 1000));
+}
 
-    // TCP only (a Unix-domain session has no network to lose: its end is seen at once).
-    void probe(std::chrono::milliseconds keep_alive) noexcept {
-        int domain = 0;
-        if (!get(socket_, SOL_SOCKET, SO_DOMAIN, domain) ||
-            (domain != AF_INET && domain != AF_INET6)) {
+void session_watch::restore() noexcept {
+    if (!saved_) return;
+    set(socket_, SOL_SOCKET, SO_KEEPALIVE, saved_->keep_alive);
+    set(socket_, IPPROTO_TCP, TCP_KEEPIDLE, saved_->idle);
+    set(socket_, IPPROTO_TCP, TCP_KEEPINTVL, saved_->interval);
+    set(socket_, IPPROTO_TCP, TCP_KEEPCNT, saved_->count);
+    set(socket_, IPPROTO_TCP, TCP_USER_TIMEOUT, saved_->user_timeout);
+}
+
+void session_watch::watch() noexcept {
+    std::array<pollfd, 2> watched{{{socket_, POLLRDHUP, 0}, {wake_, POLLIN, 0}}};
+    for (;;) {
+        if (::poll(watched.data(), watched.size(), -1) < 0) {
+            if (errno == EINTR) continue;
             return;
         }
-        tcp_settings before;
-        if (!get(socket_, SOL_SOCKET, SO_KEEPALIVE, before.keep_alive) ||
-            !get(socket_, IPPROTO_TCP, TCP_KEEPIDLE, before.idle) ||
-            !get(socket_, IPPROTO_TCP, TCP_KEEPINTVL, before.interval) ||
-            !get(socket_, IPPROTO_TCP, TCP_KEEPCNT, before.count) ||
-            !get(socket_, IPPROTO_TCP, TCP_USER_TIMEOUT, before.user_timeout)) {
+        if (watched[1].revents != 0) return;  // the lease is done with the session
+        if ((watched[0].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0) {
+            lost_.request_stop();
             return;
         }
-        saved_ = before;
-        const auto seconds = std::clamp<std::chrono::milliseconds::rep>(
-            std::chrono::ceil<std::chrono::seconds>(keep_alive).count(), 1, 3600);
-        const int interval = static_cast<int>(seconds);
-        set(socket_, SOL_SOCKET, SO_KEEPALIVE, 1);
-        set(socket_, IPPROTO_TCP, TCP_KEEPIDLE, interval);
-        set(socket_, IPPROTO_TCP, TCP_KEEPINTVL, interval);
-        set(socket_, IPPROTO_TCP, TCP_KEEPCNT, probes);
-        // Data sent and never acknowledged ends the connection within the same bound.
-        set(socket_, IPPROTO_TCP, TCP_USER_TIMEOUT,
-            static_cast<unsigned>(interval * (probes + 1) * 1000));
     }
+}
 
-    void restore() noexcept {
-        if (!saved_) return;
-        set(socket_, SOL_SOCKET, SO_KEEPALIVE, saved_->keep_alive);
-        set(socket_, IPPROTO_TCP, TCP_KEEPIDLE, saved_->idle);
-        set(socket_, IPPROTO_TCP, TCP_KEEPINTVL, saved_->interval);
-        set(socket_, IPPROTO_TCP, TCP_KEEPCNT, saved_->count);
-        set(socket_, IPPROTO_TCP, TCP_USER_TIMEOUT, saved_->user_timeout);
-    }
+namespace advisory {
 
-    void watch() noexcept {
-        std::array<pollfd, 2> watched{{{socket_, POLLRDHUP, 0}, {wake_, POLLIN, 0}}};
-        for (;;) {
-            if (::poll(watched.data(), watched.size(), -1) < 0) {
-                if (errno == EINTR) continue;
-                return;
-            }
-            if (watched[1].revents != 0) return;  // the lease is done with the session
-            if ((watched[0].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0) {
-                lost_.request_stop();
-                return;
-            }
-        }
-    }
+bool created_meanwhile(std::string_view sqlstate) noexcept {
+    return sqlstate == "23505" || sqlstate == "42P07";
+}
 
-    static constexpr int probes = 3;
+std::string label(const lock_key& key) {
+    if (key.name().empty()) return std::to_string(key.value());
+    return '"' + key.name() + "\" (key " + std::to_string(key.value()) + ')';
+}
 
-    int socket_;
-    int wake_ = -1;
-    std::stop_source lost_;
-    std::optional<tcp_settings> saved_;
-    std::thread thread_;
-};
+std::string context(const lock_key& key, std::string_view session) {
+    return key.describe() + " on " + std::string(session);
+}
+
+std::string tracked_description(const lock_key& key, bool shared, std::string_view session) {
+    return label(key) + (shared ? " shared" : "") + " on " + std::string(session);
+}
+
+std::string next_token_statement(std::string_view key) {
+    return "INSERT INTO ctxmgr_fencing_tokens AS f (key, token) VALUES (" + std::string(key) +
+           ", 1) ON CONFLICT (key) DO UPDATE SET token = f.token + 1 RETURNING token";
+}
+
+std::string lock_timeout_setting(std::chrono::milliseconds timeout) {
+    const auto ms = timeout >= lock_options::forever ? 0 : timeout.count();
+    return "SET LOCAL lock_timeout = " + std::to_string(ms);
+}
+
+std::string suffix(bool shared) {
+    return shared ? "_shared" : "";
+}
+
+std::string lock_statements(std::int64_t key, bool shared, std::chrono::milliseconds timeout) {
+    return "BEGIN ISOLATION LEVEL READ COMMITTED; " + lock_timeout_setting(timeout) +
+           "; SET LOCAL statement_timeout = 0; SELECT pg_advisory_lock" + suffix(shared) + '(' +
+           std::to_string(key) + ')';
+}
+
+std::string try_lock_statement(bool shared) {
+    return "SELECT pg_try_advisory_lock" + suffix(shared) + "($1)";
+}
+
+std::string unlock_statement(std::string_view key, bool shared) {
+    return "SELECT pg_advisory_unlock" + suffix(shared) + '(' + std::string(key) + ')';
+}
+
+timeout_error held_elsewhere(const std::string& context, std::chrono::nanoseconds waited) {
+    return timeout_error(context + " (tried once: it is held elsewhere)", waited);
+}
+
+timeout_error lock_timed_out(const std::string& context, std::chrono::nanoseconds waited) {
+    return timeout_error(context, waited);
+}
+
+timeout_error no_answer(const std::string& context, std::chrono::nanoseconds waited) {
+    return timeout_error(context + " (the server did not answer; session closed)", waited);
+}
+
+db::connection_error session_lost(const std::string& context, int pid, const std::string& why,
+                                  const std::string& sql) {
+    return db::connection_error(
+        std::string(backend_name), "", 0,
+        context + ": the session holding it (backend pid " + std::to_string(pid) + ") was lost" +
+            why +
+            "; the server released the lock then, and another holder may have had it while this "
+            "one still ran",
+        sql);
+}
+
+db::error unlock_refused(const std::string& context, int pid, const std::string& sql) {
+    return db::error(std::string(backend_name), "", 0,
+                     context + ": pg_advisory_unlock answered false: the session (backend pid " +
+                         std::to_string(pid) +
+                         ") no longer held the lock; it was released behind the lease's back "
+                         "(pg_advisory_unlock_all, an unlock by hand)",
+                     sql);
+}
+
+db::connection_error unlock_unanswered(const std::string& context, const std::string& sql) {
+    return db::connection_error(std::string(backend_name), "", 0,
+                                context + ": the server did not answer the unlock within " +
+                                    format_duration(unlock_wait) +
+                                    "; session closed, which releases the lock",
+                                sql);
+}
+
+db::error no_token(const std::string& context, const std::string& sql) {
+    return db::error(std::string(backend_name), "", 0,
+                     context + ": unexpected answer to the lock script", sql);
+}
+
+}  // namespace advisory
 
 }  // namespace detail
 
@@ -341,9 +377,7 @@ lease& advisory_lock::enter() {
         held->session_ = &held->owned_.emplace(connect(conninfo_, {}, check_.where()));
     }
     connection& session = *held->session_;
-    const std::string context = key_.describe() + " on " + session.description();
-    const std::string key = std::to_string(key_.value());
-    const std::string shared = suffix(options_.shared);
+    const std::string context = detail::advisory::context(key_, session.description());
 
     // The lock is held from here: anything that fails must unlock before it throws.
     auto unlock_after_failure = [&] {
@@ -352,8 +386,7 @@ lease& advisory_lock::enter() {
                 session.execute_script("ROLLBACK");
             }
             if (session.is_open() &&
-                !session.query_value<bool>("SELECT pg_advisory_unlock" + shared + "($1)",
-                                           key_.value())) {
+                !session.query_value<bool>(unlock_statement("$1", options_.shared), key_.value())) {
                 session.close();  // could not unlock: ending the session releases the lock
             }
         } catch (...) {
@@ -362,11 +395,8 @@ lease& advisory_lock::enter() {
     };
 
     if (options_.timeout.count() <= 0) {
-        const bool got = session.query_value<bool>("SELECT pg_try_advisory_lock" + shared + "($1)",
-                                                   key_.value());
-        if (!got) {
-            throw timeout_error(context + " (tried once: it is held elsewhere)",
-                                steady::now() - started);
+        if (!session.query_value<bool>(try_lock_statement(options_.shared), key_.value())) {
+            throw held_elsewhere(context, steady::now() - started);
         }
         try {
             held->token_ = next_token(session, key_.value());
@@ -376,11 +406,10 @@ lease& advisory_lock::enter() {
         }
     } else {
         const std::string script =
-            "BEGIN ISOLATION LEVEL READ COMMITTED; " + lock_timeout_setting(options_.timeout) +
-            "; SET LOCAL statement_timeout = 0; SELECT pg_advisory_lock" + shared + '(' + key +
-            "); " + next_token_statement(key) + "; COMMIT";
-        constexpr std::size_t lock_statement = 3;
-        constexpr std::size_t token_statement = 4;
+            lock_statements(key_.value(), options_.shared, options_.timeout) + "; " +
+            next_token_statement(std::to_string(key_.value())) + "; COMMIT";
+        constexpr std::size_t lock_statement = lock_statement_index;
+        constexpr std::size_t token_statement = lock_statement + 1;
         const script_answer answer =
             run_lock_script(session, script, started, options_.timeout, context);
         const PGresult* failure = answer.failure();
@@ -389,8 +418,7 @@ lease& advisory_lock::enter() {
             held->token_ = std::stoll(PQgetvalue(answer.results[token_statement].get(), 0, 0));
         } else if (failure == nullptr) {
             unlock_after_failure();
-            throw db::error(std::string(backend_name), "", 0,
-                            context + ": unexpected answer to the lock script", script);
+            throw no_token(context, script);
         } else if (!session.is_open()) {
             fail(session, failure, context, script);  // gone, and the lock with it
         } else if (answer.failed_at < lock_statement) {
@@ -399,7 +427,7 @@ lease& advisory_lock::enter() {
         } else if (answer.failed_at == lock_statement) {
             const bool timed_out = sqlstate_of(failure) == lock_timeout_sqlstate;
             session.execute_script("ROLLBACK");
-            if (timed_out) throw timeout_error(context, steady::now() - started);
+            if (timed_out) throw lock_timed_out(context, steady::now() - started);
             fail(session, failure, context, script);
         } else if (answer.failed_at == token_statement &&
                    sqlstate_of(failure) == undefined_table_sqlstate) {
@@ -425,8 +453,7 @@ lease& advisory_lock::enter() {
     if constexpr (tracking_enabled) {
         try {
             held->tracked_ = tracked(
-                "advisory lock",
-                label(key_) + (options_.shared ? " shared" : "") + " on " + session.description(),
+                "advisory lock", tracked_description(key_, options_.shared, session.description()),
                 check_.where());
         } catch (...) {
             unlock_after_failure();
@@ -453,19 +480,12 @@ void advisory_lock::unlock() {
     held->watch_.reset();  // before anything closes the socket it watches
     held->tracked_.release();
     connection& session = *held->session_;
-    const std::string context = key_.describe() + " on " + session.description();
-    const std::string sql = "SELECT pg_advisory_unlock" + suffix(held->shared_) + '(' +
-                            std::to_string(key_.value()) + ')';
+    const std::string context = detail::advisory::context(key_, session.description());
+    const std::string sql = unlock_statement(std::to_string(key_.value()), held->shared_);
     std::exception_ptr failure;
     try {
         auto lost = [&](const std::string& why) {
-            return db::connection_error(
-                std::string(backend_name), "", 0,
-                context + ": the session holding it (backend pid " + std::to_string(held->pid_) +
-                    ") was lost" + why +
-                    "; the server released the lock then, and another holder may have had it "
-                    "while this one still ran",
-                sql);
+            return session_lost(context, held->pid_, why, sql);
         };
         if (!session.is_open()) throw lost("");
         std::optional<std::vector<result_ptr>> results;
@@ -476,11 +496,7 @@ void advisory_lock::unlock() {
         }
         if (!results) {
             session.close();
-            throw db::connection_error(std::string(backend_name), "", 0,
-                                       context + ": the server did not answer the unlock within " +
-                                           format_duration(unlock_wait) +
-                                           "; session closed, which releases the lock",
-                                       sql);
+            throw unlock_unanswered(context, sql);
         }
         const PGresult* answer = results->empty() ? nullptr : results->front().get();
         if (!session.is_open())
@@ -491,14 +507,7 @@ void advisory_lock::unlock() {
             fail(session, answer, context, sql);
         }
         if (std::string_view(PQgetvalue(answer, 0, 0)) != "t") {
-            throw db::error(std::string(backend_name), "", 0,
-                            context +
-                                ": pg_advisory_unlock answered false: the session (backend "
-                                "pid " +
-                                std::to_string(held->pid_) +
-                                ") no longer held the lock; it was released behind the lease's "
-                                "back (pg_advisory_unlock_all, an unlock by hand)",
-                            sql);
+            throw unlock_refused(context, held->pid_, sql);
         }
     } catch (...) {
         failure = std::current_exception();
@@ -525,7 +534,7 @@ void advisory_lock::exit(const std::exception_ptr& e) {
 connection& advisory_xact_lock::enter() {
     check_.entered();
     connection& session = *connection_;
-    const std::string context = key_.describe() + " on " + session.description();
+    const std::string context = detail::advisory::context(key_, session.description());
     if (session.transaction_state() != db::transaction_state::active) {
         throw protocol_error(context +
                              ": advisory_xact_lock needs an open transaction (the lock ends with "
@@ -536,8 +545,7 @@ connection& advisory_xact_lock::enter() {
     if (options_.timeout.count() <= 0) {
         if (!session.query_value<bool>("SELECT pg_try_advisory_xact_lock" + shared + "($1)",
                                        key_.value())) {
-            throw timeout_error(context + " (tried once: it is held elsewhere)",
-                                steady::now() - started);
+            throw held_elsewhere(context, steady::now() - started);
         }
         return session;
     }
@@ -551,7 +559,7 @@ connection& advisory_xact_lock::enter() {
         "SAVEPOINT ctxmgr_advisory_lock; " + lock_timeout_setting(options_.timeout) +
         "; SET LOCAL statement_timeout = 0; SELECT pg_advisory_xact_lock" + shared + '(' +
         std::to_string(key_.value()) + "); " + restore + "; RELEASE SAVEPOINT ctxmgr_advisory_lock";
-    constexpr std::size_t lock_statement = 3;
+    constexpr std::size_t lock_statement = 3;  // the savepoint takes BEGIN's place
     const script_answer answer =
         run_lock_script(session, script, started, options_.timeout, context);
     const PGresult* failure = answer.failure();
@@ -562,7 +570,7 @@ connection& advisory_xact_lock::enter() {
     // Back to the savepoint: the transaction goes on as it was, settings included.
     session.execute_script(
         "ROLLBACK TO SAVEPOINT ctxmgr_advisory_lock; RELEASE SAVEPOINT ctxmgr_advisory_lock");
-    if (timed_out) throw timeout_error(context, steady::now() - started);
+    if (timed_out) throw lock_timed_out(context, steady::now() - started);
     fail(session, failure, context, script);
 }
 

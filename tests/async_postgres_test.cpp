@@ -1,6 +1,7 @@
 // postgres::async_connect and the async connection on a real server: statements, typed errors,
 // redaction, the connect deadline, cancellation of a statement in flight (drained or closed),
 // the client's statement timeout, and transactions cancelled at each await point.
+#include <ctxmgr/async_pool.hpp>
 #include <ctxmgr/async_postgres.hpp>
 #include <ctxmgr/async_with.hpp>
 #include <ctxmgr/with.hpp>
@@ -11,16 +12,20 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include <asio/co_spawn.hpp>
+#include <asio/detached.hpp>
 #include <asio/experimental/awaitable_operators.hpp>
 #include <asio/io_context.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/system_error.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -471,6 +476,180 @@ TEST(AsyncPostgresNeverEntered, AManagerNeverEnteredReportsItsLine) {
     EXPECT_TRUE(ctxmgr::testing::reports_never_entered(reports[0], "postgres::async_connect",
                                                        "async_postgres_test.cpp", line))
         << reports[0];
+}
+
+// A server restarted under 200 coroutines committing transactions, each on a connection of
+// its own, on one thread: every acknowledged commit is there once, a commit whose outcome is
+// unknown is there at most once (and never retried), every other failure is retried on a new
+// connection until it commits.
+class AsyncPostgresDedicated : public ctxmgr::testing::dedicated_postgres_test {
+  protected:
+    // (coroutine, sequence) of each commit, by what its coroutine learned of it.
+    struct ledger {
+        std::vector<std::pair<int, int>> acknowledged;
+        std::vector<std::pair<int, int>> unknown;
+        int retried = 0;
+    };
+
+    // Checks `seen` against the table.
+    void expect_exactly_once(const std::string& conninfo, const ledger& seen, int coroutines,
+                             int per_coroutine) {
+        auto c = postgres::connect(conninfo);
+        EXPECT_EQ(c.query_value<std::int64_t>(
+                      "SELECT count(*) FROM (SELECT 1 FROM ledger GROUP BY coroutine, seq "
+                      "HAVING count(*) > 1) AS doubled"),
+                  0);
+        for (const auto& [coroutine, seq] : seen.acknowledged) {
+            EXPECT_EQ(c.query_value<std::int64_t>(
+                          "SELECT count(*) FROM ledger WHERE coroutine = $1 AND seq = $2",
+                          coroutine, seq),
+                      1)
+                << coroutine << '/' << seq;
+        }
+        std::int64_t unknown_applied = 0;
+        for (const auto& [coroutine, seq] : seen.unknown) {
+            unknown_applied += c.query_value<std::int64_t>(
+                "SELECT count(*) FROM ledger WHERE coroutine = $1 AND seq = $2", coroutine, seq);
+        }
+        EXPECT_EQ(seen.acknowledged.size() + seen.unknown.size(),
+                  static_cast<std::size_t>(coroutines * per_coroutine));
+        EXPECT_EQ(c.query_value<std::int64_t>("SELECT count(*) FROM ledger"),
+                  static_cast<std::int64_t>(seen.acknowledged.size()) + unknown_applied);
+    }
+};
+
+TEST_F(AsyncPostgresDedicated, ARestartUnder200CoroutineTransactionsLosesNoCommitAndDoublesNone) {
+    start({.max_connections = 230});
+    CTXMGR_REQUIRE_POSTGRES(server_);
+    constexpr int coroutines = 200;
+    constexpr int per_coroutine = 6;
+    postgres::connect(server_.conninfo)
+        .execute_script("CREATE TABLE ledger (coroutine int NOT NULL, seq int NOT NULL)");
+    ledger seen;
+    std::atomic<int> committed{0};
+    asio::io_context io;
+    const postgres::options options{.connect_timeout = 5s};
+    const auto give_up_at = std::chrono::steady_clock::now() + 60s;
+    for (int id = 0; id < coroutines; ++id) {
+        asio::co_spawn(
+            io,
+            [&, id]() -> task<void> {
+                auto executor = co_await asio::this_coro::executor;
+                for (int seq = 0; seq < per_coroutine; ++seq) {
+                    for (;;) {
+                        try {
+                            co_await ctxmgr::async_with(
+                                postgres::async_connect(executor, server_.conninfo, options),
+                                [&](async_connection& db) -> task<void> {
+                                    co_await ctxmgr::async_with(
+                                        db.async_transaction(), [&]() -> task<void> {
+                                            co_await db.async_execute(
+                                                "INSERT INTO ledger VALUES ($1, $2)", id, seq);
+                                        });
+                                });
+                            seen.acknowledged.emplace_back(id, seq);
+                            ++committed;
+                            break;
+                        } catch (const db::commit_outcome_unknown&) {
+                            seen.unknown.emplace_back(id, seq);  // never run again
+                            break;
+                        } catch (const db::connection_error&) {
+                            if (std::chrono::steady_clock::now() > give_up_at) throw;
+                            ++seen.retried;
+                        }
+                        co_await pause(20ms);
+                    }
+                }
+            },
+            asio::detached);
+    }
+    // The restart, from another thread, once a third of the commits are in.
+    std::thread restarter([&] {
+        while (committed.load() < coroutines * per_coroutine / 3 &&
+               std::chrono::steady_clock::now() < give_up_at) {
+            std::this_thread::sleep_for(1ms);
+        }
+        cluster_->restart();
+    });
+    io.run();
+    restarter.join();
+    EXPECT_GT(seen.retried, 0);  // the restart cut transactions in flight
+    expect_exactly_once(server_.conninfo, seen, coroutines, per_coroutine);
+}
+
+// The same through a pool of PostgreSQL connections borrowed by coroutines on two threads:
+// after the restart the pool replaces what the server ended, and the borrowers go on.
+TEST_F(AsyncPostgresDedicated, APoolBorrowedByCoroutinesRecoversFromARestart) {
+    start({.max_connections = 30});
+    CTXMGR_REQUIRE_POSTGRES(server_);
+    constexpr int coroutines = 200;
+    constexpr int per_coroutine = 3;
+    postgres::connect(server_.conninfo)
+        .execute_script("CREATE TABLE ledger (coroutine int NOT NULL, seq int NOT NULL)");
+    const std::string conninfo = server_.conninfo;
+    ctxmgr::pool pool([conninfo] { return postgres::connect(conninfo, {.connect_timeout = 5s}); },
+                      {.name = "restart", .max_size = 8, .acquire_timeout = 30s});
+    std::mutex seen_mutex;
+    ledger seen;
+    std::atomic<int> committed{0};
+    asio::io_context io;
+    const auto give_up_at = std::chrono::steady_clock::now() + 60s;
+    for (int id = 0; id < coroutines; ++id) {
+        asio::co_spawn(
+            io,
+            [&, id]() -> task<void> {
+                for (int seq = 0; seq < per_coroutine; ++seq) {
+                    for (;;) {
+                        try {
+                            co_await ctxmgr::async_with(
+                                pool.async_connection(),
+                                [&](postgres::connection& db) -> task<void> {
+                                    ctxmgr::with(db.transaction(), [&](postgres::connection& tx) {
+                                        tx.execute("INSERT INTO ledger VALUES ($1, $2)", id, seq);
+                                    });
+                                    co_return;
+                                });
+                            std::lock_guard lock(seen_mutex);
+                            seen.acknowledged.emplace_back(id, seq);
+                            ++committed;
+                            break;
+                        } catch (const db::commit_outcome_unknown&) {
+                            std::lock_guard lock(seen_mutex);
+                            seen.unknown.emplace_back(id, seq);
+                            break;
+                        } catch (const db::connection_error&) {
+                            if (std::chrono::steady_clock::now() > give_up_at) throw;
+                            std::lock_guard lock(seen_mutex);
+                            ++seen.retried;
+                        }
+                        co_await pause(20ms);
+                    }
+                }
+            },
+            asio::detached);
+    }
+    std::thread restarter([&] {
+        while (committed.load() < coroutines * per_coroutine / 3 &&
+               std::chrono::steady_clock::now() < give_up_at) {
+            std::this_thread::sleep_for(1ms);
+        }
+        cluster_->restart();
+    });
+    std::thread second([&] { io.run(); });
+    io.run();
+    second.join();
+    restarter.join();
+    expect_exactly_once(server_.conninfo, seen, coroutines, per_coroutine);
+    // Recovered: the sessions the restart ended were replaced, and every borrow now succeeds.
+    for (int i = 0; i < 20; ++i) {
+        ctxmgr::with(pool.connection(), [&](postgres::connection& c) {
+            EXPECT_EQ(c.query_value<std::int64_t>("SELECT $1::bigint", i), i);
+        });
+    }
+    const auto s = pool.stats();
+    EXPECT_EQ(s.in_use, 0U);
+    EXPECT_EQ(s.waiting, 0U);
+    EXPECT_GT(s.destroyed, 0U);
 }
 
 }  // namespace

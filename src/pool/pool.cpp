@@ -509,48 +509,22 @@ class pool_core {
         return detail::deadline::after(std::min(timeout, longest_wait), started);
     }
 
-    // One step of an asynchronous borrow (pool_acquire_async in pool.hpp): acquire_waiting's
-    // loop up to the wait, which the borrower's coroutine does instead of sleeping here.
+    // One step of an asynchronous borrow (pool_acquire_async in pool.hpp): a synchronous
+    // borrow up to its wait, which the borrower's coroutine does instead of sleeping here.
     pool_entry* acquire_async(pool_async_waiter& a, const detail::deadline& deadline,
                               steady::time_point started, const std::source_location& where) {
         auto record = std::make_unique<pool_waiter>();  // before anything changes: may throw
+        record->async = &a;
         std::unique_lock lock(mutex_);
-        for (;;) {
-            if (closing_) throw closed_error("async_connection() on closed " + description_);
-            if (!idle_.empty() && !suspended_) {
-                const std::int64_t now = coarse_now_ns();
-                pool_entry& e = lend(now, where);
-                lock.unlock();
-                if (ready(e, now, deadline)) return obtained(e, started);
-                lock.lock();
-                continue;
-            }
-            const auto now = steady::now();
-            if (deadline.expired(now)) {
-                ++timeouts_;
-                throw_timeout(lock, started, now);
-            }
-            // Woken for a connection that another borrower took first: to the front.
-            const bool overtaken = std::exchange(a.woken, false) && a.handed == nullptr;
-            if (!overtaken && options_.max_waiting > 0 && waiting_ >= options_.max_waiting) {
-                ++refused_;
-                const std::string what = "a connection from " + description_ + ": " +
-                                         std::to_string(waiting_) +
-                                         " borrowers are waiting already (max_waiting " +
-                                         std::to_string(options_.max_waiting) + ')';
-                lock.unlock();
-                throw too_many_waiters(what);
-            }
-            record->where = where;
-            record->started = started;
-            record->overtaken = overtaken;
-            record->async = &a;
-            a.handed = nullptr;
-            a.queued = record.get();
-            enqueue(*record.release(), overtaken);
-            if (creation_wanted()) creator_wake_.notify_one();
-            return nullptr;
+        // Woken for a connection that another borrower took first: to the front.
+        const bool overtaken = std::exchange(a.woken, false) && a.handed == nullptr;
+        a.handed = nullptr;
+        if (pool_entry* e = lend_or_queue(lock, *record, overtaken, deadline, started, where,
+                                          "async_connection()")) {
+            return e;
         }
+        a.queued = record.release();  // under the mutex still: nobody has dequeued it yet
+        return nullptr;
     }
 
     bool withdraw(pool_async_waiter& a) noexcept {
@@ -663,12 +637,14 @@ class pool_core {
         return false;
     }
 
-    pool_entry* acquire_waiting(std::unique_lock<std::mutex>& lock, steady::time_point started,
-                                const detail::deadline& deadline,
-                                const std::source_location& where) {
-        bool overtaken = false;
+    // A borrow before its wait (under the mutex): lends an idle connection, checked, and
+    // returns it; throws closed_error, timeout_error (`deadline` passed), too_many_waiters; or
+    // queues `w` (first when `overtaken`) and returns nullptr with the mutex still held.
+    pool_entry* lend_or_queue(std::unique_lock<std::mutex>& lock, pool_waiter& w, bool overtaken,
+                              const detail::deadline& deadline, steady::time_point started,
+                              const std::source_location& where, const char* call) {
         for (;;) {
-            if (closing_) throw closed_error("connection() on closed " + description_);
+            if (closing_) throw closed_error(std::string(call) + " on closed " + description_);
             if (!idle_.empty() && !suspended_) {
                 const std::int64_t now = coarse_now_ns();
                 pool_entry& e = lend(now, where);
@@ -691,12 +667,25 @@ class pool_core {
                 lock.unlock();
                 throw too_many_waiters(what);
             }
-            pool_waiter w;
             w.where = where;
             w.started = started;
             w.overtaken = overtaken;
             enqueue(w, overtaken);
             if (creation_wanted()) creator_wake_.notify_one();
+            return nullptr;
+        }
+    }
+
+    pool_entry* acquire_waiting(std::unique_lock<std::mutex>& lock, steady::time_point started,
+                                const detail::deadline& deadline,
+                                const std::source_location& where) {
+        bool overtaken = false;
+        for (;;) {
+            pool_waiter w;
+            if (pool_entry* e =
+                    lend_or_queue(lock, w, overtaken, deadline, started, where, "connection()")) {
+                return e;
+            }
             lock.unlock();
             if (!w.wait(deadline)) {
                 lock.lock();

@@ -10,7 +10,6 @@ endif()
 ctxmgr_compiled_library(postgres SOURCES
     db/postgres.cpp
     db/redact_secrets.cpp
-    pool/postgres_pool.cpp
     pool/distributed_lock.cpp)
 target_link_libraries(ctxmgr_postgres PUBLIC ctxmgr_ctxmgr PRIVATE PostgreSQL::PostgreSQL)
 

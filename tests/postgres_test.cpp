@@ -5,6 +5,7 @@
 // behaviour shared with SQLite is in db_test.cpp.
 #include <libpq-fe.h>
 #include <ctxmgr/distributed_lock.hpp>
+#include <ctxmgr/pool.hpp>
 #include <ctxmgr/postgres.hpp>
 #include <ctxmgr/tracking.hpp>
 #include <ctxmgr/with.hpp>
@@ -26,6 +27,7 @@
 #include <vector>
 
 #include "../src/db/libpq_support.hpp"
+#include "eventually.hpp"
 #include "postgres_fixtures.hpp"
 #include "recording.hpp"
 
@@ -257,6 +259,24 @@ bool backend_gone(postgres::connection& admin, int pid) {
         std::this_thread::sleep_for(20ms);
     }
     return false;
+}
+
+TEST_F(Postgres, AliveSeesASessionTheServerEndedWithoutARoundTrip) {
+    auto victim = connect();
+    auto admin = connect();
+    EXPECT_TRUE(victim.alive());
+    ASSERT_TRUE(admin.query_value<bool>("SELECT pg_terminate_backend($1)", victim.backend_pid()));
+    EXPECT_TRUE(victim.is_open());  // libpq has not looked
+    // As soon as the server's goodbye reaches the socket (the backend leaves
+    // pg_stat_activity a little before its process closes the socket).
+    EXPECT_TRUE(ctxmgr::testing::eventually([&] { return !victim.alive(); }));
+    EXPECT_FALSE(victim.alive());  // and stays so
+    // The pool asks the same through pool_traits, found by the member.
+    auto other = connect();
+    EXPECT_TRUE(ctxmgr::pool_traits<postgres::connection>::usable(other));
+    other.close();
+    EXPECT_FALSE(other.alive());
+    EXPECT_FALSE(ctxmgr::pool_traits<postgres::connection>::usable(other));
 }
 
 TEST_F(Postgres, ASessionLostDuringCommitIsACommitOutcomeUnknown) {

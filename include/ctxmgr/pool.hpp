@@ -213,22 +213,22 @@ struct pool_metrics {
 };
 
 // How the pool checks an idle connection without a round trip before lending it (when it has
-// been idle for more than a millisecond). The default trusts is_open(). Specialize it for a
-// connection type that can tell more; ctxmgr does for postgres::connection (defined in
-// ctxmgr::postgres): it looks at the socket, so that a session the server ended while it sat
-// in the pool (a restart, pg_terminate_backend, a crash) is never lent.
+// been idle for more than a millisecond): the connection's `bool alive() noexcept` when it has
+// one (postgres::connection looks at its socket, so that a session the server ended while it
+// sat in the pool, by a restart, pg_terminate_backend or a crash, is never lent), is_open()
+// otherwise. Specialize it for a connection type that can tell more and cannot be changed.
 template <class Connection>
 struct pool_traits {
-    static bool usable(Connection& connection) noexcept { return connection.is_open(); }
-};
-
-namespace postgres {
-class connection;
-}  // namespace postgres
-
-template <>
-struct pool_traits<postgres::connection> {
-    static bool usable(postgres::connection& connection) noexcept;
+    static bool usable(Connection& connection) noexcept {
+        if constexpr (requires {
+                          { connection.alive() }
+                          noexcept->std::same_as<bool>;
+                      }) {
+            return connection.alive();
+        } else {
+            return connection.is_open();
+        }
+    }
 };
 
 // A borrower holding a connection, as pool::status() lists it.

@@ -110,6 +110,12 @@ class connection : public db::basic_connection<connection> {
     [[nodiscard]] bool closed() const noexcept { return impl_ == nullptr; }
     // Open and libpq has not seen the link break (no I/O).
     [[nodiscard]] bool is_open() const noexcept;
+    // Whether an idle session is still there, without a round trip: false once the server
+    // has ended it (pg_terminate_backend, a shutdown or restart, a crash: the socket shows
+    // the goodbye or the end of the stream) or a statement is still running on it. Reads what
+    // arrived (a NOTIFY stays queued). What the pool asks before lending an idle connection
+    // (pool.hpp) and what lease::lost() asks. Never throws.
+    [[nodiscard]] bool alive() noexcept;
     // An empty query, one round trip: true when the server answers. Never throws.
     [[nodiscard]] bool ping() noexcept;
     // The same, waiting at most `timeout` for the answer. A server that has not answered by

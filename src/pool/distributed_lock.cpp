@@ -339,8 +339,7 @@ lease::~lease() = default;
 
 bool lease::lost() noexcept {
     if (!lost_) {
-        lost_ = lost_signal_.stop_requested() || session_ == nullptr ||
-                !pool_traits<connection>::usable(*session_);
+        lost_ = lost_signal_.stop_requested() || session_ == nullptr || !session_->alive();
         if (lost_) lost_signal_.request_stop();
     }
     return lost_;

@@ -109,15 +109,17 @@ class unraisable_log {
 
 // Whether `report`, an unraisable_log line, is the one report of a lazy manager destroyed
 // without being entered: a protocol_error naming ctxmgr::<manager>, the line of `file` that
-// made it, and how to use it instead.
+// made it, and how to use it instead (async_with for an async manager).
 inline bool reports_never_entered(std::string_view report, std::string_view manager,
                                   std::string_view file, unsigned line) {
     const std::string name = "ctxmgr::" + std::string(manager);
+    const bool async = contains(manager, "async");
     return report.starts_with(name + ": ctxmgr::protocol_error: " + name + " made at ") &&
            contains(report, std::string(file) + ':' + std::to_string(line) + ' ') &&
-           contains(report,
-                    "was never entered: pass it to ctxmgr::with(...) or "
-                    "exit_stack::enter_context(...)");
+           contains(report, async ? "was never entered: pass it to ctxmgr::async_with(...) or "
+                                    "async_exit_stack::enter_async_context(...)"
+                                  : "was never entered: pass it to ctxmgr::with(...) or "
+                                    "exit_stack::enter_context(...)");
 }
 
 // What a recorder does on exit.

@@ -8,6 +8,8 @@
 // a coroutine that was never awaited:
 //   ctxmgr::lock made at app.cpp:42 in int main() was never entered: pass it to
 //   ctxmgr::with(...) or exit_stack::enter_context(...)
+// (an async manager, named so, is to be passed to ctxmgr::async_with(...) or
+// async_exit_stack::enter_async_context(...), and its report says that instead).
 // Rules:
 //   - A manager whose enter() was called does not report, even if enter() threw; nor does a
 //     moved-from one (the mark moves). Assigning over a manager never entered drops it: it
@@ -28,6 +30,7 @@
 #include <exception>
 #include <source_location>
 #include <string>
+#include <string_view>
 #include <utility>
 
 #include "../errors.hpp"
@@ -56,9 +59,11 @@ CTXMGR_ENTRY_CHECK_COLD inline void report_never_entered(const char* manager,
         std::string message = manager;
         message += " made at ";
         append_site(message, where);
-        message +=
-            " was never entered: pass it to ctxmgr::with(...) or "
-            "exit_stack::enter_context(...)";
+        message += std::string_view(manager).find("async") != std::string_view::npos
+                       ? " was never entered: pass it to ctxmgr::async_with(...) or "
+                         "async_exit_stack::enter_async_context(...)"
+                       : " was never entered: pass it to ctxmgr::with(...) or "
+                         "exit_stack::enter_context(...)";
         report = std::make_exception_ptr(protocol_error(message));
     } catch (...) {
         report = std::current_exception();  // std::bad_alloc: still worth a report

@@ -16,7 +16,7 @@
 #include "async_contextmanager.hpp"
 #include "async_exit_stack.hpp"
 #include "async_mutex.hpp"
-#include "async_pool.hpp"
 #include "async_net.hpp"
+#include "async_pool.hpp"
 #include "async_protocol.hpp"
 #include "async_with.hpp"

@@ -120,8 +120,8 @@ inline asio::awaitable<pool_entry_base*> async_pool_acquire(pool_core& core,
     for (;;) {
         // Shared with the timer's handler, which may run after this turn is over.
         const auto turn = std::make_shared<async_pool_turn>(executor);
-        turn->woken = overtaken;
-        if (pool_entry_base* entry = pool_acquire_async(core, *turn, limit, started, where)) {
+        if (pool_entry_base* entry =
+                pool_acquire_async(core, *turn, overtaken, limit, started, where)) {
             co_return entry;
         }
         async_pool_place place(core, *turn);

@@ -293,16 +293,16 @@ struct pool_async_waiter {
     // Guarded by the pool's lock.
     void* queued = nullptr;             // the core's record of it, while it is in the queue
     pool_entry_base* handed = nullptr;  // lent to it outright when taken off the queue
-    bool woken = false;                 // taken off the queue by the core
 };
 // The deadline of a borrow asked at `started` (nanoseconds::max(): acquire_timeout).
 [[nodiscard]] deadline pool_deadline(const pool_core& core, std::chrono::nanoseconds timeout,
                                      std::chrono::steady_clock::time_point started) noexcept;
-// Lends a connection (checked as connection() checks it), or queues `waiter` and returns
-// nullptr: then wait for its wake, or withdraw it. Throws what connection() throws (the
-// timeout_error once `limit` has passed).
+// Lends a connection (checked as connection() checks it), or queues `waiter` (first when
+// `overtaken`: its last wake found the connection taken) and returns nullptr: then wait for its
+// wake, or withdraw it. Throws what connection() throws (the timeout_error once `limit` has
+// passed).
 [[nodiscard]] pool_entry_base* pool_acquire_async(pool_core& core, pool_async_waiter& waiter,
-                                                  const deadline& limit,
+                                                  bool overtaken, const deadline& limit,
                                                   std::chrono::steady_clock::time_point started,
                                                   const std::source_location& where);
 // Takes `waiter` off the queue when it is still there (its wait ended otherwise: true, and

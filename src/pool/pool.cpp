@@ -511,13 +511,12 @@ class pool_core {
 
     // One step of an asynchronous borrow (pool_acquire_async in pool.hpp): a synchronous
     // borrow up to its wait, which the borrower's coroutine does instead of sleeping here.
-    pool_entry* acquire_async(pool_async_waiter& a, const detail::deadline& deadline,
-                              steady::time_point started, const std::source_location& where) {
+    pool_entry* acquire_async(pool_async_waiter& a, bool overtaken,
+                              const detail::deadline& deadline, steady::time_point started,
+                              const std::source_location& where) {
         auto record = std::make_unique<pool_waiter>();  // before anything changes: may throw
         record->async = &a;
         std::unique_lock lock(mutex_);
-        // Woken for a connection that another borrower took first: to the front.
-        const bool overtaken = std::exchange(a.woken, false) && a.handed == nullptr;
         a.handed = nullptr;
         if (pool_entry* e = lend_or_queue(lock, *record, overtaken, deadline, started, where,
                                           "async_connection()")) {
@@ -532,7 +531,6 @@ class pool_core {
         if (a.queued == nullptr) return false;
         pool_waiter* record = static_cast<pool_waiter*>(a.queued);
         dequeue(*record);
-        a.woken = false;
         delete record;  // NOLINT: allocated by acquire_async
         return true;
     }
@@ -737,10 +735,7 @@ class pool_core {
         (w.next != nullptr ? w.next->prev : waiters_tail_) = w.prev;
         w.prev = w.next = nullptr;
         w.dequeued = true;
-        if (w.async != nullptr) {
-            w.async->queued = nullptr;
-            w.async->woken = true;
-        }
+        if (w.async != nullptr) w.async->queued = nullptr;
         --waiting_;
         return w;
     }
@@ -1248,11 +1243,11 @@ deadline pool_deadline(const pool_core& core, std::chrono::nanoseconds timeout,
     return core.deadline_after(timeout, started);
 }
 
-pool_entry_base* pool_acquire_async(pool_core& core, pool_async_waiter& waiter,
+pool_entry_base* pool_acquire_async(pool_core& core, pool_async_waiter& waiter, bool overtaken,
                                     const deadline& limit,
                                     std::chrono::steady_clock::time_point started,
                                     const std::source_location& where) {
-    return core.acquire_async(waiter, limit, started, where);
+    return core.acquire_async(waiter, overtaken, limit, started, where);
 }
 
 bool pool_withdraw(pool_core& core, pool_async_waiter& waiter) noexcept {

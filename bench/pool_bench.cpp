@@ -6,7 +6,6 @@
 // else a throwaway cluster started for the run (scripts/postgres-cluster); without one those
 // benchmarks are skipped with the reason. Reproduce: see docs/performance.md.
 #include <benchmark/benchmark.h>
-#include <sys/resource.h>
 
 #include <algorithm>
 #include <array>
@@ -20,10 +19,16 @@
 #include <thread>
 #include <vector>
 
+#include "paired.hpp"
 #include "pool_kernels.hpp"
 #include "postgres_server.hpp"
 
 namespace {
+
+using bench::run_paired;
+using bench::run_result;
+using bench::run_threads;
+using bench::variant;
 
 // ---- the server -------------------------------------------------------------------------
 
@@ -106,76 +111,6 @@ BENCHMARK(connect_sqlite)->Unit(benchmark::kMicrosecond);
 // goal's pair (8 threads through a pool of 4, 8 threads on 8 dedicated connections): 4
 // threads on 4 dedicated connections (what 4 sessions can do at best), 4 threads through the
 // pool of 4 (the pool without waiting), and 8 threads through SOCI's pool of 4.
-
-struct run_result {
-    double queries_per_second;
-    double switches_per_query;
-};
-
-long context_switches() {
-    rusage usage{};
-    ::getrusage(RUSAGE_SELF, &usage);
-    return usage.ru_nvcsw + usage.ru_nivcsw;
-}
-
-// `threads` threads run query(thread) per_thread times each, started together.
-template <class Query>
-run_result run_threads(int threads, int per_thread, Query&& query) {
-    std::atomic<int> ready{0};
-    std::atomic<bool> go{false};
-    std::vector<std::thread> workers;
-    for (int t = 0; t < threads; ++t) {
-        workers.emplace_back([&, t] {
-            ++ready;
-            while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
-            for (int i = 0; i < per_thread; ++i) query(static_cast<std::size_t>(t));
-        });
-    }
-    while (ready.load() < threads) std::this_thread::yield();
-    const long switches = context_switches();
-    const auto start = std::chrono::steady_clock::now();
-    go.store(true, std::memory_order_release);
-    for (auto& w : workers) w.join();
-    const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
-    const double queries = static_cast<double>(threads) * per_thread;
-    return {queries / took.count(), static_cast<double>(context_switches() - switches) / queries};
-}
-
-double median(std::vector<double> v) {
-    std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
-    return v[v.size() / 2];
-}
-
-struct variant {
-    std::string name;
-    std::function<run_result()> run;
-};
-
-// Runs every variant once per iteration, in an order that rotates; sets each variant's median
-// throughput and context switches per operation as counters `<name>_<unit>` and
-// `<name>_switches`, and returns the medians.
-std::vector<double> run_paired(benchmark::State& state, const std::vector<variant>& variants,
-                               const char* unit) {
-    std::vector<std::vector<double>> rates(variants.size());
-    std::vector<std::vector<double>> switches(variants.size());
-    std::size_t turn = 0;
-    for (auto _ : state) {
-        for (std::size_t k = 0; k < variants.size(); ++k) {
-            const std::size_t which = (turn + k) % variants.size();
-            const run_result r = variants[which].run();
-            rates[which].push_back(r.queries_per_second);
-            switches[which].push_back(r.switches_per_query);
-        }
-        ++turn;
-    }
-    std::vector<double> medians;
-    for (std::size_t i = 0; i < variants.size(); ++i) {
-        medians.push_back(median(rates[i]));
-        state.counters[variants[i].name + "_" + unit] = medians.back();
-        state.counters[variants[i].name + "_switches"] = median(switches[i]);
-    }
-    return medians;
-}
 
 // ---- borrow and return from 1, 8, 32 threads, paired ------------------------------------
 // A pool of 4 SQLite :memory: connections, each thread borrowing and returning at once: what

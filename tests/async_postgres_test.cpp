@@ -8,6 +8,7 @@
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <libpq-fe.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -15,9 +16,11 @@
 #include <asio/detached.hpp>
 #include <asio/experimental/awaitable_operators.hpp>
 #include <asio/io_context.hpp>
+#include <asio/redirect_error.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/system_error.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -189,13 +192,14 @@ TEST_F(AsyncPostgres, ACancelledStatementIsCancelledOnTheServerAndTheConnectionS
             EXPECT_TRUE(c.is_open());
             EXPECT_EQ(c.transaction_state(), db::transaction_state::idle);
             EXPECT_EQ(co_await c.async_query_value<std::int64_t>("SELECT 1"), 1);
-            // No statement of ours is left running on the server.
+            // The statement is not left running on the server (this session's process is idle;
+            // other tests' sessions may be sleeping meanwhile).
             auto admin = sync_connect();
-            EXPECT_EQ(
-                admin.query_value<std::int64_t>(
-                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%'"
-                    " AND state = 'active'"),
-                0);
+            EXPECT_EQ(admin.query_value<std::int64_t>(
+                          "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND state = "
+                          "'active'",
+                          c.backend_pid()),
+                      0);
         },
         answered_cancel);
 }
@@ -462,6 +466,43 @@ TEST_F(AsyncPostgres, ACommitWhoseSessionIsLostIsACommitOutcomeUnknown) {
     EXPECT_NE(what_of(e).find("the outcome of COMMIT"), std::string::npos) << what_of(e);
 }
 
+// libpq closes the socket of a broken link at once, and the next connection may get its number.
+// Closing the broken connection afterwards must not remove the new one's registration with
+// the executor (its statements would then never hear the answer).
+TEST_F(AsyncPostgres, ClosingALostConnectionLeavesAConnectionThatReusedItsSocketNumberWorking) {
+    auto admin = sync_connect();
+    const auto outcome = run_awaitable([&]() -> task<std::pair<int, std::int64_t>> {
+        const auto executor = co_await asio::this_coro::executor;
+        auto lost = postgres::async_connect(executor, server_.conninfo);
+        async_connection& first = (co_await lost.async_enter()).get();
+        const int first_socket = PQsocket(first.native_handle());
+        EXPECT_TRUE(
+            admin.query_value<bool>("SELECT pg_terminate_backend($1)", first.backend_pid()));
+        for (int i = 0; i < 250 && first.is_open(); ++i) {
+            try {
+                co_await first.async_execute("SELECT 1");
+            } catch (const db::connection_error&) {
+                break;  // libpq has dropped the link and closed its socket
+            }
+            co_await pause(20ms);
+        }
+        EXPECT_FALSE(first.is_open());
+        auto next = postgres::async_connect(executor, server_.conninfo);
+        async_connection& second = (co_await next.async_enter()).get();
+        const int second_socket = PQsocket(second.native_handle());
+        lost.exit(nullptr);  // closes the lost connection
+        // An answer the executor is no longer told of would let the timer win.
+        const auto raced =
+            co_await (second.async_query_value<std::int64_t>("SELECT 1") || pause(2s));
+        next.exit(nullptr);
+        co_return std::pair{second_socket == first_socket ? 1 : 0,
+                            raced.index() == 0 ? std::get<0>(raced) : -1};
+    }());
+    EXPECT_EQ(outcome.second, 1);  // -1: the answer was never heard
+    // The case this test is for: the new connection took the lost one's number.
+    EXPECT_EQ(outcome.first, 1) << "the socket number was not reused; the test proves less";
+}
+
 // Making a manager touches no server.
 TEST(AsyncPostgresNeverEntered, AManagerNeverEnteredReportsItsLine) {
     ctxmgr::testing::unraisable_log log;
@@ -482,6 +523,176 @@ TEST(AsyncPostgresNeverEntered, AManagerNeverEnteredReportsItsLine) {
 // its own, on one thread: every acknowledged commit is there once, a commit whose outcome is
 // unknown is there at most once (and never retried), every other failure is retried on a new
 // connection until it commits.
+// A pool of async connections, borrowed by coroutines: nothing on the borrower's thread waits
+// for the server.
+class AsyncPostgresPool : public AsyncPostgres {
+  protected:
+    using async_pool = ctxmgr::pool<async_connection>;
+    // A pool whose connections are made on the pool's thread for `io`.
+    async_pool make_pool(asio::io_context& io, ctxmgr::pool_options options) {
+        return async_pool(
+            [ex = io.get_executor(), conninfo = server_.conninfo] {
+                return async_connection::open(ex, conninfo);
+            },
+            std::move(options));
+    }
+};
+
+// A pool of async connections lends only to coroutines.
+template <class Pool>
+concept lends_synchronously = requires(Pool& p) {
+    p.connection();
+};
+static_assert(!lends_synchronously<ctxmgr::pool<async_connection>>);
+static_assert(lends_synchronously<ctxmgr::pool<postgres::connection>>);
+
+TEST_F(AsyncPostgresPool, ManyCoroutinesOnOneThreadShareAFewConnections) {
+    asio::io_context io;
+    auto pool = make_pool(io, {.name = "async", .max_size = 4});
+    sync_connect().execute_script("CREATE TABLE " + table_ + " (id int PRIMARY KEY)");
+    constexpr int coroutines = 100;
+    int borrowing = 0;
+    int most_at_once = 0;
+    int done = 0;
+    for (int id = 0; id < coroutines; ++id) {
+        asio::co_spawn(
+            io,
+            [&, id]() -> task<void> {
+                co_await ctxmgr::async_with(
+                    pool.async_connection(), [&](async_connection& db) -> task<void> {
+                        most_at_once = std::max(most_at_once, ++borrowing);
+                        co_await ctxmgr::async_with(db.async_transaction(), [&]() -> task<void> {
+                            co_await db.async_execute("INSERT INTO " + table_ + " VALUES ($1)", id);
+                        });
+                        --borrowing;
+                    });
+                ++done;
+            },
+            [](const std::exception_ptr& e) {
+                if (e) std::rethrow_exception(e);
+            });
+    }
+    io.run();
+    EXPECT_EQ(done, coroutines);
+    EXPECT_GT(most_at_once, 1);  // the borrowers' statements overlapped on the one thread
+    EXPECT_LE(most_at_once, 4);
+    auto check = sync_connect();
+    EXPECT_EQ(check.query_value<std::int64_t>("SELECT count(*) FROM " + table_), coroutines);
+    check.execute_script("DROP TABLE " + table_);
+    const auto s = pool.stats();
+    EXPECT_EQ(s.in_use, 0U);
+    EXPECT_LE(s.created, 4U);
+}
+
+TEST_F(AsyncPostgresPool, ATransactionLeftOpenIsRolledBackByTheAwaitedExitAndTheConnectionKept) {
+    asio::io_context io;
+    auto pool = make_pool(io, {.max_size = 1});
+    sync_connect().execute_script("CREATE TABLE " + table_ + " (id int)");
+    const auto pids = run_awaitable(io, [&]() -> task<std::pair<int, int>> {
+        const int first = co_await ctxmgr::async_with(
+            pool.async_connection(), [&](async_connection& db) -> task<int> {
+                co_await db.async_execute_script("BEGIN");
+                co_await db.async_execute("INSERT INTO " + table_ + " VALUES (1)");
+                co_return db.backend_pid();  // leaves the transaction open
+            });
+        const int second = co_await ctxmgr::async_with(
+            pool.async_connection(), [&](async_connection& db) -> task<int> {
+                EXPECT_EQ(db.transaction_state(), db::transaction_state::idle);
+                co_return db.backend_pid();
+            });
+        co_return std::pair{first, second};
+    }());
+    EXPECT_EQ(pids.first, pids.second);  // rolled back and lent again, not replaced
+    auto check = sync_connect();
+    EXPECT_EQ(check.query_value<std::int64_t>("SELECT count(*) FROM " + table_), 0);
+    check.execute_script("DROP TABLE " + table_);
+    EXPECT_EQ(pool.stats().destroyed, 0U);
+}
+
+// validate_after_idle 0: every borrow pings. A server process that stopped answering is caught
+// by the borrower's awaited ping, within validation_timeout, while its thread goes on serving
+// other coroutines; the borrower gets a new connection.
+TEST_F(AsyncPostgresPool, ASessionThatStoppedAnsweringFailsTheAwaitedPingAndIsReplaced) {
+    asio::io_context io;
+    auto pool =
+        make_pool(io, {.max_size = 2, .validate_after_idle = 0ms, .validation_timeout = 300ms});
+    const int stuck = run_awaitable(io, [&]() -> task<int> {
+        co_return co_await ctxmgr::async_with(
+            pool.async_connection(),
+            [&](async_connection& db) -> task<int> { co_return db.backend_pid(); });
+    }());
+    ctxmgr::testing::stopped_backend stopped(stuck);
+    if (!stopped.stopped()) GTEST_SKIP() << "the server's processes cannot be signalled here";
+    int ticks = 0;
+    bool borrowed = false;
+    const auto began = std::chrono::steady_clock::now();
+    const int replacement = run_awaitable(io, [&]() -> task<int> {
+        asio::co_spawn(
+            co_await asio::this_coro::executor,
+            [&]() -> task<void> {
+                while (!borrowed) {
+                    ++ticks;
+                    co_await pause(10ms);
+                }
+            },
+            asio::detached);
+        const int pid = co_await ctxmgr::async_with(
+            pool.async_connection(), [&](async_connection& db) -> task<int> {
+                EXPECT_EQ(co_await db.async_query_value<std::int64_t>("SELECT 7"), 7);
+                co_return db.backend_pid();
+            });
+        borrowed = true;
+        co_return pid;
+    }());
+    const auto took = std::chrono::steady_clock::now() - began;
+    EXPECT_NE(replacement, stuck);
+    EXPECT_GE(took, 300ms);
+    EXPECT_GE(ticks, 10);  // the thread was not blocked while the ping waited
+    EXPECT_EQ(pool.stats().destroyed, 1U);
+}
+
+TEST_F(AsyncPostgresPool, ABorrowerCancelledWhileWaitingTakesNothingAndTheOthersGoOn) {
+    asio::io_context io;
+    auto pool = make_pool(io, {.max_size = 1});
+    const auto outcome = run_awaitable(io, [&]() -> task<std::pair<bool, std::int64_t>> {
+        const auto executor = co_await asio::this_coro::executor;
+        asio::steady_timer release(executor, std::chrono::steady_clock::time_point::max());
+        bool holder_done = false;
+        asio::co_spawn(
+            executor,
+            [&]() -> task<void> {
+                co_await ctxmgr::async_with(
+                    pool.async_connection(), [&](async_connection&) -> task<void> {
+                        asio::error_code ignored;
+                        co_await release.async_wait(
+                            asio::redirect_error(asio::use_awaitable, ignored));
+                    });
+                holder_done = true;
+            },
+            asio::detached);
+        co_await pause(10ms);
+        // Waits behind the holder and is cancelled by the timer.
+        const auto raced =
+            co_await (ctxmgr::async_with(pool.async_connection(),
+                                         [](async_connection&) -> task<void> { co_return; }) ||
+                      pause(50ms));
+        const bool cancelled = raced.index() == 1;
+        release.cancel();
+        while (!holder_done) co_await pause(1ms);
+        const auto value = co_await ctxmgr::async_with(
+            pool.async_connection(), [](async_connection& db) -> task<std::int64_t> {
+                co_return co_await db.async_query_value<std::int64_t>("SELECT 42");
+            });
+        co_return std::pair{cancelled, value};
+    }());
+    EXPECT_TRUE(outcome.first);
+    EXPECT_EQ(outcome.second, 42);
+    const auto s = pool.stats();
+    EXPECT_EQ(s.in_use, 0U);
+    EXPECT_EQ(s.waiting, 0U);
+    EXPECT_EQ(s.created, 1U);
+}
+
 class AsyncPostgresDedicated : public ctxmgr::testing::dedicated_postgres_test {
   protected:
     // (coroutine, sequence) of each commit, by what its coroutine learned of it.
@@ -516,140 +727,149 @@ class AsyncPostgresDedicated : public ctxmgr::testing::dedicated_postgres_test {
         EXPECT_EQ(c.query_value<std::int64_t>("SELECT count(*) FROM ledger"),
                   static_cast<std::int64_t>(seen.acknowledged.size()) + unknown_applied);
     }
+
+    // `coroutines` coroutines on `io` run by `threads` threads, each committing `per_coroutine`
+    // rows of the table ledger through commit(id, seq); a connection_error is run again (for
+    // 60 s at most), a commit_outcome_unknown never. The server restarts once a third of the
+    // commits are in. Then every commit must be in the table exactly once.
+    template <class Commit>
+    ledger restart_under_load(asio::io_context& io, int coroutines, int per_coroutine, int threads,
+                              Commit commit) {
+        postgres::connect(server_.conninfo)
+            .execute_script("CREATE TABLE ledger (coroutine int NOT NULL, seq int NOT NULL)");
+        std::mutex seen_mutex;
+        ledger seen;
+        std::atomic<int> committed{0};
+        const auto give_up_at = std::chrono::steady_clock::now() + 60s;
+        for (int id = 0; id < coroutines; ++id) {
+            asio::co_spawn(
+                io,
+                [&, id]() -> task<void> {
+                    for (int seq = 0; seq < per_coroutine; ++seq) {
+                        for (;;) {
+                            try {
+                                co_await commit(id, seq);
+                                std::lock_guard lock(seen_mutex);
+                                seen.acknowledged.emplace_back(id, seq);
+                                ++committed;
+                                break;
+                            } catch (const db::commit_outcome_unknown&) {
+                                std::lock_guard lock(seen_mutex);
+                                seen.unknown.emplace_back(id, seq);  // never run again
+                                break;
+                            } catch (const db::connection_error&) {
+                                if (std::chrono::steady_clock::now() > give_up_at) throw;
+                                std::lock_guard lock(seen_mutex);
+                                ++seen.retried;
+                            }
+                            co_await pause(20ms);
+                        }
+                    }
+                },
+                asio::detached);
+        }
+        // The restart, from another thread, once a third of the commits are in.
+        std::thread restarter([&] {
+            while (committed.load() < coroutines * per_coroutine / 3 &&
+                   std::chrono::steady_clock::now() < give_up_at) {
+                std::this_thread::sleep_for(1ms);
+            }
+            cluster_->restart();
+        });
+        std::vector<std::thread> more;
+        for (int i = 1; i < threads; ++i) more.emplace_back([&] { io.run(); });
+        io.run();
+        for (auto& t : more) t.join();
+        restarter.join();
+        expect_exactly_once(server_.conninfo, seen, coroutines, per_coroutine);
+        return seen;
+    }
+    template <class Commit>
+    ledger restart_under_load(int coroutines, int per_coroutine, int threads, Commit commit) {
+        asio::io_context io;
+        return restart_under_load(io, coroutines, per_coroutine, threads, std::move(commit));
+    }
+
+    // Recovered from the restart: the sessions it ended were replaced, and every borrow now
+    // succeeds.
+    template <class Pool>
+    void expect_recovered(asio::io_context& io, Pool& pool) {
+        for (int i = 0; i < 20; ++i) {
+            run_awaitable(io, [&]() -> task<void> {
+                co_await ctxmgr::async_with(pool.async_connection(), [&](auto& c) -> task<void> {
+                    EXPECT_EQ(co_await query_bigint(c, i), i);
+                });
+            }());
+        }
+        const auto s = pool.stats();
+        EXPECT_EQ(s.in_use, 0U);
+        EXPECT_EQ(s.waiting, 0U);
+        EXPECT_GT(s.destroyed, 0U);
+    }
+    static task<std::int64_t> query_bigint(postgres::connection& c, std::int64_t v) {
+        co_return c.query_value<std::int64_t>("SELECT $1::bigint", v);
+    }
+    static task<std::int64_t> query_bigint(async_connection& c, std::int64_t v) {
+        co_return co_await c.async_query_value<std::int64_t>("SELECT $1::bigint", v);
+    }
 };
 
 TEST_F(AsyncPostgresDedicated, ARestartUnder200CoroutineTransactionsLosesNoCommitAndDoublesNone) {
     start({.max_connections = 230});
     CTXMGR_REQUIRE_POSTGRES(server_);
-    constexpr int coroutines = 200;
-    constexpr int per_coroutine = 6;
-    postgres::connect(server_.conninfo)
-        .execute_script("CREATE TABLE ledger (coroutine int NOT NULL, seq int NOT NULL)");
-    ledger seen;
-    std::atomic<int> committed{0};
-    asio::io_context io;
     const postgres::options options{.connect_timeout = 5s};
-    const auto give_up_at = std::chrono::steady_clock::now() + 60s;
-    for (int id = 0; id < coroutines; ++id) {
-        asio::co_spawn(
-            io,
-            [&, id]() -> task<void> {
-                auto executor = co_await asio::this_coro::executor;
-                for (int seq = 0; seq < per_coroutine; ++seq) {
-                    for (;;) {
-                        try {
-                            co_await ctxmgr::async_with(
-                                postgres::async_connect(executor, server_.conninfo, options),
-                                [&](async_connection& db) -> task<void> {
-                                    co_await ctxmgr::async_with(
-                                        db.async_transaction(), [&]() -> task<void> {
-                                            co_await db.async_execute(
-                                                "INSERT INTO ledger VALUES ($1, $2)", id, seq);
-                                        });
-                                });
-                            seen.acknowledged.emplace_back(id, seq);
-                            ++committed;
-                            break;
-                        } catch (const db::commit_outcome_unknown&) {
-                            seen.unknown.emplace_back(id, seq);  // never run again
-                            break;
-                        } catch (const db::connection_error&) {
-                            if (std::chrono::steady_clock::now() > give_up_at) throw;
-                            ++seen.retried;
-                        }
-                        co_await pause(20ms);
-                    }
-                }
-            },
-            asio::detached);
-    }
-    // The restart, from another thread, once a third of the commits are in.
-    std::thread restarter([&] {
-        while (committed.load() < coroutines * per_coroutine / 3 &&
-               std::chrono::steady_clock::now() < give_up_at) {
-            std::this_thread::sleep_for(1ms);
-        }
-        cluster_->restart();
+    const ledger seen = restart_under_load(200, 6, 1, [&](int id, int seq) -> task<void> {
+        co_await ctxmgr::async_with(
+            postgres::async_connect(co_await asio::this_coro::executor, server_.conninfo, options),
+            [&](async_connection& db) -> task<void> {
+                co_await ctxmgr::async_with(db.async_transaction(), [&]() -> task<void> {
+                    co_await db.async_execute("INSERT INTO ledger VALUES ($1, $2)", id, seq);
+                });
+            });
     });
-    io.run();
-    restarter.join();
     EXPECT_GT(seen.retried, 0);  // the restart cut transactions in flight
-    expect_exactly_once(server_.conninfo, seen, coroutines, per_coroutine);
 }
 
-// The same through a pool of PostgreSQL connections borrowed by coroutines on two threads:
-// after the restart the pool replaces what the server ended, and the borrowers go on.
+// The same through a pool of synchronous PostgreSQL connections borrowed by coroutines on two
+// threads: after the restart the pool replaces what the server ended, and the borrowers go on.
 TEST_F(AsyncPostgresDedicated, APoolBorrowedByCoroutinesRecoversFromARestart) {
     start({.max_connections = 30});
     CTXMGR_REQUIRE_POSTGRES(server_);
-    constexpr int coroutines = 200;
-    constexpr int per_coroutine = 3;
-    postgres::connect(server_.conninfo)
-        .execute_script("CREATE TABLE ledger (coroutine int NOT NULL, seq int NOT NULL)");
     const std::string conninfo = server_.conninfo;
     ctxmgr::pool pool([conninfo] { return postgres::connect(conninfo, {.connect_timeout = 5s}); },
                       {.name = "restart", .max_size = 8, .acquire_timeout = 30s});
-    std::mutex seen_mutex;
-    ledger seen;
-    std::atomic<int> committed{0};
-    asio::io_context io;
-    const auto give_up_at = std::chrono::steady_clock::now() + 60s;
-    for (int id = 0; id < coroutines; ++id) {
-        asio::co_spawn(
-            io,
-            [&, id]() -> task<void> {
-                for (int seq = 0; seq < per_coroutine; ++seq) {
-                    for (;;) {
-                        try {
-                            co_await ctxmgr::async_with(
-                                pool.async_connection(),
-                                [&](postgres::connection& db) -> task<void> {
-                                    ctxmgr::with(db.transaction(), [&](postgres::connection& tx) {
-                                        tx.execute("INSERT INTO ledger VALUES ($1, $2)", id, seq);
-                                    });
-                                    co_return;
-                                });
-                            std::lock_guard lock(seen_mutex);
-                            seen.acknowledged.emplace_back(id, seq);
-                            ++committed;
-                            break;
-                        } catch (const db::commit_outcome_unknown&) {
-                            std::lock_guard lock(seen_mutex);
-                            seen.unknown.emplace_back(id, seq);
-                            break;
-                        } catch (const db::connection_error&) {
-                            if (std::chrono::steady_clock::now() > give_up_at) throw;
-                            std::lock_guard lock(seen_mutex);
-                            ++seen.retried;
-                        }
-                        co_await pause(20ms);
-                    }
-                }
-            },
-            asio::detached);
-    }
-    std::thread restarter([&] {
-        while (committed.load() < coroutines * per_coroutine / 3 &&
-               std::chrono::steady_clock::now() < give_up_at) {
-            std::this_thread::sleep_for(1ms);
-        }
-        cluster_->restart();
+    restart_under_load(200, 3, 2, [&](int id, int seq) -> task<void> {
+        co_await ctxmgr::async_with(
+            pool.async_connection(), [&](postgres::connection& db) -> task<void> {
+                ctxmgr::with(db.transaction(), [&](postgres::connection& tx) {
+                    tx.execute("INSERT INTO ledger VALUES ($1, $2)", id, seq);
+                });
+                co_return;
+            });
     });
-    std::thread second([&] { io.run(); });
-    io.run();
-    second.join();
-    restarter.join();
-    expect_exactly_once(server_.conninfo, seen, coroutines, per_coroutine);
-    // Recovered: the sessions the restart ended were replaced, and every borrow now succeeds.
-    for (int i = 0; i < 20; ++i) {
-        ctxmgr::with(pool.connection(), [&](postgres::connection& c) {
-            EXPECT_EQ(c.query_value<std::int64_t>("SELECT $1::bigint", i), i);
-        });
-    }
-    const auto s = pool.stats();
-    EXPECT_EQ(s.in_use, 0U);
-    EXPECT_EQ(s.waiting, 0U);
-    EXPECT_GT(s.destroyed, 0U);
+    asio::io_context io;
+    expect_recovered(io, pool);
+}
+
+// The same through a pool of async connections on one thread.
+TEST_F(AsyncPostgresDedicated, APoolOfAsyncConnectionsRecoversFromARestart) {
+    start({.max_connections = 30});
+    CTXMGR_REQUIRE_POSTGRES(server_);
+    asio::io_context io;
+    ctxmgr::pool pool(
+        [ex = io.get_executor(), conninfo = server_.conninfo] {
+            return async_connection::open(ex, conninfo, {.connect_timeout = 5s});
+        },
+        {.name = "restart", .max_size = 8, .acquire_timeout = 30s});
+    restart_under_load(io, 200, 3, 1, [&](int id, int seq) -> task<void> {
+        co_await ctxmgr::async_with(
+            pool.async_connection(), [&](async_connection& db) -> task<void> {
+                co_await ctxmgr::async_with(db.async_transaction(), [&]() -> task<void> {
+                    co_await db.async_execute("INSERT INTO ledger VALUES ($1, $2)", id, seq);
+                });
+            });
+    });
+    expect_recovered(io, pool);
 }
 
 }  // namespace

@@ -29,10 +29,23 @@
 //   - Threads: the waiting borrower resumes on its coroutine's executor; the pool's own
 //     threads only post to it. The manager and the connection lent are used by one coroutine
 //     at a time. The pool must outlive async_enter() and the borrow, as with connection().
-//   - The connection is the pool's synchronous one: checking an idle connection before it is
-//     lent (after validate_after_idle: a ping, at most validation_timeout) and the statements
-//     the body runs block the thread for their round trip. For PostgreSQL without blocking,
-//     use postgres::async_connect (async_postgres.hpp).
+//   - A synchronous connection (sqlite, postgres::connection): checking an idle connection
+//     before it is lent (after validate_after_idle: a ping, at most validation_timeout) and the
+//     statements the body runs block the thread for their round trip.
+//
+// A pool of postgres::async_connection (async_postgres.hpp) blocks no borrower: the pool's
+// thread connects (async_connection::open in the factory), the borrower's ping after
+// validate_after_idle is awaited (async_ping), and the exit is async_exit: it awaits the
+// rollback of a transaction left open (async_rollback_any) before giving the connection back.
+// Such a pool lends only through async_connection(). The connections' executor's io_context
+// must outlive the pool.
+//
+//   ctxmgr::pool pool([ex] { return ctxmgr::postgres::async_connection::open(ex, "dbname=app"); },
+//                     {.max_size = 8});
+//   co_await ctxmgr::async_with(pool.async_connection(),
+//       [](ctxmgr::postgres::async_connection& db) -> asio::awaitable<void> {
+//           co_await db.async_execute("UPDATE t SET n = n + 1");
+//       });
 #pragma once
 
 #include <asio/any_io_executor.hpp>
@@ -109,13 +122,11 @@ class async_pool_place {
     bool queued_ = true;
 };
 
-// pool_acquire's loop, with the waits awaited.
-inline asio::awaitable<pool_entry_base*> async_pool_acquire(pool_core& core,
-                                                            std::chrono::nanoseconds timeout,
-                                                            std::source_location where) {
+// pool_acquire's loop, with the waits awaited: a borrow asked at `started`, until `limit`.
+inline asio::awaitable<pool_entry_base*> async_pool_acquire(
+    pool_core& core, deadline limit, std::chrono::steady_clock::time_point started,
+    std::source_location where) {
     const auto executor = co_await asio::this_coro::executor;
-    const auto started = std::chrono::steady_clock::now();
-    const deadline limit = pool_deadline(core, timeout, started);
     bool overtaken = false;  // woken for a connection another borrower took first
     for (;;) {
         // Shared with the timer's handler, which may run after this turn is over.
@@ -165,8 +176,11 @@ inline asio::awaitable<pool_entry_base*> async_pool_acquire(pool_core& core,
 // borrows and gives the connection to the body; exit() gives it back. It may be entered
 // again after exit. Move-only; one never entered borrowed nothing, and its destructor
 // reports that to the unraisable hook.
-template <db::connection Connection>
+template <pool_connection Connection>
 class [[nodiscard]] async_pooled_connection {
+    // Statements, rollback and ping awaited (postgres::async_connection).
+    static constexpr bool awaited = !db::connection<Connection>;
+
   public:
     async_pooled_connection(async_pooled_connection&&) noexcept = default;
     async_pooled_connection& operator=(async_pooled_connection&&) = delete;
@@ -183,17 +197,44 @@ class [[nodiscard]] async_pooled_connection {
             throw protocol_error(detail::pool_description(loan_.core()) +
                                  ": async pooled connection entered twice");
         }
-        detail::pool_entry_base* entry =
-            co_await detail::async_pool_acquire(loan_.core(), timeout_, check_.where());
-        co_return std::ref(loan_.hold(entry, check_.where()));
+        detail::pool_core& core = loan_.core();
+        const auto started = std::chrono::steady_clock::now();
+        const detail::deadline limit = detail::pool_deadline(core, timeout_, started);
+        for (;;) {
+            detail::pool_entry_base* entry =
+                co_await detail::async_pool_acquire(core, limit, started, check_.where());
+            if constexpr (awaited) {
+                if (entry->ping_due && !co_await answers(core, *entry, limit)) continue;
+            }
+            co_return std::ref(loan_.hold(entry, check_.where()));
+        }
     }
 
-    // As pooled_connection::exit.
-    void exit(const std::exception_ptr& e) {
+    // As pooled_connection::exit. For a connection whose statements are awaited, async_exit
+    // instead: it awaits the rollback (async_rollback_any).
+    void exit(const std::exception_ptr& e) requires(!awaited) {
         if (!loan_.held()) {
             throw protocol_error("async pooled connection exited without being entered");
         }
         loan_.give_back(e);
+    }
+    asio::awaitable<void> async_exit(std::exception_ptr e) requires awaited {
+        if (!loan_.held()) {
+            throw protocol_error("async pooled connection exited without being entered");
+        }
+        Connection& c = *loan_.get();
+        bool reusable = c.is_open();
+        std::exception_ptr failure;
+        if (reusable) {
+            try {
+                co_await c.async_rollback_any();
+                reusable = c.is_open();
+            } catch (...) {
+                reusable = false;
+                failure = detail::pool_loan<Connection>::rollback_failure(std::current_exception());
+            }
+        }
+        loan_.finish(reusable, failure, e);
     }
 
     // True when no connection is borrowed (before async_enter(), after exit).
@@ -207,6 +248,23 @@ class [[nodiscard]] async_pooled_connection {
     async_pooled_connection(detail::pool_core& core, std::chrono::nanoseconds timeout,
                             std::source_location where) noexcept
         : loan_(core), timeout_(timeout), check_(where) {}
+
+    // The ping of `entry`, lent ping_due: true when it answered; otherwise the connection is
+    // destroyed. Cancelled, the connection goes back unused (destroyed when the cancel left
+    // it closed) and the cancellation goes on.
+    static asio::awaitable<bool> answers(detail::pool_core& core, detail::pool_entry_base& entry,
+                                         const detail::deadline& limit) {
+        Connection& c = *static_cast<Connection*>(entry.connection);
+        bool answered = false;
+        try {
+            answered = co_await c.async_ping(detail::pool_ping_timeout(core, limit));
+        } catch (...) {
+            detail::pool_return_unused(core, entry, c.is_open());
+            throw;
+        }
+        if (!answered) detail::pool_failed_ping(core, entry);
+        co_return answered;
+    }
 
     detail::pool_loan<Connection> loan_;
     std::chrono::nanoseconds timeout_;

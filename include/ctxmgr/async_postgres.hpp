@@ -71,6 +71,20 @@ class async_transaction_manager;
 // the server throws closed_error after close().
 class async_connection {
   public:
+    // Connects now, blocking the calling thread for up to opts.connect_timeout (libpq's
+    // PQconnectPoll and poll(2)), and returns the connection, its statements awaited on
+    // `executor`. For a pool's factory, which the pool calls on a thread of its own:
+    //   ctxmgr::pool pool([ex] { return postgres::async_connection::open(ex, "dbname=app"); },
+    //                     {.max_size = 8});
+    // A coroutine connects with async_connect instead. Throws what async_connect's
+    // async_enter throws, except for the cancellation.
+    [[nodiscard]] static async_connection open(
+        asio::any_io_executor executor, std::string_view conninfo, const options& opts,
+        std::source_location where = std::source_location::current());
+    [[nodiscard]] static async_connection open(
+        asio::any_io_executor executor, std::string_view conninfo,
+        std::source_location where = std::source_location::current());
+
     async_connection(async_connection&& other) noexcept;
     // Closes this connection first.
     async_connection& operator=(async_connection&& other) noexcept;
@@ -89,14 +103,14 @@ class async_connection {
     template <db::bindable... Params>
     asio::awaitable<db::rows> async_query(std::string_view sql, const Params&... params) {
         const std::array<db::param, sizeof...(Params)> bound{db::param(params)...};
-        co_return db::rows(db::detail::cursor_lease(co_await open(sql, bound)));
+        co_return db::rows(db::detail::cursor_lease(co_await open_cursor(sql, bound)));
     }
     // The first row, or std::nullopt.
     template <db::bindable... Params>
     asio::awaitable<std::optional<db::row>> async_query_one(std::string_view sql,
                                                             const Params&... params) {
         const std::array<db::param, sizeof...(Params)> bound{db::param(params)...};
-        db::detail::cursor_lease cursor(co_await open(sql, bound));
+        db::detail::cursor_lease cursor(co_await open_cursor(sql, bound));
         if (!cursor->next()) co_return std::nullopt;
         co_return db::row(cursor->snapshot());
     }
@@ -130,6 +144,20 @@ class async_connection {
         db::transaction_options options = {},
         std::source_location where = std::source_location::current()) noexcept;
 
+    // Rolls back whatever transaction is open (savepoints included): true when there was one
+    // (postgres::connection::rollback_any). Throws connection_error when the session is lost,
+    // closed_error when closed.
+    asio::awaitable<bool> async_rollback_any();
+    // A round trip (an empty query), answered within `timeout`: true. Never throws for the
+    // server's sake: a lost session, or one that has not answered in time (then it is closed),
+    // is false. Throws asio::system_error(operation_aborted) when cancelled.
+    asio::awaitable<bool> async_ping(std::chrono::milliseconds timeout);
+    // The session is still there as far as can be told without a round trip: not closed or
+    // lost, no operation in flight, and nothing from the server says it has ended it
+    // (postgres::connection::alive). May be called from any thread while the connection is
+    // idle (a pool's threads do).
+    [[nodiscard]] bool alive() noexcept;
+
     // Ends the session (PQfinish); idempotent, never fails. Must not be called while an
     // operation of this connection is suspended.
     void close() noexcept;
@@ -153,8 +181,8 @@ class async_connection {
                      std::source_location where);
 
     asio::awaitable<std::int64_t> run(std::string_view sql, std::span<const db::param> params);
-    asio::awaitable<db::detail::cursor*> open(std::string_view sql,
-                                              std::span<const db::param> params);
+    asio::awaitable<db::detail::cursor*> open_cursor(std::string_view sql,
+                                                     std::span<const db::param> params);
     asio::awaitable<void> fetch_first(std::string_view sql, std::span<const db::param> params,
                                       db::detail::first_value& value);
     impl& live(std::string_view operation) const;

@@ -2,7 +2,9 @@
 //
 // Connecting costs a server process and a few round trips; a pool keeps connections open and
 // lends them out. pool<Connection> works with any db::connection (ctxmgr::sqlite and
-// ctxmgr::postgres both), made by a factory the pool calls on a thread of its own. Borrowing
+// ctxmgr::postgres both), made by a factory the pool calls on a thread of its own, and with
+// postgres::async_connection, borrowed by coroutines only (pool.async_connection(), in
+// async_pool.hpp). Borrowing
 // is a manager, so the connection always comes back, whatever the block does:
 //
 //   ctxmgr::pool pool([] { return ctxmgr::postgres::connect("host=db dbname=app"); },
@@ -231,6 +233,25 @@ struct pool_traits {
     }
 };
 
+// What a pool asks of the connections it keeps: a db::connection (borrowed with
+// connection() or async_connection()), or a connection whose statements are awaited
+// (postgres::async_connection: borrowed with async_connection() only, rolled back and checked
+// with async_rollback_any() and async_ping(timeout)).
+template <class C>
+concept pool_connection =
+    std::move_constructible<C> && !std::copy_constructible<C> && requires(C & c, const C& cc) {
+    { cc.is_open() }
+    noexcept->std::same_as<bool>;
+    { cc.transaction_state() }
+    noexcept->std::same_as<db::transaction_state>;
+    { cc.description() }
+    noexcept->std::same_as<const std::string&>;
+}
+&&(db::connection<C> || requires(C & c, std::chrono::milliseconds timeout) {
+    c.async_rollback_any();
+    c.async_ping(timeout);
+});
+
 // A borrower holding a connection, as pool::status() lists it.
 struct pool_borrower {
     std::source_location where;     // where connection() was called
@@ -264,11 +285,16 @@ class pool_connector {
     [[nodiscard]] virtual bool ping(void* connection,
                                     std::chrono::milliseconds timeout) noexcept = 0;
     [[nodiscard]] virtual bool usable(void* connection) noexcept = 0;
+    // The connection type's ping is awaited (async_ping): the core does not ping, it marks the
+    // entry ping_due for the asynchronous borrower to ping.
+    [[nodiscard]] virtual bool pinged_by_borrower() const noexcept = 0;
 };
 
 // One connection's place in the pool; the rest of it is the core's.
 struct pool_entry_base {
     void* connection = nullptr;
+    // Lent without its ping (pool_connector::pinged_by_borrower): the borrower pings it.
+    bool ping_due = false;
 };
 
 class pool_core;
@@ -313,8 +339,16 @@ struct pool_async_waiter {
 [[nodiscard]] pool_entry_base* pool_take_handed(pool_core& core, pool_async_waiter& waiter,
                                                 const deadline& limit,
                                                 std::chrono::steady_clock::time_point started);
-// Gives back a connection lent to a borrower who left before using it (cancelled).
-void pool_return_unused(pool_core& core, pool_entry_base& entry) noexcept;
+// Gives back a connection lent to a borrower who left before using it (cancelled); one not
+// `reusable` is destroyed.
+void pool_return_unused(pool_core& core, pool_entry_base& entry, bool reusable = true) noexcept;
+// The ping of an entry lent ping_due failed: destroys the connection, and has the pool look
+// at its other idle connections now (as when the core's own check fails).
+void pool_failed_ping(pool_core& core, pool_entry_base& entry) noexcept;
+// How long the borrower's ping of an entry lent ping_due may wait (validation_timeout, cut
+// to what `limit` leaves, as the core's own ping).
+[[nodiscard]] std::chrono::milliseconds pool_ping_timeout(const pool_core& core,
+                                                          const deadline& limit) noexcept;
 [[nodiscard]] pool_stats pool_statistics(const pool_core& core);
 [[nodiscard]] pool_metrics pool_metrics_of(const pool_core& core);
 [[nodiscard]] pool_status pool_status_of(const pool_core& core);
@@ -351,10 +385,12 @@ class typed_pool_connector final : public pool_connector {
     }
     bool ping(void* connection, std::chrono::milliseconds timeout) noexcept override {
         Connection& c = *static_cast<Connection*>(connection);
-        if constexpr (requires {
-                          { c.ping(timeout) }
-                          noexcept->std::same_as<bool>;
-                      }) {
+        if constexpr (pinged_by_borrower_v) {
+            return usable(connection);  // not called: the borrower pings
+        } else if constexpr (requires {
+                                 { c.ping(timeout) }
+                                 noexcept->std::same_as<bool>;
+                             }) {
             return c.ping(timeout);
         } else {
             return c.ping();
@@ -363,15 +399,17 @@ class typed_pool_connector final : public pool_connector {
     bool usable(void* connection) noexcept override {
         return pool_traits<Connection>::usable(*static_cast<Connection*>(connection));
     }
+    bool pinged_by_borrower() const noexcept override { return pinged_by_borrower_v; }
 
   private:
+    static constexpr bool pinged_by_borrower_v = !db::connection<Connection>;
     std::function<Connection()> factory_;
 };
 
 // A connection lent by the pool to one borrower: its leak registration, and its return
 // (rollback, then lent again or destroyed). What pool.connection() and pool.async_connection()
 // share. Move-only; gives back in its destructor what was never given back.
-template <db::connection Connection>
+template <pool_connection Connection>
 class pool_loan {
   public:
     explicit pool_loan(pool_core& core) noexcept : core_(&core) {}
@@ -411,28 +449,50 @@ class pool_loan {
     }
 
     // Rolls back what is open; destroys the connection when lost, closed, or when the
-    // rollback fails, and throws that failure (chained to `e`). Requires held().
+    // rollback fails, and throws that failure (chained to `e`). Requires held(). A connection
+    // whose rollback is awaited is not rolled back here: destroyed unless no transaction is
+    // open (its async_exit rolls back first).
     void give_back(const std::exception_ptr& e) {
-        pool_entry_base& entry = *std::exchange(entry_, nullptr);
-        tracked_.release();
-        Connection& c = *static_cast<Connection*>(entry.connection);
+        Connection& c = *get();
         bool reusable = c.is_open();
         std::exception_ptr failure;
-        if (reusable) {
-            // Also when no transaction is open: transaction managers still entered on this
-            // connection must not touch it once another borrower has it.
-            try {
-                c.rollback_any();
-                reusable = c.is_open();
-            } catch (const db::connection_error&) {
-                reusable = false;  // lost: the server discards the transaction with it
-            } catch (...) {
-                reusable = false;
-                failure = std::current_exception();
+        if constexpr (db::connection<Connection>) {
+            if (reusable) {
+                // Also when no transaction is open: transaction managers still entered on this
+                // connection must not touch it once another borrower has it.
+                try {
+                    c.rollback_any();
+                    reusable = c.is_open();
+                } catch (...) {
+                    reusable = false;
+                    failure = rollback_failure(std::current_exception());
+                }
             }
+        } else {
+            reusable = reusable && c.transaction_state() == db::transaction_state::idle;
         }
+        finish(reusable, failure, e);
+    }
+
+    // Gives the connection back, destroyed unless `reusable`, and throws `failure` (the
+    // rollback's) chained to `e`. Requires held().
+    void finish(bool reusable, const std::exception_ptr& failure, const std::exception_ptr& e) {
+        pool_entry_base& entry = *std::exchange(entry_, nullptr);
+        tracked_.release();
         pool_release(*core_, entry, reusable);
         if (failure) rethrow_chained(failure, e);
+    }
+
+    // What a rollback that threw `thrown` is to the borrower: nothing when the connection was
+    // lost (the server discards the transaction with it), the failure otherwise.
+    static std::exception_ptr rollback_failure(const std::exception_ptr& thrown) noexcept {
+        try {
+            std::rethrow_exception(thrown);
+        } catch (const db::connection_error&) {
+            return nullptr;
+        } catch (...) {
+            return thrown;
+        }
     }
 
   private:
@@ -443,16 +503,16 @@ class pool_loan {
 
 }  // namespace detail
 
-template <db::connection Connection>
+template <pool_connection Connection>
 class pool;
-template <db::connection Connection>
+template <pool_connection Connection>
 class async_pooled_connection;
 
 // The manager pool.connection() returns. enter() borrows a connection and returns it; exit()
 // gives it back (see the top of this header). It may be entered again after exit. Move-only;
 // the pool must outlive enter(). One never entered borrowed nothing: its destructor reports
 // that, naming the line that made it, to the unraisable hook (a protocol_error).
-template <db::connection Connection>
+template <pool_connection Connection>
 class [[nodiscard]] pooled_connection {
   public:
     pooled_connection(pooled_connection&& other) noexcept = default;
@@ -505,7 +565,7 @@ class [[nodiscard]] pooled_connection {
 // A pool of connections made by `factory` (see the top of this header). Also a manager:
 // enter() returns the pool, exit() closes it with close_timeout (a leak_error chained to a
 // pending exception). Move-constructible; the moved-from pool may only be destroyed.
-template <db::connection Connection>
+template <pool_connection Connection>
 class pool {
   public:
     using connection_type = Connection;
@@ -535,13 +595,16 @@ class pool {
 
     // A manager lending a connection for a block; its enter() waits at most acquire_timeout,
     // or `timeout` (<= 0: no wait, only an idle connection will do).
+    // Not for a connection whose statements are awaited: borrow that with async_connection().
     [[nodiscard]] pooled_connection<Connection> connection(
-        std::source_location where = std::source_location::current()) noexcept {
+        std::source_location where =
+            std::source_location::current()) noexcept requires db::connection<Connection> {
         return connection(std::chrono::nanoseconds::max(), where);
     }
     [[nodiscard]] pooled_connection<Connection> connection(
         std::chrono::nanoseconds timeout,
-        std::source_location where = std::source_location::current()) noexcept {
+        std::source_location where =
+            std::source_location::current()) noexcept requires db::connection<Connection> {
         return pooled_connection<Connection>(*core_, timeout, where);
     }
 

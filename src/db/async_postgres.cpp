@@ -1,6 +1,8 @@
 // ctxmgr::postgres async connections: libpq's non-blocking calls, its socket watched by Asio.
+#include <fcntl.h>
 #include <libpq-fe.h>
 #include <poll.h>
+#include <unistd.h>
 #include <ctxmgr/async_postgres.hpp>
 
 #include <asio/bind_cancellation_slot.hpp>
@@ -19,6 +21,7 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <system_error>
 #include <utility>
 
 #include "db/libpq_support.hpp"
@@ -38,8 +41,11 @@ using detail::result_cursor;
 using detail::result_ptr;
 using detail::succeeded;
 
-// libpq's socket, watched by Asio. libpq owns the descriptor: it is released from Asio (which
-// would otherwise close it), never closed here.
+// libpq's socket, watched by Asio through a duplicate descriptor of its own. libpq closes its
+// descriptor when the link breaks, and its number may then be reused at once by another
+// thread's new connection: Asio's deregistration (epoll_ctl on that number) would then remove
+// the new connection's registration. The duplicate keeps the number this watch registered
+// until the watch itself closes it.
 class watched_socket {
   public:
     explicit watched_socket(const asio::any_io_executor& executor) : descriptor_(executor) {}
@@ -51,10 +57,18 @@ class watched_socket {
     // another under the same number, which the registration of the old one would not see.
     void watch(int fd) {
         forget();
-        descriptor_.assign(fd);
+        const int own = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+        if (own < 0) throw std::system_error(errno, std::generic_category(), "dup libpq's socket");
+        try {
+            descriptor_.assign(own);
+        } catch (...) {
+            ::close(own);
+            throw;
+        }
     }
     void forget() noexcept {
-        if (descriptor_.is_open()) static_cast<void>(descriptor_.release());
+        asio::error_code ignored;
+        if (descriptor_.is_open()) descriptor_.close(ignored);
     }
     asio::posix::stream_descriptor& get() noexcept { return descriptor_; }
 
@@ -163,8 +177,11 @@ struct async_connection::impl {
     // Sends a statement with `send` and collects its results; the last one is returned.
     // Under options.statement_timeout, or when the caller is cancelled, the statement is
     // cancelled on the server and drained within cancel_grace, or the session abandoned.
+    // With `ping_limit`, that is the deadline instead, and a session that has not answered by
+    // then is abandoned at once (no cancel): null is returned.
     template <class Send>
-    asio::awaitable<result_ptr> exchange(std::string_view sql, Send send) {
+    asio::awaitable<result_ptr> exchange(std::string_view sql, Send send,
+                                         const deadline* ping_limit = nullptr) {
         if (busy) {
             throw protocol_error("an operation of " + description +
                                  " is still in flight: one statement at a time per connection");
@@ -176,18 +193,27 @@ struct async_connection::impl {
         } guard{busy};
         if (!send()) fail(handle, nullptr, sql);  // the link is broken
         const auto start = std::chrono::steady_clock::now();
-        const deadline limit =
-            client_timeout.count() > 0 ? deadline::after(client_timeout, start) : deadline();
+        const deadline limit = ping_limit != nullptr        ? *ping_limit
+                               : client_timeout.count() > 0 ? deadline::after(client_timeout, start)
+                                                            : deadline();
         result_ptr last;
         bool cancelled = false;
         bool in_time = true;
         try {
-            in_time = co_await flush(limit, false) && co_await collect(limit, last, false);
+            // Sent whole at once (the usual case), the statement has left nothing in libpq's
+            // input: its results can only come by the socket.
+            const bool sent_at_once = PQflush(handle) == 0;
+            in_time = (sent_at_once || co_await flush(limit, false)) &&
+                      co_await collect(limit, last, false, sent_at_once);
         } catch (const asio::system_error& e) {
             if (e.code() != asio::error::operation_aborted) throw;
             cancelled = true;
         }
         if (in_time && !cancelled) co_return last;
+        if (ping_limit != nullptr && !cancelled) {
+            abandon();
+            co_return nullptr;
+        }
         // Asio throws at every co_await of a cancelled coroutine (even of cancel_and_drain)
         // unless told not to.
         const bool throwing = co_await asio::this_coro::throw_if_cancelled();
@@ -214,15 +240,20 @@ struct async_connection::impl {
     }
 
     // Reads results into `last` until libpq has none left (true) or `limit` passes (false).
-    asio::awaitable<bool> collect(const deadline& limit, result_ptr& last, bool shielded) {
+    // With `only_socket`, libpq holds no input yet: the first read waits for the socket to say
+    // there is some (one system call fewer a statement).
+    asio::awaitable<bool> collect(const deadline& limit, result_ptr& last, bool shielded,
+                                  bool only_socket = false) {
         const int fd = PQsocket(handle);
-        for (;;) {
-            // A broken link: PQgetResult hands out the failure next.
-            static_cast<void>(PQconsumeInput(handle));
-            while (PQisBusy(handle) == 0) {
-                PGresult* result = PQgetResult(handle);
-                if (result == nullptr) co_return true;
-                last.reset(result);
+        for (bool read = !only_socket;; read = true) {
+            if (read) {
+                // A broken link: PQgetResult hands out the failure next.
+                static_cast<void>(PQconsumeInput(handle));
+                while (PQisBusy(handle) == 0) {
+                    PGresult* result = PQgetResult(handle);
+                    if (result == nullptr) co_return true;
+                    last.reset(result);
+                }
             }
             if (readable_now(fd)) continue;
             if (!co_await wait_ready(socket, timer, true, limit, shielded)) co_return false;
@@ -292,6 +323,25 @@ struct async_connection::impl {
         });
         if (!succeeded(result.get())) fail(handle, result.get(), sql);
         co_return result;
+    }
+    // Takes over `conn`, connected, for `executor`; throws db::connection_error when libpq
+    // cannot switch it to non-blocking mode.
+    void adopt(detail::session_ptr conn, const options& opts, const std::string& redacted) {
+        if (PQsetnonblocking(conn.get(), 1) != 0) {
+            throw db::connection_error(
+                std::string(backend_name), "", 0,
+                "connect to " + redacted + ": " + indent_lines(PQerrorMessage(conn.get())), "");
+        }
+        PQsetNoticeProcessor(
+            conn.get(), [](void*, const char*) {}, nullptr);
+        socket.watch(PQsocket(conn.get()));
+        handle = conn.release();
+        backend_pid = PQbackendPID(handle);
+        cancel_grace = opts.cancel_grace;
+        description = redacted;
+        if (opts.statement_timeout.count() > 0) {
+            client_timeout = opts.statement_timeout + opts.cancel_grace;
+        }
     }
 };
 
@@ -374,8 +424,8 @@ asio::awaitable<std::int64_t> async_connection::run(std::string_view sql,
     settle(*this, failure);
 }
 
-asio::awaitable<db::detail::cursor*> async_connection::open(std::string_view sql,
-                                                            std::span<const db::param> params) {
+asio::awaitable<db::detail::cursor*> async_connection::open_cursor(
+    std::string_view sql, std::span<const db::param> params) {
     impl& state = live("async_query");
     std::exception_ptr failure;
     try {
@@ -437,6 +487,57 @@ asio::awaitable<void> async_connection::async_execute_script(std::string_view sq
     settle(*this, failure);
 }
 
+bool async_connection::alive() noexcept {
+    return is_open() && !impl_->busy && detail::session_alive(impl_->handle);
+}
+
+asio::awaitable<bool> async_connection::async_ping(std::chrono::milliseconds timeout) {
+    if (!is_open() || impl_->busy) co_return false;
+    impl& state = *impl_;
+    const deadline limit = deadline::after(timeout);
+    bool answered = false;
+    std::exception_ptr failure;
+    try {
+        const result_ptr result = co_await state.exchange(
+            "", [&] { return PQsendQuery(state.handle, "") != 0; }, &limit);
+        answered = result != nullptr && PQresultStatus(result.get()) == PGRES_EMPTY_QUERY;
+    } catch (const db::error&) {
+        // The link broke: not answered.
+    } catch (...) {
+        failure = std::current_exception();  // cancelled
+    }
+    if (native_handle() == nullptr) close();  // abandoned: no answer in time
+    if (failure) std::rethrow_exception(failure);
+    co_return answered&& is_open();
+}
+
+asio::awaitable<bool> async_connection::async_rollback_any() {
+    impl& state = live("async_rollback_any");
+    switch (transaction_state()) {
+        case db::transaction_state::idle:
+            co_return false;
+        case db::transaction_state::unknown:
+            detail::throw_lost_before_rollback(state.handle, "async_rollback_any", description_);
+        default:
+            co_await async_execute_script("ROLLBACK");
+            co_return true;
+    }
+}
+
+async_connection async_connection::open(asio::any_io_executor executor, std::string_view conninfo,
+                                        const options& opts, std::source_location where) {
+    std::string description = redact_secrets(conninfo);
+    const detail::connect_parameters parameters(conninfo, opts, description);
+    auto state = std::make_unique<impl>(executor);
+    state->adopt(detail::connect_session(parameters, opts, description), opts, description);
+    return async_connection(std::move(state), std::move(description), where);
+}
+
+async_connection async_connection::open(asio::any_io_executor executor, std::string_view conninfo,
+                                        std::source_location where) {
+    return open(std::move(executor), conninfo, options(), where);
+}
+
 // --- async_connect --------------------------------------------------------------------------
 
 async_connector::async_connector(asio::any_io_executor executor, std::string conninfo, options opts,
@@ -490,16 +591,7 @@ asio::awaitable<std::reference_wrapper<async_connection>> async_connector::async
         }
         status = PQconnectPoll(conn);
     }
-    if (PQsetnonblocking(conn, 1) != 0) refused();
-    PQsetNoticeProcessor(
-        conn, [](void*, const char*) {}, nullptr);
-    state->socket.watch(PQsocket(conn));
-    state->backend_pid = PQbackendPID(conn);
-    state->cancel_grace = options_.cancel_grace;
-    state->description = description;
-    if (options_.statement_timeout.count() > 0) {
-        state->client_timeout = options_.statement_timeout + options_.cancel_grace;
-    }
+    state->adopt(detail::session_ptr(std::exchange(state->handle, nullptr)), options_, description);
     connection_.emplace(async_connection(std::move(state), std::move(description), check_.where()));
     co_return std::ref(*connection_);
 }

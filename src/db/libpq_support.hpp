@@ -26,6 +26,10 @@ struct result_deleter {
     void operator()(PGresult* result) const noexcept { PQclear(result); }
 };
 using result_ptr = std::unique_ptr<PGresult, result_deleter>;
+struct session_deleter {
+    void operator()(PGconn* conn) const noexcept { PQfinish(conn); }
+};
+using session_ptr = std::unique_ptr<PGconn, session_deleter>;
 
 // libpq's messages end with a newline and continue on further lines ("DETAIL:", "HINT:", a
 // tab-indented "Is the server running...?"). Without the final newline, and each continuation
@@ -72,6 +76,21 @@ struct connect_parameters {
     std::vector<const char*> keywords;  // into settings, ending with nullptr
     std::vector<const char*> values;
 };
+
+// Connects within opts.connect_timeout, blocking the calling thread (PQconnectPoll and
+// poll(2)); notices are dropped. Throws db::connection_error naming `description` when the
+// server cannot be reached, refuses, or does not answer in time.
+session_ptr connect_session(const connect_parameters& parameters, const options& opts,
+                            const std::string& description);
+
+// An idle session is still there, as far as can be told without a round trip (the server has
+// not ended it, the link has not broken): one poll(2) with a zero timeout, and libpq's read of
+// what arrived.
+bool session_alive(PGconn* conn) noexcept;
+
+// The connection_error of rollback_any (`operation`) on a session found lost.
+[[noreturn]] void throw_lost_before_rollback(PGconn* conn, std::string_view operation,
+                                             const std::string& description);
 
 // Sends a cancel request for what runs on `conn` (PQcancel) from a thread of its own, left to
 // end by itself (libpq 15's PQcancel cannot be bounded); done(sent) runs on that thread.

@@ -453,10 +453,6 @@ struct connection::impl {
 
 namespace {
 
-struct connection_deleter {
-    void operator()(PGconn* conn) const noexcept { PQfinish(conn); }
-};
-
 // libpq's parse errors quote the input, password included: a quotation not shown by the
 // redacted description becomes "...". A translated message (other quotation marks) is not
 // searched and gives way to a plain one.
@@ -536,13 +532,13 @@ connect_parameters::connect_parameters(std::string_view conninfo, const options&
 
 }  // namespace detail
 
-connection connect(std::string_view conninfo, const options& opts, std::source_location where) {
-    std::string description = redact_secrets(conninfo);
+namespace detail {
+
+session_ptr connect_session(const connect_parameters& parameters, const options& opts,
+                            const std::string& description) {
     const std::string context = "connect to " + description;
-    const detail::connect_parameters parameters(conninfo, opts, description);
     const auto deadline = detail::deadline::after(opts.connect_timeout);
-    std::unique_ptr<PGconn, connection_deleter> conn(
-        PQconnectStartParams(parameters.keywords.data(), parameters.values.data(), 0));
+    session_ptr conn(PQconnectStartParams(parameters.keywords.data(), parameters.values.data(), 0));
     if (conn == nullptr) throw std::bad_alloc();
     auto refused = [&]() {
         const std::string message = indent_lines(PQerrorMessage(conn.get()));
@@ -562,6 +558,50 @@ connection connect(std::string_view conninfo, const options& opts, std::source_l
     }
     PQsetNoticeProcessor(
         conn.get(), [](void*, const char*) {}, nullptr);
+    return conn;
+}
+
+// An idle session receives nothing unless something happened to it: the server ending it
+// (pg_terminate_backend, a shutdown or restart: an ErrorResponse with 57P01, then the end of the
+// stream; a crash: the end of the stream or a reset), or a NOTIFY for a LISTENing session. So
+// one poll() with a zero timeout says whether to look further: nothing readable, the session
+// is as it was left. The peer's end of the stream (POLLRDHUP) or an error on the socket means
+// it is gone. Anything else is read by libpq (PQconsumeInput), which marks the connection bad
+// when it meets the end of the stream; a NOTIFY stays queued for PQnotifies.
+bool session_alive(PGconn* conn) noexcept {
+    // A statement still running (started through native_handle()) is no idle session.
+    if (PQisBusy(conn) != 0) return false;
+    // A few rounds: data may keep arriving (notifications), but a goodbye is followed by the end
+    // of the stream at once.
+    for (int round = 0; round < 4; ++round) {
+        pollfd descriptor{PQsocket(conn), POLLIN | POLLRDHUP, 0};
+        const int ready = ::poll(&descriptor, 1, 0);
+        if (ready == 0) return true;
+        if (ready < 0) {
+            if (errno == EINTR) continue;
+            return false;
+        }
+        if ((descriptor.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0) return false;
+        if (PQconsumeInput(conn) == 0 || PQstatus(conn) != CONNECTION_OK) return false;
+    }
+    return PQstatus(conn) == CONNECTION_OK;
+}
+
+[[noreturn]] void throw_lost_before_rollback(PGconn* conn, std::string_view operation,
+                                             const std::string& description) {
+    throw db::connection_error(std::string(backend_name), "", 0,
+                               std::string(operation) + " on " + description +
+                                   ": the connection is lost; " +
+                                   indent_lines(PQerrorMessage(conn)),
+                               "ROLLBACK");
+}
+
+}  // namespace detail
+
+connection connect(std::string_view conninfo, const options& opts, std::source_location where) {
+    std::string description = redact_secrets(conninfo);
+    const detail::connect_parameters parameters(conninfo, opts, description);
+    detail::session_ptr conn = detail::connect_session(parameters, opts, description);
 
     auto state = std::make_unique<connection::impl>();
     state->handle = conn.release();
@@ -629,33 +669,9 @@ bool connection::ping() noexcept {
     return answered && !lost(impl_->handle);
 }
 
-// Is an idle session still there, without a round trip?
-// An idle session receives nothing unless something happened to it: the server ending it
-// (pg_terminate_backend, a shutdown or restart: an ErrorResponse with 57P01, then the end of the
-// stream; a crash: the end of the stream or a reset), or a NOTIFY for a LISTENing session. So
-// one poll() with a zero timeout says whether to look further: nothing readable, the session
-// is as it was left. The peer's end of the stream (POLLRDHUP) or an error on the socket means
-// it is gone. Anything else is read by libpq (PQconsumeInput), which marks the connection bad
-// when it meets the end of the stream; a NOTIFY stays queued for PQnotifies.
+// Is an idle session still there, without a round trip? See detail::session_alive.
 bool connection::alive() noexcept {
-    if (!is_open()) return false;
-    PGconn* conn = impl_->handle;
-    // A statement still running (started through native_handle()) is no idle session.
-    if (PQisBusy(conn) != 0) return false;
-    // A few rounds: data may keep arriving (notifications), but a goodbye is followed by the end
-    // of the stream at once.
-    for (int round = 0; round < 4; ++round) {
-        pollfd descriptor{PQsocket(conn), POLLIN | POLLRDHUP, 0};
-        const int ready = ::poll(&descriptor, 1, 0);
-        if (ready == 0) return true;
-        if (ready < 0) {
-            if (errno == EINTR) continue;
-            return false;
-        }
-        if ((descriptor.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0) return false;
-        if (PQconsumeInput(conn) == 0 || PQstatus(conn) != CONNECTION_OK) return false;
-    }
-    return PQstatus(conn) == CONNECTION_OK;
+    return is_open() && detail::session_alive(impl_->handle);
 }
 
 bool connection::ping(std::chrono::milliseconds timeout) noexcept {
@@ -688,11 +704,7 @@ bool connection::rollback_any() {
         case db::transaction_state::idle:
             return false;
         case db::transaction_state::unknown:
-            throw db::connection_error(std::string(backend_name), "", 0,
-                                       "rollback_any on " + description() +
-                                           ": the connection is lost; " +
-                                           indent_lines(PQerrorMessage(state.handle)),
-                                       "ROLLBACK");
+            detail::throw_lost_before_rollback(state.handle, "rollback_any", description());
         default:
             execute_script("ROLLBACK");
             return true;

@@ -542,6 +542,30 @@ class pool_core {
         return obtained(*e, started);
     }
 
+    // How long a validation ping may wait: validation_timeout, cut to what the borrower has
+    // left, but not below 250 ms (HikariCP's floor for its validationTimeout) unless
+    // validation_timeout is smaller: a borrower nearly out of time, or asking not to wait,
+    // must not have a healthy connection closed for want of time to hear it answer.
+    std::chrono::milliseconds ping_timeout(const detail::deadline& deadline) const noexcept {
+        constexpr std::chrono::milliseconds floor{250};
+        const auto limit = options_.validation_timeout.count() > 0
+                               ? options_.validation_timeout
+                               : std::chrono::milliseconds::max();
+        return std::min(limit, std::max(deadline.remaining_ms(), floor));
+    }
+
+    // A connection lent failed its check: destroyed. Broken while idle, it is probably not
+    // alone (a server restart ends every session): the housekeeper looks at the other idle
+    // connections now.
+    void failed_check(pool_entry& e) noexcept {
+        {
+            std::lock_guard lock(mutex_);
+            sweep_ = true;
+        }
+        housekeeper_wake_.notify_one();
+        release(e, false, false);
+    }
+
   private:
     [[nodiscard]] pool_metrics metrics_locked() const noexcept {
         pool_metrics m;
@@ -593,6 +617,7 @@ class pool_core {
 
     void lend(pool_entry& e, std::int64_t now, const std::source_location& where) noexcept {
         e.lent = true;
+        e.ping_due = false;
         e.lent_at = now;
         e.where = where;
         e.leak_reported = false;
@@ -600,38 +625,24 @@ class pool_core {
         ++in_use_;
     }
 
-    // How long a validation ping may wait: validation_timeout, cut to what the borrower has
-    // left, but not below 250 ms (HikariCP's floor for its validationTimeout) unless
-    // validation_timeout is smaller: a borrower nearly out of time, or asking not to wait,
-    // must not have a healthy connection closed for want of time to hear it answer.
-    std::chrono::milliseconds ping_timeout(const detail::deadline& deadline) const noexcept {
-        constexpr std::chrono::milliseconds floor{250};
-        const auto limit = options_.validation_timeout.count() > 0
-                               ? options_.validation_timeout
-                               : std::chrono::milliseconds::max();
-        return std::min(limit, std::max(deadline.remaining_ms(), floor));
-    }
-
-    // Checks a connection just lent (without the mutex); destroys it when it fails.
+    // Checks a connection just lent (without the mutex); destroys it when it fails. A ping
+    // the borrower awaits is left to it (ping_due), after the look without a round trip.
     bool ready(pool_entry& e, std::int64_t now, const detail::deadline& deadline) noexcept {
         const std::int64_t idle_for = now - e.idle_since;
         if (now >= e.retire_at) {
             release(e, false, false);
             return false;
         }
-        const bool ok = idle_for >= validate_ns_
-                            ? connector_->ping(e.connection, ping_timeout(deadline))
-                        : idle_for >= look_after_ns ? connector_->usable(e.connection)
-                                                    : true;
-        if (ok) return true;
-        // Broken while idle: probably not alone (a server restart ends every session). The
-        // housekeeper looks at the other idle connections now.
-        {
-            std::lock_guard lock(mutex_);
-            sweep_ = true;
+        const bool to_ping = idle_for >= validate_ns_;
+        bool ok = true;
+        if (to_ping && !connector_->pinged_by_borrower()) {
+            ok = connector_->ping(e.connection, ping_timeout(deadline));
+        } else if (to_ping || idle_for >= look_after_ns) {
+            ok = connector_->usable(e.connection);
+            e.ping_due = ok && to_ping;
         }
-        housekeeper_wake_.notify_one();
-        release(e, false, false);
+        if (ok) return true;
+        failed_check(e);
         return false;
     }
 
@@ -1259,8 +1270,16 @@ pool_entry_base* pool_take_handed(pool_core& core, pool_async_waiter& waiter, co
     return core.take_handed(waiter, limit, started);
 }
 
-void pool_return_unused(pool_core& core, pool_entry_base& entry) noexcept {
-    core.release(static_cast<pool_entry&>(entry), true, false);
+void pool_return_unused(pool_core& core, pool_entry_base& entry, bool reusable) noexcept {
+    core.release(static_cast<pool_entry&>(entry), reusable, false);
+}
+
+void pool_failed_ping(pool_core& core, pool_entry_base& entry) noexcept {
+    core.failed_check(static_cast<pool_entry&>(entry));
+}
+
+std::chrono::milliseconds pool_ping_timeout(const pool_core& core, const deadline& limit) noexcept {
+    return core.ping_timeout(limit);
 }
 
 void pool_registered(pool_entry_base& entry, std::uint64_t id) noexcept {

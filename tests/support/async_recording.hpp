@@ -26,33 +26,35 @@
 
 namespace ctxmgr::testing {
 
-// Runs `a` on a fresh io_context until everything it started has finished; returns its result
-// or rethrows what it threw (the same object).
+// Runs `a` on `io` (a fresh io_context when not given) until everything on it has finished;
+// returns its result or rethrows what it threw (the same object).
 template <class T>
-T run_awaitable(asio::awaitable<T> a) {
-    asio::io_context io;
+T run_awaitable(asio::io_context& io, asio::awaitable<T> a) {
     std::exception_ptr error;
     bool done = false;
+    std::optional<std::conditional_t<std::is_void_v<T>, bool, T>> result;
     if constexpr (std::is_void_v<T>) {
         asio::co_spawn(io, std::move(a), [&](std::exception_ptr e) {
             error = e;
             done = true;
         });
-        io.run();
-        if (!done) throw std::logic_error("run_awaitable: the coroutine never finished");
-        if (error) std::rethrow_exception(error);
     } else {
-        std::optional<T> result;
         asio::co_spawn(io, std::move(a), [&](std::exception_ptr e, T value) {
             error = e;
             if (!e) result.emplace(std::move(value));
             done = true;
         });
-        io.run();
-        if (!done) throw std::logic_error("run_awaitable: the coroutine never finished");
-        if (error) std::rethrow_exception(error);
-        return std::move(*result);
     }
+    io.restart();
+    io.run();
+    if (!done) throw std::logic_error("run_awaitable: the coroutine never finished");
+    if (error) std::rethrow_exception(error);
+    if constexpr (!std::is_void_v<T>) return std::move(*result);
+}
+template <class T>
+T run_awaitable(asio::awaitable<T> a) {
+    asio::io_context io;
+    return run_awaitable(io, std::move(a));
 }
 
 // Whether `e` holds a std::system_error (asio::system_error is one) with this code.

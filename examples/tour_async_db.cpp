@@ -110,8 +110,10 @@ void pool_for_coroutines() {
 
 #if CTXMGR_TOUR_ASYNC_POSTGRES
 // tour: five
-task<void> slow_query(asio::any_io_executor executor, const std::string& conninfo, int id) {
-    co_await ctxmgr::async_with(ctxmgr::postgres::async_connect(executor, conninfo),
+using async_pool = ctxmgr::pool<ctxmgr::postgres::async_connection>;
+
+task<void> slow_query(async_pool& pool, int id) {
+    co_await ctxmgr::async_with(pool.async_connection(2s),
                                 [&](ctxmgr::postgres::async_connection& db) -> task<void> {
                                     co_await db.async_execute("SELECT pg_sleep(0.2)");
                                     say("  query " + std::to_string(id) + " answered");
@@ -120,19 +122,24 @@ task<void> slow_query(asio::any_io_executor executor, const std::string& conninf
 // tour: end
 
 void postgres_for_coroutines(const std::string& conninfo) {
-    say("five coroutines on one thread, each with a connection of its own, each waiting");
-    say("200 ms for the server (libpq's non-blocking API under the executor):");
+    say("ten coroutines on one thread, a pool of five async connections (made on the pool's");
+    say("thread), each query waiting 200 ms for the server without blocking the thread:");
     tour::show_code("five");
     asio::io_context io;
-    const auto started = std::chrono::steady_clock::now();
-    for (int id = 1; id <= 5; ++id) {
-        asio::co_spawn(io, slow_query(io.get_executor(), conninfo, id), asio::detached);
+    {
+        async_pool pool(
+            [ex = io.get_executor(), conninfo] {
+                return ctxmgr::postgres::async_connection::open(ex, conninfo);
+            },
+            {.name = "async tour", .max_size = 5});
+        const auto started = std::chrono::steady_clock::now();
+        for (int id = 1; id <= 10; ++id) asio::co_spawn(io, slow_query(pool, id), asio::detached);
+        io.run();
+        const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
+            std::chrono::steady_clock::now() - started);
+        say("all ten in " + std::to_string(took.count()) +
+            " ms: two rounds of five (one after the other they would take 2000 ms)");
     }
-    io.run();
-    const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
-        std::chrono::steady_clock::now() - started);
-    say("all five in " + std::to_string(took.count()) +
-        " ms (one after the other they would take 1000 ms)");
 
     say("");
     say("a transaction in a coroutine that throws rolls back, as with does:");

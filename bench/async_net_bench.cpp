@@ -21,7 +21,6 @@
 #include <asio/use_awaitable.hpp>
 #include <asio/write.hpp>
 
-#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstddef>
@@ -33,6 +32,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "paired.hpp"
 
 namespace {
 
@@ -146,10 +147,7 @@ double measure(asio::io_context& io, Listen listen) {
     return connections * round_trips / seconds;
 }
 
-double median(std::vector<double> v) {
-    std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
-    return v[v.size() / 2];
-}
+using bench::median;
 
 void echo_1000_connections_paired(benchmark::State& state) {
     // Each io_context is declared before its listener: Asio objects must go first.

@@ -178,8 +178,7 @@ inline asio::awaitable<pool_entry_base*> async_pool_acquire(
 // reports that to the unraisable hook.
 template <pool_connection Connection>
 class [[nodiscard]] async_pooled_connection {
-    // Statements, rollback and ping awaited (postgres::async_connection).
-    static constexpr bool awaited = !db::connection<Connection>;
+    static constexpr bool awaited = detail::awaited_connection<Connection>;
 
   public:
     async_pooled_connection(async_pooled_connection&&) noexcept = default;

@@ -252,6 +252,13 @@ concept pool_connection =
     c.async_ping(timeout);
 });
 
+namespace detail {
+// A pool connection whose statements, rollback and ping are awaited (postgres::async_connection):
+// lent by async_connection() only, pinged by its borrower, rolled back by its async_exit.
+template <class C>
+concept awaited_connection = pool_connection<C> && !db::connection<C>;
+}  // namespace detail
+
 // A borrower holding a connection, as pool::status() lists it.
 struct pool_borrower {
     std::source_location where;     // where connection() was called
@@ -385,7 +392,7 @@ class typed_pool_connector final : public pool_connector {
     }
     bool ping(void* connection, std::chrono::milliseconds timeout) noexcept override {
         Connection& c = *static_cast<Connection*>(connection);
-        if constexpr (pinged_by_borrower_v) {
+        if constexpr (awaited_connection<Connection>) {
             return usable(connection);  // not called: the borrower pings
         } else if constexpr (requires {
                                  { c.ping(timeout) }
@@ -399,10 +406,9 @@ class typed_pool_connector final : public pool_connector {
     bool usable(void* connection) noexcept override {
         return pool_traits<Connection>::usable(*static_cast<Connection*>(connection));
     }
-    bool pinged_by_borrower() const noexcept override { return pinged_by_borrower_v; }
+    bool pinged_by_borrower() const noexcept override { return awaited_connection<Connection>; }
 
   private:
-    static constexpr bool pinged_by_borrower_v = !db::connection<Connection>;
     std::function<Connection()> factory_;
 };
 
@@ -456,7 +462,7 @@ class pool_loan {
         Connection& c = *get();
         bool reusable = c.is_open();
         std::exception_ptr failure;
-        if constexpr (db::connection<Connection>) {
+        if constexpr (!awaited_connection<Connection>) {
             if (reusable) {
                 // Also when no transaction is open: transaction managers still entered on this
                 // connection must not touch it once another borrower has it.

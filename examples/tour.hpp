@@ -4,6 +4,7 @@
 
 #include <exception>
 #include <filesystem>
+#include <optional>
 #include <source_location>
 #include <string>
 #include <string_view>
@@ -38,5 +39,27 @@ bool add_chapter(int order, std::string title, void (*run)());
 // The connection string CTXMGR_POSTGRES names, announced (its password hidden) for a chapter
 // that runs on PostgreSQL when it is set; empty when it is not. In tour_db.cpp.
 std::string postgres_from_environment();
+
+// A PostgreSQL cluster of the tour's own (scripts/postgres-cluster, on the server that
+// scripts/setup installs), stopped and removed by the destructor. In tour_db.cpp: only in a
+// tour built with PostgreSQL.
+class throwaway_cluster {
+  public:
+    // Started with `max_connections` slots; nothing when no server can be started here.
+    static std::optional<throwaway_cluster> start(int max_connections);
+
+    throwaway_cluster(throwaway_cluster&& other) noexcept;
+    throwaway_cluster& operator=(throwaway_cluster&&) = delete;
+    ~throwaway_cluster();
+
+    [[nodiscard]] const std::string& conninfo() const noexcept { return conninfo_; }
+
+  private:
+    throwaway_cluster(std::string script, std::filesystem::path dir, std::string conninfo);
+
+    std::string script_;
+    std::filesystem::path dir_;
+    std::string conninfo_;
+};
 
 }  // namespace tour

@@ -178,8 +178,14 @@ void async_databases_chapter() {
     say("");
     if (const std::string conninfo = tour::postgres_from_environment(); !conninfo.empty()) {
         postgres_for_coroutines(conninfo);
+    } else if (const auto cluster = tour::throwaway_cluster::start(20)) {
+        say("on a throwaway PostgreSQL cluster of the tour's own (CTXMGR_POSTGRES names another):");
+        say("");
+        postgres_for_coroutines(cluster->conninfo());
     } else {
-        say("(set CTXMGR_POSTGRES to a connection string to see PostgreSQL from coroutines)");
+        say("(No PostgreSQL server could be started here: scripts/setup installs one, or set");
+        say("CTXMGR_POSTGRES to a connection string. With one, ten coroutines on one thread share");
+        say("a pool of five async connections, and a transaction that throws rolls back.)");
     }
 #endif
 }

@@ -160,60 +160,6 @@ void databases_chapter() {
 }
 
 #if CTXMGR_TOUR_POSTGRES
-// A PostgreSQL cluster of the tour's own (scripts/postgres-cluster): started with few
-// connection slots, stopped and removed by the destructor.
-class throwaway_cluster {
-  public:
-    static std::optional<throwaway_cluster> start(int max_connections) {
-        const char* from_environment = std::getenv("CTXMGR_TOUR_CLUSTER_SCRIPT");
-        const std::string script =
-            from_environment != nullptr && *from_environment != '\0'
-                ? from_environment
-                : std::string(CTXMGR_TOUR_SOURCE_DIR) + "/../scripts/postgres-cluster";
-        if (!std::filesystem::exists(script)) return std::nullopt;
-        // Not in the scratch directory: the server may run as another user (postgres, when
-        // the tour runs as root), who must be able to reach its data directory.
-        const auto dir = std::filesystem::temp_directory_path() /
-                         ("ctxmgr-tour-cluster-" + std::to_string(::getpid()));
-        const std::string command = "'" + script + "' start --dir '" + dir.string() +
-                                    "' --max-connections " + std::to_string(max_connections) +
-                                    " 2>/dev/null";
-        std::unique_ptr<FILE, int (*)(FILE*)> out(::popen(command.c_str(), "r"), &::pclose);
-        if (!out) return std::nullopt;
-        std::string conninfo;
-        char buffer[256];
-        while (std::fgets(buffer, sizeof buffer, out.get()) != nullptr) conninfo += buffer;
-        const int status = ::pclose(out.release());
-        if (status != 0 || conninfo.empty()) return std::nullopt;
-        if (conninfo.back() == '\n') conninfo.pop_back();
-        return throwaway_cluster(script, dir, conninfo);
-    }
-
-    throwaway_cluster(throwaway_cluster&& other) noexcept
-        : script_(std::move(other.script_)),
-          dir_(std::move(other.dir_)),
-          conninfo_(std::move(other.conninfo_)) {
-        other.dir_.clear();
-    }
-    throwaway_cluster& operator=(throwaway_cluster&&) = delete;
-    ~throwaway_cluster() {
-        if (dir_.empty()) return;
-        const std::string command =
-            "'" + script_ + "' stop --dir '" + dir_.string() + "' >/dev/null 2>&1";
-        static_cast<void>(std::system(command.c_str()));
-    }
-
-    [[nodiscard]] const std::string& conninfo() const noexcept { return conninfo_; }
-
-  private:
-    throwaway_cluster(std::string script, std::filesystem::path dir, std::string conninfo)
-        : script_(std::move(script)), dir_(std::move(dir)), conninfo_(std::move(conninfo)) {}
-
-    std::string script_;
-    std::filesystem::path dir_;
-    std::string conninfo_;
-};
-
 std::int64_t client_connections(const std::string& conninfo) {
     return ctxmgr::with(ctxmgr::postgres::connect(conninfo), [](ctxmgr::postgres::connection& c) {
         return c.query_value<std::int64_t>(
@@ -228,7 +174,7 @@ void leaked_connections_chapter() {
     say("the object is collected; kept alive by a reference somewhere (a list, a cache, a cursor");
     say("in a reference cycle), it stays open, and a server has a fixed number of slots.");
 #if CTXMGR_TOUR_POSTGRES
-    auto cluster = throwaway_cluster::start(slots);
+    auto cluster = tour::throwaway_cluster::start(slots);
     if (!cluster) {
 #endif
         say("");
@@ -294,6 +240,53 @@ const bool registered =
     tour::add_chapter(105, "What leaked connections do to a server", &leaked_connections_chapter);
 
 }  // namespace
+
+#if CTXMGR_TOUR_POSTGRES
+std::optional<tour::throwaway_cluster> tour::throwaway_cluster::start(int max_connections) {
+    const char* from_environment = std::getenv("CTXMGR_TOUR_CLUSTER_SCRIPT");
+    const std::string script =
+        from_environment != nullptr && *from_environment != '\0'
+            ? from_environment
+            : std::string(CTXMGR_TOUR_SOURCE_DIR) + "/../scripts/postgres-cluster";
+    if (!std::filesystem::exists(script)) return std::nullopt;
+    // Not in the scratch directory: the server may run as another user (postgres, when
+    // the tour runs as root), who must be able to reach its data directory.
+    const auto dir = std::filesystem::temp_directory_path() /
+                     ("ctxmgr-tour-cluster-" + std::to_string(::getpid()) + "-" +
+                      std::to_string(max_connections));
+    const std::string command = "'" + script + "' start --dir '" + dir.string() +
+                                "' --max-connections " + std::to_string(max_connections) +
+                                " 2>/dev/null";
+    std::unique_ptr<FILE, int (*)(FILE*)> out(::popen(command.c_str(), "r"), &::pclose);
+    if (!out) return std::nullopt;
+    std::string conninfo;
+    char buffer[256];
+    while (std::fgets(buffer, sizeof buffer, out.get()) != nullptr) conninfo += buffer;
+    const int status = ::pclose(out.release());
+    if (status != 0 || conninfo.empty()) return std::nullopt;
+    if (conninfo.back() == '\n') conninfo.pop_back();
+    return throwaway_cluster(script, dir, conninfo);
+}
+
+tour::throwaway_cluster::throwaway_cluster(std::string script, std::filesystem::path dir,
+                                           std::string conninfo)
+    : script_(std::move(script)), dir_(std::move(dir)), conninfo_(std::move(conninfo)) {
+}
+
+tour::throwaway_cluster::throwaway_cluster(throwaway_cluster&& other) noexcept
+    : script_(std::move(other.script_)),
+      dir_(std::move(other.dir_)),
+      conninfo_(std::move(other.conninfo_)) {
+    other.dir_.clear();
+}
+
+tour::throwaway_cluster::~throwaway_cluster() {
+    if (dir_.empty()) return;
+    const std::string command =
+        "'" + script_ + "' stop --dir '" + dir_.string() + "' >/dev/null 2>&1";
+    static_cast<void>(std::system(command.c_str()));
+}
+#endif
 
 std::string tour::postgres_from_environment() {
     const char* conninfo = std::getenv("CTXMGR_POSTGRES");

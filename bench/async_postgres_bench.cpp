@@ -7,7 +7,7 @@
 //   threaded_pool  8 threads, 125 statements each, through the synchronous pool of 8
 //                  postgres::connection
 //   libpq          the same 1,000 statements driven by hand over 8 non-blocking libpq
-//                  connections and poll(2): the floor
+//                  connections and poll(2), the statement prepared once per session: the floor
 // The counters are each variant's median throughput (statements per second), its context
 // switches per statement, and the ratios of async_pool to the others.
 //   build/default/bench/async_postgres_bench --benchmark_min_time=0.1 (see docs/performance.md)
@@ -87,10 +87,19 @@ class libpq_batch {
     explicit libpq_batch(const std::string& conninfo) {
         for (auto& c : conns_) {
             c = PQconnectdb(conninfo.c_str());
-            if (PQstatus(c) != CONNECTION_OK || PQsetnonblocking(c, 1) != 0) {
+            if (PQstatus(c) != CONNECTION_OK) {
                 const std::string why = PQerrorMessage(c);
                 finish();
                 throw std::runtime_error("libpq connect: " + why);
+            }
+            // Prepared once per session, as the connections of ctxmgr prepare their statements.
+            PGresult* prepared = PQprepare(c, "s", statement, 0, nullptr);
+            const bool ok = PQresultStatus(prepared) == PGRES_COMMAND_OK;
+            PQclear(prepared);
+            if (!ok || PQsetnonblocking(c, 1) != 0) {
+                const std::string why = PQerrorMessage(c);
+                finish();
+                throw std::runtime_error("libpq prepare: " + why);
             }
         }
     }
@@ -143,7 +152,7 @@ class libpq_batch {
 
   private:
     static void send(PGconn* c) {
-        if (PQsendQueryParams(c, statement, 0, nullptr, nullptr, nullptr, nullptr, 0) == 0) {
+        if (PQsendQueryPrepared(c, "s", 0, nullptr, nullptr, nullptr, 0) == 0) {
             throw std::runtime_error(PQerrorMessage(c));
         }
         while (PQflush(c) == 1) {

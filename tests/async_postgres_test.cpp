@@ -134,6 +134,124 @@ TEST_F(AsyncPostgres, ErrorsAreTypedBySqlstateAsOnTheSynchronousConnection) {
     });
 }
 
+TEST_F(AsyncPostgres, StatementsArePreparedOnceAndKeptAsOnTheSynchronousConnection) {
+    with_connection(
+        [&](async_connection& c) -> task<void> {
+            const std::string count = "SELECT count(*) FROM pg_prepared_statements";
+            for (int i = 0; i < 5; ++i) {
+                EXPECT_EQ(co_await c.async_query_value<std::int64_t>("SELECT $1 + 1", i), i + 1);
+            }
+            EXPECT_EQ(c.cached_statements(), 1u);
+            EXPECT_EQ(co_await c.async_query_value<std::int64_t>(count),
+                      2);  // and the counting one
+            for (int i = 0; i < 6; ++i) co_await c.async_execute("SELECT " + std::to_string(i));
+            EXPECT_EQ(c.cached_statements(), 3u);
+            EXPECT_EQ(co_await c.async_query_value<std::int64_t>(count),
+                      3);  // evicted: deallocated
+            // The server forgets them all (a pooler's DISCARD ALL): prepared again, transparently.
+            co_await c.async_execute_script("DISCARD ALL");
+            EXPECT_EQ(co_await c.async_query_value<std::int64_t>(count), 1);
+            EXPECT_EQ(co_await c.async_query_value<std::int64_t>("SELECT $1 + 1", 41), 42);
+            // The same SQL with other parameter types is prepared for those types.
+            EXPECT_EQ(co_await c.async_query_value<std::string>("SELECT $1::text", 5), "5");
+            EXPECT_EQ(co_await c.async_query_value<std::string>("SELECT $1::text", "five"), "five");
+            EXPECT_EQ(co_await c.async_query_value<std::string>("SELECT $1::text", 6), "6");
+            // Forgotten inside a transaction: the error is the statement's, and the transaction
+            // it aborted rolls back.
+            co_await c.async_execute_script("DEALLOCATE ALL");
+            std::exception_ptr inside;
+            try {
+                co_await ctxmgr::async_with(c.async_transaction(),
+                                            [&](async_connection& tx) -> task<void> {
+                                                co_await tx.async_execute("SELECT $1::text", 7);
+                                            });
+            } catch (...) {
+                inside = std::current_exception();
+            }
+            EXPECT_TRUE(ctxmgr::holds<db::error>(inside));
+            EXPECT_NE(what_of(inside).find("[26000]"), std::string::npos) << what_of(inside);
+            EXPECT_EQ(c.transaction_state(), db::transaction_state::idle);
+            EXPECT_EQ(co_await c.async_query_value<std::string>("SELECT $1::text", 7), "7");
+        },
+        {.statement_cache_size = 3});
+}
+
+TEST_F(AsyncPostgres, WithoutACacheEveryStatementIsSentUnprepared) {
+    with_connection(
+        [&](async_connection& c) -> task<void> {
+            for (int i = 0; i < 3; ++i) {
+                EXPECT_EQ(co_await c.async_query_value<std::int64_t>("SELECT $1 + 1", i), i + 1);
+            }
+            EXPECT_EQ(c.cached_statements(), 0u);
+            EXPECT_EQ(co_await c.async_query_value<std::int64_t>(
+                          "SELECT count(*) FROM pg_prepared_statements"),
+                      0);
+            std::exception_ptr count;
+            try {
+                co_await c.async_execute("SELECT $1, $2", 1);
+            } catch (...) {
+                count = std::current_exception();
+            }
+            EXPECT_TRUE(ctxmgr::holds<db::error>(count));
+        },
+        {.statement_cache_size = 0});
+}
+
+TEST_F(AsyncPostgres, AnEvictionWaitsOutAFailedTransaction) {
+    with_connection(
+        [&](async_connection& c) -> task<void> {
+            co_await c.async_execute("SELECT 1");
+            std::exception_ptr e;
+            try {
+                co_await ctxmgr::async_with(
+                    c.async_transaction(), [&](async_connection& tx) -> task<void> {
+                        EXPECT_THROW(co_await tx.async_execute("SELECT 1/0"), db::error);
+                        // Preparing is refused in a failed transaction, and so is DEALLOCATE of
+                        // the evicted statement: it waits.
+                        EXPECT_THROW(co_await tx.async_execute("SELECT 2"), db::error);
+                        throw test_error("give up");
+                    });
+            } catch (...) {
+                e = std::current_exception();
+            }
+            EXPECT_TRUE(ctxmgr::holds<test_error>(e)) << ctxmgr::describe(e);
+            // Only the counting statement is left on the server.
+            EXPECT_EQ(co_await c.async_query_value<std::int64_t>(
+                          "SELECT count(*) FROM pg_prepared_statements"),
+                      1);
+        },
+        {.statement_cache_size = 1});
+}
+
+TEST_F(AsyncPostgres, ACancellationWhilePreparingLeavesTheCacheAgreeingWithTheServer) {
+    with_connection(
+        [&](async_connection& c) -> task<void> {
+            auto executor = co_await asio::this_coro::executor;
+            std::optional<ctxmgr::testing::stopped_backend> stopped(std::in_place, c.backend_pid());
+            if (!stopped->stopped()) co_return;
+            // The first use of the statement prepares it on the stopped server; the
+            // cancellation comes at 100 ms, the server resumes at 200 ms, within the grace.
+            asio::steady_timer resume(executor, 200ms);
+            resume.async_wait([&](asio::error_code) { stopped.reset(); });
+            asio::steady_timer timer(executor, 100ms);
+            const auto winner = co_await (c.async_query_value<std::int64_t>("SELECT $1 * 2", 21) ||
+                                          timer.async_wait(asio::use_awaitable));
+            EXPECT_EQ(winner.index(), 1u);
+            EXPECT_TRUE(c.is_open());
+            EXPECT_EQ(c.transaction_state(), db::transaction_state::idle);
+            EXPECT_EQ(co_await c.async_query_value<std::int64_t>("SELECT $1 * 2", 21), 42);
+            // Whether the cancel stopped the prepare or came after it (a server reading the
+            // next message ignores a cancel), the cache knows what the server holds: the
+            // statement once.
+            EXPECT_EQ(c.cached_statements(), 1u);
+            EXPECT_EQ(co_await c.async_query_value<std::int64_t>(
+                          "SELECT count(*) FROM pg_prepared_statements WHERE statement = $1",
+                          "SELECT $1 * 2"),
+                      1);
+        },
+        {.cancel_grace = 3000ms});
+}
+
 TEST_F(AsyncPostgres, ARefusedConnectionIsAConnectionErrorWithoutThePassword) {
     const ctxmgr::testing::refusing_port refusing;
     const std::string conninfo = "host=127.0.0.1 port=" + std::to_string(refusing.port()) +

@@ -16,10 +16,12 @@
 //           auto n = co_await db.async_query_value<std::int64_t>("SELECT count(*) FROM t");
 //       });
 //
-// Statements are sent with PQsendQueryParams, parsed afresh each time (no prepared-statement
-// cache), one at a time per connection: a second operation started while one is in flight
-// throws protocol_error. The SQL and the parameters must live until the co_await completes, as
-// they do when the call is co_awaited in the expression that makes it.
+// Statements are prepared on first use and kept per connection as the synchronous connection
+// keeps them (options.statement_cache_size, the least recently used deallocated beyond it; 0
+// sends each one unprepared); a cancelled prepare is kept only if the server answered it. One
+// statement at a time per connection: a second operation started while one is in flight
+// throws protocol_error. The SQL and the parameters must live until the co_await completes,
+// as they do when the call is co_awaited in the expression that makes it.
 //
 // Cancellation (Asio's per-operation cancellation: `||` with a timer, a cancellation slot)
 // of a statement in flight sends a cancel request to the server (PQcancel, on a thread of its
@@ -45,6 +47,7 @@
 
 #include <array>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <exception>
 #include <functional>
@@ -168,6 +171,8 @@ class async_connection {
     [[nodiscard]] int backend_pid() const noexcept;
     [[nodiscard]] const std::string& description() const noexcept { return description_; }
     [[nodiscard]] ::pg_conn* native_handle() const noexcept;
+    // How many prepared statements this connection keeps.
+    [[nodiscard]] std::size_t cached_statements() const noexcept;
     [[nodiscard]] static constexpr std::string_view backend() noexcept { return "postgresql"; }
     [[nodiscard]] static constexpr std::string_view kind() noexcept {
         return "postgresql async connection";
@@ -220,8 +225,7 @@ class [[nodiscard]] async_connector {
 };
 
 // The manager that connects on `executor` when entered, with `opts` (postgres.hpp's options:
-// connect_timeout, statement_timeout, cancel_grace, application_name; statement_cache_size
-// does not apply).
+// connect_timeout, statement_timeout, cancel_grace, application_name, statement_cache_size).
 [[nodiscard]] async_connector async_connect(
     asio::any_io_executor executor, std::string conninfo, const options& opts,
     std::source_location where = std::source_location::current());

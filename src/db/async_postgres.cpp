@@ -24,6 +24,7 @@
 #include <system_error>
 #include <utility>
 
+#include "db/libpq_statement_cache.hpp"
 #include "db/libpq_support.hpp"
 #include "db/libpq_values.hpp"
 #include "db/sql_text.hpp"
@@ -152,7 +153,8 @@ std::string savepoint_name(std::uint64_t id) {
 }  // namespace
 
 struct async_connection::impl {
-    explicit impl(const asio::any_io_executor& executor) : socket(executor), timer(executor) {}
+    impl(const asio::any_io_executor& executor, std::size_t statement_cache_size)
+        : socket(executor), timer(executor), statements(statement_cache_size) {}
     impl(const impl&) = delete;
     impl& operator=(const impl&) = delete;
     ~impl() { abandon(); }
@@ -165,6 +167,7 @@ struct async_connection::impl {
     std::chrono::milliseconds cancel_grace{0};
     std::string description;
     detail::bound_parameters bound;
+    detail::statement_cache statements;
     std::uint64_t savepoints = 0;
     bool busy = false;
 
@@ -304,26 +307,63 @@ struct async_connection::impl {
         throw timeout_error(what, std::chrono::steady_clock::now() - start);
     }
 
-    // Binds, sends (unnamed statement) and returns the successful result.
+    // Binds, prepares if need be (or sends unnamed, without a cache), executes; returns the
+    // successful result.
     asio::awaitable<result_ptr> execute(std::string_view sql, std::span<const db::param> params) {
         bound.bind(params, sql);
-        const std::size_t expected =
-            db::detail::scan_parameters(sql, db::detail::dialect::postgresql).parameters;
-        if (expected != params.size()) {
-            throw db::error(std::string(backend_name), "", 0,
-                            db::detail::wrong_parameter_count(params.size(), expected),
-                            std::string(sql));
-        }
-        const std::string text(sql);
         const int n = static_cast<int>(params.size());
+        if (statements.capacity() == 0) {
+            detail::check_parameter_count(sql, params.size());
+            const std::string text(sql);
+            result_ptr result = co_await exchange(sql, [&] {
+                return PQsendQueryParams(handle, text.c_str(), n, bound.types.data(),
+                                         bound.values.data(), bound.lengths.data(),
+                                         bound.formats.data(), 0) != 0;
+            });
+            if (!succeeded(result.get())) fail(handle, result.get(), sql);
+            co_return result;
+        }
+        for (int attempt = 0;; ++attempt) {
+            const detail::prepared* statement = statements.find(sql, bound.types);
+            if (statement == nullptr) statement = co_await prepare(sql, params.size());
+            result_ptr result = co_await exchange(sql, [&] {
+                return PQsendQueryPrepared(handle, statement->name.c_str(), n, bound.values.data(),
+                                           bound.lengths.data(), bound.formats.data(), 0) != 0;
+            });
+            if (succeeded(result.get())) co_return result;
+            // The server forgot the statement (DISCARD ALL, DEALLOCATE by hand): prepared
+            // again, once, when no transaction was open that the error has now aborted.
+            if (attempt == 0 && detail::forgotten_statement(handle, result.get())) {
+                statements.drop(sql, bound.types);
+                continue;
+            }
+            fail(handle, result.get(), sql);
+        }
+    }
+
+    // Prepares `sql` for the bound parameters' types (after deallocating what the cache has
+    // forgotten) and keeps it; returns it (an awaitable cannot carry a reference). A prepare
+    // that fails, or that a cancel stopped on the server, keeps nothing; its name is not given
+    // again.
+    asio::awaitable<detail::prepared*> prepare(std::string_view sql, std::size_t given) {
+        detail::check_parameter_count(sql, given);
+        statements.make_room();
+        if (statements.deallocations_waiting() && PQtransactionStatus(handle) != PQTRANS_INERROR) {
+            const std::string deallocate = statements.take_deallocations();
+            static_cast<void>(co_await exchange(
+                deallocate, [&] { return PQsendQuery(handle, deallocate.c_str()) != 0; }));
+        }
+        std::string name = statements.next_name();
+        const std::string text(sql);
+        const int count = static_cast<int>(bound.types.size());
         result_ptr result = co_await exchange(sql, [&] {
-            return PQsendQueryParams(handle, text.c_str(), n, bound.types.data(),
-                                     bound.values.data(), bound.lengths.data(),
-                                     bound.formats.data(), 0) != 0;
+            return PQsendPrepare(handle, name.c_str(), text.c_str(), count, bound.types.data()) !=
+                   0;
         });
         if (!succeeded(result.get())) fail(handle, result.get(), sql);
-        co_return result;
+        co_return &statements.add(sql, std::move(name), bound.types);
     }
+
     // Takes over `conn`, connected, for `executor`; throws db::connection_error when libpq
     // cannot switch it to non-blocking mode.
     void adopt(detail::session_ptr conn, const options& opts, const std::string& redacted) {
@@ -399,6 +439,10 @@ int async_connection::backend_pid() const noexcept {
 
 ::pg_conn* async_connection::native_handle() const noexcept {
     return impl_ != nullptr ? impl_->handle : nullptr;
+}
+
+std::size_t async_connection::cached_statements() const noexcept {
+    return impl_ != nullptr ? impl_->statements.size() : 0;
 }
 
 namespace {
@@ -528,7 +572,7 @@ async_connection async_connection::open(asio::any_io_executor executor, std::str
                                         const options& opts, std::source_location where) {
     std::string description = redact_secrets(conninfo);
     const detail::connect_parameters parameters(conninfo, opts, description);
-    auto state = std::make_unique<impl>(executor);
+    auto state = std::make_unique<impl>(executor, opts.statement_cache_size);
     state->adopt(detail::connect_session(parameters, opts, description), opts, description);
     return async_connection(std::move(state), std::move(description), where);
 }
@@ -568,7 +612,7 @@ asio::awaitable<std::reference_wrapper<async_connection>> async_connector::async
     std::string description = redact_secrets(conninfo_);
     const std::string context = "connect to " + description;
     const detail::connect_parameters parameters(conninfo_, options_, description);
-    auto state = std::make_unique<async_connection::impl>(executor_);
+    auto state = std::make_unique<async_connection::impl>(executor_, options_.statement_cache_size);
     const auto limit = deadline::after(options_.connect_timeout);
     state->handle = PQconnectStartParams(parameters.keywords.data(), parameters.values.data(), 0);
     if (state->handle == nullptr) throw std::bad_alloc();

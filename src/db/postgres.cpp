@@ -15,13 +15,12 @@
 #include <mutex>
 #include <string>
 #include <thread>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
+#include "db/libpq_statement_cache.hpp"
 #include "db/libpq_support.hpp"
 #include "db/libpq_values.hpp"
-#include "db/recent_statements.hpp"
 #include "db/sql_text.hpp"
 
 namespace ctxmgr::postgres {
@@ -160,13 +159,6 @@ using detail::refusal_sqlstate;
 using detail::result_cursor;
 using detail::succeeded;
 
-// A statement prepared on the server for one list of parameter types.
-struct prepared {
-    std::string name;
-    std::vector<Oid> types;
-    std::uint64_t last_used = 0;
-};
-
 }  // namespace
 
 // Asks the server to cancel what runs on `conn` (PQcancel: a connection of its own to the
@@ -217,19 +209,7 @@ bool cancel_in_background(PGconn* conn, std::function<void(bool sent)> done) {
 struct connection::impl {
     PGconn* handle = nullptr;
     int backend_pid = 0;  // kept: libpq forgets it once the link breaks
-    std::size_t capacity = 0;
-    std::uint64_t clock = 0;
-    std::uint64_t names = 0;
-    // By SQL, one entry per list of parameter types the SQL was called with.
-    std::unordered_map<std::string, std::vector<prepared>, db::detail::string_hash, std::equal_to<>>
-        cache;
-    std::size_t cached = 0;
-    using cache_entry = decltype(cache)::value_type;
-    struct key_of {
-        std::string_view operator()(const cache_entry& e) const noexcept { return e.first; }
-    };
-    db::detail::recent_statements<cache_entry, key_of> recent;
-    std::vector<std::string> to_deallocate;  // evicted while a transaction had failed
+    detail::statement_cache statements;
     bound_parameters bound;
     std::unique_ptr<result_cursor> spare;
     // The client's deadline for a statement (0: none), and how long a cancel may take.
@@ -239,7 +219,7 @@ struct connection::impl {
     // A statement outlived its deadline and its cancel: the session must be closed.
     bool abandoned = false;
 
-    impl() = default;
+    explicit impl(std::size_t statement_cache_size) : statements(statement_cache_size) {}
     impl(const impl&) = delete;
     impl& operator=(const impl&) = delete;
     ~impl() {
@@ -251,31 +231,12 @@ struct connection::impl {
         return PQtransactionStatus(handle) == PQTRANS_INERROR;
     }
 
-    // Forgets a statement on the server. DEALLOCATE is refused in a failed transaction:
-    // names wait in to_deallocate until the next statement is prepared outside one.
-    void deallocate(std::string name) {
-        to_deallocate.push_back(std::move(name));
-        flush_deallocations();
-    }
-
+    // Deallocates the statements the cache has forgotten. DEALLOCATE is refused in a failed
+    // transaction: they wait until the next statement is prepared outside one.
     void flush_deallocations() {
-        if (to_deallocate.empty() || failed_transaction() || lost(handle)) return;
-        std::string sql;
-        for (const std::string& name : to_deallocate) sql += "DEALLOCATE " + name + ';';
-        to_deallocate.clear();
+        if (!statements.deallocations_waiting() || failed_transaction() || lost(handle)) return;
+        const std::string sql = statements.take_deallocations();
         PQclear(PQexec(handle, sql.c_str()));  // a lost link shows on the next statement
-    }
-
-    // Removes one prepared statement from the cache and from the server.
-    void forget(decltype(cache)::iterator entry, std::size_t variant) {
-        std::string name = std::move(entry->second[variant].name);
-        entry->second.erase(entry->second.begin() + static_cast<std::ptrdiff_t>(variant));
-        if (entry->second.empty()) {
-            recent.forget(&*entry);
-            cache.erase(entry);
-        }
-        --cached;
-        deallocate(std::move(name));
     }
 
     // A statement as PQexec runs it (`exec`), or, under a client deadline, sent (`send`) and
@@ -311,41 +272,13 @@ struct connection::impl {
             std::chrono::steady_clock::now() - start);
     }
 
-    // Forgets the least recently used statement.
-    void evict() {
-        auto oldest = cache.end();
-        std::size_t oldest_variant = 0;
-        for (auto it = cache.begin(); it != cache.end(); ++it) {
-            for (std::size_t v = 0; v < it->second.size(); ++v) {
-                if (oldest == cache.end() ||
-                    it->second[v].last_used < oldest->second[oldest_variant].last_used) {
-                    oldest = it;
-                    oldest_variant = v;
-                }
-            }
-        }
-        if (oldest != cache.end()) forget(oldest, oldest_variant);
-    }
-
     // The statement for `sql` with the bound parameters' types, prepared if need be.
-    prepared& statement_for(std::string_view sql, std::size_t given) {
-        cache_entry* found = recent.find(sql);
-        if (found == nullptr) {
-            if (const auto it = cache.find(sql); it != cache.end()) {
-                found = &*it;
-                recent.remember(sql, found);
-            }
-        }
-        if (found != nullptr) {
-            for (prepared& p : found->second) {
-                if (p.types == bound.types) return p;
-            }
-        }
-        const db::detail::sql_scan scan = scan_parameters(sql, db::detail::dialect::postgresql);
-        check_count(sql, given, scan.parameters);
-        if (cached >= capacity) evict();
+    detail::prepared& statement_for(std::string_view sql, std::size_t given) {
+        if (detail::prepared* found = statements.find(sql, bound.types)) return *found;
+        detail::check_parameter_count(sql, given);
+        statements.make_room();
         flush_deallocations();
-        std::string name = "ctxmgr_" + std::to_string(++names);
+        std::string name = statements.next_name();
         const std::string text(sql);
         const int count = static_cast<int>(bound.types.size());
         result_ptr result = exchange(
@@ -358,42 +291,15 @@ struct connection::impl {
                                      bound.types.data()) != 0;
             });
         if (!succeeded(result.get())) fail(handle, result.get(), sql);
-        std::vector<prepared>& variants = cache[text];
-        variants.push_back(prepared{std::move(name), bound.types, 0});
-        ++cached;
-        return variants.back();
-    }
-
-    // Drops the entry of a statement the server no longer has (nothing to deallocate).
-    void drop_forgotten(std::string_view sql) {
-        const auto found = cache.find(sql);
-        if (found == cache.end()) return;
-        for (std::size_t v = 0; v < found->second.size(); ++v) {
-            if (found->second[v].types == bound.types) {
-                found->second.erase(found->second.begin() + static_cast<std::ptrdiff_t>(v));
-                --cached;
-                break;
-            }
-        }
-        if (found->second.empty()) {
-            recent.forget(&*found);
-            cache.erase(found);
-        }
-    }
-
-    static void check_count(std::string_view sql, std::size_t given, std::size_t expected) {
-        if (given == expected) return;
-        throw db::error(std::string(backend_name), "", 0,
-                        db::detail::wrong_parameter_count(given, expected), std::string(sql));
+        return statements.add(sql, std::move(name), bound.types);
     }
 
     // Binds, prepares if need be and executes; returns the successful result.
     result_ptr execute(std::string_view sql, std::span<const db::param> params) {
         bound.bind(params, sql);
         const int n = static_cast<int>(params.size());
-        if (capacity == 0) {
-            check_count(sql, params.size(),
-                        scan_parameters(sql, db::detail::dialect::postgresql).parameters);
+        if (statements.capacity() == 0) {
+            detail::check_parameter_count(sql, params.size());
             const std::string text(sql);
             result_ptr result = exchange(
                 sql,
@@ -413,8 +319,7 @@ struct connection::impl {
         for (int attempt = 0;; ++attempt) {
             // A cached statement has these very parameter types, so their count was checked
             // when it was prepared.
-            prepared& statement = statement_for(sql, params.size());
-            statement.last_used = ++clock;
+            const detail::prepared& statement = statement_for(sql, params.size());
             result_ptr result = exchange(
                 sql,
                 [&] {
@@ -427,14 +332,10 @@ struct connection::impl {
                                                bound.formats.data(), 0) != 0;
                 });
             if (succeeded(result.get())) return result;
-            // The server forgot the statement (DISCARD ALL, DEALLOCATE by hand): prepare it
+            // The server forgot the statement (DISCARD ALL, DEALLOCATE by hand): prepared
             // again, once, when no transaction was open that the error has now aborted.
-            const char* state =
-                result ? PQresultErrorField(result.get(), PG_DIAG_SQLSTATE) : nullptr;
-            // Idle now means idle before: an error inside a transaction block leaves it failed.
-            if (attempt == 0 && PQtransactionStatus(handle) == PQTRANS_IDLE && state != nullptr &&
-                std::strcmp(state, "26000") == 0) {
-                drop_forgotten(sql);
+            if (attempt == 0 && detail::forgotten_statement(handle, result.get())) {
+                statements.drop(sql, bound.types);
                 continue;
             }
             fail(handle, result.get(), sql);
@@ -603,10 +504,9 @@ connection connect(std::string_view conninfo, const options& opts, std::source_l
     const detail::connect_parameters parameters(conninfo, opts, description);
     detail::session_ptr conn = detail::connect_session(parameters, opts, description);
 
-    auto state = std::make_unique<connection::impl>();
+    auto state = std::make_unique<connection::impl>(opts.statement_cache_size);
     state->handle = conn.release();
     state->backend_pid = PQbackendPID(state->handle);
-    state->capacity = opts.statement_cache_size;
     state->cancel_grace = opts.cancel_grace;
     state->description = description;
     if (opts.statement_timeout.count() > 0) {
@@ -752,7 +652,7 @@ int connection::server_version() const noexcept {
 }
 
 std::size_t connection::cached_statements() const noexcept {
-    return impl_ != nullptr ? impl_->cached : 0;
+    return impl_ != nullptr ? impl_->statements.size() : 0;
 }
 
 std::int64_t connection::run(std::string_view sql, std::span<const db::param> params) {

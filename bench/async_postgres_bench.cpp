@@ -8,6 +8,10 @@
 //                  postgres::connection
 //   libpq          the same 1,000 statements driven by hand over 8 non-blocking libpq
 //                  connections and poll(2), the statement prepared once per session: the floor
+//   asio_libpq     the same by hand on Asio: 8 coroutines, one per connection, each sending
+//                  its next statement and awaiting the socket (Asio's reactor) for the answer:
+//                  the floor of any library built on Asio's coroutines, without a frame,
+//                  spawn or queue turn per statement
 // The counters are each variant's median throughput (statements per second), its context
 // switches per statement, and the ratios of async_pool to the others.
 //   build/default/bench/async_postgres_bench --benchmark_min_time=0.1 (see docs/performance.md)
@@ -22,8 +26,11 @@
 #include <ctxmgr/with.hpp>
 
 #include <benchmark/benchmark.h>
+#include <fcntl.h>
 #include <asio/co_spawn.hpp>
 #include <asio/io_context.hpp>
+#include <asio/posix/stream_descriptor.hpp>
+#include <asio/use_awaitable.hpp>
 
 #include <array>
 #include <chrono>
@@ -170,6 +177,86 @@ class libpq_batch {
     std::array<PGconn*, sessions> conns_{};
 };
 
+// ---- asio_libpq: the same batch by hand on Asio's reactor --------------------------------
+
+class asio_batch {
+  public:
+    asio_batch(asio::io_context& io, const std::string& conninfo) : io_(io) {
+        for (std::size_t i = 0; i < sessions; ++i) {
+            PGconn* c = PQconnectdb(conninfo.c_str());
+            conns_[i] = c;
+            PGresult* prepared =
+                PQstatus(c) == CONNECTION_OK ? PQprepare(c, "s", statement, 0, nullptr) : nullptr;
+            const bool ok = PQresultStatus(prepared) == PGRES_COMMAND_OK;
+            PQclear(prepared);
+            const int own =
+                ok && PQsetnonblocking(c, 1) == 0 ? ::fcntl(PQsocket(c), F_DUPFD_CLOEXEC, 0) : -1;
+            if (own < 0) {
+                const std::string why = PQerrorMessage(c);
+                finish();
+                throw std::runtime_error("libpq on asio: " + why);
+            }
+            sockets_.emplace_back(io, own);
+        }
+    }
+    asio_batch(const asio_batch&) = delete;
+    asio_batch& operator=(const asio_batch&) = delete;
+    ~asio_batch() { finish(); }
+
+    std::int64_t run() {
+        std::int64_t sum = 0;
+        std::int64_t to_send = statements;
+        for (std::size_t i = 0; i < sessions; ++i) {
+            asio::co_spawn(io_, worker(i, to_send, sum), rethrow);
+        }
+        io_.run();
+        io_.restart();
+        return sum;
+    }
+
+  private:
+    asio::awaitable<void> worker(std::size_t i, std::int64_t& to_send, std::int64_t& sum) {
+        PGconn* c = conns_[i];
+        while (to_send > 0) {
+            --to_send;
+            if (PQsendQueryPrepared(c, "s", 0, nullptr, nullptr, nullptr, 0) == 0 ||
+                PQflush(c) != 0) {
+                throw std::runtime_error(PQerrorMessage(c));
+            }
+            for (bool answered = false; !answered;) {
+                // Asio's registration is edge-triggered: bytes that came before the wait
+                // would not be reported.
+                pollfd in{PQsocket(c), POLLIN, 0};
+                if (::poll(&in, 1, 0) == 0) {
+                    co_await sockets_[i].async_wait(asio::posix::descriptor_base::wait_read,
+                                                    asio::use_awaitable);
+                }
+                PQconsumeInput(c);
+                while (PQisBusy(c) == 0) {
+                    PGresult* r = PQgetResult(c);
+                    if (r == nullptr) {
+                        answered = true;
+                        break;
+                    }
+                    sum += std::atoll(PQgetvalue(r, 0, 0));
+                    PQclear(r);
+                }
+            }
+        }
+    }
+    void finish() noexcept {
+        sockets_.clear();
+        for (auto*& c : conns_) {
+            if (c != nullptr) PQfinish(c);
+            c = nullptr;
+        }
+    }
+
+    asio::io_context& io_;
+    std::array<PGconn*, sessions> conns_{};
+    std::vector<asio::posix::stream_descriptor> sockets_;
+};
+
 void select_1000_paired(benchmark::State& state) {
     if (bench::skip_without_postgres(state)) return;
     const std::string conninfo = bench::postgres_server().conninfo;
@@ -191,6 +278,7 @@ void select_1000_paired(benchmark::State& state) {
     }
     std::array<ctxmgr::async_mutex, sessions> locks;
     libpq_batch floor(conninfo);
+    asio_batch asio_floor(io, conninfo);
 
     const auto on_io = [&](auto spawn_all) {
         return bench::timed(static_cast<double>(statements), [&] {
@@ -246,11 +334,23 @@ void select_1000_paired(benchmark::State& state) {
              expect_sum(sum, "libpq");
              return r;
          }},
+        {"asio_libpq",
+         [&] {
+             std::int64_t sum = 0;
+             const auto r =
+                 bench::timed(static_cast<double>(statements), [&] { sum = asio_floor.run(); });
+             expect_sum(sum, "asio_libpq");
+             return r;
+         }},
     };
     const std::vector<double> rate = bench::run_paired(state, variants, "per_s");
     state.counters["async_pool/libpq"] = rate[0] / rate[3];
     state.counters["async_pool/threaded_pool"] = rate[0] / rate[2];
     state.counters["async_direct/libpq"] = rate[1] / rate[3];
+    state.counters["asio_libpq/libpq"] = rate[4] / rate[3];
+    state.counters["async_pool/asio_libpq"] = rate[0] / rate[4];
+    state.counters["async_direct/asio_libpq"] = rate[1] / rate[4];
+    state.counters["asio_libpq/threaded_pool"] = rate[4] / rate[2];
     state.SetItemsProcessed(state.iterations() * statements *
                             static_cast<std::int64_t>(variants.size()));
 }

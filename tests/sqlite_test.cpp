@@ -220,6 +220,32 @@ TEST_F(Sqlite, StatementsStayPreparedAcrossCalls) {
     EXPECT_EQ(c.cached_statements(), 2u);
 }
 
+TEST_F(Sqlite, NoStatementIsLeftRunningWhenACallReturnsOrThrows) {
+    auto c = sqlite::connect(":memory:");
+    const auto running = [&] {
+        int count = 0;
+        for (sqlite3_stmt* s = sqlite3_next_stmt(c.native_handle(), nullptr); s != nullptr;
+             s = sqlite3_next_stmt(c.native_handle(), s)) {
+            count += sqlite3_stmt_busy(s) != 0 ? 1 : 0;
+        }
+        return count;
+    };
+    c.execute("CREATE TABLE t (x INTEGER PRIMARY KEY)");
+    EXPECT_EQ(c.execute("INSERT INTO t VALUES ($1), ($2)", 1, 2), 2);
+    EXPECT_EQ(running(), 0);
+    // A statement that returns rows, run by execute to its end, and one stopped after a row.
+    EXPECT_EQ(c.execute("SELECT x FROM t"), 2);
+    EXPECT_EQ(running(), 0);
+    EXPECT_EQ(c.query_value<std::int64_t>("SELECT x FROM t ORDER BY x"), 1);
+    EXPECT_EQ(running(), 0);
+    EXPECT_THROW(c.execute("INSERT INTO t VALUES ($1)", 1), db::constraint_violation);
+    EXPECT_EQ(running(), 0);
+    // Each statement runs afresh the next time.
+    EXPECT_EQ(c.execute("SELECT x FROM t"), 2);
+    EXPECT_EQ(c.execute("INSERT INTO t VALUES ($1)", 3), 1);
+    EXPECT_EQ(c.query_value<std::int64_t>("SELECT count(*) FROM t"), 3);
+}
+
 TEST_F(Sqlite, AWriterMakesASecondOneWaitForTheBusyTimeoutThenFail) {
     auto writer = sqlite::connect(path());
     writer.execute("CREATE TABLE t (x INTEGER)");

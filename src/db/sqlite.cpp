@@ -439,6 +439,11 @@ class statement final : public db::detail::cursor {
     // release(), for callers that know the class (a direct, inlined call).
     [[gnu::always_inline]] void finish() noexcept {
         sqlite3_reset(handle_);
+        end_lease();
+    }
+    // finish() for a statement that step() ran to SQLITE_DONE and reset then: resetting it
+    // again would cost as much as the first reset, for nothing.
+    [[gnu::always_inline]] void end_lease() noexcept {
         busy_ = false;
         if (!cached_) delete this;
     }
@@ -823,10 +828,18 @@ std::int64_t connection::run(std::string_view sql, std::span<const db::param> pa
     statement* s = state.acquire(sql, params, false);
     struct release_at_end {
         statement* s;
-        ~release_at_end() { s->finish(); }
+        bool done = false;  // step() ran it to SQLITE_DONE, and reset it
+        ~release_at_end() {
+            if (done) {
+                s->end_lease();
+            } else {
+                s->finish();
+            }
+        }
     } guard{s};
     std::int64_t returned = 0;
     while (s->step()) ++returned;
+    guard.done = true;
     // sqlite3_changes64 still holds the count of the last INSERT, UPDATE or DELETE after a
     // statement of another kind: ask it only after one of those.
     return s->changes_rows() ? sqlite3_changes64(state.handle) : returned;

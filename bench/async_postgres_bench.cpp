@@ -89,30 +89,45 @@ asio::awaitable<void> lock_and_select(postgres::async_connection& c, ctxmgr::asy
 
 // ---- libpq: the same batch against libpq's non-blocking calls and poll(2) ------------------
 
-class libpq_batch {
+// 8 libpq sessions, non-blocking, each with the statement prepared as "s", as ctxmgr's
+// connections prepare theirs.
+class prepared_sessions {
   public:
-    explicit libpq_batch(const std::string& conninfo) {
+    explicit prepared_sessions(const std::string& conninfo) {
         for (auto& c : conns_) {
             c = PQconnectdb(conninfo.c_str());
-            if (PQstatus(c) != CONNECTION_OK) {
-                const std::string why = PQerrorMessage(c);
-                finish();
-                throw std::runtime_error("libpq connect: " + why);
-            }
-            // Prepared once per session, as the connections of ctxmgr prepare their statements.
-            PGresult* prepared = PQprepare(c, "s", statement, 0, nullptr);
-            const bool ok = PQresultStatus(prepared) == PGRES_COMMAND_OK;
+            PGresult* prepared =
+                PQstatus(c) == CONNECTION_OK ? PQprepare(c, "s", statement, 0, nullptr) : nullptr;
+            const bool ok =
+                PQresultStatus(prepared) == PGRES_COMMAND_OK && PQsetnonblocking(c, 1) == 0;
             PQclear(prepared);
-            if (!ok || PQsetnonblocking(c, 1) != 0) {
+            if (!ok) {
                 const std::string why = PQerrorMessage(c);
                 finish();
-                throw std::runtime_error("libpq prepare: " + why);
+                throw std::runtime_error("libpq session: " + why);
             }
         }
     }
-    libpq_batch(const libpq_batch&) = delete;
-    libpq_batch& operator=(const libpq_batch&) = delete;
-    ~libpq_batch() { finish(); }
+    prepared_sessions(const prepared_sessions&) = delete;
+    prepared_sessions& operator=(const prepared_sessions&) = delete;
+    ~prepared_sessions() { finish(); }
+
+    PGconn* operator[](std::size_t i) const noexcept { return conns_[i]; }
+
+  private:
+    void finish() noexcept {
+        for (auto*& c : conns_) {
+            if (c != nullptr) PQfinish(c);
+            c = nullptr;
+        }
+    }
+
+    std::array<PGconn*, sessions> conns_{};
+};
+
+class libpq_batch {
+  public:
+    explicit libpq_batch(const std::string& conninfo) : conns_(conninfo) {}
 
     std::int64_t run() {
         std::int64_t sum = 0;
@@ -167,41 +182,20 @@ class libpq_batch {
             ::poll(&out, 1, -1);
         }
     }
-    void finish() noexcept {
-        for (auto*& c : conns_) {
-            if (c != nullptr) PQfinish(c);
-            c = nullptr;
-        }
-    }
-
-    std::array<PGconn*, sessions> conns_{};
+    prepared_sessions conns_;
 };
 
 // ---- asio_libpq: the same batch by hand on Asio's reactor --------------------------------
 
 class asio_batch {
   public:
-    asio_batch(asio::io_context& io, const std::string& conninfo) : io_(io) {
+    asio_batch(asio::io_context& io, const std::string& conninfo) : io_(io), conns_(conninfo) {
         for (std::size_t i = 0; i < sessions; ++i) {
-            PGconn* c = PQconnectdb(conninfo.c_str());
-            conns_[i] = c;
-            PGresult* prepared =
-                PQstatus(c) == CONNECTION_OK ? PQprepare(c, "s", statement, 0, nullptr) : nullptr;
-            const bool ok = PQresultStatus(prepared) == PGRES_COMMAND_OK;
-            PQclear(prepared);
-            const int own =
-                ok && PQsetnonblocking(c, 1) == 0 ? ::fcntl(PQsocket(c), F_DUPFD_CLOEXEC, 0) : -1;
-            if (own < 0) {
-                const std::string why = PQerrorMessage(c);
-                finish();
-                throw std::runtime_error("libpq on asio: " + why);
-            }
+            const int own = ::fcntl(PQsocket(conns_[i]), F_DUPFD_CLOEXEC, 0);
+            if (own < 0) throw std::runtime_error("dup libpq's socket");
             sockets_.emplace_back(io, own);
         }
     }
-    asio_batch(const asio_batch&) = delete;
-    asio_batch& operator=(const asio_batch&) = delete;
-    ~asio_batch() { finish(); }
 
     std::int64_t run() {
         std::int64_t sum = 0;
@@ -244,16 +238,8 @@ class asio_batch {
             }
         }
     }
-    void finish() noexcept {
-        sockets_.clear();
-        for (auto*& c : conns_) {
-            if (c != nullptr) PQfinish(c);
-            c = nullptr;
-        }
-    }
-
     asio::io_context& io_;
-    std::array<PGconn*, sessions> conns_{};
+    prepared_sessions conns_;
     std::vector<asio::posix::stream_descriptor> sockets_;
 };
 

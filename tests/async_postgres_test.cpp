@@ -41,6 +41,7 @@ namespace {
 
 using namespace std::chrono_literals;
 using namespace asio::experimental::awaitable_operators;
+using ctxmgr::testing::awaited_exception;
 using ctxmgr::testing::exception_from;
 using ctxmgr::testing::holds_system_error;
 using ctxmgr::testing::pause;
@@ -72,6 +73,22 @@ class AsyncPostgres : public ctxmgr::testing::shared_postgres_test {
     postgres::connection sync_connect() { return postgres::connect(server_.conninfo); }
     const std::string table_ = "async_pg_" + std::to_string(::getpid());
 };
+
+// Races `operation` against a 100 ms timer while c's server process is stopped (SIGSTOP) until
+// 200 ms, within a cancel_grace that lets the cancel be answered: which came first (1: the
+// timer, so the operation was cancelled while it waited on the server), or nothing when the
+// process could not be stopped here.
+template <class T>
+task<std::optional<std::size_t>> race_on_a_stopped_server(async_connection& c, task<T> operation) {
+    auto executor = co_await asio::this_coro::executor;
+    std::optional<ctxmgr::testing::stopped_backend> stopped(std::in_place, c.backend_pid());
+    if (!stopped->stopped()) co_return std::nullopt;
+    asio::steady_timer resume(executor, 200ms);
+    resume.async_wait([&](asio::error_code) { stopped.reset(); });
+    asio::steady_timer timer(executor, 100ms);
+    const auto winner = co_await (std::move(operation) || timer.async_wait(asio::use_awaitable));
+    co_return winner.index();
+}
 
 TEST_F(AsyncPostgres, StatementsTakeTypedParametersAndReturnRowsAndValues) {
     const auto names = with_connection([&](async_connection& c) -> task<std::vector<std::string>> {
@@ -159,15 +176,10 @@ TEST_F(AsyncPostgres, StatementsArePreparedOnceAndKeptAsOnTheSynchronousConnecti
             // Forgotten inside a transaction: the error is the statement's, and the transaction
             // it aborted rolls back.
             co_await c.async_execute_script("DEALLOCATE ALL");
-            std::exception_ptr inside;
-            try {
-                co_await ctxmgr::async_with(c.async_transaction(),
-                                            [&](async_connection& tx) -> task<void> {
-                                                co_await tx.async_execute("SELECT $1::text", 7);
-                                            });
-            } catch (...) {
-                inside = std::current_exception();
-            }
+            const std::exception_ptr inside = co_await awaited_exception(
+                ctxmgr::async_with(c.async_transaction(), [&](async_connection& tx) -> task<void> {
+                    co_await tx.async_execute("SELECT $1::text", 7);
+                }));
             EXPECT_TRUE(ctxmgr::holds<db::error>(inside));
             EXPECT_NE(what_of(inside).find("[26000]"), std::string::npos) << what_of(inside);
             EXPECT_EQ(c.transaction_state(), db::transaction_state::idle);
@@ -186,13 +198,9 @@ TEST_F(AsyncPostgres, WithoutACacheEveryStatementIsSentUnprepared) {
             EXPECT_EQ(co_await c.async_query_value<std::int64_t>(
                           "SELECT count(*) FROM pg_prepared_statements"),
                       0);
-            std::exception_ptr count;
-            try {
-                co_await c.async_execute("SELECT $1, $2", 1);
-            } catch (...) {
-                count = std::current_exception();
-            }
-            EXPECT_TRUE(ctxmgr::holds<db::error>(count));
+            const std::exception_ptr count =
+                co_await awaited_exception(c.async_execute("SELECT $1, $2", 1));
+            EXPECT_TRUE(ctxmgr::holds<db::error>(count)) << ctxmgr::describe(count);
         },
         {.statement_cache_size = 0});
 }
@@ -201,19 +209,14 @@ TEST_F(AsyncPostgres, AnEvictionWaitsOutAFailedTransaction) {
     with_connection(
         [&](async_connection& c) -> task<void> {
             co_await c.async_execute("SELECT 1");
-            std::exception_ptr e;
-            try {
-                co_await ctxmgr::async_with(
-                    c.async_transaction(), [&](async_connection& tx) -> task<void> {
-                        EXPECT_THROW(co_await tx.async_execute("SELECT 1/0"), db::error);
-                        // Preparing is refused in a failed transaction, and so is DEALLOCATE of
-                        // the evicted statement: it waits.
-                        EXPECT_THROW(co_await tx.async_execute("SELECT 2"), db::error);
-                        throw test_error("give up");
-                    });
-            } catch (...) {
-                e = std::current_exception();
-            }
+            const std::exception_ptr e = co_await awaited_exception(
+                ctxmgr::async_with(c.async_transaction(), [&](async_connection& tx) -> task<void> {
+                    EXPECT_THROW(co_await tx.async_execute("SELECT 1/0"), db::error);
+                    // Preparing is refused in a failed transaction, and so is DEALLOCATE of the
+                    // evicted statement: it waits.
+                    EXPECT_THROW(co_await tx.async_execute("SELECT 2"), db::error);
+                    throw test_error("give up");
+                }));
             EXPECT_TRUE(ctxmgr::holds<test_error>(e)) << ctxmgr::describe(e);
             // Only the counting statement is left on the server.
             EXPECT_EQ(co_await c.async_query_value<std::int64_t>(
@@ -226,17 +229,11 @@ TEST_F(AsyncPostgres, AnEvictionWaitsOutAFailedTransaction) {
 TEST_F(AsyncPostgres, ACancellationWhilePreparingLeavesTheCacheAgreeingWithTheServer) {
     with_connection(
         [&](async_connection& c) -> task<void> {
-            auto executor = co_await asio::this_coro::executor;
-            std::optional<ctxmgr::testing::stopped_backend> stopped(std::in_place, c.backend_pid());
-            if (!stopped->stopped()) co_return;
-            // The first use of the statement prepares it on the stopped server; the
-            // cancellation comes at 100 ms, the server resumes at 200 ms, within the grace.
-            asio::steady_timer resume(executor, 200ms);
-            resume.async_wait([&](asio::error_code) { stopped.reset(); });
-            asio::steady_timer timer(executor, 100ms);
-            const auto winner = co_await (c.async_query_value<std::int64_t>("SELECT $1 * 2", 21) ||
-                                          timer.async_wait(asio::use_awaitable));
-            EXPECT_EQ(winner.index(), 1u);
+            // The first use of the statement prepares it on the stopped server.
+            const auto winner = co_await race_on_a_stopped_server(
+                c, c.async_query_value<std::int64_t>("SELECT $1 * 2", 21));
+            if (!winner) co_return;
+            EXPECT_EQ(*winner, 1u);
             EXPECT_TRUE(c.is_open());
             EXPECT_EQ(c.transaction_state(), db::transaction_state::idle);
             EXPECT_EQ(co_await c.async_query_value<std::int64_t>("SELECT $1 * 2", 21), 42);
@@ -487,22 +484,15 @@ TEST_F(AsyncPostgres, AnErrorCaughtInsideTheBlockRollsBackAndExitSays25P02) {
 TEST_F(AsyncPostgres, ACancellationDuringBeginLeavesNoTransactionAndAUsableConnection) {
     with_connection(
         [&](async_connection& c) -> task<void> {
-            auto executor = co_await asio::this_coro::executor;
-            std::optional<ctxmgr::testing::stopped_backend> stopped(std::in_place, c.backend_pid());
-            if (!stopped->stopped()) co_return;
-            // BEGIN waits on the stopped server; the cancellation comes at 100 ms, the server
-            // resumes at 200 ms, within the grace.
-            asio::steady_timer resume(executor, 200ms);
-            resume.async_wait([&](asio::error_code) { stopped.reset(); });
+            // BEGIN waits on the stopped server.
             bool body_ran = false;
-            asio::steady_timer timer(executor, 100ms);
-            const auto winner = co_await (ctxmgr::async_with(c.async_transaction(),
-                                                             [&](async_connection&) -> task<void> {
-                                                                 body_ran = true;
-                                                                 co_return;
-                                                             }) ||
-                                          timer.async_wait(asio::use_awaitable));
-            EXPECT_EQ(winner.index(), 1u);
+            const auto winner = co_await race_on_a_stopped_server(
+                c, ctxmgr::async_with(c.async_transaction(), [&](async_connection&) -> task<void> {
+                    body_ran = true;
+                    co_return;
+                }));
+            if (!winner) co_return;
+            EXPECT_EQ(*winner, 1u);
             EXPECT_FALSE(body_ran);
             EXPECT_TRUE(c.is_open());
             EXPECT_EQ(c.transaction_state(), db::transaction_state::idle);

@@ -57,6 +57,19 @@ T run_awaitable(asio::awaitable<T> a) {
     return run_awaitable(io, std::move(a));
 }
 
+// Inside a coroutine: what awaiting `a` threw (the same object), or null when it completed.
+// The awaitable is made in the caller's full-expression, so what it refers to lives until then.
+template <class T>
+asio::awaitable<std::exception_ptr> awaited_exception(asio::awaitable<T> a) {
+    std::exception_ptr thrown;
+    try {
+        co_await std::move(a);
+    } catch (...) {
+        thrown = std::current_exception();
+    }
+    co_return thrown;
+}
+
 // Whether `e` holds a std::system_error (asio::system_error is one) with this code.
 template <class Code>
 bool holds_system_error(const std::exception_ptr& e, Code code) {

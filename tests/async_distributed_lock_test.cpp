@@ -5,6 +5,7 @@
 // failure: no lock held and no session left (counted in pg_stat_activity by application_name).
 // A borrowed session holds the lock and is given back open, as it was lent, after failures too.
 #include <ctxmgr/async_distributed_lock.hpp>
+#include <ctxmgr/distributed_lock.hpp>
 #include <ctxmgr/async_with.hpp>
 #include <ctxmgr/tracking.hpp>
 #include <ctxmgr/with.hpp>
@@ -413,6 +414,46 @@ TEST_F(AsyncDistributedLock, ABorrowedSessionHoldsTheLockAndStaysOpenAndAsItWasL
                 co_await c.async_execute_script("ROLLBACK");
             });
     }());
+}
+
+// On a server of its own: no lock has made the token table yet.
+class DistributedLockOnAFreshServer : public ctxmgr::testing::dedicated_postgres_test {};
+
+TEST_F(DistributedLockOnAFreshServer, TheFirstLockMakesTheTokenTableInTheSameEnter) {
+    start();
+    CTXMGR_REQUIRE_POSTGRES(server_);
+    auto admin = postgres::connect(server_.conninfo);
+    const auto table_exists = [&] {
+        return admin.query_value<bool>("SELECT to_regclass('ctxmgr_fencing_tokens') IS NOT NULL");
+    };
+    ASSERT_FALSE(table_exists());
+    // The lock script's token statement fails on the missing table after the lock is granted:
+    // the lock is kept, the table made, the token taken.
+    const auto first = run_awaitable([&]() -> task<std::int64_t> {
+        auto locking = postgres::async_advisory_lock(co_await asio::this_coro::executor,
+                                                     server_.conninfo, "fresh", {.timeout = 5s});
+        co_return co_await ctxmgr::async_with(
+            std::move(locking),
+            [](async_lease& held) -> task<std::int64_t> { co_return held.fencing_token(); });
+    }());
+    EXPECT_EQ(first, 1);
+    EXPECT_TRUE(table_exists());
+    // The synchronous lock reads its script's answer the same way.
+    admin.execute_script("DROP TABLE ctxmgr_fencing_tokens");
+    ctxmgr::with(postgres::advisory_lock(server_.conninfo, "fresh", {.timeout = 5s}),
+                 [](postgres::lease& held) { EXPECT_EQ(held.fencing_token(), 1); });
+    EXPECT_TRUE(table_exists());
+    // And both go on from there.
+    ctxmgr::with(postgres::advisory_lock(server_.conninfo, "fresh", {.timeout = 5s}),
+                 [](postgres::lease& held) { EXPECT_EQ(held.fencing_token(), 2); });
+    // Nothing is left locked or open.
+    EXPECT_EQ(admin.query_value<std::int64_t>(
+                  "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"),
+              0);
+    EXPECT_EQ(admin.query_value<std::int64_t>(
+                  "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                  "AND pid <> pg_backend_pid()"),
+              0);
 }
 
 TEST(AsyncDistributedLockNeverEntered, AManagerNeverEnteredReportsItsLine) {

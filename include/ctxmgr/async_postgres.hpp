@@ -69,6 +69,16 @@ namespace ctxmgr::postgres {
 class async_connection;
 class async_transaction_manager;
 
+namespace detail {
+// Every statement's result of a script (internal to the library: the advisory lock's).
+struct script_results;
+// Sends `sql` (statements separated by ';', the simple protocol) and keeps every statement's
+// result in `out`, failed ones included. Throws what the connection's statements throw when
+// the script cannot be sent or its answer is not heard (timeout, cancellation, a lost link).
+asio::awaitable<void> async_run_script(async_connection& c, std::string_view sql,
+                                       script_results& out);
+}  // namespace detail
+
 // A session with a PostgreSQL server whose statements are awaited. Made by async_connect.
 // Members not marked noexcept may throw db::error (or a subclass); every member that talks to
 // the server throws closed_error after close().
@@ -182,6 +192,8 @@ class async_connection {
     struct impl;
     friend class async_connector;
     friend class async_transaction_manager;
+    friend asio::awaitable<void> detail::async_run_script(async_connection&, std::string_view,
+                                                          detail::script_results&);
     async_connection(std::unique_ptr<impl> state, std::string description,
                      std::source_location where);
 

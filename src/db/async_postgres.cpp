@@ -23,6 +23,7 @@
 #include <string>
 #include <system_error>
 #include <utility>
+#include <vector>
 
 #include "db/libpq_statement_cache.hpp"
 #include "db/libpq_support.hpp"
@@ -177,6 +178,8 @@ struct async_connection::impl {
     detail::statement_cache statements;
     std::uint64_t savepoints = 0;
     bool busy = false;
+    // Set by async_run_script: every result but the last is kept here, the last returned.
+    std::vector<result_ptr>* gather = nullptr;
 
     // Ends the session at once (a statement still in flight on it): PQfinish.
     void abandon() noexcept {
@@ -262,6 +265,7 @@ struct async_connection::impl {
                 while (PQisBusy(handle) == 0) {
                     PGresult* result = PQgetResult(handle);
                     if (result == nullptr) co_return true;
+                    if (gather != nullptr && last != nullptr) gather->push_back(std::move(last));
                     last.reset(result);
                 }
             }
@@ -544,6 +548,27 @@ asio::awaitable<void> async_connection::async_execute_script(std::string_view sq
         settle(*this, outcome);
     }
     settle(*this, failure);
+}
+
+asio::awaitable<void> detail::async_run_script(async_connection& c, std::string_view sql,
+                                               script_results& out) {
+    async_connection::impl& state = c.live("async_execute_script");
+    std::exception_ptr failure;
+    try {
+        const std::string text(sql);
+        state.gather = &out.results;
+        struct stop_gathering {
+            async_connection::impl& state;
+            ~stop_gathering() { state.gather = nullptr; }
+        } guard{state};
+        result_ptr last = co_await state.exchange(
+            sql, [&] { return PQsendQuery(state.handle, text.c_str()) != 0; });
+        if (last != nullptr) out.results.push_back(std::move(last));
+        co_return;
+    } catch (...) {
+        failure = std::current_exception();
+    }
+    settle(c, failure);
 }
 
 bool async_connection::alive() noexcept {

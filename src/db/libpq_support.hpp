@@ -26,6 +26,11 @@ struct result_deleter {
     void operator()(PGresult* result) const noexcept { PQclear(result); }
 };
 using result_ptr = std::unique_ptr<PGresult, result_deleter>;
+
+// Every statement's result of a script, in order (async_run_script's answer).
+struct script_results {
+    std::vector<result_ptr> results;
+};
 struct session_deleter {
     void operator()(PGconn* conn) const noexcept { PQfinish(conn); }
 };

@@ -10,9 +10,11 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <vector>
 
 #include "ctxmgr/distributed_lock.hpp"
 #include "ctxmgr/errors.hpp"
+#include "db/libpq_support.hpp"
 
 namespace ctxmgr::postgres::detail {
 
@@ -93,6 +95,37 @@ inline constexpr std::string_view create_table =
                                           std::chrono::milliseconds timeout);
 // The index of the lock statement in lock_statements' script.
 inline constexpr std::size_t lock_statement_index = 3;
+
+// The options of a lock's own session: it runs each of its few statements once, so preparing
+// them would only add a round trip each.
+inline const options own_session_options{.statement_cache_size = 0};
+// The session lock's whole enter in one round trip: lock_statements, the token of `key`,
+// COMMIT.
+[[nodiscard]] std::string lock_script(std::int64_t key, bool shared,
+                                      std::chrono::milliseconds timeout);
+// What the answer to lock_script says: every statement's result, in order, the first failed
+// one last.
+struct lock_script_answer {
+    enum class outcome {
+        granted,                // with its token
+        granted_without_token,  // every statement succeeded, but no token row came
+        session_gone,           // a statement failed and the session is lost: so is the lock
+        failed_before_lock,     // not granted; the transaction is open and failed
+        timed_out,              // lock_timeout fired: not granted; the transaction failed
+        failed_at_lock,         // not granted, for another reason; the transaction failed
+        token_table_missing,    // granted; the token table does not exist yet
+        failed_after_lock,      // granted; the token or COMMIT failed
+    };
+    outcome what;
+    std::int64_t token = 0;
+    const PGresult* failure = nullptr;  // the failed statement's result, owned by the caller
+};
+[[nodiscard]] lock_script_answer read_lock_script(const std::vector<result_ptr>& results,
+                                                  bool session_open);
+// The error of outcome::failed_after_lock: the failed statement's SQLSTATE and message.
+[[nodiscard]] db::error failed_after_lock(const lock_script_answer& answer,
+                                          const std::string& context, const std::string& script);
+
 // pg_try_advisory_lock[_shared]($1).
 [[nodiscard]] std::string try_lock_statement(bool shared);
 // pg_advisory_unlock[_shared](key): a decimal key, or "$1".

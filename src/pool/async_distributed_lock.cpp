@@ -1,8 +1,8 @@
 // ctxmgr::postgres::async_advisory_lock and async_lease (async_distributed_lock.hpp).
 //
 // The synchronous lock's rules and text (advisory_lock_support.hpp), over the async
-// connection's statements: the lock statements (BEGIN, lock_timeout, the lock) in one round
-// trip, then the token and COMMIT in the same transaction. On a session of its own every
+// connection's statements: the lock script (BEGIN, lock_timeout, the lock, the token, COMMIT)
+// in one round trip, read as the synchronous lock reads it. On a session of its own every
 // failure path is one step: close the session, which releases whatever it was granted; a
 // borrowed session is rolled back and unlocked instead (give_back).
 #include "ctxmgr/async_distributed_lock.hpp"
@@ -72,48 +72,52 @@ asio::awaitable<std::int64_t> take(async_connection& session, const lock_key& ke
         granted = true;
         co_return co_await next_token(session, key.value());
     }
-    const std::string script = lock_statements(key.value(), options.shared, options.timeout);
-    bool timed_out = false;
-    try {
-        if (options.timeout >= lock_options::forever) {
-            co_await session.async_execute_script(script);
-        } else {
-            // The server's lock_timeout answers first; this bounds a server that does not.
-            asio::steady_timer limit(co_await asio::this_coro::executor);
-            limit.expires_at(started + options.timeout + answer_grace);
-            const auto first = co_await (settled(session.async_execute_script(script)) ||
-                                         limit.async_wait(asio::use_awaitable));
-            if (first.index() == 1) {
-                // Closed, borrowed or not: the lock may have been granted as the wait ended.
-                session.close();
-                throw no_answer(context, steady::now() - started);
-            }
-            if (const std::exception_ptr failure = std::get<0>(first)) {
-                std::rethrow_exception(failure);
-            }
+    using outcome = lock_script_answer::outcome;
+    const std::string script = lock_script(key.value(), options.shared, options.timeout);
+    detail::script_results ran;
+    if (options.timeout >= lock_options::forever) {
+        co_await detail::async_run_script(session, script, ran);
+    } else {
+        // The server's lock_timeout answers first; this bounds a server that does not.
+        asio::steady_timer limit(co_await asio::this_coro::executor);
+        limit.expires_at(started + options.timeout + answer_grace);
+        const auto first = co_await (settled(detail::async_run_script(session, script, ran)) ||
+                                     limit.async_wait(asio::use_awaitable));
+        if (first.index() == 1) {
+            // Closed, borrowed or not: the lock may have been granted as the wait ended.
+            session.close();
+            throw no_answer(context, steady::now() - started);
         }
-    } catch (const db::error& e) {
-        if (e.sqlstate() != lock_timeout_sqlstate) throw;
-        timed_out = true;
+        if (const std::exception_ptr failure = std::get<0>(first)) {
+            std::rethrow_exception(failure);
+        }
     }
-    if (timed_out) throw lock_timed_out(context, steady::now() - started);
+    // The caller cleans up after a throw: rolls back what is open, unlocks what was granted.
+    const lock_script_answer answer = read_lock_script(ran.results, session.is_open());
+    switch (answer.what) {
+        case outcome::granted:
+            granted = true;
+            co_return answer.token;
+        case outcome::granted_without_token:
+            granted = true;
+            throw no_token(context, script);
+        case outcome::session_gone:
+        case outcome::failed_before_lock:
+        case outcome::failed_at_lock:
+            detail::fail(session.native_handle(), answer.failure, script, context);
+        case outcome::timed_out:
+            throw lock_timed_out(context, steady::now() - started);
+        case outcome::token_table_missing:
+            break;
+        case outcome::failed_after_lock:
+            granted = true;
+            throw failed_after_lock(answer, context, script);
+    }
+    // Held (a session lock outlives the rollback of the transaction that took it): the table
+    // is made and the token taken outside the script.
     granted = true;
-    // Held from here: a session lock outlives the rollback of the transaction that took it.
-    bool table_missing = false;
-    std::int64_t token = 0;
-    try {
-        token = co_await session.async_query_value<std::int64_t>(next_token_statement("$1"),
-                                                                 key.value());
-    } catch (const db::error& e) {
-        if (e.sqlstate() != undefined_table_sqlstate) throw;
-        table_missing = true;
-    }
-    if (table_missing) {
-        co_await session.async_execute_script("ROLLBACK");
-        co_return co_await next_token(session, key.value());
-    }
-    co_await session.async_execute_script("COMMIT");
-    co_return token;
+    co_await session.async_execute_script("ROLLBACK");
+    co_return co_await next_token(session, key.value());
 }
 
 // After a failed enter on a borrowed session: its transaction rolled back and the lock, if
@@ -193,7 +197,8 @@ asio::awaitable<std::reference_wrapper<async_lease>> async_advisory_lock::async_
         }
         held->session_ = borrowed_;
     } else {
-        async_connector connector = async_connect(executor_, conninfo_, check_.where());
+        async_connector connector =
+            async_connect(executor_, conninfo_, own_session_options, check_.where());
         async_connection& opened = co_await connector.async_enter();
         held->session_ = &held->owned_.emplace(std::move(opened));
     }

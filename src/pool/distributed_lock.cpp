@@ -267,6 +267,45 @@ std::string lock_statements(std::int64_t key, bool shared, std::chrono::millisec
            std::to_string(key) + ')';
 }
 
+std::string lock_script(std::int64_t key, bool shared, std::chrono::milliseconds timeout) {
+    return lock_statements(key, shared, timeout) + "; " +
+           next_token_statement(std::to_string(key)) + "; COMMIT";
+}
+
+lock_script_answer read_lock_script(const std::vector<result_ptr>& results, bool session_open) {
+    using outcome = lock_script_answer::outcome;
+    constexpr std::size_t lock_statement = lock_statement_index;
+    constexpr std::size_t token_statement = lock_statement + 1;
+    std::size_t failed_at = 0;
+    while (failed_at < results.size() && !failed(results[failed_at].get())) ++failed_at;
+    if (failed_at == results.size()) {
+        if (results.size() > token_statement && PQntuples(results[token_statement].get()) == 1) {
+            return {outcome::granted, std::stoll(PQgetvalue(results[token_statement].get(), 0, 0)),
+                    nullptr};
+        }
+        return {outcome::granted_without_token, 0, nullptr};
+    }
+    const PGresult* failure = results[failed_at].get();
+    const auto answer = [&](outcome what) { return lock_script_answer{what, 0, failure}; };
+    if (!session_open) return answer(outcome::session_gone);
+    if (failed_at < lock_statement) return answer(outcome::failed_before_lock);
+    if (failed_at == lock_statement) {
+        return answer(sqlstate_of(failure) == lock_timeout_sqlstate ? outcome::timed_out
+                                                                    : outcome::failed_at_lock);
+    }
+    if (failed_at == token_statement && sqlstate_of(failure) == undefined_table_sqlstate) {
+        return answer(outcome::token_table_missing);
+    }
+    return answer(outcome::failed_after_lock);
+}
+
+db::error failed_after_lock(const lock_script_answer& answer, const std::string& context,
+                            const std::string& script) {
+    const char* primary = PQresultErrorField(answer.failure, PG_DIAG_MESSAGE_PRIMARY);
+    return db::error(std::string(backend_name), sqlstate_of(answer.failure), 0,
+                     context + ": " + (primary != nullptr ? primary : "failed"), script);
+}
+
 std::string try_lock_statement(bool shared) {
     return "SELECT pg_try_advisory_lock" + suffix(shared) + "($1)";
 }
@@ -373,7 +412,8 @@ lease& advisory_lock::enter() {
     if (pool_ != nullptr) {
         held->session_ = &held->borrowed_.emplace(pool_->connection(check_.where())).enter();
     } else {
-        held->session_ = &held->owned_.emplace(connect(conninfo_, {}, check_.where()));
+        held->session_ =
+            &held->owned_.emplace(connect(conninfo_, own_session_options, check_.where()));
     }
     connection& session = *held->session_;
     const std::string context = detail::advisory::context(key_, session.description());
@@ -404,48 +444,41 @@ lease& advisory_lock::enter() {
             throw;
         }
     } else {
-        const std::string script =
-            lock_statements(key_.value(), options_.shared, options_.timeout) + "; " +
-            next_token_statement(std::to_string(key_.value())) + "; COMMIT";
-        constexpr std::size_t lock_statement = lock_statement_index;
-        constexpr std::size_t token_statement = lock_statement + 1;
-        const script_answer answer =
+        using outcome = lock_script_answer::outcome;
+        const std::string script = lock_script(key_.value(), options_.shared, options_.timeout);
+        const script_answer ran =
             run_lock_script(session, script, started, options_.timeout, context);
-        const PGresult* failure = answer.failure();
-        if (failure == nullptr && answer.results.size() > token_statement &&
-            PQntuples(answer.results[token_statement].get()) == 1) {
-            held->token_ = std::stoll(PQgetvalue(answer.results[token_statement].get(), 0, 0));
-        } else if (failure == nullptr) {
-            unlock_after_failure();
-            throw no_token(context, script);
-        } else if (!session.is_open()) {
-            fail(session, failure, context, script);  // gone, and the lock with it
-        } else if (answer.failed_at < lock_statement) {
-            session.execute_script("ROLLBACK");
-            fail(session, failure, context, script);
-        } else if (answer.failed_at == lock_statement) {
-            const bool timed_out = sqlstate_of(failure) == lock_timeout_sqlstate;
-            session.execute_script("ROLLBACK");
-            if (timed_out) throw lock_timed_out(context, steady::now() - started);
-            fail(session, failure, context, script);
-        } else if (answer.failed_at == token_statement &&
-                   sqlstate_of(failure) == undefined_table_sqlstate) {
-            // The lock is held (a session lock outlives the rollback); the table is made
-            // and the token taken outside the script.
-            try {
-                session.execute_script("ROLLBACK");
-                held->token_ = next_token(session, key_.value());
-            } catch (...) {
+        const lock_script_answer answer = read_lock_script(ran.results, session.is_open());
+        switch (answer.what) {
+            case outcome::granted:
+                held->token_ = answer.token;
+                break;
+            case outcome::granted_without_token:
                 unlock_after_failure();
-                throw;
-            }
-        } else {
-            const std::string sqlstate = sqlstate_of(failure);
-            const char* primary = PQresultErrorField(failure, PG_DIAG_MESSAGE_PRIMARY);
-            const std::string message = primary != nullptr ? primary : "failed";
-            unlock_after_failure();
-            throw db::error(std::string(backend_name), sqlstate, 0, context + ": " + message,
-                            script);
+                throw no_token(context, script);
+            case outcome::session_gone:
+                fail(session, answer.failure, context, script);  // the lock went with it
+            case outcome::failed_before_lock:
+            case outcome::failed_at_lock:
+                session.execute_script("ROLLBACK");
+                fail(session, answer.failure, context, script);
+            case outcome::timed_out:
+                session.execute_script("ROLLBACK");
+                throw lock_timed_out(context, steady::now() - started);
+            case outcome::token_table_missing:
+                // The lock is held (a session lock outlives the rollback); the table is made
+                // and the token taken outside the script.
+                try {
+                    session.execute_script("ROLLBACK");
+                    held->token_ = next_token(session, key_.value());
+                } catch (...) {
+                    unlock_after_failure();
+                    throw;
+                }
+                break;
+            case outcome::failed_after_lock:
+                unlock_after_failure();
+                throw failed_after_lock(answer, context, script);
         }
     }
     held->pid_ = session.backend_pid();

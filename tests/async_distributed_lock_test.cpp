@@ -5,8 +5,8 @@
 // failure: no lock held and no session left (counted in pg_stat_activity by application_name).
 // A borrowed session holds the lock and is given back open, as it was lent, after failures too.
 #include <ctxmgr/async_distributed_lock.hpp>
-#include <ctxmgr/distributed_lock.hpp>
 #include <ctxmgr/async_with.hpp>
+#include <ctxmgr/distributed_lock.hpp>
 #include <ctxmgr/tracking.hpp>
 #include <ctxmgr/with.hpp>
 

@@ -122,6 +122,9 @@ struct lock_script_answer {
 };
 [[nodiscard]] lock_script_answer read_lock_script(const std::vector<result_ptr>& results,
                                                   bool session_open);
+// Whether the answer heard so far says the lock was granted (its statement succeeded): for a
+// script whose answer was cut short (cancelled while the token or COMMIT ran).
+[[nodiscard]] bool lock_granted(const std::vector<result_ptr>& results);
 // The error of outcome::failed_after_lock: the failed statement's SQLSTATE and message.
 [[nodiscard]] db::error failed_after_lock(const lock_script_answer& answer,
                                           const std::string& context, const std::string& script);

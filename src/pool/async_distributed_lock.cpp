@@ -75,22 +75,32 @@ asio::awaitable<std::int64_t> take(async_connection& session, const lock_key& ke
     using outcome = lock_script_answer::outcome;
     const std::string script = lock_script(key.value(), options.shared, options.timeout);
     detail::script_results ran;
-    if (options.timeout >= lock_options::forever) {
-        co_await detail::async_run_script(session, script, ran);
-    } else {
-        // The server's lock_timeout answers first; this bounds a server that does not.
-        asio::steady_timer limit(co_await asio::this_coro::executor);
-        limit.expires_at(started + options.timeout + answer_grace);
-        const auto first = co_await (settled(detail::async_run_script(session, script, ran)) ||
-                                     limit.async_wait(asio::use_awaitable));
-        if (first.index() == 1) {
-            // Closed, borrowed or not: the lock may have been granted as the wait ended.
-            session.close();
-            throw no_answer(context, steady::now() - started);
+    std::exception_ptr interrupted;
+    try {
+        if (options.timeout >= lock_options::forever) {
+            co_await detail::async_run_script(session, script, ran);
+        } else {
+            // The server's lock_timeout answers first; this bounds a server that does not.
+            asio::steady_timer limit(co_await asio::this_coro::executor);
+            limit.expires_at(started + options.timeout + answer_grace);
+            const auto first = co_await (settled(detail::async_run_script(session, script, ran)) ||
+                                         limit.async_wait(asio::use_awaitable));
+            if (first.index() == 1) {
+                // Closed, borrowed or not: the lock may have been granted as the wait ended.
+                session.close();
+                throw no_answer(context, steady::now() - started);
+            }
+            if (const std::exception_ptr failure = std::get<0>(first)) {
+                std::rethrow_exception(failure);
+            }
         }
-        if (const std::exception_ptr failure = std::get<0>(first)) {
-            std::rethrow_exception(failure);
-        }
+    } catch (...) {
+        interrupted = std::current_exception();
+    }
+    if (interrupted) {
+        // Cancelled once the lock statement had answered (while the token or COMMIT ran): held.
+        granted = lock_granted(ran.results);
+        std::rethrow_exception(interrupted);
     }
     // The caller cleans up after a throw: rolls back what is open, unlocks what was granted.
     const lock_script_answer answer = read_lock_script(ran.results, session.is_open());

@@ -299,6 +299,10 @@ lock_script_answer read_lock_script(const std::vector<result_ptr>& results, bool
     return answer(outcome::failed_after_lock);
 }
 
+bool lock_granted(const std::vector<result_ptr>& results) {
+    return results.size() > lock_statement_index && !failed(results[lock_statement_index].get());
+}
+
 db::error failed_after_lock(const lock_script_answer& answer, const std::string& context,
                             const std::string& script) {
     const char* primary = PQresultErrorField(answer.failure, PG_DIAG_MESSAGE_PRIMARY);

@@ -157,21 +157,7 @@ class connection : public db::basic_connection<connection> {
 
   private:
     friend connection connect(std::string_view, const options&, std::source_location);
-    friend class db::basic_connection<connection>;
-    friend class db::transaction<connection>;
-    struct impl;
-
-    connection(std::unique_ptr<impl> state, std::string description, std::source_location where);
-
-    std::int64_t run(std::string_view sql, std::span<const db::param> params);
-    db::detail::cursor* open(std::string_view sql, std::span<const db::param> params,
-                             bool copy_parameters);
-    void fetch_first(std::string_view sql, std::span<const db::param> params,
-                     db::detail::first_value& value);
-    void begin(const db::transaction_options& options);
-    impl& live(std::string_view operation) const;
-
-    std::unique_ptr<impl> impl_;
+    CTXMGR_DB_BACKEND_HOOKS(connection);
 };
 
 static_assert(db::connection<connection>);

@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <memory>
 #include <optional>
 #include <source_location>
 #include <span>
@@ -33,18 +34,35 @@
 #include "rows.hpp"
 #include "transaction.hpp"
 
+// The private part of a back end's connection class, the same in each: the friends that call
+// its hooks, its state (`struct impl`, defined in the back end's source), the constructor from
+// that state, and the hooks. Written inside the class, after `private:`.
+#define CTXMGR_DB_BACKEND_HOOKS(Connection)                                                       \
+    friend class ::ctxmgr::db::basic_connection<Connection>;                                      \
+    friend class ::ctxmgr::db::transaction<Connection>;                                           \
+    struct impl;                                                                                  \
+    Connection(std::unique_ptr<impl> state, std::string description, std::source_location where); \
+    std::int64_t run(std::string_view sql, std::span<const ::ctxmgr::db::param> params);          \
+    ::ctxmgr::db::detail::cursor* open(                                                           \
+        std::string_view sql, std::span<const ::ctxmgr::db::param> params, bool copy_parameters); \
+    void fetch_first(std::string_view sql, std::span<const ::ctxmgr::db::param> params,           \
+                     ::ctxmgr::db::detail::first_value& value);                                   \
+    void begin(const ::ctxmgr::db::transaction_options& options);                                 \
+    impl& live(std::string_view operation) const;                                                 \
+    std::unique_ptr<impl> impl_
+
 namespace ctxmgr::db {
 
 // The part of a connection that is the same for every back end: the typed calls that bind
 // their parameters and hand them to the back end, transaction(), enter() and exit().
 // Derived (sqlite::connection, postgres::connection) provides, to this class and to
-// db::transaction, as friends:
+// db::transaction, as friends, the members CTXMGR_DB_BACKEND_HOOKS declares:
 //   std::int64_t run(std::string_view sql, std::span<const param>)
 //   detail::cursor* open(std::string_view sql, std::span<const param>, bool copy_parameters)
 //   void fetch_first(std::string_view sql, std::span<const param>, detail::first_value&)
 //   void begin(const transaction_options&)
-//   bool closed() const noexcept
-// and the public members of the concept below (close, is_open, execute_script, ...).
+// and bool closed() const noexcept, and the public members of the concept below (close,
+// is_open, execute_script, ...).
 template <class Derived>
 class basic_connection {
   public:

@@ -242,6 +242,14 @@ struct async_connection::impl {
         co_return last;
     }
 
+    // exchange() of a script (statements separated by ';', the simple protocol). Not a
+    // coroutine: the caller awaits exchange's own.
+    asio::awaitable<result_ptr> exchange_script(std::string_view sql) {
+        return exchange(sql, [this, text = std::string(sql)] {
+            return PQsendQuery(handle, text.c_str()) != 0;
+        });
+    }
+
     // Sends what libpq keeps of the statement (PQflush).
     asio::awaitable<bool> flush(const deadline& limit, bool shielded) {
         for (;;) {
@@ -367,10 +375,9 @@ struct async_connection::impl {
     asio::awaitable<detail::prepared*> prepare(std::string_view sql, std::size_t given) {
         detail::check_parameter_count(sql, given);
         statements.make_room();
-        if (statements.deallocations_waiting() && PQtransactionStatus(handle) != PQTRANS_INERROR) {
+        if (statements.deallocations_due(handle)) {
             const std::string deallocate = statements.take_deallocations();
-            static_cast<void>(co_await exchange(
-                deallocate, [&] { return PQsendQuery(handle, deallocate.c_str()) != 0; }));
+            static_cast<void>(co_await exchange_script(deallocate));
         }
         std::string name = statements.next_name();
         const std::string text(sql);
@@ -528,9 +535,7 @@ asio::awaitable<void> async_connection::async_execute_script(std::string_view sq
     const bool commit = sql == detail::commit_statement && !lost(state.handle);
     std::exception_ptr failure;
     try {
-        const std::string text(sql);
-        const result_ptr result = co_await state.exchange(
-            sql, [&] { return PQsendQuery(state.handle, text.c_str()) != 0; });
+        const result_ptr result = co_await state.exchange_script(sql);
         if (!succeeded(result.get())) fail(state.handle, result.get(), sql);
         co_return;
     } catch (...) {
@@ -555,14 +560,12 @@ asio::awaitable<void> detail::async_run_script(async_connection& c, std::string_
     async_connection::impl& state = c.live("async_execute_script");
     std::exception_ptr failure;
     try {
-        const std::string text(sql);
         state.gather = &out.results;
         struct stop_gathering {
             async_connection::impl& state;
             ~stop_gathering() { state.gather = nullptr; }
         } guard{state};
-        result_ptr last = co_await state.exchange(
-            sql, [&] { return PQsendQuery(state.handle, text.c_str()) != 0; });
+        result_ptr last = co_await state.exchange_script(sql);
         if (last != nullptr) out.results.push_back(std::move(last));
         co_return;
     } catch (...) {

@@ -51,7 +51,7 @@ inline bool forgotten_statement(PGconn* handle, const PGresult* result) noexcept
 
 class statement_cache {
   public:
-    explicit statement_cache(std::size_t capacity = 0) noexcept : capacity_(capacity) {}
+    explicit statement_cache(std::size_t capacity) noexcept : capacity_(capacity) {}
     statement_cache(const statement_cache&) = delete;
     statement_cache& operator=(const statement_cache&) = delete;
 
@@ -83,7 +83,7 @@ class statement_cache {
     std::string next_name() { return "ctxmgr_" + std::to_string(++names_); }
 
     // Before a statement is prepared: when the cache is full, the least recently used one is
-    // forgotten and its name waits in deallocations().
+    // forgotten and its name waits for take_deallocations().
     void make_room() {
         if (cached_ < capacity_) return;
         auto oldest = map_.end();
@@ -123,10 +123,14 @@ class statement_cache {
         }
     }
 
-    // The SQL that deallocates the forgotten statements ("DEALLOCATE a;DEALLOCATE b;"), or
-    // empty; they are no longer waiting once it is taken. The caller sends it outside a failed
-    // transaction, which refuses DEALLOCATE.
-    [[nodiscard]] bool deallocations_waiting() const noexcept { return !to_deallocate_.empty(); }
+    // Whether forgotten statements wait to be deallocated on `handle` and can be now: not in a
+    // failed transaction, which refuses DEALLOCATE, nor on a lost link.
+    [[nodiscard]] bool deallocations_due(PGconn* handle) const noexcept {
+        return !to_deallocate_.empty() && !lost(handle) &&
+               PQtransactionStatus(handle) != PQTRANS_INERROR;
+    }
+    // The SQL that deallocates the forgotten statements ("DEALLOCATE a;DEALLOCATE b;"); they
+    // are no longer waiting once it is taken.
     std::string take_deallocations() {
         std::string sql;
         for (const std::string& name : to_deallocate_) sql += "DEALLOCATE " + name + ';';

@@ -227,14 +227,10 @@ struct connection::impl {
         if (handle != nullptr) PQfinish(handle);
     }
 
-    bool failed_transaction() const noexcept {
-        return PQtransactionStatus(handle) == PQTRANS_INERROR;
-    }
-
     // Deallocates the statements the cache has forgotten. DEALLOCATE is refused in a failed
     // transaction: they wait until the next statement is prepared outside one.
     void flush_deallocations() {
-        if (!statements.deallocations_waiting() || failed_transaction() || lost(handle)) return;
+        if (!statements.deallocations_due(handle)) return;
         const std::string sql = statements.take_deallocations();
         PQclear(PQexec(handle, sql.c_str()));  // a lost link shows on the next statement
     }

@@ -103,6 +103,9 @@ inline const options own_session_options{.statement_cache_size = 0};
 // COMMIT.
 [[nodiscard]] std::string lock_script(std::int64_t key, bool shared,
                                       std::chrono::milliseconds timeout);
+// The index of the first failed result of a script (results.size() when none failed: the
+// server stops at the first failure, so that one comes last).
+[[nodiscard]] std::size_t first_failed(const std::vector<result_ptr>& results);
 // What the answer to lock_script says: every statement's result, in order, the first failed
 // one last.
 struct lock_script_answer {

@@ -109,33 +109,19 @@ std::string literal(connection& session, const std::string& value) {
     return quoted.get();
 }
 
-// The answer to a lock script: every statement's result, and the first that failed.
-struct script_answer {
-    std::vector<result_ptr> results;
-    std::size_t failed_at = 0;  // results.size() when none failed
-
-    [[nodiscard]] const PGresult* failure() const {
-        return failed_at < results.size() ? results[failed_at].get() : nullptr;
-    }
-};
-
-// Runs a lock script, waiting at most `timeout` (plus the grace) from `started`. A server
-// that has not answered by then gets the session closed (whatever it grants later goes with
-// the session) and timeout_error.
-script_answer run_lock_script(connection& session, const std::string& script,
-                              steady::time_point started, std::chrono::milliseconds timeout,
-                              const std::string& context) {
+// Runs a lock script, waiting at most `timeout` (plus the grace) from `started`, and returns
+// every statement's result. A server that has not answered by then gets the session closed
+// (whatever it grants later goes with the session) and timeout_error.
+std::vector<result_ptr> run_lock_script(connection& session, const std::string& script,
+                                        steady::time_point started,
+                                        std::chrono::milliseconds timeout,
+                                        const std::string& context) {
     auto results = run_until(session, script, answer_deadline(started, timeout), context);
     if (!results) {
         session.close();
         throw no_answer(context, steady::now() - started);
     }
-    script_answer answer{std::move(*results), 0};
-    while (answer.failed_at < answer.results.size() &&
-           !failed(answer.results[answer.failed_at].get())) {
-        ++answer.failed_at;
-    }
-    return answer;
+    return std::move(*results);
 }
 
 }  // namespace
@@ -272,12 +258,17 @@ std::string lock_script(std::int64_t key, bool shared, std::chrono::milliseconds
            next_token_statement(std::to_string(key)) + "; COMMIT";
 }
 
+std::size_t first_failed(const std::vector<result_ptr>& results) {
+    std::size_t at = 0;
+    while (at < results.size() && !failed(results[at].get())) ++at;
+    return at;
+}
+
 lock_script_answer read_lock_script(const std::vector<result_ptr>& results, bool session_open) {
     using outcome = lock_script_answer::outcome;
     constexpr std::size_t lock_statement = lock_statement_index;
     constexpr std::size_t token_statement = lock_statement + 1;
-    std::size_t failed_at = 0;
-    while (failed_at < results.size() && !failed(results[failed_at].get())) ++failed_at;
+    const std::size_t failed_at = first_failed(results);
     if (failed_at == results.size()) {
         if (results.size() > token_statement && PQntuples(results[token_statement].get()) == 1) {
             return {outcome::granted, std::stoll(PQgetvalue(results[token_statement].get(), 0, 0)),
@@ -450,9 +441,9 @@ lease& advisory_lock::enter() {
     } else {
         using outcome = lock_script_answer::outcome;
         const std::string script = lock_script(key_.value(), options_.shared, options_.timeout);
-        const script_answer ran =
+        const std::vector<result_ptr> results =
             run_lock_script(session, script, started, options_.timeout, context);
-        const lock_script_answer answer = read_lock_script(ran.results, session.is_open());
+        const lock_script_answer answer = read_lock_script(results, session.is_open());
         switch (answer.what) {
             case outcome::granted:
                 held->token_ = answer.token;
@@ -596,13 +587,14 @@ connection& advisory_xact_lock::enter() {
         "; SET LOCAL statement_timeout = 0; SELECT pg_advisory_xact_lock" + shared + '(' +
         std::to_string(key_.value()) + "); " + restore + "; RELEASE SAVEPOINT ctxmgr_advisory_lock";
     constexpr std::size_t lock_statement = 3;  // the savepoint takes BEGIN's place
-    const script_answer answer =
+    const std::vector<result_ptr> results =
         run_lock_script(session, script, started, options_.timeout, context);
-    const PGresult* failure = answer.failure();
-    if (failure == nullptr) return session;
+    const std::size_t failed_at = first_failed(results);
+    if (failed_at == results.size()) return session;
+    const PGresult* failure = results[failed_at].get();
     if (!session.is_open()) fail(session, failure, context, script);
     const bool timed_out =
-        answer.failed_at == lock_statement && sqlstate_of(failure) == lock_timeout_sqlstate;
+        failed_at == lock_statement && sqlstate_of(failure) == lock_timeout_sqlstate;
     // Back to the savepoint: the transaction goes on as it was, settings included.
     session.execute_script(
         "ROLLBACK TO SAVEPOINT ctxmgr_advisory_lock; RELEASE SAVEPOINT ctxmgr_advisory_lock");

@@ -510,6 +510,29 @@ TEST_F(Tracking, WatchdogCallsBackOnceForEachResourceThatCrossesTheThreshold) {
     EXPECT_EQ(calls.count(brief_id), 0u);
 }
 
+TEST_F(Tracking, AWatchOfOneOwnerSeesThatOwnersResourcesAlone) {
+    const int pool_a = 0;
+    const int pool_b = 0;
+    std::mutex mutex;
+    std::map<std::uint64_t, int> calls;
+    auto callback = [&](const ctxmgr::resource_info& resource) {
+        std::lock_guard lock(mutex);
+        ++calls[resource.id];
+    };
+    const auto here = std::source_location::current();
+    ctxmgr::tracked mine(ctxmgr::detail::tracking_owner{&pool_a}, "pooled connection", "a", here);
+    ctxmgr::tracked theirs(ctxmgr::detail::tracking_owner{&pool_b}, "pooled connection", "b", here);
+    ctxmgr::tracked nobodys("socket", "c");
+    ctxmgr::with(
+        ctxmgr::watch_held_too_long(ctxmgr::detail::tracking_owner{&pool_a}, -1ms, callback),
+        [&] { std::this_thread::sleep_for(50ms); });
+    std::lock_guard lock(mutex);
+    EXPECT_EQ(calls[mine.id()], 1);
+    EXPECT_EQ(calls.count(theirs.id()), 0u);
+    EXPECT_EQ(calls.count(nobodys.id()), 0u);
+    EXPECT_EQ(calls.size(), 1u);
+}
+
 TEST_F(Tracking, WatchdogCallbackExceptionsGoToTheUnraisableHook) {
     unraisable_log hook;
     ctxmgr::tracked slow("socket", "slow");

@@ -86,6 +86,12 @@ struct resource_info {
 
 namespace detail {
 struct tracking_node;
+
+// Whose registration it is, for a watch_held_too_long that looks at one owner's alone (a
+// pool's borrows). Null: nobody's in particular.
+struct tracking_owner {
+    const void* tag = nullptr;
+};
 }  // namespace detail
 
 #if CTXMGR_TRACKING
@@ -99,7 +105,12 @@ class tracked {
     tracked() noexcept = default;
 
     tracked(std::string_view kind, std::string description,
-            std::source_location where = std::source_location::current());
+            std::source_location where = std::source_location::current())
+        : tracked(detail::tracking_owner{}, kind, std::move(description), where) {}
+
+    // Registered as `owner`'s, for the watch_held_too_long of that owner.
+    tracked(detail::tracking_owner owner, std::string_view kind, std::string description,
+            std::source_location where);
 
     tracked(tracked&& other) noexcept : node_(std::exchange(other.node_, nullptr)) {}
     tracked& operator=(tracked&& other) noexcept {
@@ -143,6 +154,7 @@ class tracked {
     tracked() noexcept = default;
     tracked(std::string_view, std::string,
             std::source_location = std::source_location::current()) noexcept {}
+    tracked(detail::tracking_owner, std::string_view, std::string, std::source_location) noexcept {}
     tracked(tracked&&) noexcept = default;
     tracked& operator=(tracked&&) noexcept = default;
     tracked(const tracked&) = delete;
@@ -192,6 +204,10 @@ class [[nodiscard]] watch_held_too_long {
     using callback_type = std::function<void(const resource_info&)>;
 
     watch_held_too_long(std::chrono::nanoseconds threshold, callback_type callback,
+                        std::source_location where = std::source_location::current());
+    // Watches only the resources registered as `owner`'s (a pool watches its borrows so).
+    watch_held_too_long(detail::tracking_owner owner, std::chrono::nanoseconds threshold,
+                        callback_type callback,
                         std::source_location where = std::source_location::current());
     watch_held_too_long(watch_held_too_long&&) noexcept;
     // Stops this one's watchdog first; if this one was never entered, that is reported.

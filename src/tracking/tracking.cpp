@@ -30,6 +30,12 @@
 
 namespace ctxmgr {
 
+namespace detail {
+// held_longer_than for one owner's resources (every one's when owner.tag is null).
+std::vector<resource_info> held_longer_than(std::chrono::nanoseconds threshold,
+                                            tracking_owner owner);
+}  // namespace detail
+
 #if CTXMGR_TRACKING
 
 namespace detail {
@@ -61,6 +67,7 @@ struct tracking_node : tracking_link {
     tracking_shard* shard = nullptr;  // whose list holds it: the registering thread's
     std::uint64_t id = 0;
     std::uint64_t thread = 0;
+    const void* owner = nullptr;   // tracking_owner::tag
     std::int64_t acquired_ns = 0;  // CLOCK_MONOTONIC_COARSE
     std::uint32_t generation = 0;  // the process that registered it (see after_fork_in_child)
     std::uint8_t kind_size = 0;
@@ -295,7 +302,8 @@ std::size_t tracking_shards() noexcept {
 using detail::current_shard;
 using detail::tracking_node;
 
-tracked::tracked(std::string_view kind, std::string description, std::source_location where) {
+tracked::tracked(detail::tracking_owner owner, std::string_view kind, std::string description,
+                 std::source_location where) {
     detail::tracking_shard* shard = current_shard;
     if (shard == nullptr) shard = detail::attach_thread();
     tracking_node* node = shard->free_nodes;
@@ -313,6 +321,7 @@ tracked::tracked(std::string_view kind, std::string description, std::source_loc
     node->shard = shard;
     node->id = shard->next_id++;
     node->thread = shard->thread;
+    node->owner = owner.tag;
     // The precise clock, not the coarse one: a coarse reading lags by a tick and, on a loaded
     // virtual machine whose ticks come late, by several (7.3 ms against a 4 ms tick, measured
     // by bench/coarse_clock_lag), so no margin added to it makes acquired_at an upper bound.
@@ -363,8 +372,15 @@ std::vector<resource_info> live_resources() {
 }
 
 std::vector<resource_info> held_longer_than(std::chrono::nanoseconds threshold) {
-    const std::int64_t cutoff = detail::precise_now_ns() - threshold.count();
-    return detail::collect([&](const tracking_node& node) { return node.acquired_ns < cutoff; });
+    return detail::held_longer_than(threshold, detail::tracking_owner{});
+}
+
+std::vector<resource_info> detail::held_longer_than(std::chrono::nanoseconds threshold,
+                                                    tracking_owner owner) {
+    const std::int64_t cutoff = precise_now_ns() - threshold.count();
+    return collect([&](const tracking_node& node) {
+        return node.acquired_ns < cutoff && (owner.tag == nullptr || node.owner == owner.tag);
+    });
 }
 
 #else  // CTXMGR_TRACKING
@@ -378,6 +394,10 @@ std::vector<resource_info> live_resources() {
 }
 
 std::vector<resource_info> held_longer_than(std::chrono::nanoseconds) {
+    return {};
+}
+
+std::vector<resource_info> detail::held_longer_than(std::chrono::nanoseconds, tracking_owner) {
     return {};
 }
 
@@ -405,6 +425,7 @@ std::string describe(const resource_info& resource) {
 // --- watch_held_too_long ---------------------------------------------------------------
 
 struct watch_held_too_long::state {
+    detail::tracking_owner owner;
     std::chrono::nanoseconds threshold;
     callback_type callback;
     std::mutex mutex;
@@ -424,7 +445,7 @@ struct watch_held_too_long::state {
     // already reported that are still live (ids are never reused, so nothing is skipped).
     void check(std::unordered_set<std::uint64_t>& reported) {
         std::unordered_set<std::uint64_t> still_over;
-        for (const auto& resource : held_longer_than(threshold)) {
+        for (const auto& resource : detail::held_longer_than(threshold, owner)) {
             still_over.insert(resource.id);
             if (reported.contains(resource.id)) continue;
             try {
@@ -469,7 +490,14 @@ struct watch_held_too_long::state {
 
 watch_held_too_long::watch_held_too_long(std::chrono::nanoseconds threshold, callback_type callback,
                                          std::source_location where)
+    : watch_held_too_long(detail::tracking_owner{}, threshold, std::move(callback), where) {
+}
+
+watch_held_too_long::watch_held_too_long(detail::tracking_owner owner,
+                                         std::chrono::nanoseconds threshold, callback_type callback,
+                                         std::source_location where)
     : state_(std::make_unique<state>()), check_(where) {
+    state_->owner = owner;
     state_->threshold = threshold;
     state_->callback = std::move(callback);
 }

@@ -418,6 +418,7 @@ TEST_F(Pool, AConnectionMadeAfterItsWaiterGaveUpJoinsThePool) {
 }
 
 TEST_F(Pool, ABorrowHeldPastTheLeakThresholdIsReportedOnceWithItsLine) {
+    if (!ctxmgr::tracking_enabled) GTEST_SKIP() << "leak reports come from the tracker";
     std::mutex mutex;
     std::vector<ctxmgr::resource_info> reports;
     auto pool = make(
@@ -437,6 +438,11 @@ TEST_F(Pool, ABorrowHeldPastTheLeakThresholdIsReportedOnceWithItsLine) {
     // Soon after the threshold, not at the housekeeper's next routine round (a second).
     ASSERT_TRUE(eventually([&] { return count() == 1; }, 700ms));
     std::this_thread::sleep_for(300ms);  // several more housekeeping rounds: still one report
+    // The report is the tracker's record of the borrow.
+    std::uint64_t tracked_id = 0;
+    for (const auto& r : ctxmgr::live_resources()) {
+        if (r.kind == "pooled connection" && r.description == "\"leaky\"") tracked_id = r.id;
+    }
     held.exit(nullptr);
     std::lock_guard lock(mutex);
     ASSERT_EQ(reports.size(), 1U);
@@ -444,9 +450,65 @@ TEST_F(Pool, ABorrowHeldPastTheLeakThresholdIsReportedOnceWithItsLine) {
     EXPECT_EQ(reports[0].description, "\"leaky\"");
     EXPECT_EQ(reports[0].where.line(), line);
     EXPECT_GE(reports[0].age(), 100ms);
-    if (ctxmgr::tracking_enabled) {
-        EXPECT_NE(reports[0].id, 0U);
+    EXPECT_NE(reports[0].id, 0U);
+    EXPECT_EQ(reports[0].id, tracked_id);
+    EXPECT_NE(reports[0].thread, 0U);
+}
+
+TEST_F(Pool, LeakReportsWatchThisPoolsBorrowsAlone) {
+    if (!ctxmgr::tracking_enabled) GTEST_SKIP() << "leak reports come from the tracker";
+    std::mutex mutex;
+    std::vector<ctxmgr::resource_info> reports;
+    auto watched = make(
+        {.name = "watched", .leak_threshold = 20ms, .on_leak = [&](const ctxmgr::resource_info& r) {
+             std::lock_guard lock(mutex);
+             reports.push_back(r);
+         }});
+    auto other = make({.name = "other"});
+    ctxmgr::tracked unrelated("socket", "held long");
+    auto held_elsewhere = other.connection();
+    static_cast<void>(held_elsewhere.enter());
+    std::this_thread::sleep_for(100ms);  // both past the threshold, neither the pool's
+    {
+        std::lock_guard lock(mutex);
+        EXPECT_TRUE(reports.empty());
     }
+    auto held = watched.connection();
+    static_cast<void>(held.enter());
+    ASSERT_TRUE(eventually([&] {
+        std::lock_guard lock(mutex);
+        return !reports.empty();
+    }));
+    held.exit(nullptr);
+    held_elsewhere.exit(nullptr);
+    std::lock_guard lock(mutex);
+    ASSERT_EQ(reports.size(), 1U);
+    EXPECT_EQ(reports[0].description, "\"watched\"");
+}
+
+TEST_F(Pool, CloseFromOnLeakIsRefused) {
+    if (!ctxmgr::tracking_enabled) GTEST_SKIP() << "leak reports come from the tracker";
+    std::atomic<int> refused{0};
+    std::optional<sqlite_pool> pool;
+    pool.emplace([this] { return sqlite::connect(file_); },
+                 ctxmgr::pool_options{
+                     .name = "self-closing",
+                     .leak_threshold = 20ms,
+                     .on_leak = [&](const ctxmgr::resource_info&) {
+                         try {
+                             pool->close();
+                         } catch (const ctxmgr::protocol_error& e) {
+                             if (std::string(e.what()).find("close() from the pool's own thread") !=
+                                 std::string::npos) {
+                                 ++refused;
+                             }
+                         }
+                     }});
+    auto held = pool->connection();
+    static_cast<void>(held.enter());
+    ASSERT_TRUE(eventually([&] { return refused.load() == 1; }));
+    held.exit(nullptr);
+    EXPECT_NO_THROW(pool->close());
 }
 
 TEST_F(Pool, AnOnLeakThatThrowsGoesToTheUnraisableHook) {

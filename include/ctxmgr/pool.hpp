@@ -50,10 +50,12 @@
 // all go at once) are closed when idle and not lent again, and min_idle connections are kept
 // open. Every idle connection is looked at (pool_traits::usable) once a second, and at once
 // when a borrower found one broken: after a server restart, the sessions it ended are
-// replaced without a request failing. A borrow held longer than leak_threshold is reported once,
-// with the borrower's source line, to on_leak (HikariCP's leak detection): each borrow is
-// registered with the leak tracker (kind "pooled connection", described by the pool's quoted name),
-// so report_live() and expect_no_leaks() see borrows too.
+// replaced without a request failing. Each borrow is registered with the leak tracker (kind
+// "pooled connection", described by the pool's quoted name), so report_live() and
+// expect_no_leaks() see borrows too; a borrow held longer than leak_threshold is reported once,
+// with the borrower's source line and thread, to on_leak (HikariCP's leak detection) by the
+// tracker's watch_held_too_long over the pool's own borrows. Built with CTXMGR_TRACKING=OFF,
+// there is nothing to watch and leak_threshold reports nothing.
 //
 // Observing and operating (each documented where it is declared): metrics(), status() and
 // write_prometheus() (OpenTelemetry's names); suspend()/resume(), evict_idle()/evict_all(),
@@ -126,10 +128,12 @@ struct pool_options {
     // How long that ping may wait for the answer (HikariCP's validationTimeout: 5 s); also
     // cut to the borrower's time left, down to 250 ms. 0: no limit but the borrower's.
     std::chrono::milliseconds validation_timeout{5'000};
-    // A borrow held longer than this is reported to on_leak, once.
+    // A borrow held longer than this is reported to on_leak, once (checked every quarter of
+    // it, between 1 and 100 ms, as watch_held_too_long checks).
     std::chrono::milliseconds leak_threshold{0};
-    // Receives the borrow (kind "pooled connection", its source line, when it began), on the
-    // pool's thread; what it throws goes to the unraisable hook. Empty: one line to stderr.
+    // Receives the borrow as the leak tracker records it (kind "pooled connection", its source
+    // line and thread, when it began), on the pool's watch thread; what it throws goes to the
+    // unraisable hook. close() from here throws protocol_error. Empty: one line to stderr.
     std::function<void(const resource_info&)> on_leak{};
     // How long the destructor and exit() wait for borrowed connections.
     std::chrono::milliseconds close_timeout{5'000};
@@ -312,8 +316,6 @@ class pool_core;
 void pool_dispose(pool_core* core) noexcept;
 [[nodiscard]] pool_entry_base* pool_acquire(pool_core& core, std::chrono::nanoseconds timeout,
                                             const std::source_location& where);
-// After the borrow's leak registration is made: its id, for on_leak.
-void pool_registered(pool_entry_base& entry, std::uint64_t id) noexcept;
 void pool_release(pool_core& core, pool_entry_base& entry, bool reusable) noexcept;
 
 // Borrowing without blocking a thread (async_pool.hpp drives it from a coroutine). An
@@ -444,12 +446,13 @@ class pool_loan {
         entry_ = entry;
         if constexpr (tracking_enabled) {
             try {
-                tracked_ = tracked("pooled connection", pool_quoted_name(*core_), where);
+                // Registered as the core's: its leak watch looks at its own borrows.
+                tracked_ = tracked(tracking_owner{core_}, "pooled connection",
+                                   pool_quoted_name(*core_), where);
             } catch (...) {
                 give_back(nullptr);
                 throw;
             }
-            pool_registered(*entry, tracked_.id());
         }
         return *static_cast<Connection*>(entry->connection);
     }

@@ -60,7 +60,7 @@ void check_options(const pool_options& o) {
 }  // namespace
 
 pool_core::pool_core(std::unique_ptr<pool_connector> connector, pool_options options,
-          std::source_location where)
+                     std::source_location where)
     : connector_(std::move(connector)),
       options_(std::move(options)),
       quoted_name_(quoted(options_.name)),
@@ -78,12 +78,8 @@ pool_core::pool_core(std::unique_ptr<pool_connector> connector, pool_options opt
 
 pool_stats pool_core::stats() const {
     std::lock_guard lock(mutex_);
-    return pool_stats{idle_.size() + in_use_,
-                      idle_.size(),
-                      in_use_,
-                      waiters_.size(),
-                      accounting_.created(),
-                      accounting_.destroyed(),
+    return pool_stats{idle_.size() + in_use_, idle_.size(),          in_use_,
+                      waiters_.size(),        accounting_.created(), accounting_.destroyed(),
                       accounting_.timeouts()};
 }
 

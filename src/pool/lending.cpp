@@ -1,0 +1,411 @@
+// Lending and returning: the pool's hot path, a borrower's wait, the steps of an asynchronous
+// borrow, and the bridge functions pool.hpp's typed part calls on every borrow (defined here,
+// beside what they call, so that each is one call).
+#include <algorithm>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "ctxmgr/release.hpp"
+
+#include "ctxmgr/detail/source_site.hpp"
+#include "pool/pool_core.hpp"
+#include "support/clocks.hpp"
+
+namespace ctxmgr::detail {
+
+namespace {
+
+// An idle connection older than this is looked at (pool_traits::usable) before it is lent:
+// one coarse-clock tick at least, so that a borrow right after a return pays nothing.
+constexpr std::int64_t look_after_ns = 1'000'000;
+// Waits longer than this are unbounded for all purposes (and cannot overflow a time point).
+constexpr std::chrono::nanoseconds longest_wait = std::chrono::hours(24 * 365 * 10);
+// Borrowers listed in a message, at most.
+constexpr std::size_t listed_borrowers = 10;
+
+}  // namespace
+
+std::string what_of(const std::exception_ptr& e) {
+    try {
+        std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+        return ex.what();
+    } catch (...) {
+        return "an unknown exception";
+    }
+}
+
+pool_entry* pool_core::acquire(std::chrono::nanoseconds timeout,
+                               const std::source_location& where) {
+    const std::int64_t now = coarse_now_ns();
+    std::unique_lock lock(mutex_);
+    if (!closing_ && !suspended_ && !idle_.empty()) [[likely]] {
+        pool_entry& e = lend(now, where);
+        const bool fresh = now - e.idle_since < look_after_ns &&
+                           now - e.idle_since < validate_ns_ && now < e.retire_at;
+        if (fresh) [[likely]] {
+            // No clock read for a borrow that neither waited nor checked, and no write to
+            // the accounting's lines: a count on the line the lock is on.
+            ++unwaited_;
+            return &e;
+        }
+        lock.unlock();
+        // The borrower's time starts here: what checking `e` takes is part of it.
+        const auto started = steady::now();
+        const auto deadline = deadline_after(timeout, started);
+        if (ready(e, now, deadline)) return obtained(e, started);
+        lock.lock();
+        return acquire_waiting(lock, started, deadline, where);
+    }
+    const auto started = steady::now();
+    return acquire_waiting(lock, started, deadline_after(timeout, started), where);
+}
+
+void pool_core::release(pool_entry& e, bool reusable, bool used) noexcept {
+    const std::int64_t now = coarse_now_ns();
+    {
+        std::unique_lock lock(mutex_);
+        e.lent = false;
+        --in_use_;
+        if (used) {
+            // Within one coarse tick, a use counts 0: counted on the line the lock is on.
+            if (now == e.lent_at) [[likely]] {
+                ++instant_uses_;
+            } else {
+                accounting_.used(std::chrono::nanoseconds(now - e.lent_at));
+            }
+        }
+        if (reusable && !closing_ && now < e.retire_at && e.generation == generation_ &&
+            occupied_ - discarding_ <= max_size_) [[likely]] {
+            e.idle_since = now;
+            if (waiters_.empty() || suspended_) [[likely]] {
+                idle_.push_back(&e);  // never allocates: reserved for max_size
+                return;
+            }
+            // The longest waiting borrower is woken to take it, but a borrower already
+            // running may take it first (no context switch: far more throughput when
+            // threads outnumber connections). One that lost so once is handed the next
+            // connection outright: a waiter is overtaken at most once in a row.
+            pool_waiter* w = &waiters_.front();
+            if (w->overtaken) {
+                hand_over(e, now);
+            } else {
+                idle_.push_back(&e);
+                waiters_.remove(*w);
+            }
+            lock.unlock();
+            w->release();
+            return;
+        }
+        accounting_.destroyed(1);
+        ++discarding_;
+    }
+    connector_->destroy(e.connection);
+    finish_discard(e);
+}
+
+detail::deadline pool_core::deadline_after(std::chrono::nanoseconds timeout,
+                                           steady::time_point started) const noexcept {
+    if (timeout == std::chrono::nanoseconds::max()) timeout = options_.acquire_timeout;
+    return detail::deadline::after(std::min(timeout, longest_wait), started);
+}
+
+// One step of an asynchronous borrow (pool_acquire_async in pool.hpp): a synchronous
+// borrow up to its wait, which the borrower's coroutine does instead of sleeping here.
+pool_entry* pool_core::acquire_async(pool_async_waiter& a, bool overtaken,
+                                     const detail::deadline& deadline, steady::time_point started,
+                                     const std::source_location& where) {
+    auto record = std::make_unique<pool_waiter>();  // before anything changes: may throw
+    record->async = &a;
+    std::unique_lock lock(mutex_);
+    a.handed = nullptr;
+    if (pool_entry* e = lend_or_queue(lock, *record, overtaken, deadline, started, where,
+                                      "async_connection()")) {
+        return e;
+    }
+    a.queued = record.release();  // under the mutex still: nobody has dequeued it yet
+    return nullptr;
+}
+
+bool pool_core::withdraw(pool_async_waiter& a) noexcept {
+    std::lock_guard lock(mutex_);
+    if (a.queued == nullptr) return false;
+    pool_waiter* record = static_cast<pool_waiter*>(a.queued);
+    waiters_.remove(*record);
+    delete record;  // NOLINT: allocated by acquire_async
+    return true;
+}
+
+pool_entry* pool_core::take_handed(pool_async_waiter& a, const detail::deadline& deadline,
+                                   steady::time_point started) noexcept {
+    pool_entry* e = static_cast<pool_entry*>(std::exchange(a.handed, nullptr));
+    if (e == nullptr || !ready(*e, coarse_now_ns(), deadline)) return nullptr;
+    return obtained(*e, started);
+}
+
+// How long a validation ping may wait: validation_timeout, cut to what the borrower has
+// left, but not below 250 ms (HikariCP's floor for its validationTimeout) unless
+// validation_timeout is smaller: a borrower nearly out of time, or asking not to wait,
+// must not have a healthy connection closed for want of time to hear it answer.
+std::chrono::milliseconds pool_core::ping_timeout(const detail::deadline& deadline) const noexcept {
+    constexpr std::chrono::milliseconds floor{250};
+    const auto limit = options_.validation_timeout.count() > 0 ? options_.validation_timeout
+                                                               : std::chrono::milliseconds::max();
+    return std::min(limit, std::max(deadline.remaining_ms(), floor));
+}
+
+// A connection lent failed its check: destroyed. Broken while idle, it is probably not
+// alone (a server restart ends every session): the housekeeper looks at the other idle
+// connections now.
+void pool_core::failed_check(pool_entry& e) noexcept {
+    {
+        std::lock_guard lock(mutex_);
+        sweep_ = true;
+    }
+    housekeeper_wake_.notify_one();
+    release(e, false, false);
+}
+
+// Lends the most recently returned idle connection (under the mutex).
+pool_entry& pool_core::lend(std::int64_t now, const std::source_location& where) noexcept {
+    pool_entry& e = *idle_.back();
+    idle_.pop_back();
+    lend(e, now, where);
+    if (idle_.size() < min_idle_ && creation_wanted()) creator_wake_.notify_one();
+    return e;
+}
+
+void pool_core::lend(pool_entry& e, std::int64_t now, const std::source_location& where) noexcept {
+    e.lent = true;
+    e.ping_due = false;
+    e.lent_at = now;
+    e.where = where;
+    ++in_use_;
+}
+
+// Checks a connection just lent (without the mutex); destroys it when it fails. A ping
+// the borrower awaits is left to it (ping_due), after the look without a round trip.
+bool pool_core::ready(pool_entry& e, std::int64_t now, const detail::deadline& deadline) noexcept {
+    const std::int64_t idle_for = now - e.idle_since;
+    if (now >= e.retire_at) {
+        release(e, false, false);
+        return false;
+    }
+    const bool to_ping = idle_for >= validate_ns_;
+    bool ok = true;
+    if (to_ping && !connector_->pinged_by_borrower()) {
+        ok = connector_->ping(e.connection, ping_timeout(deadline));
+    } else if (to_ping || idle_for >= look_after_ns) {
+        ok = connector_->usable(e.connection);
+        e.ping_due = ok && to_ping;
+    }
+    if (ok) return true;
+    failed_check(e);
+    return false;
+}
+
+// A borrow before its wait (under the mutex): lends an idle connection, checked, and
+// returns it; throws closed_error, timeout_error (`deadline` passed), too_many_waiters; or
+// queues `w` (first when `overtaken`) and returns nullptr with the mutex still held.
+pool_entry* pool_core::lend_or_queue(std::unique_lock<std::mutex>& lock, pool_waiter& w,
+                                     bool overtaken, const detail::deadline& deadline,
+                                     steady::time_point started, const std::source_location& where,
+                                     const char* call) {
+    for (;;) {
+        if (closing_) throw closed_error(std::string(call) + " on closed " + description_);
+        if (!idle_.empty() && !suspended_) {
+            const std::int64_t now = coarse_now_ns();
+            pool_entry& e = lend(now, where);
+            lock.unlock();
+            if (ready(e, now, deadline)) return obtained(e, started);
+            lock.lock();
+            continue;
+        }
+        const auto now = steady::now();
+        if (deadline.expired(now)) {
+            accounting_.timed_out();
+            throw_timeout(lock, started, now);
+        }
+        if (!overtaken && options_.max_waiting > 0 && waiters_.size() >= options_.max_waiting) {
+            accounting_.refused();
+            const std::string what = "a connection from " + description_ + ": " +
+                                     std::to_string(waiters_.size()) +
+                                     " borrowers are waiting already (max_waiting " +
+                                     std::to_string(options_.max_waiting) + ')';
+            lock.unlock();
+            throw too_many_waiters(what);
+        }
+        w.where = where;
+        w.started = started;
+        w.overtaken = overtaken;
+        waiters_.push(w, overtaken);
+        if (creation_wanted()) creator_wake_.notify_one();
+        return nullptr;
+    }
+}
+
+pool_entry* pool_core::acquire_waiting(std::unique_lock<std::mutex>& lock,
+                                       steady::time_point started, const detail::deadline& deadline,
+                                       const std::source_location& where) {
+    bool overtaken = false;
+    for (;;) {
+        pool_waiter w;
+        if (pool_entry* e =
+                lend_or_queue(lock, w, overtaken, deadline, started, where, "connection()")) {
+            return e;
+        }
+        lock.unlock();
+        if (!w.wait(deadline)) {
+            lock.lock();
+            if (!w.dequeued) {
+                waiters_.remove(w);  // timed out; the next round throws
+                continue;
+            }
+            lock.unlock();
+            w.wait_released();
+        }
+        if (w.handed != nullptr && ready(*w.handed, coarse_now_ns(), deadline)) {
+            return obtained(*w.handed, started);
+        }
+        lock.lock();
+        // Woken for an idle connection: gone already if another borrower took it. Then
+        // back to the front of the queue, to be handed the next one.
+        overtaken = w.handed == nullptr && idle_.empty();
+    }
+}
+
+// Records the wait of a borrower that began at `started` and has `e` now (not under the
+// mutex; the slow paths only).
+pool_entry* pool_core::obtained(pool_entry& e, steady::time_point started) noexcept {
+    const auto waited = steady::now() - started;
+    std::lock_guard lock(mutex_);
+    accounting_.waited(waited);
+    return &e;
+}
+
+// Lends `e` to the first waiter (under the mutex); release() it after unlocking.
+pool_waiter& pool_core::hand_over(pool_entry& e, std::int64_t now) noexcept {
+    pool_waiter& w = waiters_.remove(waiters_.front());
+    lend(e, now, w.where);
+    w.handed = &e;
+    if (w.async != nullptr) w.async->handed = &e;
+    return w;
+}
+
+[[noreturn]] void pool_core::throw_timeout(std::unique_lock<std::mutex>& lock,
+                                           steady::time_point started, steady::time_point now) {
+    std::string what = "a connection from " + description_ + " (max_size " +
+                       std::to_string(max_size_) + ": " + std::to_string(in_use_) + " in use, " +
+                       std::to_string(idle_.size()) + " idle, " + std::to_string(waiters_.size()) +
+                       " waiting";
+    if (creating_) what += ", 1 being made";
+    if (suspended_) what += ", suspended";
+    what += ')';
+    if (in_use_ > 0) what += "; borrowed at " + borrowers(coarse_now_ns());
+    std::exception_ptr failure;
+    if (last_failure_ && last_failure_at_ >= started) {
+        failure = last_failure_;
+        what += "; the last connection attempt failed " + format_duration(now - last_failure_at_) +
+                " ago: " + what_of(failure);
+    }
+    lock.unlock();
+    throw_chained(timeout_error(what, now - started), failure);
+}
+
+std::string pool_core::borrowers(std::int64_t now) const {
+    std::vector<const pool_entry*> lent;
+    for (const pool_entry& e : slots_) {
+        if (e.lent) lent.push_back(&e);
+    }
+    std::sort(lent.begin(), lent.end(),
+              [](const pool_entry* a, const pool_entry* b) { return a->lent_at < b->lent_at; });
+    std::string text;
+    for (std::size_t i = 0; i < lent.size() && i < listed_borrowers; ++i) {
+        if (i > 0) text += ", ";
+        const pool_entry& e = *lent[i];
+        append_site(text, e.where);
+        text += " (held ";
+        text += format_duration(std::chrono::nanoseconds(now - e.lent_at));
+        text += ')';
+    }
+    if (lent.size() > listed_borrowers) {
+        text += " and " + std::to_string(lent.size() - listed_borrowers) + " more";
+    }
+    return text;
+}
+
+void pool_core::discard(const std::vector<pool_entry*>& entries) noexcept {
+    for (pool_entry* e : entries) {
+        connector_->destroy(e->connection);
+        finish_discard(*e);
+    }
+}
+
+void pool_core::finish_discard(pool_entry& e) noexcept {
+    bool free_core = false;
+    {
+        std::lock_guard lock(mutex_);
+        e.connection = nullptr;
+        e.occupied = false;
+        --occupied_;
+        --discarding_;
+        if (closing_) {
+            if (drained()) {
+                drained_.notify_all();
+                free_core = orphaned_;
+            }
+        } else if (creation_wanted()) {
+            creator_wake_.notify_one();
+        }
+    }
+    if (free_core) delete this;
+}
+
+// --- the bridge: what pool.hpp calls on every borrow ---
+
+pool_entry_base* pool_acquire(pool_core& core, std::chrono::nanoseconds timeout,
+                              const std::source_location& where) {
+    return core.acquire(timeout, where);
+}
+
+deadline pool_deadline(const pool_core& core, std::chrono::nanoseconds timeout,
+                       std::chrono::steady_clock::time_point started) noexcept {
+    return core.deadline_after(timeout, started);
+}
+
+pool_entry_base* pool_acquire_async(pool_core& core, pool_async_waiter& waiter, bool overtaken,
+                                    const deadline& limit,
+                                    std::chrono::steady_clock::time_point started,
+                                    const std::source_location& where) {
+    return core.acquire_async(waiter, overtaken, limit, started, where);
+}
+
+bool pool_withdraw(pool_core& core, pool_async_waiter& waiter) noexcept {
+    return core.withdraw(waiter);
+}
+
+pool_entry_base* pool_take_handed(pool_core& core, pool_async_waiter& waiter, const deadline& limit,
+                                  std::chrono::steady_clock::time_point started) {
+    return core.take_handed(waiter, limit, started);
+}
+
+void pool_return_unused(pool_core& core, pool_entry_base& entry, bool reusable) noexcept {
+    core.release(static_cast<pool_entry&>(entry), reusable, false);
+}
+
+void pool_failed_ping(pool_core& core, pool_entry_base& entry) noexcept {
+    core.failed_check(static_cast<pool_entry&>(entry));
+}
+
+std::chrono::milliseconds pool_ping_timeout(const pool_core& core, const deadline& limit) noexcept {
+    return core.ping_timeout(limit);
+}
+
+void pool_release(pool_core& core, pool_entry_base& entry, bool reusable) noexcept {
+    core.release(static_cast<pool_entry&>(entry), reusable);
+}
+
+}  // namespace ctxmgr::detail

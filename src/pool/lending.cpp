@@ -210,7 +210,7 @@ bool pool_core::ready(pool_entry& e, std::int64_t now, const detail::deadline& d
 // A borrow before its wait (under the mutex): lends an idle connection, checked, and
 // returns it; throws closed_error, timeout_error (`deadline` passed), too_many_waiters; or
 // queues `w` (first when `overtaken`) and returns nullptr with the mutex still held.
-pool_entry* pool_core::lend_or_queue(std::unique_lock<std::mutex>& lock, pool_waiter& w,
+pool_entry* pool_core::lend_or_queue(std::unique_lock<futex_mutex>& lock, pool_waiter& w,
                                      bool overtaken, const detail::deadline& deadline,
                                      steady::time_point started, const std::source_location& where,
                                      const char* call) {
@@ -247,7 +247,7 @@ pool_entry* pool_core::lend_or_queue(std::unique_lock<std::mutex>& lock, pool_wa
     }
 }
 
-pool_entry* pool_core::acquire_waiting(std::unique_lock<std::mutex>& lock,
+pool_entry* pool_core::acquire_waiting(std::unique_lock<futex_mutex>& lock,
                                        steady::time_point started, const detail::deadline& deadline,
                                        const std::source_location& where) {
     bool overtaken = false;
@@ -295,7 +295,7 @@ pool_waiter& pool_core::hand_over(pool_entry& e, std::int64_t now) noexcept {
     return w;
 }
 
-[[noreturn]] void pool_core::throw_timeout(std::unique_lock<std::mutex>& lock,
+[[noreturn]] void pool_core::throw_timeout(std::unique_lock<futex_mutex>& lock,
                                            steady::time_point started, steady::time_point now) {
     std::string what = "a connection from " + description_ + " (max_size " +
                        std::to_string(max_size_) + ": " + std::to_string(in_use_) + " in use, " +

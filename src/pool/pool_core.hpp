@@ -10,7 +10,8 @@
 //
 // One mutex guards everything. Lending and returning hold it for a few instructions (a pop
 // or a push on the idle stack), so uncontended they cost two lock/unlock pairs; every slow
-// thing (connecting, pinging, closing a connection, reporting) runs outside it. What they
+// thing (connecting, pinging, closing a connection, reporting) runs outside it. It is a
+// futex_mutex: a borrower that finds it taken tries again a few times before sleeping. What they
 // write under it sits on two cache lines of its own and each connection's entry on another:
 // with threads on two cores taking turns, every line written is fetched from the other core
 // while the lock is held. Borrowers that wait queue first come, first served; woken, a waiter
@@ -51,6 +52,7 @@
 #include "ctxmgr/detail/deadline.hpp"
 #include "pool/pool_accounting.hpp"
 #include "pool/waiter_queue.hpp"
+#include "support/threads.hpp"
 
 namespace ctxmgr::detail {
 
@@ -65,7 +67,7 @@ inline constexpr std::size_t cache_line = 64;
 // The message of a failure, for the pool's own messages.
 [[nodiscard]] std::string what_of(const std::exception_ptr& e);
 
-static_assert(sizeof(std::mutex) + sizeof(std::vector<void*>) <= cache_line,
+static_assert(sizeof(futex_mutex) + sizeof(std::vector<void*>) <= cache_line,
               "the pool's lock and its idle stack share a cache line");
 
 // A cache line each: the borrower of one connection writes its entry on lending and
@@ -138,15 +140,15 @@ class pool_core {
     pool_entry& lend(std::int64_t now, const std::source_location& where) noexcept;
     void lend(pool_entry& e, std::int64_t now, const std::source_location& where) noexcept;
     bool ready(pool_entry& e, std::int64_t now, const detail::deadline& deadline) noexcept;
-    pool_entry* lend_or_queue(std::unique_lock<std::mutex>& lock, pool_waiter& w, bool overtaken,
+    pool_entry* lend_or_queue(std::unique_lock<futex_mutex>& lock, pool_waiter& w, bool overtaken,
                               const detail::deadline& deadline, steady::time_point started,
                               const std::source_location& where, const char* call);
-    pool_entry* acquire_waiting(std::unique_lock<std::mutex>& lock, steady::time_point started,
+    pool_entry* acquire_waiting(std::unique_lock<futex_mutex>& lock, steady::time_point started,
                                 const detail::deadline& deadline,
                                 const std::source_location& where);
     pool_entry* obtained(pool_entry& e, steady::time_point started) noexcept;
     pool_waiter& hand_over(pool_entry& e, std::int64_t now) noexcept;
-    [[noreturn]] void throw_timeout(std::unique_lock<std::mutex>& lock, steady::time_point started,
+    [[noreturn]] void throw_timeout(std::unique_lock<futex_mutex>& lock, steady::time_point started,
                                     steady::time_point now);
     // "app.cpp:42 in void f() (held 1.2 s), ..." for the lent connections, oldest first.
     [[nodiscard]] std::string borrowers(std::int64_t now) const;
@@ -191,7 +193,7 @@ class pool_core {
     // cores take turns, each line written is a transfer from the other core, made while the
     // lock is held (and the longer the lock is held, the likelier a borrower finds it taken
     // and sleeps). The histograms' zeros are counted here (see pool_accounting.hpp).
-    alignas(cache_line) mutable std::mutex mutex_;
+    alignas(cache_line) mutable futex_mutex mutex_;
     std::vector<pool_entry*> idle_;  // most recently returned last
     alignas(cache_line) std::size_t in_use_ = 0;
     waiter_queue waiters_;
@@ -208,10 +210,10 @@ class pool_core {
     std::uint64_t generation_ = 0;  // evict_all() calls
 
     alignas(cache_line) pool_accounting accounting_;
-    std::condition_variable creator_wake_;
-    std::condition_variable housekeeper_wake_;
-    std::condition_variable drained_;
-    std::condition_variable initialized_;  // the first connection, for initialization_timeout
+    std::condition_variable_any creator_wake_;
+    std::condition_variable_any housekeeper_wake_;
+    std::condition_variable_any drained_;
+    std::condition_variable_any initialized_;  // the first connection, for initialization_timeout
     bool creating_ = false;
     bool sweep_ = false;         // a borrower found a broken connection: look at the idle ones now
     bool initializing_ = false;  // initialization_timeout: one connection wanted at once

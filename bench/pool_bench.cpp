@@ -110,7 +110,9 @@ BENCHMARK(connect_sqlite)->Unit(benchmark::kMicrosecond);
 // client's context switches per query (getrusage, every thread of this process). Next to the
 // goal's pair (8 threads through a pool of 4, 8 threads on 8 dedicated connections): 4
 // threads on 4 dedicated connections (what 4 sessions can do at best), 4 threads through the
-// pool of 4 (the pool without waiting), and 8 threads through SOCI's pool of 4.
+// pool of 4 (the pool without waiting), 8 threads through mutex_pool over 4 connections (the
+// floor of any pool of 4 serving 8 threads: each borrower that finds none idle sleeps), and 8
+// threads through SOCI's pool of 4.
 
 // ---- borrow and return from 1, 8, 32 threads, paired ------------------------------------
 // A pool of 4 SQLite :memory: connections, each thread borrowing and returning at once: what
@@ -176,13 +178,29 @@ BENCHMARK(borrow_return_paired)
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
+// `count` connections to `conninfo`, for a mutex_pool.
+std::vector<ctxmgr::postgres::connection> open_postgres(const std::string& conninfo, int count) {
+    std::vector<ctxmgr::postgres::connection> connections;
+    for (int i = 0; i < count; ++i) connections.push_back(ctxmgr::postgres::connect(conninfo));
+    return connections;
+}
+
+// A thread's SELECT 1 through a mutex_pool.
+auto through(kernels::postgres_mutex_pool& floor) {
+    return [&floor](std::size_t) {
+        ctxmgr::postgres::connection c = floor.borrow();
+        benchmark::DoNotOptimize(kernels::select_one(c));
+        floor.give_back(std::move(c));
+    };
+}
+
 void select1_8_threads_paired(benchmark::State& state) {
     if (skip_without_postgres(state)) return;
     constexpr int per_thread = 500;
     const std::string conninfo = postgres_server().conninfo;
     auto pool = make_postgres_pool(4);
-    std::vector<ctxmgr::postgres::connection> dedicated;
-    for (int t = 0; t < 8; ++t) dedicated.push_back(ctxmgr::postgres::connect(conninfo));
+    std::vector<ctxmgr::postgres::connection> dedicated = open_postgres(conninfo, 8);
+    kernels::postgres_mutex_pool floor(open_postgres(conninfo, 4));
     auto through_pool = [&](std::size_t) {
         ctxmgr::with(pool.connection(), [](ctxmgr::postgres::connection& c) {
             benchmark::DoNotOptimize(kernels::select_one(c));
@@ -196,6 +214,7 @@ void select1_8_threads_paired(benchmark::State& state) {
         {"dedicated8", [&] { return run_threads(8, per_thread, on_dedicated); }},
         {"dedicated4", [&] { return run_threads(4, per_thread, on_dedicated); }},
         {"pool4_4threads", [&] { return run_threads(4, per_thread, through_pool); }},
+        {"mutex_pool4", [&] { return run_threads(8, per_thread, through(floor)); }},
     };
 #if defined(CTXMGR_BENCH_SOCI)
     soci::connection_pool soci_pool(4);
@@ -213,7 +232,9 @@ void select1_8_threads_paired(benchmark::State& state) {
     state.counters["pool4/dedicated8"] = qps[0] / qps[1];
     state.counters["pool4/dedicated4"] = qps[0] / qps[2];
     state.counters["pool4_4threads/dedicated4"] = qps[3] / qps[2];
-    if (qps.size() > 4) state.counters["pool4/soci_pool4"] = qps[0] / qps[4];
+    state.counters["pool4/mutex_pool4"] = qps[0] / qps[4];
+    state.counters["mutex_pool4/dedicated8"] = qps[4] / qps[1];
+    if (qps.size() > 5) state.counters["pool4/soci_pool4"] = qps[0] / qps[5];
 }
 BENCHMARK(select1_8_threads_paired)->Iterations(15)->Unit(benchmark::kMillisecond)->UseRealTime();
 
@@ -226,8 +247,8 @@ void select1_4_threads_paired(benchmark::State& state) {
     constexpr int per_thread = 500;
     const std::string conninfo = postgres_server().conninfo;
     auto pool = make_postgres_pool(4);
-    std::vector<ctxmgr::postgres::connection> dedicated;
-    for (int t = 0; t < 4; ++t) dedicated.push_back(ctxmgr::postgres::connect(conninfo));
+    std::vector<ctxmgr::postgres::connection> dedicated = open_postgres(conninfo, 4);
+    kernels::postgres_mutex_pool floor(open_postgres(conninfo, 4));
     const std::vector<variant> variants = {
         {"pool4",
          [&] {
@@ -243,9 +264,12 @@ void select1_4_threads_paired(benchmark::State& state) {
                  benchmark::DoNotOptimize(kernels::select_one(dedicated[t]));
              });
          }},
+        {"mutex_pool4", [&] { return run_threads(4, per_thread, through(floor)); }},
     };
     const std::vector<double> qps = run_paired(state, variants, "qps");
     state.counters["pool4/dedicated4"] = qps[0] / qps[1];
+    state.counters["pool4/mutex_pool4"] = qps[0] / qps[2];
+    state.counters["mutex_pool4/dedicated4"] = qps[2] / qps[1];
 }
 BENCHMARK(select1_4_threads_paired)->Iterations(30)->Unit(benchmark::kMillisecond)->UseRealTime();
 

@@ -70,6 +70,7 @@ class mutex_pool {
 };
 
 using sqlite_mutex_pool = mutex_pool<ctxmgr::sqlite::connection>;
+using postgres_mutex_pool = mutex_pool<ctxmgr::postgres::connection>;
 
 // Borrow, touch the connection, give back.
 CTXMGR_KERNEL inline void pool_cycle_sqlite(sqlite_pool& pool, int& work) {

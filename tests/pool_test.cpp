@@ -11,6 +11,7 @@
 #include <ctxmgr/with.hpp>
 
 #include <gtest/gtest.h>
+#include <pthread.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,9 +19,11 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -337,6 +340,65 @@ TEST_F(Pool, AWaiterGetsTheConnectionAnotherThreadGivesBack) {
     const auto s = pool.stats();
     EXPECT_EQ(s.timeouts, 0U);
     EXPECT_EQ(s.created, 1U);
+}
+
+// A thread held in a signal handler: woken meanwhile, it cannot run until let go.
+std::atomic<bool> in_handler{false};
+std::atomic<bool> held_in_handler{false};
+
+extern "C" void hold_while_asked(int) {
+    in_handler = true;
+    const timespec tick{0, 1'000'000};
+    while (held_in_handler) nanosleep(&tick, nullptr);
+    in_handler = false;
+}
+
+TEST_F(Pool, AWaiterOvertakenOnceIsServedNext) {
+    auto pool = make({.max_size = 1, .acquire_timeout = 30s});
+    auto held = pool.connection();
+    static_cast<void>(held.enter());
+    std::mutex mutex;
+    std::vector<std::string> order;
+    const auto served = [&](const char* who) {
+        return [&, who](sqlite::connection&) {
+            std::lock_guard lock(mutex);
+            order.emplace_back(who);
+        };
+    };
+    std::thread first([&] { ctxmgr::with(pool.connection(), served("first")); });
+    ASSERT_TRUE(eventually([&] { return pool.stats().waiting == 1; }));
+    // The first waiter is kept from running while it is woken for the returned connection,
+    // so that a borrower already running takes it: the first waiter is overtaken.
+    struct sigaction hold {};
+    struct sigaction previous {};
+    hold.sa_handler = hold_while_asked;
+    sigemptyset(&hold.sa_mask);
+    ASSERT_EQ(sigaction(SIGUSR1, &hold, &previous), 0);
+    held_in_handler = true;
+    ASSERT_EQ(pthread_kill(first.native_handle(), SIGUSR1), 0);
+    ASSERT_TRUE(eventually([&] { return in_handler.load(); }));
+    held.exit(nullptr);
+    auto overtaking = pool.connection(0s);
+    static_cast<void>(overtaking.enter());
+    // A later borrower queues while the first is still held.
+    std::thread later([&] { ctxmgr::with(pool.connection(), served("later")); });
+    ASSERT_TRUE(eventually([&] { return pool.stats().waiting == 1; }));
+    held_in_handler = false;
+    // Back in the queue, ahead of the later one.
+    ASSERT_TRUE(eventually([&] { return pool.stats().waiting == 2; }));
+    ASSERT_TRUE(eventually([&] { return !in_handler.load(); }));
+    // Held again: the connection returned now is handed to it, not left for whoever runs.
+    held_in_handler = true;
+    ASSERT_EQ(pthread_kill(first.native_handle(), SIGUSR1), 0);
+    ASSERT_TRUE(eventually([&] { return in_handler.load(); }));
+    overtaking.exit(nullptr);
+    EXPECT_THROW(ctxmgr::with(pool.connection(0s), [](sqlite::connection&) {}),
+                 ctxmgr::timeout_error);
+    held_in_handler = false;
+    first.join();
+    later.join();
+    sigaction(SIGUSR1, &previous, nullptr);
+    EXPECT_EQ(order, (std::vector<std::string>{"first", "later"}));
 }
 
 TEST_F(Pool, WaitersAreServedInTheOrderTheyCame) {

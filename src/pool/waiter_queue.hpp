@@ -10,10 +10,6 @@
 // later is harmless, as every futex wait here checks its word again).
 #pragma once
 
-#include <linux/futex.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -24,6 +20,7 @@
 
 #include "ctxmgr/detail/deadline.hpp"
 #include "ctxmgr/pool.hpp"
+#include "support/threads.hpp"
 
 namespace ctxmgr::detail {
 
@@ -54,9 +51,7 @@ struct pool_waiter {
             woken.wake(woken);
             return;
         }
-        if (state.exchange(released, std::memory_order_acq_rel) == asleep) {
-            ::syscall(SYS_futex, &state, FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
-        }
+        if (state.exchange(released, std::memory_order_acq_rel) == asleep) futex_wake_one(state);
     }
 
     // Sleeps until release() or the deadline; true when released.
@@ -75,8 +70,7 @@ struct pool_waiter {
                 continue;  // released meanwhile
             }
             // steady_clock is CLOCK_MONOTONIC, FUTEX_WAIT_BITSET's clock.
-            ::syscall(SYS_futex, &state, FUTEX_WAIT_BITSET_PRIVATE, asleep,
-                      deadline.timed() ? &until : nullptr, nullptr, FUTEX_BITSET_MATCH_ANY);
+            futex_wait(state, asleep, deadline.timed() ? &until : nullptr);
         }
     }
 

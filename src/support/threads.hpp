@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <ctime>
 #include <thread>
 
 namespace ctxmgr::detail {
@@ -22,6 +23,19 @@ inline void cpu_relax() noexcept {
 #elif defined(__aarch64__)
     asm volatile("yield");
 #endif
+}
+
+// A futex on `word`, private to the process: futex_wait sleeps while `word` holds `expected`
+// (until woken, interrupted, or the CLOCK_MONOTONIC time `until` when given); the caller
+// checks the word again in every case. futex_wake_one wakes one thread asleep on it.
+inline void futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected,
+                       const timespec* until = nullptr) noexcept {
+    ::syscall(SYS_futex, &word, FUTEX_WAIT_BITSET_PRIVATE, expected, until, nullptr,
+              FUTEX_BITSET_MATCH_ANY);
+}
+
+inline void futex_wake_one(std::atomic<std::uint32_t>& word) noexcept {
+    ::syscall(SYS_futex, &word, FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
 }
 
 // Test-and-test-and-set: uncontended it is one exchange; waiting, it reads the cached line
@@ -56,9 +70,7 @@ class spin_lock {
 class futex_mutex {
   public:
     void lock() noexcept {
-        std::uint32_t expected = unlocked;
-        if (state_.compare_exchange_strong(expected, locked, std::memory_order_acquire))
-            [[likely]] {
+        if (try_lock()) [[likely]] {
             return;
         }
         lock_contended();
@@ -71,7 +83,7 @@ class futex_mutex {
 
     void unlock() noexcept {
         if (state_.exchange(unlocked, std::memory_order_release) == sleepers) [[unlikely]] {
-            ::syscall(SYS_futex, &state_, FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+            futex_wake_one(state_);
         }
     }
 
@@ -94,7 +106,7 @@ class futex_mutex {
         }
         // Whoever takes it now marks it as having sleepers: it cannot tell that it has none.
         while (state_.exchange(sleepers, std::memory_order_acquire) != unlocked) {
-            ::syscall(SYS_futex, &state_, FUTEX_WAIT_PRIVATE, sleepers, nullptr, nullptr, 0);
+            futex_wait(state_, sleepers);
         }
     }
 

@@ -7,6 +7,8 @@
 //   handwritten_async_trivial
 #include <ctxmgr/async_with.hpp>
 
+#include <asio/bind_cancellation_slot.hpp>
+#include <asio/cancellation_signal.hpp>
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
 #include <asio/io_context.hpp>
@@ -49,9 +51,12 @@ inline asio::awaitable<void> body(int& work) {
     co_return;
 }
 
+// Runs loop() as a coroutine spawned with `slot` as its cancellation slot: by default one
+// connected to nothing, so that nothing can cancel it.
 template <class Loop>
-void run_once(asio::io_context& io, Loop loop) {
-    asio::co_spawn(io, loop(), asio::detached);
+void run_once(asio::io_context& io, Loop loop,
+              asio::cancellation_slot slot = asio::cancellation_slot()) {
+    asio::co_spawn(io, loop(), asio::bind_cancellation_slot(slot, asio::detached));
     io.restart();
     io.run();
 }
@@ -95,6 +100,21 @@ CTXMGR_KERNEL void async_with_async_manager(asio::io_context& io, async_counter&
     });
 }
 
+// The same from a coroutine that could be cancelled (a cancellation slot is bound to its spawn,
+// never emitted): async_with shields the exit in a thread of execution of its own.
+CTXMGR_KERNEL void async_with_async_manager_cancellable(asio::io_context& io, async_counter& m,
+                                                        int& work) {
+    asio::cancellation_signal never;
+    run_once(
+        io,
+        [&]() -> asio::awaitable<void> {
+            for (int i = 0; i < withs_per_run; ++i) {
+                co_await ctxmgr::async_with(m, [&] { return body(work); });
+            }
+        },
+        never.slot());
+}
+
 // Without shielding: the exit is awaited in the caller's thread of execution.
 CTXMGR_KERNEL void handwritten_async_manager(asio::io_context& io, async_counter& m, int& work) {
     run_once(io, [&]() -> asio::awaitable<void> {
@@ -112,6 +132,27 @@ CTXMGR_KERNEL void handwritten_async_manager(asio::io_context& io, async_counter
     });
 }
 
+CTXMGR_KERNEL void handwritten_async_manager_cancellable(asio::io_context& io, async_counter& m,
+                                                         int& work) {
+    asio::cancellation_signal never;
+    run_once(
+        io,
+        [&]() -> asio::awaitable<void> {
+            for (int i = 0; i < withs_per_run; ++i) {
+                co_await m.async_enter();
+                std::exception_ptr pending;
+                try {
+                    co_await body(work);
+                } catch (...) {
+                    pending = std::current_exception();
+                }
+                co_await m.async_exit(pending);
+                if (pending) std::rethrow_exception(pending);
+            }
+        },
+        never.slot());
+}
+
 }  // namespace kernels
 
 int main(int argc, char** argv) {
@@ -124,6 +165,10 @@ int main(int argc, char** argv) {
         {"handwritten_async_trivial", [&] { kernels::handwritten_async_trivial(io, m, work); }},
         {"async_with_async_manager", [&] { kernels::async_with_async_manager(io, a, work); }},
         {"handwritten_async_manager", [&] { kernels::handwritten_async_manager(io, a, work); }},
+        {"async_with_async_manager_cancellable",
+         [&] { kernels::async_with_async_manager_cancellable(io, a, work); }},
+        {"handwritten_async_manager_cancellable",
+         [&] { kernels::handwritten_async_manager_cancellable(io, a, work); }},
     };
     return kernels::run_kernel(argc, argv, cases, work);
 }

@@ -40,11 +40,19 @@ using namespace std::chrono_literals;
 template <class T>
 using task = asio::awaitable<T>;
 
-TEST(AsyncExitStack, UnwindsSynchronousAndAsynchronousExitsLastInFirstOut) {
+// The unwinding rules hold from a caller that nothing can cancel (asynchronous exits awaited in
+// place) and from one that could be cancelled (asynchronous exits shielded).
+template <class Caller>
+class AsyncExitStackUnwinding : public ::testing::Test {};
+using callers =
+    ::testing::Types<ctxmgr::testing::uncancellable_caller, ctxmgr::testing::cancellable_caller>;
+TYPED_TEST_SUITE(AsyncExitStackUnwinding, callers);
+
+TYPED_TEST(AsyncExitStackUnwinding, UnwindsSynchronousAndAsynchronousExitsLastInFirstOut) {
     trace log;
     async_recorder a{log, "a"};
     recorder b{log, "b"};
-    run_awaitable([&]() -> task<void> {
+    TypeParam::run([&]() -> task<void> {
         ctxmgr::async_exit_stack stack;
         EXPECT_EQ(co_await stack.enter_async_context(a), "a");
         EXPECT_EQ(stack.enter_context(b), "b");
@@ -68,13 +76,13 @@ TEST(AsyncExitStack, UnwindsSynchronousAndAsynchronousExitsLastInFirstOut) {
                                   "async callback 2", "callback 1", "exit b", "exit a"}));
 }
 
-TEST(AsyncExitStack, AsAnAsyncManagerItsExitsSeeTheBodysException) {
+TYPED_TEST(AsyncExitStackUnwinding, AsAnAsyncManagerItsExitsSeeTheBodysException) {
     trace log;
     async_recorder a{log, "a"};
     recorder b{log, "b"};
     std::exception_ptr thrown;
     const auto caught = exception_from([&] {
-        run_awaitable(ctxmgr::async_with(
+        TypeParam::run(ctxmgr::async_with(
             ctxmgr::async_exit_stack(), [&](ctxmgr::async_exit_stack& stack) -> task<void> {
                 co_await stack.enter_async_context(a);
                 co_await stack.enter_async_context(b);  // a synchronous one is accepted too
@@ -87,11 +95,11 @@ TEST(AsyncExitStack, AsAnAsyncManagerItsExitsSeeTheBodysException) {
     EXPECT_EQ(log.seen[1], thrown);
 }
 
-TEST(AsyncExitStack, SuppressionClearsTheExceptionForTheRest) {
+TYPED_TEST(AsyncExitStackUnwinding, SuppressionClearsTheExceptionForTheRest) {
     trace log;
     async_recorder outer{log, "outer"};
     async_suppressing_recorder swallow{log, "swallow", false, on_exit::suppress};
-    const std::optional<int> r = run_awaitable(ctxmgr::async_with(
+    const std::optional<int> r = TypeParam::run(ctxmgr::async_with(
         ctxmgr::async_exit_stack(), [&](ctxmgr::async_exit_stack& stack) -> task<int> {
             co_await stack.enter_async_context(outer);
             co_await stack.enter_async_context(swallow);
@@ -102,13 +110,13 @@ TEST(AsyncExitStack, SuppressionClearsTheExceptionForTheRest) {
               (events{"enter outer", "enter swallow", "exit swallow: boom", "exit outer"}));
 }
 
-TEST(AsyncExitStack, EveryExitRunsAndTheLastExceptionThrownPropagatesChained) {
+TYPED_TEST(AsyncExitStackUnwinding, EveryExitRunsAndTheLastExceptionThrownPropagatesChained) {
     trace log;
     async_recorder a{log, "a", false, on_exit::throw_nested};
     recorder b{log, "b", false, on_exit::throw_error};
     async_recorder c{log, "c"};
     try {
-        run_awaitable([&]() -> task<void> {
+        TypeParam::run([&]() -> task<void> {
             ctxmgr::async_exit_stack stack;
             co_await stack.enter_async_context(a);
             co_await stack.enter_async_context(b);

@@ -100,6 +100,37 @@ TEST_F(AsyncPool, LendsAConnectionToACoroutineAndTakesItBack) {
     EXPECT_EQ(pool.stats().created, 1U);
 }
 
+TEST_F(AsyncPool, ABorrowServedAtOnceIsAWaitOfZeroAndOneAfterAWaitIsTimed) {
+    auto pool = make({.max_size = 1});
+    warm(pool);  // waited for the creator
+    const auto before = pool.metrics().wait_time;
+    ASSERT_EQ(before.count, 1U);
+    run_awaitable(ctxmgr::async_with(pool.async_connection(),
+                                     [](sqlite::connection&) -> task<void> { co_return; }));
+    auto after = pool.metrics().wait_time;
+    EXPECT_EQ(after.count, 2U);
+    EXPECT_EQ(after.sum, before.sum);  // a wait of zero
+    EXPECT_EQ(after.buckets[0], before.buckets[0] + 1);
+
+    // A coroutine that finds the one connection lent waits its turn, and that wait is timed.
+    asio::io_context io;
+    auto held = std::async(std::launch::async, [&] {
+        ctxmgr::with(pool.connection(), [&](sqlite::connection&) {
+            EXPECT_TRUE(eventually([&] { return pool.stats().waiting == 1; }));
+            std::this_thread::sleep_for(30ms);
+        });
+    });
+    ASSERT_TRUE(eventually([&] { return pool.stats().in_use == 1; }));
+    EXPECT_EQ(
+        outcome_of(io, ctxmgr::async_with(pool.async_connection(),
+                                          [](sqlite::connection&) -> task<void> { co_return; })),
+        nullptr);
+    held.get();
+    after = pool.metrics().wait_time;
+    EXPECT_EQ(after.count, 4U);
+    EXPECT_GE(after.sum - before.sum, 30ms);
+}
+
 TEST_F(AsyncPool, ABodyThatThrowsHasItsTransactionRolledBackAndItsExceptionKept) {
     auto pool = make();
     ctxmgr::with(pool.connection(),

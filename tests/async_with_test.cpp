@@ -46,15 +46,22 @@ using namespace std::chrono_literals;
 template <class T>
 using task = asio::awaitable<T>;
 
-// Every rule is checked twice: with synchronous managers (enter/exit called directly) and with
-// asynchronous ones (both halves suspend), and must come out as with() does.
+// Every rule is checked three times, and must come out as with() does: with synchronous
+// managers (enter/exit called directly), and with asynchronous ones (both halves suspend) from
+// a coroutine that nothing can cancel (the exits awaited in place) and from one that could be
+// (the exits shielded in threads of their own).
 struct sync_managers {
     using plain = recorder;
     using suppressing = suppressing_recorder;
+    using caller = ctxmgr::testing::uncancellable_caller;
 };
 struct async_managers {
     using plain = async_recorder;
     using suppressing = async_suppressing_recorder;
+    using caller = ctxmgr::testing::uncancellable_caller;
+};
+struct async_managers_cancellable_caller : async_managers {
+    using caller = ctxmgr::testing::cancellable_caller;
 };
 
 template <class Flavor>
@@ -62,8 +69,13 @@ class AsyncWith : public ::testing::Test {
   protected:
     using plain = typename Flavor::plain;
     using suppressing = typename Flavor::suppressing;
+
+    template <class T>
+    static T run(asio::awaitable<T> a) {
+        return Flavor::caller::run(std::move(a));
+    }
 };
-using flavors = ::testing::Types<sync_managers, async_managers>;
+using flavors = ::testing::Types<sync_managers, async_managers, async_managers_cancellable_caller>;
 TYPED_TEST_SUITE(AsyncWith, flavors);
 
 // ---- step 1: enter in order; a failing enter exits the ones entered, innermost first ----
@@ -71,7 +83,7 @@ TYPED_TEST_SUITE(AsyncWith, flavors);
 TYPED_TEST(AsyncWith, EntersInOrderRunsBodyExitsInReverse) {
     trace log;
     typename TestFixture::plain a{log, "a"}, b{log, "b"}, c{log, "c"};
-    run_awaitable(ctxmgr::async_with(a, b, c, [&]() -> task<void> {
+    TestFixture::run(ctxmgr::async_with(a, b, c, [&]() -> task<void> {
         co_await pause();
         log.add("body");
     }));
@@ -83,11 +95,11 @@ TYPED_TEST(AsyncWith, EntersInOrderRunsBodyExitsInReverse) {
 TYPED_TEST(AsyncWith, FailingEnterExitsOnlyTheManagersAlreadyEnteredInnermostFirst) {
     trace log;
     typename TestFixture::plain a{log, "a"}, b{log, "b"}, c{log, "c", true}, d{log, "d"};
-    EXPECT_THROW(run_awaitable(ctxmgr::async_with(a, b, c, d,
-                                                  [&]() -> task<void> {
-                                                      log.add("body");
-                                                      co_return;
-                                                  })),
+    EXPECT_THROW(TestFixture::run(ctxmgr::async_with(a, b, c, d,
+                                                     [&]() -> task<void> {
+                                                         log.add("body");
+                                                         co_return;
+                                                     })),
                  test_error);
     EXPECT_EQ(log.events, (events{"enter a", "enter b", "enter c", "exit b: enter c failed",
                                   "exit a: enter c failed"}));
@@ -98,7 +110,7 @@ TYPED_TEST(AsyncWith, OuterManagerMaySuppressAFailingEnter) {
     typename TestFixture::suppressing a{log, "a", false, on_exit::suppress};
     typename TestFixture::plain b{log, "b", true};
     const std::optional<int> result =
-        run_awaitable(ctxmgr::async_with(a, b, []() -> task<int> { co_return 1; }));
+        TestFixture::run(ctxmgr::async_with(a, b, []() -> task<int> { co_return 1; }));
     EXPECT_FALSE(result.has_value());
     EXPECT_EQ(log.events, (events{"enter a", "enter b", "exit a: enter b failed"}));
 }
@@ -107,7 +119,7 @@ TYPED_TEST(AsyncWith, ExitSeesTheOriginalEnterException) {
     trace log;
     typename TestFixture::plain a{log, "a"}, b{log, "b", true};
     const auto caught = exception_from(
-        [&] { run_awaitable(ctxmgr::async_with(a, b, []() -> task<void> { co_return; })); });
+        [&] { TestFixture::run(ctxmgr::async_with(a, b, []() -> task<void> { co_return; })); });
     ASSERT_EQ(log.seen.size(), 1u);
     EXPECT_EQ(log.seen[0], caught);
 }
@@ -137,7 +149,7 @@ TYPED_TEST(AsyncWith, BodyReceivesNonVoidTargetsInOrder) {
     async_void_manager av{&entered};
     typename TestFixture::plain b{log, "b"};
     std::string got;
-    run_awaitable(
+    TestFixture::run(
         ctxmgr::async_with(a, v, av, b, [&](std::string& x, std::string& y) -> task<void> {
             got = x + y;
             co_return;
@@ -150,7 +162,7 @@ TYPED_TEST(AsyncWith, BodyWithoutParametersIsAccepted) {
     trace log;
     typename TestFixture::plain a{log, "a"};
     bool ran = false;
-    run_awaitable(ctxmgr::async_with(a, [&]() -> task<void> {
+    TestFixture::run(ctxmgr::async_with(a, [&]() -> task<void> {
         ran = true;
         co_return;
     }));
@@ -210,7 +222,7 @@ TYPED_TEST(AsyncWith, ByValueTargetLivesUntilEveryExitHasRun) {
     trace log;
     typename TestFixture::plain outer{log, "outer"};
     async_witness_manager inner{log, "inner"};
-    run_awaitable(ctxmgr::async_with(outer, inner, [&](std::string&, witness& w) -> task<void> {
+    TestFixture::run(ctxmgr::async_with(outer, inner, [&](std::string&, witness& w) -> task<void> {
         EXPECT_EQ(w.log, &log);
         co_return;
     }));
@@ -221,11 +233,11 @@ TYPED_TEST(AsyncWith, ByValueTargetLivesUntilEveryExitHasRun) {
 TYPED_TEST(AsyncWith, ByValueTargetIsDestroyedWhenTheBodyThrows) {
     trace log;
     async_witness_manager m{log, "m"};
-    EXPECT_THROW(run_awaitable(ctxmgr::async_with(m,
-                                                  [](witness&) -> task<void> {
-                                                      co_await pause();
-                                                      throw test_error("x");
-                                                  })),
+    EXPECT_THROW(TestFixture::run(ctxmgr::async_with(m,
+                                                     [](witness&) -> task<void> {
+                                                         co_await pause();
+                                                         throw test_error("x");
+                                                     })),
                  test_error);
     EXPECT_EQ(log.events, (events{"enter m", "exit m", "target destroyed"}));
 }
@@ -234,7 +246,7 @@ TYPED_TEST(AsyncWith, TargetOfAFailingEnterIsNeverBuilt) {
     trace log;
     async_witness_manager ok{log, "ok"};
     typename TestFixture::plain failing{log, "failing", true};
-    EXPECT_THROW(run_awaitable(ctxmgr::async_with(
+    EXPECT_THROW(TestFixture::run(ctxmgr::async_with(
                      ok, failing, [](witness&, std::string&) -> task<void> { co_return; })),
                  test_error);
     EXPECT_EQ(log.events, (events{"enter ok", "enter failing", "exit ok", "target destroyed"}));
@@ -250,7 +262,7 @@ TYPED_TEST(AsyncWith, RvalueManagersLiveInTheFrame) {
                                         co_return 5;
                                     });
     EXPECT_TRUE(log.events.empty());
-    EXPECT_EQ(run_awaitable(std::move(later)), 5);
+    EXPECT_EQ(TestFixture::run(std::move(later)), 5);
     EXPECT_EQ(log.events, (events{"enter r", "body r", "exit r"}));
 }
 
@@ -259,11 +271,11 @@ TYPED_TEST(AsyncWith, RvalueManagersLiveInTheFrame) {
 TYPED_TEST(AsyncWith, EveryExitSeesTheBodysException) {
     trace log;
     typename TestFixture::plain a{log, "a"}, b{log, "b"};
-    EXPECT_THROW(run_awaitable(ctxmgr::async_with(a, b,
-                                                  []() -> task<void> {
-                                                      co_await pause();
-                                                      throw test_error("boom");
-                                                  })),
+    EXPECT_THROW(TestFixture::run(ctxmgr::async_with(a, b,
+                                                     []() -> task<void> {
+                                                         co_await pause();
+                                                         throw test_error("boom");
+                                                     })),
                  test_error);
     EXPECT_EQ(log.events, (events{"enter a", "enter b", "exit b: boom", "exit a: boom"}));
 }
@@ -272,7 +284,7 @@ TYPED_TEST(AsyncWith, InnerSuppressionHidesTheExceptionFromOuterManagers) {
     trace log;
     typename TestFixture::plain a{log, "a"};
     typename TestFixture::suppressing b{log, "b", false, on_exit::suppress};
-    run_awaitable(ctxmgr::async_with(a, b, []() -> task<void> {
+    TestFixture::run(ctxmgr::async_with(a, b, []() -> task<void> {
         co_await pause();
         throw test_error("boom");
     }));
@@ -283,11 +295,11 @@ TYPED_TEST(AsyncWith, InnerSuppressionHidesTheExceptionFromOuterManagers) {
 TYPED_TEST(AsyncWith, ExitThatThrowsReplacesThePendingExceptionForOuterManagers) {
     trace log;
     typename TestFixture::plain a{log, "a"}, b{log, "b", false, on_exit::throw_error};
-    EXPECT_THROW(run_awaitable(ctxmgr::async_with(a, b,
-                                                  []() -> task<void> {
-                                                      co_await pause();
-                                                      throw test_error("boom");
-                                                  })),
+    EXPECT_THROW(TestFixture::run(ctxmgr::async_with(a, b,
+                                                     []() -> task<void> {
+                                                         co_await pause();
+                                                         throw test_error("boom");
+                                                     })),
                  other_error);
     EXPECT_EQ(log.events, (events{"enter a", "enter b", "exit b: boom", "exit a: exit b failed"}));
 }
@@ -295,7 +307,7 @@ TYPED_TEST(AsyncWith, ExitThatThrowsReplacesThePendingExceptionForOuterManagers)
 TYPED_TEST(AsyncWith, ExitThatThrowsOnTheNormalPathReachesOuterManagers) {
     trace log;
     typename TestFixture::plain a{log, "a"}, b{log, "b", false, on_exit::throw_error};
-    EXPECT_THROW(run_awaitable(ctxmgr::async_with(a, b, []() -> task<void> { co_return; })),
+    EXPECT_THROW(TestFixture::run(ctxmgr::async_with(a, b, []() -> task<void> { co_return; })),
                  other_error);
     EXPECT_EQ(log.events, (events{"enter a", "enter b", "exit b", "exit a: exit b failed"}));
 }
@@ -307,7 +319,7 @@ TYPED_TEST(AsyncWith, ChainedExitFailureNestsTheBodysOwnException) {
     typename TestFixture::plain a{log, "a", false, on_exit::throw_nested};
     std::exception_ptr body_error;
     try {
-        run_awaitable(ctxmgr::async_with(a, [&]() -> task<void> {
+        TestFixture::run(ctxmgr::async_with(a, [&]() -> task<void> {
             co_await pause();
             throw_recorded(body_error);
         }));
@@ -324,7 +336,7 @@ TYPED_TEST(AsyncWith, OuterManagerMaySuppressAnExceptionThrownByAnInnerExit) {
     typename TestFixture::suppressing a{log, "a", false, on_exit::suppress};
     typename TestFixture::plain b{log, "b", false, on_exit::throw_error};
     const std::optional<int> r =
-        run_awaitable(ctxmgr::async_with(a, b, []() -> task<int> { co_return 5; }));
+        TestFixture::run(ctxmgr::async_with(a, b, []() -> task<int> { co_return 5; }));
     EXPECT_FALSE(r.has_value());
     EXPECT_EQ(log.events, (events{"enter a", "enter b", "exit b", "exit a: exit b failed"}));
 }
@@ -336,7 +348,7 @@ TYPED_TEST(AsyncWith, RethrowsTheOriginalExceptionObject) {
     typename TestFixture::plain a{log, "a"}, b{log, "b"};
     std::exception_ptr thrown;
     const auto caught = exception_from([&] {
-        run_awaitable(ctxmgr::async_with(a, b, [&]() -> task<void> {
+        TestFixture::run(ctxmgr::async_with(a, b, [&]() -> task<void> {
             co_await pause();
             throw_recorded(thrown);
         }));
@@ -349,11 +361,11 @@ TYPED_TEST(AsyncWith, RethrowsTheOriginalExceptionObject) {
 TYPED_TEST(AsyncWith, NonStandardExceptionsPropagateToo) {
     trace log;
     typename TestFixture::plain a{log, "a"};
-    EXPECT_THROW(run_awaitable(ctxmgr::async_with(a,
-                                                  []() -> task<void> {
-                                                      co_await pause();
-                                                      throw 42;
-                                                  })),
+    EXPECT_THROW(TestFixture::run(ctxmgr::async_with(a,
+                                                     []() -> task<void> {
+                                                         co_await pause();
+                                                         throw 42;
+                                                     })),
                  int);
     EXPECT_EQ(log.events, (events{"enter a", "exit a: ?"}));
 }
@@ -365,7 +377,7 @@ TYPED_TEST(AsyncWith, ReturnsTheBodysResult) {
     typename TestFixture::plain a{log, "a"};
     auto seven = []() -> task<int> { co_return 7; };
     static_assert(std::is_same_v<decltype(ctxmgr::async_with(a, seven)), task<int>>);
-    EXPECT_EQ(run_awaitable(ctxmgr::async_with(a, seven)), 7);
+    EXPECT_EQ(TestFixture::run(ctxmgr::async_with(a, seven)), 7);
 }
 
 TYPED_TEST(AsyncWith, ReturnsOptionalWhenAManagerMaySuppress) {
@@ -378,12 +390,12 @@ TYPED_TEST(AsyncWith, ReturnsOptionalWhenAManagerMaySuppress) {
     static_assert(
         std::is_same_v<ctxmgr::async_with_result_t<decltype(outer)&, decltype(s)&, decltype(body)>,
                        std::optional<std::string>>);
-    EXPECT_EQ(run_awaitable(ctxmgr::async_with(outer, s, body)), "x");
-    EXPECT_EQ(run_awaitable(ctxmgr::async_with(outer, s,
-                                               []() -> task<std::string> {
-                                                   co_await pause();
-                                                   throw test_error("no");
-                                               })),
+    EXPECT_EQ(TestFixture::run(ctxmgr::async_with(outer, s, body)), "x");
+    EXPECT_EQ(TestFixture::run(ctxmgr::async_with(outer, s,
+                                                  []() -> task<std::string> {
+                                                      co_await pause();
+                                                      throw test_error("no");
+                                                  })),
               std::nullopt);
 }
 
@@ -395,18 +407,18 @@ TYPED_TEST(AsyncWith, SuppressibleVoidBodyReturnsVoid) {
         co_return;
     };
     static_assert(std::is_same_v<decltype(ctxmgr::async_with(s, body)), task<void>>);
-    run_awaitable(ctxmgr::async_with(s, body));
+    TestFixture::run(ctxmgr::async_with(s, body));
     EXPECT_EQ(log.events.back(), "exit s: swallowed");
 }
 
 TYPED_TEST(AsyncWith, MoveOnlyResultsAreReturned) {
     trace log;
     typename TestFixture::plain a{log, "a"};
-    auto p = run_awaitable(ctxmgr::async_with(
+    auto p = TestFixture::run(ctxmgr::async_with(
         a, []() -> task<std::unique_ptr<int>> { co_return std::make_unique<int>(9); }));
     EXPECT_EQ(*p, 9);
     typename TestFixture::suppressing s{log, "s"};
-    auto q = run_awaitable(ctxmgr::async_with(
+    auto q = TestFixture::run(ctxmgr::async_with(
         s, []() -> task<std::unique_ptr<int>> { co_return std::make_unique<int>(8); }));
     ASSERT_TRUE(q.has_value());
     EXPECT_EQ(**q, 8);

@@ -453,8 +453,13 @@ class async_exit_stack {
                 auto exit = [raw, &pending] { return raw->run_async(pending); };
                 auto name = [raw] { return raw->describe(); };
                 try {
-                    auto awaited = detail::run_shielded_exit(exit, pending, name);
-                    suppresses = co_await std::move(awaited);
+                    if (detail::exit_runs_in_place(co_await asio::this_coro::cancellation_state)) {
+                        auto awaited = exit();
+                        suppresses = co_await std::move(awaited);
+                    } else {
+                        auto awaited = detail::run_shielded_exit(exit, pending, name);
+                        suppresses = co_await std::move(awaited);
+                    }
                 } catch (...) {
                     failure = std::current_exception();
                 }

@@ -197,6 +197,10 @@ class [[nodiscard]] async_pooled_connection {
                                  ": async pooled connection entered twice");
         }
         detail::pool_core& core = loan_.core();
+        // Served at once, as most borrows are: no clock read, no turn in the queue.
+        if (detail::pool_entry_base* entry = detail::pool_try_acquire_fresh(core, check_.where())) {
+            co_return std::ref(loan_.hold(entry, check_.where()));
+        }
         const auto started = std::chrono::steady_clock::now();
         const detail::deadline limit = detail::pool_deadline(core, timeout_, started);
         for (;;) {

@@ -31,7 +31,9 @@
 //      an enter or in the body, like any co_await. Exits are shielded: every manager entered
 //      is exited exactly once, and an async_exit runs to completion in a thread of execution
 //      whose cancellation slot is connected to nothing; a cancellation that arrives meanwhile
-//      stays in the caller's cancellation state, so the caller's next co_await sees it. An
+//      stays in the caller's cancellation state, so the caller's next co_await sees it. (A
+//      caller that nothing can cancel, spawned with no cancellation slot, with no exit timeout
+//      set, awaits the exit in its own frame: there is nothing to shield it from.) An
 //      asynchronous exit that runs longer than async_exit_timeout() (async_protocol.hpp; no
 //      limit by default) is cancelled, awaited until it unwinds (it still refers to its
 //      manager, so one that ignores cancellation still delays async_with), and treated as an
@@ -41,7 +43,8 @@
 // Managers and the body passed as lvalues are used in place and must outlive the co_await;
 // rvalues are moved into the coroutine's frame, because an awaitable may run after the
 // full-expression that made it (co_spawn(ex, async_with(...), ...)). Exits without co_await
-// (synchronous managers, async_enter with a synchronous exit) cost no thread of their own.
+// (synchronous managers, async_enter with a synchronous exit) cost no thread of their own,
+// and neither does an asynchronous exit awaited by a caller that cannot be cancelled.
 //
 //   co_await ctxmgr::async_with(ctxmgr::lock(m), [&]() -> asio::awaitable<void> { ++n; co_return;
 //   }); auto page = co_await ctxmgr::async_with(session(), [](connection* c) { return
@@ -207,23 +210,33 @@ class async_with_frame {
 
         bool suppressed = false;
         if constexpr (awaitable_exit_manager<manager_type>) {
-            // Asio checks for cancellation at every co_await of an awaitable: off while the
-            // exit is awaited, or a cancelled caller would skip it.
-            const bool throws = co_await asio::this_coro::throw_if_cancelled();
-            co_await asio::this_coro::throw_if_cancelled(false);
-            std::exception_ptr failure;
-            // Named, not a temporary of the co_await expression: with GCC 12 at -O2, an
-            // exception_ptr captured by such a temporary was released once too often
-            // (valgrind: use after free in ~exception_ptr).
-            auto exit = [&manager, &pending] { return call_async_exit(manager, pending); };
-            try {
-                auto awaited = run_shielded_exit(exit, pending, &exit_name_of<manager_type>);
-                suppressed = co_await std::move(awaited);
-            } catch (...) {
-                failure = std::current_exception();
+            if (exit_runs_in_place(co_await asio::this_coro::cancellation_state)) {
+                // What the exit throws propagates from here, as run_shielded_exit's would.
+                auto awaited = manager.async_exit(pending);
+                if constexpr (async_can_suppress_v<manager_type>) {
+                    suppressed = co_await std::move(awaited) && pending;
+                } else {
+                    co_await std::move(awaited);
+                }
+            } else {
+                // Asio checks for cancellation at every co_await of an awaitable: off while the
+                // exit is awaited, or a cancelled caller would skip it.
+                const bool throws = co_await asio::this_coro::throw_if_cancelled();
+                co_await asio::this_coro::throw_if_cancelled(false);
+                std::exception_ptr failure;
+                // Named, not a temporary of the co_await expression: with GCC 12 at -O2, an
+                // exception_ptr captured by such a temporary was released once too often
+                // (valgrind: use after free in ~exception_ptr).
+                auto exit = [&manager, &pending] { return call_async_exit(manager, pending); };
+                try {
+                    auto awaited = run_shielded_exit(exit, pending, &exit_name_of<manager_type>);
+                    suppressed = co_await std::move(awaited);
+                } catch (...) {
+                    failure = std::current_exception();
+                }
+                co_await asio::this_coro::throw_if_cancelled(throws);
+                if (failure) std::rethrow_exception(failure);
             }
-            co_await asio::this_coro::throw_if_cancelled(throws);
-            if (failure) std::rethrow_exception(failure);
         } else if (pending) {
             suppressed = exit_in_handler(
                 [&](const std::exception_ptr& e) { return sync_exit_suppresses(manager, e); },

@@ -332,6 +332,11 @@ struct pool_async_waiter {
 // The deadline of a borrow asked at `started` (nanoseconds::max(): acquire_timeout).
 [[nodiscard]] deadline pool_deadline(const pool_core& core, std::chrono::nanoseconds timeout,
                                      std::chrono::steady_clock::time_point started) noexcept;
+// Lends the idle connection a synchronous borrow would take at once, when it needs no check
+// (nothing due: look, validation, retirement) and the pool is neither closing nor
+// suspended; otherwise nullptr, with nothing changed. Then pool_acquire_async.
+[[nodiscard]] pool_entry_base* pool_try_acquire_fresh(pool_core& core,
+                                                      const std::source_location& where) noexcept;
 // Lends a connection (checked as connection() checks it), or queues `waiter` (first when
 // `overtaken`: its last wake found the connection taken) and returns nullptr: then wait for its
 // wake, or withdraw it. Throws what connection() throws (the timeout_error once `limit` has

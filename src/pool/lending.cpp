@@ -44,9 +44,7 @@ pool_entry* pool_core::acquire(std::chrono::nanoseconds timeout,
     std::unique_lock lock(mutex_);
     if (!closing_ && !suspended_ && !idle_.empty()) [[likely]] {
         pool_entry& e = lend(now, where);
-        const bool fresh = now - e.idle_since < look_after_ns &&
-                           now - e.idle_since < validate_ns_ && now < e.retire_at;
-        if (fresh) [[likely]] {
+        if (fresh(e, now)) [[likely]] {
             // No clock read for a borrow that neither waited nor checked, and no write to
             // the accounting's lines: a count on the line the lock is on.
             ++unwaited_;
@@ -111,6 +109,16 @@ detail::deadline pool_core::deadline_after(std::chrono::nanoseconds timeout,
                                            steady::time_point started) const noexcept {
     if (timeout == std::chrono::nanoseconds::max()) timeout = options_.acquire_timeout;
     return detail::deadline::after(std::min(timeout, longest_wait), started);
+}
+
+// An asynchronous borrow's first look: the fast path of acquire() alone, which neither
+// waits nor checks, so that a borrower served at once makes no turn in the queue.
+pool_entry* pool_core::try_acquire_fresh(const std::source_location& where) noexcept {
+    const std::int64_t now = coarse_now_ns();
+    std::lock_guard lock(mutex_);
+    if (closing_ || suspended_ || idle_.empty() || !fresh(*idle_.back(), now)) return nullptr;
+    ++unwaited_;
+    return &lend(now, where);
 }
 
 // One step of an asynchronous borrow (pool_acquire_async in pool.hpp): a synchronous
@@ -184,6 +192,11 @@ void pool_core::lend(pool_entry& e, std::int64_t now, const std::source_location
     e.lent_at = now;
     e.where = where;
     ++in_use_;
+}
+
+bool pool_core::fresh(const pool_entry& e, std::int64_t now) const noexcept {
+    return now - e.idle_since < look_after_ns && now - e.idle_since < validate_ns_ &&
+           now < e.retire_at;
 }
 
 // Checks a connection just lent (without the mutex); destroys it when it fails. A ping
@@ -374,6 +387,11 @@ pool_entry_base* pool_acquire(pool_core& core, std::chrono::nanoseconds timeout,
 deadline pool_deadline(const pool_core& core, std::chrono::nanoseconds timeout,
                        std::chrono::steady_clock::time_point started) noexcept {
     return core.deadline_after(timeout, started);
+}
+
+pool_entry_base* pool_try_acquire_fresh(pool_core& core,
+                                        const std::source_location& where) noexcept {
+    return core.try_acquire_fresh(where);
 }
 
 pool_entry_base* pool_acquire_async(pool_core& core, pool_async_waiter& waiter, bool overtaken,

@@ -106,6 +106,7 @@ class pool_core {
     [[nodiscard]] detail::deadline deadline_after(std::chrono::nanoseconds timeout,
                                                   steady::time_point started) const noexcept;
     // The steps of an asynchronous borrow (pool_acquire_async and the rest in pool.hpp).
+    pool_entry* try_acquire_fresh(const std::source_location& where) noexcept;
     pool_entry* acquire_async(pool_async_waiter& a, bool overtaken,
                               const detail::deadline& deadline, steady::time_point started,
                               const std::source_location& where);
@@ -139,6 +140,8 @@ class pool_core {
     // Lending (under the mutex): the most recently returned idle connection, or `e`.
     pool_entry& lend(std::int64_t now, const std::source_location& where) noexcept;
     void lend(pool_entry& e, std::int64_t now, const std::source_location& where) noexcept;
+    // Whether `e` may be lent at `now` with no check at all (ready() would do nothing).
+    bool fresh(const pool_entry& e, std::int64_t now) const noexcept;
     bool ready(pool_entry& e, std::int64_t now, const detail::deadline& deadline) noexcept;
     pool_entry* lend_or_queue(std::unique_lock<futex_mutex>& lock, pool_waiter& w, bool overtaken,
                               const detail::deadline& deadline, steady::time_point started,

@@ -27,23 +27,28 @@
 namespace ctxmgr::testing {
 
 // Runs `a` on `io` (a fresh io_context when not given) until everything on it has finished;
-// returns its result or rethrows what it threw (the same object).
+// returns its result or rethrows what it threw (the same object). The coroutine is spawned
+// with `slot` as its cancellation slot: by default one connected to nothing, so nothing can
+// cancel it.
 template <class T>
-T run_awaitable(asio::io_context& io, asio::awaitable<T> a) {
+T run_awaitable(asio::io_context& io, asio::awaitable<T> a,
+                asio::cancellation_slot slot = asio::cancellation_slot()) {
     std::exception_ptr error;
     bool done = false;
     std::optional<std::conditional_t<std::is_void_v<T>, bool, T>> result;
     if constexpr (std::is_void_v<T>) {
-        asio::co_spawn(io, std::move(a), [&](std::exception_ptr e) {
-            error = e;
-            done = true;
-        });
+        asio::co_spawn(io, std::move(a),
+                       asio::bind_cancellation_slot(slot, [&](std::exception_ptr e) {
+                           error = e;
+                           done = true;
+                       }));
     } else {
-        asio::co_spawn(io, std::move(a), [&](std::exception_ptr e, T value) {
-            error = e;
-            if (!e) result.emplace(std::move(value));
-            done = true;
-        });
+        asio::co_spawn(io, std::move(a),
+                       asio::bind_cancellation_slot(slot, [&](std::exception_ptr e, T value) {
+                           error = e;
+                           if (!e) result.emplace(std::move(value));
+                           done = true;
+                       }));
     }
     io.restart();
     io.run();
@@ -56,6 +61,31 @@ T run_awaitable(asio::awaitable<T> a) {
     asio::io_context io;
     return run_awaitable(io, std::move(a));
 }
+
+// run_awaitable, spawned with a cancellation slot that is never emitted: the coroutine could
+// be cancelled, so what must be shielded from cancellation is.
+template <class T>
+T run_awaitable_cancellable(asio::awaitable<T> a) {
+    asio::io_context io;
+    asio::cancellation_signal never;
+    return run_awaitable(io, std::move(a), never.slot());
+}
+
+// The two kinds of caller an asynchronous exit is checked from: one that nothing can cancel
+// (its exits are awaited in place) and one that could be cancelled (its exits are shielded in
+// threads of their own).
+struct uncancellable_caller {
+    template <class T>
+    static T run(asio::awaitable<T> a) {
+        return run_awaitable(std::move(a));
+    }
+};
+struct cancellable_caller {
+    template <class T>
+    static T run(asio::awaitable<T> a) {
+        return run_awaitable_cancellable(std::move(a));
+    }
+};
 
 // Inside a coroutine: what awaiting `a` threw (the same object), or null when it completed.
 // The awaitable is made in the caller's full-expression, so what it refers to lives until then.

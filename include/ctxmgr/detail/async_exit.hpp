@@ -1,11 +1,13 @@
 // ctxmgr/detail/async_exit.hpp: how async_with and async_exit_stack run one asynchronous exit.
 //
-// The exit runs in an Asio thread of execution of its own (co_spawn on the caller's
-// executor) whose cancellation slot is connected to nothing, so a cancellation of the caller
-// never reaches it: the caller's cancellation state keeps what arrived meanwhile, and the
-// next co_await after the exits sees it as Asio would. With a timeout (async_exit_timeout()),
-// the exit races a timer; if the timer wins, the exit is cancelled (terminal), waited for
-// (it still refers to its manager), and a timeout_error takes its place.
+// When the caller can be cancelled, the exit runs in an Asio thread of execution of its own
+// (co_spawn on the caller's executor) whose cancellation slot is connected to nothing, so a
+// cancellation of the caller never reaches it: the caller's cancellation state keeps what
+// arrived meanwhile, and the next co_await after the exits sees it as Asio would. With a
+// timeout (async_exit_timeout()), the exit races a timer; if the timer wins, the exit is
+// cancelled (terminal), waited for (it still refers to its manager), and a timeout_error
+// takes its place. When neither applies (exit_runs_in_place), the caller awaits the exit in
+// its own frame.
 //
 // The caller must switch asio::this_coro::throw_if_cancelled off around its co_await of
 // run_shielded_exit, and back on after: Asio makes that check at the caller's co_await of any
@@ -16,6 +18,7 @@
 #include <asio/awaitable.hpp>
 #include <asio/bind_cancellation_slot.hpp>
 #include <asio/cancellation_signal.hpp>
+#include <asio/cancellation_state.hpp>
 #include <asio/co_spawn.hpp>
 #include <asio/experimental/deferred.hpp>
 #include <asio/experimental/parallel_group.hpp>
@@ -35,6 +38,16 @@
 #include "../errors.hpp"
 
 namespace ctxmgr::detail {
+
+// Whether an asynchronous exit may be awaited in the caller's own frame: no timeout is set and
+// nothing can cancel the caller. Asio gives a thread of execution whose completion handler has
+// no cancellation slot (co_spawn with detached, use_future or a plain callback) a cancellation
+// state with no slot, for its whole life: reset_cancellation_state rebuilds it from that same
+// parent slot. There is then nothing to shield the exit from, and a thread of its own would
+// cost a frame, a spawn and a dispatch back for nothing.
+inline bool exit_runs_in_place(const asio::cancellation_state& caller) noexcept {
+    return !caller.slot().is_connected() && async_exit_timeout().count() == 0;
+}
 
 // Runs make_exit() (returning asio::awaitable<bool>: whether it suppressed) shielded from the
 // caller's cancellation, bounded by async_exit_timeout(). `pending` is what the exit sees, for

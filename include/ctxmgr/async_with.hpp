@@ -129,9 +129,10 @@ struct async_with_traits<std::tuple<Args...>, std::index_sequence<I...>> {
                                       std::optional<body_result>, body_result>;
 };
 
-// The state of one async_with: its arguments (managers, then the body) and the targets. Lives
-// in async_with_run's frame; each manager's exit is awaited in a coroutine of its own
-// (level<I>), since C++ has no co_await in a handler.
+// The state of one async_with: its arguments (managers, then the body) and the targets. Each
+// manager's exit is awaited in a coroutine of its own (level<I>), since C++ has no co_await in
+// a handler; the outermost level owns the arguments and this state, so that async_with makes
+// one coroutine frame per manager and no more.
 template <class... Args>
 class async_with_frame {
     using traits = async_with_traits<std::tuple<Args...>>;
@@ -154,13 +155,13 @@ class async_with_frame {
         (std::make_index_sequence<count>{});
     }
 
-    // Not a coroutine itself: the outermost level (or the body) is what async_with_run awaits,
-    // one coroutine frame fewer per async_with.
-    asio::awaitable<result> run() {
+    // async_with's awaitable: the outermost level, which owns the arguments (or, with no
+    // manager, the body's own awaitable).
+    static asio::awaitable<result> start(std::tuple<Args...> arguments) {
         if constexpr (count == 0) {
-            return call_body(typename traits::indices::sequence{});
+            return std::invoke(std::forward<body_type>(std::get<0>(arguments)));
         } else {
-            return level<0>();
+            return level<0>(std::move(arguments));
         }
     }
 
@@ -174,15 +175,30 @@ class async_with_frame {
         if constexpr (I + 1 == count) {
             return call_body(typename traits::indices::sequence{});
         } else {
-            return level<I + 1>();
+            return level<I + 1>(this);
         }
     }
 
-    template <std::size_t I>
-    asio::awaitable<result> level() {
+    // What level I holds the state by: level 0 owns it (from: the arguments, moved into its
+    // coroutine frame), the inner levels point to it.
+    struct owned_state {
+        explicit owned_state(std::tuple<Args...>& arguments) noexcept : state(arguments) {}
+        async_with_frame state;
+        async_with_frame& get() noexcept { return state; }
+    };
+    struct pointed_state {
+        explicit pointed_state(async_with_frame* p) noexcept : state(p) {}
+        async_with_frame* state;
+        async_with_frame& get() noexcept { return *state; }
+    };
+
+    template <std::size_t I, class Source>
+    static asio::awaitable<result> level(Source from) {
+        std::conditional_t<std::is_pointer_v<Source>, pointed_state, owned_state> holder(from);
+        async_with_frame& self = holder.get();
         using manager_type = manager_t<I>;
-        auto& manager = std::get<I>(arguments_);
-        auto& slot = std::get<I>(slots_);
+        auto& manager = std::get<I>(self.arguments_);
+        auto& slot = std::get<I>(self.slots_);
         if constexpr (native_async_context_manager<manager_type>) {
             if constexpr (std::is_void_v<async_target_t<manager_type>>) {
                 co_await manager.async_enter();
@@ -195,14 +211,14 @@ class async_with_frame {
             slot.enter(manager);
         }
 
-        using inner_value = detail::awaitable_value_t<decltype(inner<I>())>;
+        using inner_value = detail::awaitable_value_t<decltype(self.template inner<I>())>;
         std::optional<std::conditional_t<std::is_void_v<inner_value>, char, inner_value>> value;
         std::exception_ptr pending;
         try {
             if constexpr (std::is_void_v<inner_value>) {
-                co_await inner<I>();
+                co_await self.template inner<I>();
             } else {
-                value.emplace(co_await inner<I>());
+                value.emplace(co_await self.template inner<I>());
             }
         } catch (...) {
             pending = std::current_exception();
@@ -274,13 +290,6 @@ class async_with_frame {
     typename traits::slots slots_;
 };
 
-template <class... Args>
-asio::awaitable<typename async_with_frame<Args...>::result> async_with_run(
-    std::tuple<Args...> arguments) {
-    async_with_frame<Args...> frame(arguments);
-    co_return co_await frame.run();
-}
-
 template <class... Args, std::size_t... I>
 constexpr bool check_async_managers(std::index_sequence<I...>) {
     constexpr bool valid =
@@ -319,7 +328,8 @@ template <class... Args>
                     std::is_move_constructible_v<std::remove_cvref_t<Args>>)&&...),
                   "ctxmgr::async_with: an rvalue argument is moved into the coroutine's frame, "
                   "so it must be move-constructible; pass an lvalue to use it in place");
-    return detail::async_with_run<Args...>(std::tuple<Args...>(std::forward<Args>(args)...));
+    return detail::async_with_frame<Args...>::start(
+        std::tuple<Args...>(std::forward<Args>(args)...));
 }
 
 // Python's ContextDecorator for coroutines: async_decorate(factory, f) returns a callable

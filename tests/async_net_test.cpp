@@ -732,6 +732,50 @@ TEST(AsyncNet, ANameIsResolvedAndABadOneNamesTheHost) {
     }
 }
 
+TEST(AsyncNet, AnUntimedReceiveSaysEndOfStreamWithZeroAndAResetWithTheErrnoAndThePeer) {
+    asio::io_context io;
+    auto server = tcp::async_listen(io, "127.0.0.1", 0);
+    std::vector<std::size_t> received;
+    std::exception_ptr failure;
+    auto serve = [&]() -> task<void> {
+        for (int i = 0; i < 2; ++i) {
+            auto c = co_await server.async_accept(patience);
+            std::array<std::byte, 16> buffer{};
+            try {
+                for (;;) {
+                    const std::size_t n = co_await c.async_receive_some(buffer);
+                    received.push_back(n);
+                    if (n == 0) break;
+                }
+            } catch (...) {
+                failure = std::current_exception();
+            }
+            c.abort();
+        }
+    };
+    auto peer = [&]() -> task<void> {
+        auto ends = co_await raw_connect(server.local_port());  // sends, then ends its stream
+        co_await asio::async_write(ends, asio::buffer("hello", 5), asio::use_awaitable);
+        ends.shutdown(asio::socket_base::shutdown_send);
+        static_cast<void>(co_await read_to_end(ends));
+        auto resets = co_await raw_connect(server.local_port());
+        co_await sleep(50ms);  // accepted and waiting in its receive by then
+        resets.set_option(asio::socket_base::linger(true, 0));
+        resets.close();
+    };
+    run(io, [&]() -> task<void> { co_await (serve() && peer()); }());
+    EXPECT_EQ(received, (std::vector<std::size_t>{5, 0}));
+    try {
+        std::rethrow_exception(failure);
+    } catch (const ctxmgr::network_error& e) {
+        EXPECT_EQ(e.code(), std::errc::connection_reset) << e.what();
+        EXPECT_TRUE(std::string(e.what()).starts_with("receive from 127.0.0.1:")) << e.what();
+    } catch (...) {
+        ADD_FAILURE() << "expected network_error, got " << what_of(std::current_exception());
+    }
+    EXPECT_EQ(live_count("tcp connection"), 0u);
+}
+
 TEST(AsyncNet, BadInputAndUseAfterCloseAreTypedErrors) {
     asio::io_context io;
     EXPECT_THROW(static_cast<void>(tcp::async_listen(io, "127.0.0.1", 0, -1)),
@@ -767,6 +811,10 @@ TEST(AsyncNet, BadInputAndUseAfterCloseAreTypedErrors) {
         co_await record(
             [&]() -> task<void> { static_cast<void>(co_await c.async_receive_exactly(1)); });
         co_await record([&]() -> task<void> {
+            std::array<std::byte, 4> buffer{};
+            static_cast<void>(co_await c.async_receive_some(buffer));
+        });
+        co_await record([&]() -> task<void> {
             co_await ctxmgr::async_with(c, [](auto&) -> task<void> { co_return; });
         });
         co_await c.async_close();  // idempotent
@@ -776,11 +824,12 @@ TEST(AsyncNet, BadInputAndUseAfterCloseAreTypedErrors) {
         static_cast<void>(co_await read_to_end(socket));
     };
     run(io, [&]() -> task<void> { co_await (serve() && peer()); }());
-    ASSERT_EQ(errors.size(), 3u);
+    ASSERT_EQ(errors.size(), 4u);
     EXPECT_TRUE(errors[0].starts_with("send to 127.0.0.1:")) << errors[0];
     EXPECT_TRUE(errors[0].ends_with(": the connection is closed")) << errors[0];
     EXPECT_TRUE(errors[1].starts_with("receive from 127.0.0.1:")) << errors[1];
-    EXPECT_TRUE(errors[2].starts_with("enter connection to 127.0.0.1:")) << errors[2];
+    EXPECT_TRUE(errors[2].starts_with("receive from 127.0.0.1:")) << errors[2];
+    EXPECT_TRUE(errors[3].starts_with("enter connection to 127.0.0.1:")) << errors[3];
     server.close();
     EXPECT_THROW(static_cast<void>(run(io, server.async_accept())), ctxmgr::closed_error);
 }

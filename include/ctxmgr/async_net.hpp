@@ -26,7 +26,9 @@
 //   - Deadlines are per call, std::chrono::milliseconds, none by default, as in net.hpp
 //     (connect_options::timeout covers every connection attempt, not name resolution). A timed
 //     call races its operations against one steady timer; an untimed one is the bare Asio
-//     operation.
+//     operation (async_send_all and async_receive_some return Asio's own awaitable, its
+//     result translated in its handler: no coroutine frame of ours). A call looks at the
+//     connection when it is made: co_await it in the expression that makes it, as usual.
 //   - Cancellation (Asio's per-operation cancellation: a bound cancellation slot, awaitable
 //     operators' `||`) stops connect, send, receive and accept: they throw network_error with
 //     std::errc::operation_canceled (Asio's operation_aborted). Bytes that arrived before a receive
@@ -47,6 +49,7 @@
 #include <asio/buffer.hpp>
 #include <asio/error.hpp>
 #include <asio/experimental/as_tuple.hpp>
+#include <asio/experimental/deferred.hpp>
 #include <asio/io_context.hpp>
 #include <asio/ip/address.hpp>
 #include <asio/ip/tcp.hpp>
@@ -148,33 +151,14 @@ class [[nodiscard]] async_connection {
     asio::awaitable<void> async_send_all(
         std::span<const std::byte> data,
         std::optional<std::chrono::milliseconds> timeout = std::nullopt) {
-        if (closed()) detail::throw_closed("send to", remote_);
-        if (!timeout) {
-            // The bare operation, awaited here: no coroutine frame of run_step's.
-            auto [error, sent] =
-                co_await asio::async_write(*socket_, asio::buffer(data.data(), data.size()),
-                                           asio::experimental::as_tuple(asio::use_awaitable));
-            static_cast<void>(sent);
-            if (error) {
-                throw network_error("send to", remote_.to_string(), detail::errno_code(error));
-            }
-            co_return;
-        }
-        auto timer = detail::start_deadline(get_executor(), timeout, "send");
-        const auto step = co_await detail::run_step(
-            [&](auto token) {
-                return asio::async_write(*socket_, asio::buffer(data.data(), data.size()),
-                                         std::move(token));
-            },
-            timer ? &*timer : nullptr);
-        if (step.timed_out) {
-            throw timeout_error("room to send to " + remote_.to_string() + " (" +
-                                    std::to_string(step.bytes) + " of " +
-                                    std::to_string(data.size()) + " bytes sent)",
-                                *timeout);
-        }
-        if (step.error)
-            throw network_error("send to", remote_.to_string(), detail::errno_code(step.error));
+        if (timeout || closed()) return send_all_checked(data, timeout);
+        // The common case: Asio's operation, its completion translated in its handler, and no
+        // coroutine frame of ours.
+        return asio::async_write(
+            *socket_, asio::buffer(data.data(), data.size()),
+            asio::experimental::deferred([this](asio::error_code error, std::size_t) {
+                return asio::experimental::deferred.values(failure_of(error, "send to"));
+            }))(asio::use_awaitable);
     }
     asio::awaitable<void> async_send_all(
         std::string_view data, std::optional<std::chrono::milliseconds> timeout = std::nullopt) {
@@ -207,31 +191,16 @@ class [[nodiscard]] async_connection {
     asio::awaitable<std::size_t> async_receive_some(
         std::span<std::byte> buffer,
         std::optional<std::chrono::milliseconds> timeout = std::nullopt) {
-        if (buffer.empty()) {
-            throw std::invalid_argument(
-                "ctxmgr::tcp::async_connection::async_receive_some: empty buffer (its 0 would "
-                "read as end of stream)");
+        if (timeout || buffer.empty() || closed() || buffered() > 0) {
+            return receive_some_checked(buffer, timeout);
         }
-        if (closed()) detail::throw_closed("receive from", remote_);
-        auto timer = detail::start_deadline(get_executor(), timeout, "receive");
-        if (buffered() > 0) co_return take(reinterpret_cast<char*>(buffer.data()), buffer.size());
-        detail::async_step step;
-        if (timer) {
-            step = co_await receive_into(reinterpret_cast<char*>(buffer.data()), buffer.size(),
-                                         &*timer);
-        } else {
-            // The bare operation, awaited here: no coroutine frame of receive_into's.
-            auto [error, bytes] = co_await socket_->async_read_some(
-                asio::buffer(buffer.data(), buffer.size()),
-                asio::experimental::as_tuple(asio::use_awaitable));
-            step = {error, bytes, false};
-        }
-        if (step.timed_out) throw timeout_error("data from " + remote_.to_string(), *timeout);
-        if (step.error == asio::error::eof) co_return 0;
-        if (step.error)
-            throw network_error("receive from", remote_.to_string(),
-                                detail::errno_code(step.error));
-        co_return step.bytes;
+        // The common case, as in async_send_all. End of stream completes with 0 bytes.
+        return socket_->async_read_some(
+            asio::buffer(buffer.data(), buffer.size()),
+            asio::experimental::deferred([this](asio::error_code error, std::size_t bytes) {
+                return asio::experimental::deferred.values(failure_of(error, "receive from"),
+                                                           error ? std::size_t{0} : bytes);
+            }))(asio::use_awaitable);
     }
 
     // Exactly n bytes. The stream ending first is network_error with errc::end_of_stream; on
@@ -431,6 +400,56 @@ class [[nodiscard]] async_connection {
           tracked_("tcp connection",
                    tracking_enabled ? detail::description_of(local_, remote_) : std::string(),
                    where) {}
+
+    // async_send_all and async_receive_some in full: with a deadline, on a closed connection,
+    // with bytes buffered or bad input.
+    asio::awaitable<void> send_all_checked(std::span<const std::byte> data,
+                                           std::optional<std::chrono::milliseconds> timeout) {
+        if (closed()) detail::throw_closed("send to", remote_);
+        auto timer = detail::start_deadline(get_executor(), timeout, "send");
+        const auto step = co_await detail::run_step(
+            [&](auto token) {
+                return asio::async_write(*socket_, asio::buffer(data.data(), data.size()),
+                                         std::move(token));
+            },
+            timer ? &*timer : nullptr);
+        if (step.timed_out) {
+            throw timeout_error("room to send to " + remote_.to_string() + " (" +
+                                    std::to_string(step.bytes) + " of " +
+                                    std::to_string(data.size()) + " bytes sent)",
+                                *timeout);
+        }
+        if (step.error)
+            throw network_error("send to", remote_.to_string(), detail::errno_code(step.error));
+    }
+
+    asio::awaitable<std::size_t> receive_some_checked(
+        std::span<std::byte> buffer, std::optional<std::chrono::milliseconds> timeout) {
+        if (buffer.empty()) {
+            throw std::invalid_argument(
+                "ctxmgr::tcp::async_connection::async_receive_some: empty buffer (its 0 would "
+                "read as end of stream)");
+        }
+        if (closed()) detail::throw_closed("receive from", remote_);
+        auto timer = detail::start_deadline(get_executor(), timeout, "receive");
+        if (buffered() > 0) co_return take(reinterpret_cast<char*>(buffer.data()), buffer.size());
+        const auto step = co_await receive_into(reinterpret_cast<char*>(buffer.data()),
+                                                buffer.size(), timer ? &*timer : nullptr);
+        if (step.timed_out) throw timeout_error("data from " + remote_.to_string(), *timeout);
+        if (step.error == asio::error::eof) co_return 0;
+        if (step.error)
+            throw network_error("receive from", remote_.to_string(),
+                                detail::errno_code(step.error));
+        co_return step.bytes;
+    }
+
+    // What an untimed send or receive that completed with `error` throws, as the exception
+    // its awaitable completes with (null: none; end of stream is none, a receive's 0).
+    std::exception_ptr failure_of(const asio::error_code& error, const char* operation) const {
+        if (!error || error == asio::error::eof) return nullptr;
+        return std::make_exception_ptr(
+            network_error(operation, remote_.to_string(), detail::errno_code(error)));
+    }
 
     asio::awaitable<detail::async_step> receive_into(char* data, std::size_t size,
                                                      asio::steady_timer* timer) {

@@ -177,8 +177,11 @@ void pool_core::failed_check(pool_entry& e) noexcept {
     release(e, false, false);
 }
 
-// Lends the most recently returned idle connection (under the mutex).
-pool_entry& pool_core::lend(std::int64_t now, const std::source_location& where) noexcept {
+// Lends the most recently returned idle connection (under the mutex). Inlined by force into
+// both fast paths (acquire, try_acquire_fresh): GCC calls it once it has two callers, 8
+// instructions more a borrow.
+[[gnu::always_inline]] inline pool_entry& pool_core::lend(
+    std::int64_t now, const std::source_location& where) noexcept {
     pool_entry& e = *idle_.back();
     idle_.pop_back();
     lend(e, now, where);

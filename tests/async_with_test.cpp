@@ -428,6 +428,17 @@ TEST(AsyncWithResult, ZeroManagersJustAwaitsTheBody) {
     EXPECT_EQ(run_awaitable(ctxmgr::async_with([]() -> task<int> { co_return 4; })), 4);
 }
 
+TEST(AsyncWithResult, AnRvalueBodyLivesUntilItsCoroutineHasFinished) {
+    // The body's coroutine refers to the closure it was called on: async_with's frame keeps
+    // the closure, moved in, until the co_await is over, with no manager as with some.
+    auto later =
+        ctxmgr::async_with([word = std::string("kept past a suspension")]() -> task<std::string> {
+            co_await pause();
+            co_return word;
+        });
+    EXPECT_EQ(run_awaitable(std::move(later)), "kept past a suspension");
+}
+
 // ---- synchronous managers of the library --------------------------------------------------
 
 TEST(AsyncWithSync, LockIsHeldAcrossTheBodysAwaitsAndReleased) {

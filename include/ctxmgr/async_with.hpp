@@ -155,11 +155,10 @@ class async_with_frame {
         (std::make_index_sequence<count>{});
     }
 
-    // async_with's awaitable: the outermost level, which owns the arguments (or, with no
-    // manager, the body's own awaitable).
+    // async_with's awaitable: the outermost level, which owns the arguments.
     static asio::awaitable<result> start(std::tuple<Args...> arguments) {
         if constexpr (count == 0) {
-            return std::invoke(std::forward<body_type>(std::get<0>(arguments)));
+            return body_alone(std::move(arguments));
         } else {
             return level<0>(std::move(arguments));
         }
@@ -168,6 +167,12 @@ class async_with_frame {
   private:
     template <std::size_t I>
     using manager_t = typename traits::template manager<I>;
+
+    // With no manager: the body awaited in a frame that keeps the arguments, since the body's
+    // coroutine may refer to the closure it was called on.
+    static asio::awaitable<result> body_alone(std::tuple<Args...> arguments) {
+        co_return co_await std::invoke(std::forward<body_type>(std::get<0>(arguments)));
+    }
 
     // What level I awaits inside its manager: the next level, or the body.
     template <std::size_t I>

@@ -436,15 +436,12 @@ class [[nodiscard]] async_connection {
         const auto step = co_await receive_into(reinterpret_cast<char*>(buffer.data()),
                                                 buffer.size(), timer ? &*timer : nullptr);
         if (step.timed_out) throw timeout_error("data from " + remote_.to_string(), *timeout);
-        if (step.error == asio::error::eof) co_return 0;
-        if (step.error)
-            throw network_error("receive from", remote_.to_string(),
-                                detail::errno_code(step.error));
-        co_return step.bytes;
+        if (auto failure = failure_of(step.error, "receive from")) std::rethrow_exception(failure);
+        co_return step.error ? 0 : step.bytes;
     }
 
-    // What an untimed send or receive that completed with `error` throws, as the exception
-    // its awaitable completes with (null: none; end of stream is none, a receive's 0).
+    // What a send or receive that completed with `error` throws (null: none; end of stream is
+    // none, a receive's 0).
     std::exception_ptr failure_of(const asio::error_code& error, const char* operation) const {
         if (!error || error == asio::error::eof) return nullptr;
         return std::make_exception_ptr(

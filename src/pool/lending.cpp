@@ -40,25 +40,13 @@ std::string what_of(const std::exception_ptr& e) {
 
 pool_entry* pool_core::acquire(std::chrono::nanoseconds timeout,
                                const std::source_location& where) {
-    const std::int64_t now = coarse_now_ns();
-    std::unique_lock lock(mutex_);
-    if (!closing_ && !suspended_ && !idle_.empty()) [[likely]] {
-        pool_entry& e = lend(now, where);
-        if (fresh(e, now)) [[likely]] {
-            // No clock read for a borrow that neither waited nor checked, and no write to
-            // the accounting's lines: a count on the line the lock is on.
-            ++unwaited_;
-            return &e;
-        }
-        lock.unlock();
-        // The borrower's time starts here: what checking `e` takes is part of it.
-        const auto started = steady::now();
-        const auto deadline = deadline_after(timeout, started);
-        if (ready(e, now, deadline)) return obtained(e, started);
-        lock.lock();
-        return acquire_waiting(lock, started, deadline, where);
+    if (pool_entry* e = try_acquire_fresh(where)) [[likely]] {
+        return e;
     }
+    // None idle, or one due for its check, which lend_or_queue makes: the borrower's time
+    // starts here, and what checking takes is part of it.
     const auto started = steady::now();
+    std::unique_lock lock(mutex_);
     return acquire_waiting(lock, started, deadline_after(timeout, started), where);
 }
 
@@ -111,12 +99,17 @@ detail::deadline pool_core::deadline_after(std::chrono::nanoseconds timeout,
     return detail::deadline::after(std::min(timeout, longest_wait), started);
 }
 
-// An asynchronous borrow's first look: the fast path of acquire() alone, which neither
-// waits nor checks, so that a borrower served at once makes no turn in the queue.
-pool_entry* pool_core::try_acquire_fresh(const std::source_location& where) noexcept {
+// A borrow's first look, synchronous or not: an idle connection that needs no check, lent
+// with no clock read and no write to the accounting's lines (a count on the line the lock is
+// on), and no turn in the queue. Inlined by force into acquire(), as lend() into it: GCC
+// calls a function with two callers, a few instructions more a borrow each.
+[[gnu::always_inline]] inline pool_entry* pool_core::try_acquire_fresh(
+    const std::source_location& where) noexcept {
     const std::int64_t now = coarse_now_ns();
     std::lock_guard lock(mutex_);
-    if (closing_ || suspended_ || idle_.empty() || !fresh(*idle_.back(), now)) return nullptr;
+    if (closing_ || suspended_ || idle_.empty() || !fresh(*idle_.back(), now)) [[unlikely]] {
+        return nullptr;
+    }
     ++unwaited_;
     return &lend(now, where);
 }
@@ -177,9 +170,7 @@ void pool_core::failed_check(pool_entry& e) noexcept {
     release(e, false, false);
 }
 
-// Lends the most recently returned idle connection (under the mutex). Inlined by force into
-// both fast paths (acquire, try_acquire_fresh): GCC calls it once it has two callers, 8
-// instructions more a borrow.
+// Lends the most recently returned idle connection (under the mutex).
 [[gnu::always_inline]] inline pool_entry& pool_core::lend(
     std::int64_t now, const std::source_location& where) noexcept {
     pool_entry& e = *idle_.back();

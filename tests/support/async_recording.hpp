@@ -62,15 +62,6 @@ T run_awaitable(asio::awaitable<T> a) {
     return run_awaitable(io, std::move(a));
 }
 
-// run_awaitable, spawned with a cancellation slot that is never emitted: the coroutine could
-// be cancelled, so what must be shielded from cancellation is.
-template <class T>
-T run_awaitable_cancellable(asio::awaitable<T> a) {
-    asio::io_context io;
-    asio::cancellation_signal never;
-    return run_awaitable(io, std::move(a), never.slot());
-}
-
 // The two kinds of caller an asynchronous exit is checked from: one that nothing can cancel
 // (its exits are awaited in place) and one that could be cancelled (its exits are shielded in
 // threads of their own).
@@ -81,9 +72,12 @@ struct uncancellable_caller {
     }
 };
 struct cancellable_caller {
+    // Spawned with a cancellation slot that is never emitted.
     template <class T>
     static T run(asio::awaitable<T> a) {
-        return run_awaitable_cancellable(std::move(a));
+        asio::io_context io;
+        asio::cancellation_signal never;
+        return run_awaitable(io, std::move(a), never.slot());
     }
 };
 

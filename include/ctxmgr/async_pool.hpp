@@ -228,7 +228,8 @@ class [[nodiscard]] async_pooled_connection {
         Connection& c = *loan_.get();
         bool reusable = c.is_open();
         std::exception_ptr failure;
-        if (reusable) {
+        // Nothing to roll back (most borrows): not even async_rollback_any's frame.
+        if (reusable && c.transaction_state() != db::transaction_state::idle) {
             try {
                 co_await c.async_rollback_any();
                 reusable = c.is_open();

@@ -216,8 +216,23 @@ struct async_connection::impl {
             // Sent whole at once (the usual case), the statement has left nothing in libpq's
             // input: its results can only come by the socket.
             const bool sent_at_once = PQflush(handle) == 0;
-            in_time = (sent_at_once || co_await flush(limit, false)) &&
-                      co_await collect(limit, last, false, sent_at_once);
+            if (sent_at_once && !limit.timed()) {
+                // The common case, awaited in this frame rather than collect's: one coroutine
+                // frame fewer a statement.
+                const int fd = PQsocket(handle);
+                for (bool read = false;; read = true) {
+                    if (read && take_results(last)) break;
+                    if (readable_now(fd)) continue;
+                    asio::error_code error;
+                    co_await socket_wait(socket, asio::posix::descriptor_base::wait_read, error);
+                    if (error == asio::error::operation_aborted) {
+                        throw_aborted("wait for the server");
+                    }
+                }
+            } else {
+                in_time = (sent_at_once || co_await flush(limit, false)) &&
+                          co_await collect(limit, last, false, sent_at_once);
+            }
         } catch (const asio::system_error& e) {
             if (e.code() != asio::error::operation_aborted) throw;
             cancelled = true;
@@ -260,6 +275,20 @@ struct async_connection::impl {
         }
     }
 
+    // Reads what has come into libpq and moves the results it completes into `last` (the
+    // earlier ones to `gather` when a script asks for them): true once libpq has none left for
+    // the statement. A broken link: PQgetResult hands out the failure next.
+    bool take_results(result_ptr& last) {
+        static_cast<void>(PQconsumeInput(handle));
+        while (PQisBusy(handle) == 0) {
+            PGresult* result = PQgetResult(handle);
+            if (result == nullptr) return true;
+            if (gather != nullptr && last != nullptr) gather->push_back(std::move(last));
+            last.reset(result);
+        }
+        return false;
+    }
+
     // Reads results into `last` until libpq has none left (true) or `limit` passes (false).
     // With `only_socket`, libpq holds no input yet: the first read waits for the socket to say
     // there is some (one system call fewer a statement).
@@ -267,25 +296,8 @@ struct async_connection::impl {
                                   bool only_socket = false) {
         const int fd = PQsocket(handle);
         for (bool read = !only_socket;; read = true) {
-            if (read) {
-                // A broken link: PQgetResult hands out the failure next.
-                static_cast<void>(PQconsumeInput(handle));
-                while (PQisBusy(handle) == 0) {
-                    PGresult* result = PQgetResult(handle);
-                    if (result == nullptr) co_return true;
-                    if (gather != nullptr && last != nullptr) gather->push_back(std::move(last));
-                    last.reset(result);
-                }
-            }
+            if (read && take_results(last)) co_return true;
             if (readable_now(fd)) continue;
-            if (!limit.timed() && !shielded) {
-                // The common case awaited here, not through wait_ready: one coroutine frame
-                // fewer per statement.
-                asio::error_code error;
-                co_await socket_wait(socket, asio::posix::descriptor_base::wait_read, error);
-                if (error == asio::error::operation_aborted) throw_aborted("wait for the server");
-                continue;
-            }
             if (!co_await wait_ready(socket, timer, true, limit, shielded)) co_return false;
         }
     }
@@ -334,38 +346,56 @@ struct async_connection::impl {
         throw timeout_error(what, std::chrono::steady_clock::now() - start);
     }
 
-    // Binds, prepares if need be (or sends unnamed, without a cache), executes; returns the
-    // successful result.
+    // Binds and executes: the statement prepared before, when the cache has it (the usual
+    // case), is executed by exchange's own coroutine, so the caller awaits no frame of this
+    // one's; otherwise it is prepared first (or sent unnamed, without a cache). The result may
+    // be a failure: the caller then awaits retry_or_fail.
     asio::awaitable<result_ptr> execute(std::string_view sql, std::span<const db::param> params) {
         bound.bind(params, sql);
-        const int n = static_cast<int>(params.size());
-        if (statements.capacity() == 0) {
-            detail::check_parameter_count(sql, params.size());
-            const std::string text(sql);
-            result_ptr result = co_await exchange(sql, [&] {
-                return PQsendQueryParams(handle, text.c_str(), n, bound.types.data(),
-                                         bound.values.data(), bound.lengths.data(),
-                                         bound.formats.data(), 0) != 0;
-            });
-            if (!succeeded(result.get())) fail(handle, result.get(), sql);
-            co_return result;
-        }
-        for (int attempt = 0;; ++attempt) {
-            const detail::prepared* statement = statements.find(sql, bound.types);
-            if (statement == nullptr) statement = co_await prepare(sql, params.size());
-            result_ptr result = co_await exchange(sql, [&] {
-                return PQsendQueryPrepared(handle, statement->name.c_str(), n, bound.values.data(),
-                                           bound.lengths.data(), bound.formats.data(), 0) != 0;
-            });
-            if (succeeded(result.get())) co_return result;
-            // The server forgot the statement (DISCARD ALL, DEALLOCATE by hand): prepared
-            // again, once, when no transaction was open that the error has now aborted.
-            if (attempt == 0 && detail::forgotten_statement(handle, result.get())) {
-                statements.drop(sql, bound.types);
-                continue;
+        if (statements.capacity() != 0) {
+            if (const detail::prepared* statement = statements.find(sql, bound.types)) {
+                return execute_prepared(sql, statement);
             }
+        }
+        return prepare_and_execute(sql, params.size());
+    }
+
+    // After execute() gave the failed `result`: the statement executed again, once, when the
+    // server had forgotten it (DISCARD ALL, DEALLOCATE by hand) and no transaction was open
+    // that the error has now aborted; otherwise the failure, thrown as its typed error.
+    asio::awaitable<result_ptr> retry_or_fail(std::string_view sql, std::size_t given,
+                                              result_ptr result) {
+        if (statements.capacity() == 0 || !detail::forgotten_statement(handle, result.get())) {
             fail(handle, result.get(), sql);
         }
+        statements.drop(sql, bound.types);
+        result = co_await prepare_and_execute(sql, given);
+        if (!succeeded(result.get())) fail(handle, result.get(), sql);
+        co_return result;
+    }
+
+    asio::awaitable<result_ptr> execute_prepared(std::string_view sql,
+                                                 const detail::prepared* statement) {
+        return exchange(sql, [this, statement] {
+            return PQsendQueryPrepared(handle, statement->name.c_str(),
+                                       static_cast<int>(bound.values.size()), bound.values.data(),
+                                       bound.lengths.data(), bound.formats.data(), 0) != 0;
+        });
+    }
+
+    // execute() of a statement the cache does not have, the parameters bound.
+    asio::awaitable<result_ptr> prepare_and_execute(std::string_view sql, std::size_t given) {
+        if (statements.capacity() == 0) {
+            detail::check_parameter_count(sql, given);
+            const std::string text(sql);
+            co_return co_await exchange(sql, [&] {
+                return PQsendQueryParams(handle, text.c_str(), static_cast<int>(given),
+                                         bound.types.data(), bound.values.data(),
+                                         bound.lengths.data(), bound.formats.data(), 0) != 0;
+            });
+        }
+        const detail::prepared* statement = co_await prepare(sql, given);
+        co_return co_await execute_prepared(sql, statement);
     }
 
     // Prepares `sql` for the bound parameters' types (after deallocating what the cache has
@@ -486,7 +516,10 @@ asio::awaitable<std::int64_t> async_connection::run(std::string_view sql,
     impl& state = live("async_execute");
     std::exception_ptr failure;
     try {
-        const result_ptr result = co_await state.execute(sql, params);
+        result_ptr result = co_await state.execute(sql, params);
+        if (!succeeded(result.get())) {
+            result = co_await state.retry_or_fail(sql, params.size(), std::move(result));
+        }
         co_return rows_of(result.get());
     } catch (...) {
         failure = std::current_exception();
@@ -500,6 +533,9 @@ asio::awaitable<db::detail::cursor*> async_connection::open_cursor(
     std::exception_ptr failure;
     try {
         result_ptr result = co_await state.execute(sql, params);
+        if (!succeeded(result.get())) {
+            result = co_await state.retry_or_fail(sql, params.size(), std::move(result));
+        }
         auto cursor = std::make_unique<result_cursor>(nullptr);
         cursor->reset(result.release(), sql, false, true);
         co_return cursor.release();
@@ -516,6 +552,9 @@ asio::awaitable<void> async_connection::fetch_first(std::string_view sql,
     std::exception_ptr failure;
     try {
         result_ptr result = co_await state.execute(sql, params);
+        if (!succeeded(result.get())) {
+            result = co_await state.retry_or_fail(sql, params.size(), std::move(result));
+        }
         result_cursor cursor(nullptr);
         cursor.reset(result.release(), sql, false, false);
         if (cursor.next()) {

@@ -323,6 +323,69 @@ TEST_F(AsyncPool, AConnectionHandedToAWaiterCancelledAtThatMomentGoesBackUnused)
     ctxmgr::with(pool.connection(0ns), [](sqlite::connection& c) { EXPECT_TRUE(c.is_open()); });
 }
 
+TEST_F(AsyncPool, AnIoContextDestroyedWithCoroutinesWaitingTakesThemOutOfTheQueue) {
+    auto pool = make({.max_size = 1});
+    warm(pool);
+    pool.suspend();
+    bool finished = false;
+    {
+        asio::io_context io;
+        for (int i = 0; i < 3; ++i) {
+            asio::co_spawn(io,
+                           ctxmgr::async_with(pool.async_connection(10s),
+                                              [](sqlite::connection&) -> task<void> { co_return; }),
+                           [&](std::exception_ptr) { finished = true; });
+        }
+        io.poll();
+        ASSERT_EQ(pool.stats().waiting, 3U);
+        // The first waiter is handed the connection; its resumption is posted and never runs.
+        pool.resume();
+        ASSERT_EQ(pool.stats().waiting, 2U);
+        ASSERT_EQ(pool.stats().in_use, 1U);
+    }
+    // Every coroutine was destroyed with its io_context: none finished, none is left waiting,
+    // and the connection handed to the first went back.
+    EXPECT_FALSE(finished);
+    const auto s = pool.stats();
+    EXPECT_EQ(s.waiting, 0U);
+    EXPECT_EQ(s.in_use, 0U);
+    EXPECT_EQ(s.idle, 1U);
+    ctxmgr::with(pool.connection(0ns), [](sqlite::connection& c) { EXPECT_TRUE(c.is_open()); });
+}
+
+TEST_F(AsyncPool, AWaiterWokenFromAnotherThreadBeforeItsWaitBeganIsServed) {
+    // The queue hands the connection over from the returning thread, possibly between the
+    // waiter's queueing and the start of its wait: many rounds on two threads.
+    auto pool = make({.max_size = 1});
+    warm(pool);
+    asio::io_context io;
+    int served = 0;
+    std::atomic<bool> stop{false};
+    std::thread other([&] {
+        while (!stop.load()) {
+            ctxmgr::with(pool.connection(10s), [](sqlite::connection&) {});
+        }
+    });
+    for (int i = 0; i < 200; ++i) {
+        asio::co_spawn(io,
+                       ctxmgr::async_with(pool.async_connection(10s),
+                                          [&](sqlite::connection&) -> task<void> {
+                                              ++served;
+                                              co_return;
+                                          }),
+                       [](std::exception_ptr e) {
+                           if (e) std::rethrow_exception(e);
+                       });
+    }
+    io.run();
+    stop = true;
+    other.join();
+    EXPECT_EQ(served, 200);
+    const auto s = pool.stats();
+    EXPECT_EQ(s.waiting, 0U);
+    EXPECT_EQ(s.in_use, 0U);
+}
+
 TEST_F(AsyncPool, ClosingThePoolEndsTheWaitWithClosedError) {
     auto pool = make({.max_size = 1});
     pool.suspend();

@@ -49,54 +49,293 @@
 #pragma once
 
 #include <asio/any_io_executor.hpp>
+#include <asio/associated_cancellation_slot.hpp>
+#include <asio/async_result.hpp>
 #include <asio/awaitable.hpp>
+#include <asio/cancellation_signal.hpp>
 #include <asio/error.hpp>
-#include <asio/experimental/as_tuple.hpp>
-#include <asio/experimental/concurrent_channel.hpp>
+#include <asio/execution/context.hpp>
+#include <asio/execution/outstanding_work.hpp>
+#include <asio/execution_context.hpp>
+#include <asio/post.hpp>
+#include <asio/prefer.hpp>
+#include <asio/query.hpp>
+#include <asio/redirect_error.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
 
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <exception>
 #include <functional>
 #include <memory>
+#include <mutex>
+#include <new>
 #include <optional>
 #include <source_location>
 #include <system_error>
 #include <thread>
+#include <type_traits>
 #include <utility>
 
 #include "detail/entry_check.hpp"
 #include "pool.hpp"
+#include "unraisable.hpp"
 
 namespace ctxmgr {
 
 namespace detail {
 
-// One turn in the pool's queue: the core wakes it through a channel, from any thread.
-struct async_pool_turn : pool_async_waiter {
-    explicit async_pool_turn(const asio::any_io_executor& executor) : channel(executor, 1) {
+class async_pool_turn;
+
+// The turns waiting in an execution context (an io_context): when it is destroyed with
+// coroutines still waiting in a pool's queue, its shutdown destroys their handlers, and with
+// them the coroutines, whose places then leave the queue (as Asio's own services do with the
+// operations they hold).
+class async_pool_waits final : public asio::execution_context::service {
+  public:
+    static inline asio::execution_context::id id;
+
+    explicit async_pool_waits(asio::execution_context& context) : service(context) {}
+
+    void add(async_pool_turn& turn) noexcept;
+    void remove(async_pool_turn& turn) noexcept;
+
+  private:
+    void shutdown() override;
+
+    std::mutex mutex_;
+    async_pool_turn* first_ = nullptr;
+};
+
+// One turn in the pool's queue, awaited as an Asio operation of its own (async_wait): its
+// completion handler is kept in the turn while the coroutine waits. Whatever ends the wait
+// decides how: the core's wake (from any thread: posted to the waiter's executor, or left for
+// async_wait to find when it comes before the wait has begun), the caller's cancellation
+// (operation_aborted) or the deadline's timer (timed_out); the last two only when they take
+// the turn off the queue themselves (pool_withdraw), so exactly one decides. The handler is
+// called once the wait has begun, the decision is made and the timer's own handler has run:
+// nothing then refers to the turn, which lives in the waiting coroutine's frame.
+class async_pool_turn : public pool_async_waiter {
+  public:
+    // Before the turn is queued: a wake may come at once.
+    async_pool_turn(pool_core& core, const asio::any_io_executor& executor, const deadline& limit)
+        : core_(core),
+          limit_(limit),
+          work_(asio::prefer(executor, asio::execution::outstanding_work.tracked)),
+          waits_(asio::use_service<async_pool_waits>(
+              asio::query(executor, asio::execution::context))) {
         wake = &on_wake;
     }
+    async_pool_turn(const async_pool_turn&) = delete;
+    async_pool_turn& operator=(const async_pool_turn&) = delete;
+    ~async_pool_turn() = default;
 
+    // Waits for the turn to end: the error is empty (woken), timed_out or operation_aborted.
+    template <class Token>
+    auto async_wait(Token&& token) {
+        return asio::async_initiate<Token, void(asio::error_code)>(
+            [this](auto handler) { this->start(std::move(handler)); }, token);
+    }
+
+    // True when the turn's cancellation or deadline took it off the queue (the core did not).
+    [[nodiscard]] bool withdrawn() const noexcept { return withdrawn_; }
+    // Set by the wake once it no longer touches the turn.
+    std::atomic<bool> wake_done{false};
+
+  private:
+    friend class async_pool_waits;
+    static constexpr std::size_t inline_size = 4 * sizeof(void*);
+
+    template <class Handler>
+    void start(Handler handler) {
+        using stored = std::decay_t<Handler>;
+        auto slot = asio::get_associated_cancellation_slot(handler);
+        constexpr bool fits =
+            sizeof(stored) <= inline_size && alignof(stored) <= alignof(std::max_align_t);
+        // Takes the handler out of the turn, which the handler's coroutine may own.
+        static constexpr auto take = [](async_pool_turn& t) {
+            t.invoke_handler_ = nullptr;
+            t.destroy_handler_ = nullptr;
+            if constexpr (fits) {
+                auto* h = std::launder(reinterpret_cast<stored*>(t.storage_));
+                stored local(std::move(*h));
+                h->~stored();
+                return local;
+            } else {
+                std::unique_ptr<stored> h(static_cast<stored*>(std::exchange(t.heap_, nullptr)));
+                return stored(std::move(*h));
+            }
+        };
+        if constexpr (fits) {
+            new (storage_) stored(std::move(handler));
+        } else {
+            heap_ = new stored(std::move(handler));  // NOLINT: the turn's until taken
+        }
+        invoke_handler_ = [](async_pool_turn& t, asio::error_code error) { take(t)(error); };
+        destroy_handler_ = [](async_pool_turn& t) noexcept { static_cast<void>(take(t)); };
+        waits_.add(*this);
+        bool last = false;
+        {
+            std::lock_guard lock(mutex_);
+            started_ = true;
+            if (!decided_) {
+                if (slot.is_connected()) {
+                    slot_ = slot;
+                    slot.template emplace<canceller>(this);
+                }
+                if (limit_.timed()) {
+                    timer_.emplace(work_, limit_.time_point());
+                    timer_->async_wait(
+                        [this](const asio::error_code& error) { timer_arrived(error); });
+                    ++pending_;
+                }
+            }
+            last = --pending_ == 0;
+        }
+        if (last) post([this] { finish(); });  // woken before the wait began
+    }
+
+    struct canceller {
+        async_pool_turn* turn;
+        void operator()(asio::cancellation_type_t type) const {
+            if (type == asio::cancellation_type::none) return;
+            if (!pool_withdraw(turn->core_, *turn)) return;  // the core's wake decides
+            turn->withdrawn_ = true;
+            turn->post([t = turn] { t->decide(asio::error::operation_aborted); });
+        }
+    };
+
+    // From any thread. Before the wait has begun, the decision is left for start() to find
+    // (nothing is posted: a coroutine cancelled before it began its wait never starts it).
     static void on_wake(pool_async_waiter& waiter) noexcept {
         auto& turn = static_cast<async_pool_turn&>(waiter);
-        turn.channel.try_send(asio::error_code(), true);
+        bool started = false;
+        {
+            std::lock_guard lock(turn.mutex_);
+            started = turn.started_;
+            if (!started) {
+                turn.decided_ = true;
+                --turn.pending_;
+            }
+        }
+        if (started) turn.post([t = &turn] { t->decide(asio::error_code()); });
         turn.wake_done.store(true, std::memory_order_release);  // its last touch of the turn
     }
 
-    // The bool is unused: Asio 1.22's channels cannot carry an error_code alone.
-    asio::experimental::concurrent_channel<void(asio::error_code, bool)> channel;
-    std::atomic<bool> wake_done{false};
+    template <class F>
+    void post(F f) noexcept {
+        try {
+            asio::post(work_, std::move(f));
+        } catch (...) {
+            report_current_unraisable("async pool wait: could not post its end to its executor");
+        }
+    }
+
+    // On the waiter's executor.
+    void decide(asio::error_code error) {
+        bool last = false;
+        {
+            std::lock_guard lock(mutex_);
+            error_ = error;
+            decided_ = true;
+            if (timer_) timer_->cancel();
+            last = --pending_ == 0;
+        }
+        if (last) finish();
+    }
+
+    void timer_arrived(const asio::error_code& error) {
+        const bool expired = !error && pool_withdraw(core_, *this);
+        bool last = false;
+        {
+            std::lock_guard lock(mutex_);
+            if (expired) {
+                withdrawn_ = true;
+                error_ = asio::error::timed_out;
+                decided_ = true;
+                --pending_;
+            }
+            last = --pending_ == 0;
+        }
+        if (last) finish();
+    }
+
+    void finish() {
+        waits_.remove(*this);
+        if (slot_.is_connected()) slot_.clear();
+        work_ = asio::any_io_executor();
+        invoke_handler_(*this, error_);
+    }
+
+    pool_core& core_;
+    deadline limit_;
+    asio::any_io_executor work_;  // the waiter's executor, the wait counted as its work
+    async_pool_waits& waits_;
+    std::mutex mutex_;
+    // Under mutex_: the steps left before the handler is called (the start, the decision,
+    // and the timer's handler once armed), whether the wait has begun, whether the decision
+    // is made, and what it is.
+    int pending_ = 2;
+    bool started_ = false;
+    bool decided_ = false;
+    asio::error_code error_;
+    std::optional<asio::steady_timer> timer_;
+    asio::cancellation_slot slot_;
+    bool withdrawn_ = false;
+    alignas(std::max_align_t) unsigned char storage_[inline_size];
+    void* heap_ = nullptr;
+    void (*invoke_handler_)(async_pool_turn&, asio::error_code) = nullptr;
+    void (*destroy_handler_)(async_pool_turn&) noexcept = nullptr;
+    // In async_pool_waits' list while waiting.
+    async_pool_turn* prev_ = nullptr;
+    async_pool_turn* next_ = nullptr;
 };
 
+inline void async_pool_waits::add(async_pool_turn& turn) noexcept {
+    std::lock_guard lock(mutex_);
+    turn.prev_ = nullptr;
+    turn.next_ = first_;
+    if (first_ != nullptr) first_->prev_ = &turn;
+    first_ = &turn;
+}
+
+inline void async_pool_waits::remove(async_pool_turn& turn) noexcept {
+    std::lock_guard lock(mutex_);
+    if (turn.prev_ != nullptr) {
+        turn.prev_->next_ = turn.next_;
+    } else {
+        first_ = turn.next_;
+    }
+    if (turn.next_ != nullptr) turn.next_->prev_ = turn.prev_;
+    turn.prev_ = turn.next_ = nullptr;
+}
+
+inline void async_pool_waits::shutdown() {
+    // Nothing runs the context any more. Destroying a handler destroys its coroutine's frame,
+    // and the turn in it: each is unlinked first.
+    for (;;) {
+        async_pool_turn* turn = nullptr;
+        {
+            std::lock_guard lock(mutex_);
+            turn = first_;
+            if (turn == nullptr) return;
+            first_ = turn->next_;
+            if (first_ != nullptr) first_->prev_ = nullptr;
+            turn->prev_ = turn->next_ = nullptr;
+        }
+        turn->slot_ = asio::cancellation_slot();
+        turn->work_ = asio::any_io_executor();
+        if (turn->destroy_handler_ != nullptr) turn->destroy_handler_(*turn);
+    }
+}
+
 // A turn's place in the queue, left on every way out of the wait: withdrawn when the core
-// has not taken it off; otherwise held until the core's wake is over, so that the turn, its
-// channel and the executor behind it outlive the wake (the coroutine may be done and its
-// io_context gone the moment the wake has sent). Also when the coroutine's frame is
-// destroyed while it waits: then a connection handed to it goes back.
+// has not taken it off; otherwise held until the core's wake is over, so that the turn and the
+// executor behind it outlive the wake. Also when the coroutine's frame is destroyed while it
+// waits: then a connection handed to it goes back.
 class async_pool_place {
   public:
     async_pool_place(pool_core& core, async_pool_turn& turn) noexcept : core_(core), turn_(turn) {}
@@ -111,7 +350,7 @@ class async_pool_place {
     // True when the core took the turn off the queue (turn.handed says with what).
     bool leave() noexcept {
         queued_ = false;
-        if (pool_withdraw(core_, turn_)) return false;
+        if (turn_.withdrawn() || pool_withdraw(core_, turn_)) return false;
         while (!turn_.wake_done.load(std::memory_order_acquire)) std::this_thread::yield();
         return true;
     }
@@ -129,40 +368,28 @@ inline asio::awaitable<pool_entry_base*> async_pool_acquire(
     const auto executor = co_await asio::this_coro::executor;
     bool overtaken = false;  // woken for a connection another borrower took first
     for (;;) {
-        // Shared with the timer's handler, which may run after this turn is over.
-        const auto turn = std::make_shared<async_pool_turn>(executor);
+        async_pool_turn turn(core, executor, limit);
         if (pool_entry_base* entry =
-                pool_acquire_async(core, *turn, overtaken, limit, started, where)) {
+                pool_acquire_async(core, turn, overtaken, limit, started, where)) {
             co_return entry;
         }
-        async_pool_place place(core, *turn);
-        std::optional<asio::steady_timer> timer;
-        if (limit.timed()) {
-            timer.emplace(executor, limit.time_point());
-            timer->async_wait([turn](const asio::error_code& error) {
-                if (!error) turn->channel.try_send(asio::error_code(asio::error::timed_out), false);
-            });
-        }
+        async_pool_place place(core, turn);
         asio::error_code error;
         try {
-            auto [received, unused] = co_await turn->channel.async_receive(
-                asio::experimental::as_tuple(asio::use_awaitable));
-            static_cast<void>(unused);
-            error = received;
+            co_await turn.async_wait(asio::redirect_error(asio::use_awaitable, error));
         } catch (const std::system_error& cancelled) {
             error = cancelled.code();  // cancelled before the wait began
         }
-        if (timer) timer->cancel();
         // Taken off the queue by the core also when the wait ended otherwise at the same
         // moment: what was handed is this borrower's.
         const bool by_core = place.leave();
         if (error && error != asio::error::timed_out) {
-            if (by_core && turn->handed != nullptr) pool_return_unused(core, *turn->handed);
+            if (by_core && turn.handed != nullptr) pool_return_unused(core, *turn.handed);
             throw std::system_error(asio::error::operation_aborted,
                                     "a connection from " + pool_description(core));
         }
-        overtaken = by_core && turn->handed == nullptr;
-        if (pool_entry_base* entry = pool_take_handed(core, *turn, limit, started)) {
+        overtaken = by_core && turn.handed == nullptr;
+        if (pool_entry_base* entry = pool_take_handed(core, turn, limit, started)) {
             co_return entry;
         }
         // Woken to look again, or the deadline passed: the next turn lends, queues again

@@ -256,6 +256,64 @@ TEST_F(AsyncPool, AWaitThatOutlivesItsTimeoutThrowsTimeoutErrorNamingThePool) {
     EXPECT_EQ(m.idle, 1U);
 }
 
+TEST_F(AsyncPool, WaitersWithDifferentDeadlinesEachTimeOutAtTheirOwn) {
+    // One timer serves every wait of an io_context, set to the earliest deadline: a wait
+    // queued later with an earlier deadline, or one whose deadline is still far when an earlier
+    // one passes, times out at its own deadline, not at another's.
+    auto pool = make({.max_size = 1});
+    warm(pool);
+    auto held = pool.connection();
+    held.enter();
+    asio::io_context io;
+    const auto start = std::chrono::steady_clock::now();
+    std::vector<std::pair<std::chrono::milliseconds, std::chrono::steady_clock::duration>> ended;
+    for (const auto timeout : {400ms, 100ms, 250ms}) {
+        asio::co_spawn(io,
+                       ctxmgr::async_with(pool.async_connection(timeout),
+                                          [](sqlite::connection&) -> task<void> { co_return; }),
+                       [&, timeout](std::exception_ptr e) {
+                           EXPECT_TRUE(ctxmgr::holds<ctxmgr::timeout_error>(e));
+                           ended.emplace_back(timeout, std::chrono::steady_clock::now() - start);
+                       });
+    }
+    io.run();
+    held.exit(nullptr);
+    ASSERT_EQ(ended.size(), 3U);
+    EXPECT_EQ(ended[0].first, 100ms);
+    EXPECT_EQ(ended[1].first, 250ms);
+    EXPECT_EQ(ended[2].first, 400ms);
+    for (const auto& [timeout, after] : ended) EXPECT_GE(after, timeout);
+    EXPECT_EQ(pool.metrics().timeouts, 3U);
+    EXPECT_EQ(pool.stats().waiting, 0U);
+}
+
+TEST_F(AsyncPool, AServedWaitLeavesNoTimerKeepingTheIoContextRunning) {
+    auto pool = make({.max_size = 1});
+    warm(pool);
+    asio::io_context io;
+    {
+        auto held = pool.connection();
+        held.enter();
+        bool served = false;
+        asio::co_spawn(io,
+                       ctxmgr::async_with(pool.async_connection(60s),
+                                          [&](sqlite::connection&) -> task<void> {
+                                              served = true;
+                                              co_return;
+                                          }),
+                       [](std::exception_ptr e) {
+                           if (e) std::rethrow_exception(e);
+                       });
+        io.poll();
+        ASSERT_EQ(pool.stats().waiting, 1U);
+        held.exit(nullptr);  // hands it to the waiter
+        const auto start = std::chrono::steady_clock::now();
+        io.run();  // returns once the borrow is over, long before the 60 s deadline
+        EXPECT_TRUE(served);
+        EXPECT_LT(std::chrono::steady_clock::now() - start, 30s);
+    }
+}
+
 TEST_F(AsyncPool, ACancelledWaiterLeavesTheQueueAndTakesNothing) {
     auto pool = make({.max_size = 1});
     warm(pool);

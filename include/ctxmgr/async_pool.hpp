@@ -65,6 +65,7 @@
 #include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -90,24 +91,42 @@ namespace detail {
 
 class async_pool_turn;
 
-// The turns waiting in an execution context (an io_context): when it is destroyed with
-// coroutines still waiting in a pool's queue, its shutdown destroys their handlers, and with
-// them the coroutines, whose places then leave the queue (as Asio's own services do with the
-// operations they hold).
+// The turns waiting in an execution context (an io_context), and their deadlines. One timer
+// serves them all, set to the earliest (a timer a turn would cost its construction, its wait
+// and its cancellation, for a deadline that most waits never reach); it is stopped when no
+// turn waits, so that it never keeps the context's run() going by itself. When the context is
+// destroyed with coroutines still waiting in a pool's queue, its shutdown destroys their
+// handlers, and with them the coroutines, whose places then leave the queue (as Asio's own
+// services do with the operations they hold).
 class async_pool_waits final : public asio::execution_context::service {
   public:
     static inline asio::execution_context::id id;
 
     explicit async_pool_waits(asio::execution_context& context) : service(context) {}
 
-    void add(async_pool_turn& turn) noexcept;
+    // The timer, made on the first turn's executor (the context's own, untracked).
+    void prepare(const asio::any_io_executor& executor) {
+        if (timer_made_.load(std::memory_order_acquire)) return;
+        std::lock_guard lock(mutex_);
+        if (!timer_) timer_.emplace(executor);
+        timer_made_.store(true, std::memory_order_release);
+    }
+    void add(async_pool_turn& turn);
     void remove(async_pool_turn& turn) noexcept;
 
   private:
+    using time_point = std::chrono::steady_clock::time_point;
+
     void shutdown() override;
+    void arm(time_point at);  // under mutex_
+    void expired(const asio::error_code& error);
 
     std::mutex mutex_;
     async_pool_turn* first_ = nullptr;
+    // Destroyed by shutdown(), while the timers' service is there still.
+    std::optional<asio::steady_timer> timer_;
+    std::atomic<bool> timer_made_{false};
+    time_point armed_at_ = time_point::max();  // none
 };
 
 // One turn in the pool's queue, awaited as an Asio operation of its own (async_wait): its
@@ -128,6 +147,7 @@ class async_pool_turn : public pool_async_waiter {
           waits_(asio::use_service<async_pool_waits>(
               asio::query(executor, asio::execution::context))) {
         wake = &on_wake;
+        waits_.prepare(executor);
     }
     async_pool_turn(const async_pool_turn&) = delete;
     async_pool_turn& operator=(const async_pool_turn&) = delete;
@@ -181,17 +201,9 @@ class async_pool_turn : public pool_async_waiter {
         {
             std::lock_guard lock(mutex_);
             started_ = true;
-            if (!decided_) {
-                if (slot.is_connected()) {
-                    slot_ = slot;
-                    slot.template emplace<canceller>(this);
-                }
-                if (limit_.timed()) {
-                    timer_.emplace(work_, limit_.time_point());
-                    timer_->async_wait(
-                        [this](const asio::error_code& error) { timer_arrived(error); });
-                    ++pending_;
-                }
+            if (!decided_ && slot.is_connected()) {
+                slot_ = slot;
+                slot.template emplace<canceller>(this);
             }
             last = --pending_ == 0;
         }
@@ -241,23 +253,6 @@ class async_pool_turn : public pool_async_waiter {
             std::lock_guard lock(mutex_);
             error_ = error;
             decided_ = true;
-            if (timer_) timer_->cancel();
-            last = --pending_ == 0;
-        }
-        if (last) finish();
-    }
-
-    void timer_arrived(const asio::error_code& error) {
-        const bool expired = !error && pool_withdraw(core_, *this);
-        bool last = false;
-        {
-            std::lock_guard lock(mutex_);
-            if (expired) {
-                withdrawn_ = true;
-                error_ = asio::error::timed_out;
-                decided_ = true;
-                --pending_;
-            }
             last = --pending_ == 0;
         }
         if (last) finish();
@@ -275,14 +270,12 @@ class async_pool_turn : public pool_async_waiter {
     asio::any_io_executor work_;  // the waiter's executor, the wait counted as its work
     async_pool_waits& waits_;
     std::mutex mutex_;
-    // Under mutex_: the steps left before the handler is called (the start, the decision,
-    // and the timer's handler once armed), whether the wait has begun, whether the decision
-    // is made, and what it is.
+    // Under mutex_: the steps left before the handler is called (the start and the
+    // decision), whether the wait has begun, whether the decision is made, and what it is.
     int pending_ = 2;
     bool started_ = false;
     bool decided_ = false;
     asio::error_code error_;
-    std::optional<asio::steady_timer> timer_;
     asio::cancellation_slot slot_;
     bool withdrawn_ = false;
     alignas(std::max_align_t) unsigned char storage_[inline_size];
@@ -292,14 +285,18 @@ class async_pool_turn : public pool_async_waiter {
     // In async_pool_waits' list while waiting.
     async_pool_turn* prev_ = nullptr;
     async_pool_turn* next_ = nullptr;
+    async_pool_turn* next_late_ = nullptr;  // among those async_pool_waits::expired decides
 };
 
-inline void async_pool_waits::add(async_pool_turn& turn) noexcept {
+inline void async_pool_waits::add(async_pool_turn& turn) {
     std::lock_guard lock(mutex_);
     turn.prev_ = nullptr;
     turn.next_ = first_;
     if (first_ != nullptr) first_->prev_ = &turn;
     first_ = &turn;
+    if (turn.limit_.timed() && turn.limit_.time_point() < armed_at_) {
+        arm(turn.limit_.time_point());
+    }
 }
 
 inline void async_pool_waits::remove(async_pool_turn& turn) noexcept {
@@ -311,6 +308,46 @@ inline void async_pool_waits::remove(async_pool_turn& turn) noexcept {
     }
     if (turn.next_ != nullptr) turn.next_->prev_ = turn.prev_;
     turn.prev_ = turn.next_ = nullptr;
+    if (first_ == nullptr && armed_at_ != time_point::max()) {
+        armed_at_ = time_point::max();
+        timer_->cancel();  // its handler, called with operation_aborted, does nothing
+    }
+}
+
+inline void async_pool_waits::arm(time_point at) {
+    armed_at_ = at;
+    timer_->expires_at(at);  // a wait set for a later deadline ends with operation_aborted
+    timer_->async_wait([this](const asio::error_code& error) { expired(error); });
+}
+
+// The timer's deadline came: every turn whose deadline has passed and that this takes off its
+// queue is decided timed_out (a turn the core took at that moment is the wake's), and the
+// timer is set for the earliest deadline left.
+inline void async_pool_waits::expired(const asio::error_code& error) {
+    if (error) return;                // set again, or stopped
+    async_pool_turn* late = nullptr;  // linked through next_late_
+    {
+        std::lock_guard lock(mutex_);
+        const auto now = std::chrono::steady_clock::now();
+        time_point next = time_point::max();
+        for (async_pool_turn* t = first_; t != nullptr; t = t->next_) {
+            if (!t->limit_.timed()) continue;
+            if (t->limit_.time_point() > now) {
+                next = std::min(next, t->limit_.time_point());
+            } else if (pool_withdraw(t->core_, *t)) {
+                t->withdrawn_ = true;
+                t->next_late_ = late;
+                late = t;
+            }
+        }
+        armed_at_ = time_point::max();
+        if (next != time_point::max()) arm(next);
+    }
+    // Each stays until decided: nothing else can decide a turn taken off its queue here.
+    while (late != nullptr) {
+        async_pool_turn* t = std::exchange(late, late->next_late_);
+        t->decide(asio::error::timed_out);
+    }
 }
 
 inline void async_pool_waits::shutdown() {
@@ -321,7 +358,11 @@ inline void async_pool_waits::shutdown() {
         {
             std::lock_guard lock(mutex_);
             turn = first_;
-            if (turn == nullptr) return;
+            if (turn == nullptr) {
+                armed_at_ = time_point::max();
+                timer_.reset();
+                return;
+            }
             first_ = turn->next_;
             if (first_ != nullptr) first_->prev_ = nullptr;
             turn->prev_ = turn->next_ = nullptr;

@@ -108,7 +108,9 @@ class async_pool_waits final : public asio::execution_context::service {
     void prepare(const asio::any_io_executor& executor) {
         if (timer_made_.load(std::memory_order_acquire)) return;
         std::lock_guard lock(mutex_);
-        if (!timer_) timer_.emplace(executor);
+        if (!timer_) {
+            timer_.emplace(asio::prefer(executor, asio::execution::outstanding_work.untracked));
+        }
         timer_made_.store(true, std::memory_order_release);
     }
     void add(async_pool_turn& turn);

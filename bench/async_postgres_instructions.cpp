@@ -6,6 +6,8 @@
 //   async_pool_query    the same coroutine borrowing its connection from a pool of one
 //                       async connection (pool.async_connection())
 //   sync_pool_query     with(pool.connection(), query_value) on a pool of one connection
+//   async_pool_1000     1,000 such coroutines at once on a pool of 8 async connections (an
+//                       iteration is 1,000 statements, most borrowers waiting in the queue)
 // e.g. (one line)
 //   CTXMGR_POSTGRES=... bench/instructions build/default/bench/async_postgres_instructions
 //   async_query sync_query 2000
@@ -24,6 +26,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -89,6 +92,16 @@ CTXMGR_KERNEL inline void sync_pool_query(ctxmgr::pool<postgres::connection>& po
     ctxmgr::with(pool.connection(), bodies::select_into{work});
 }
 
+CTXMGR_KERNEL inline void async_pool_1000(asio::io_context& io,
+                                          ctxmgr::pool<postgres::async_connection>& pool,
+                                          int& work) {
+    for (int i = 0; i < 1000; ++i) {
+        asio::co_spawn(io, bodies::borrow_and_select(pool, work), bodies::rethrow);
+    }
+    io.run();
+    io.restart();
+}
+
 }  // namespace kernels
 
 int main(int argc, char** argv) {
@@ -114,12 +127,30 @@ int main(int argc, char** argv) {
     while (async_pool.stats().idle < 1 || sync_pool.stats().idle < 1) {
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
+    // Made only for async_pool_1000: no other kernel waits for its connections.
+    std::optional<ctxmgr::pool<postgres::async_connection>> crowd;
     int work = 0;
     const kernels::kernel_cases cases = {
         {"async_query", [&] { kernels::async_query(io, async_connection, work); }},
         {"sync_query", [&] { kernels::sync_query(connection, work); }},
         {"async_pool_query", [&] { kernels::async_pool_query(io, async_pool, work); }},
         {"sync_pool_query", [&] { kernels::sync_pool_query(sync_pool, work); }},
+        {"async_pool_1000",
+         [&] {
+             if (!crowd) {  // its 8 connections made on first use, outside the kernel
+                 crowd.emplace(
+                     [ex = io.get_executor(), conninfo] {
+                         return postgres::async_connection::open(ex, conninfo);
+                     },
+                     ctxmgr::pool_options{.max_size = 8,
+                                          .min_idle = 8,
+                                          .validate_after_idle = std::chrono::minutes(1)});
+                 while (crowd->stats().idle < 8) {
+                     std::this_thread::sleep_for(std::chrono::milliseconds(1));
+                 }
+             }
+             kernels::async_pool_1000(io, *crowd, work);
+         }},
     };
     return kernels::run_kernel(argc, argv, cases, work);
 }

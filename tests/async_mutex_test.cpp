@@ -123,6 +123,30 @@ TEST(AsyncMutex, AWaitCanBeCancelled) {
     m.unlock();
 }
 
+TEST(AsyncMutex, WaitersOfADestroyedIoContextLeaveTheQueueAndPassOnTheLock) {
+    ctxmgr::async_mutex m;
+    ASSERT_TRUE(m.try_lock());
+    bool any_ran = false;
+    {
+        asio::io_context io;
+        for (int i = 0; i < 3; ++i) {
+            asio::co_spawn(io,
+                           ctxmgr::async_with(m.lock(10s),
+                                              [&]() -> task<void> {
+                                                  any_ran = true;
+                                                  co_return;
+                                              }),
+                           asio::detached);
+        }
+        io.poll();
+        m.unlock();  // handed to the first waiter, whose resumption never runs
+    }
+    EXPECT_FALSE(any_ran);
+    // The waiter handed the lock passed it on as it was destroyed; the others had left.
+    ASSERT_TRUE(m.try_lock());
+    m.unlock();
+}
+
 TEST(AsyncMutex, EnteringAHeldGuardAgainIsAProtocolError) {
     ctxmgr::async_mutex m;
     run_awaitable([&]() -> task<void> {

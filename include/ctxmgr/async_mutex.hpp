@@ -4,7 +4,8 @@
 // work); waiters are served first come, first served, and the lock is handed to the next
 // waiter directly on unlock(), so a newcomer cannot overtake the queue. The wait can be
 // bounded (timeout_error) and cancelled (Asio per-operation cancellation: std::system_error
-// with asio::error::operation_aborted or the channel's cancellation code).
+// with asio::error::operation_aborted). A waiter costs no allocation of its own: its turn
+// lives in its coroutine's frame (detail/async_turn.hpp).
 //
 //   ctxmgr::async_mutex m;
 //   co_await ctxmgr::async_with(m.lock(), [&]() -> asio::awaitable<void> {
@@ -19,29 +20,27 @@
 //
 // Thread-safe: lock, try_lock and unlock may be called from any thread, strand or executor;
 // a waiter resumes on its own executor. The mutex must outlive every waiter and holder;
-// destroying it while locked is a precondition violation.
+// destroying it while locked is a precondition violation. A waiter whose io_context is
+// destroyed leaves the queue (and passes on the lock if it was being handed to it).
 #pragma once
 
 #include <asio/any_io_executor.hpp>
 #include <asio/awaitable.hpp>
 #include <asio/error.hpp>
-#include <asio/experimental/as_tuple.hpp>
-#include <asio/experimental/concurrent_channel.hpp>
-#include <asio/steady_timer.hpp>
+#include <asio/redirect_error.hpp>
 #include <asio/this_coro.hpp>
 #include <asio/use_awaitable.hpp>
 
-#include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <deque>
 #include <exception>
-#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <system_error>
 
+#include "detail/async_turn.hpp"
+#include "detail/deadline.hpp"
 #include "errors.hpp"
 
 namespace ctxmgr {
@@ -97,18 +96,18 @@ class async_mutex {
 
     // Hands the lock to the first waiter, or frees it. Requires the lock to be held.
     void unlock() noexcept {
-        std::shared_ptr<waiter> next;
+        waiter* next = nullptr;
         {
             std::lock_guard guard(state_);
-            if (queue_.empty()) {
+            next = first_;
+            if (next == nullptr) {
                 locked_ = false;
                 return;
             }
-            next = std::move(queue_.front());
-            queue_.pop_front();
+            unlink(*next);
             next->granted = true;
         }
-        next->channel.try_send(asio::error_code(), true);
+        next->turn.wake();
     }
 
     // The manager: co_await async_with(m.lock(), body), or m.lock(timeout).
@@ -118,48 +117,64 @@ class async_mutex {
     }
 
   private:
+    // A waiter's place in the queue (first come, first served), in its coroutine's frame.
     struct waiter {
-        explicit waiter(const asio::any_io_executor& executor) : channel(executor, 1) {}
-        // The bool is unused: Asio 1.22's channels cannot carry an error_code alone.
-        asio::experimental::concurrent_channel<void(asio::error_code, bool)> channel;
-        bool granted = false;  // guarded by state_
+        waiter(async_mutex& m, const asio::any_io_executor& executor, const detail::deadline& limit)
+            : mutex(m), turn(executor, limit, &withdraw, this) {}
+        waiter(const waiter&) = delete;
+        waiter& operator=(const waiter&) = delete;
+        // A coroutine destroyed while it waits leaves the queue, or passes on the lock handed
+        // to it.
+        ~waiter() {
+            if (!left && turn.leave()) mutex.unlock();
+        }
+
+        static bool withdraw(void* context) noexcept {
+            auto& self = *static_cast<waiter*>(context);
+            std::lock_guard guard(self.mutex.state_);
+            if (self.granted) return false;
+            self.mutex.unlink(self);
+            return true;
+        }
+
+        async_mutex& mutex;
+        detail::async_turn turn;
+        waiter* prev = nullptr;  // guarded by the mutex's state_, as the rest
+        waiter* next = nullptr;
+        bool granted = false;
+        bool left = false;  // by its coroutine, after the wait
     };
+
+    void unlink(waiter& w) noexcept {
+        (w.prev != nullptr ? w.prev->next : first_) = w.next;
+        (w.next != nullptr ? w.next->prev : last_) = w.prev;
+        w.prev = w.next = nullptr;
+    }
 
     asio::awaitable<void> wait(std::optional<std::chrono::nanoseconds> timeout) {
         if (try_lock()) co_return;
-        auto executor = co_await asio::this_coro::executor;
-        auto self = std::make_shared<waiter>(executor);
+        waiter self(*this, co_await asio::this_coro::executor, detail::deadline::after(timeout));
         {
             std::lock_guard guard(state_);
             if (!locked_) {
                 locked_ = true;
+                self.left = true;  // never queued
                 co_return;
             }
-            queue_.push_back(self);
-        }
-        std::optional<asio::steady_timer> timer;
-        if (timeout) {
-            timer.emplace(executor, *timeout);
-            timer->async_wait([self](const asio::error_code& error) {
-                if (!error) self->channel.try_send(asio::error_code(asio::error::timed_out), false);
-            });
+            self.prev = last_;
+            (last_ != nullptr ? last_->next : first_) = &self;
+            last_ = &self;
         }
         std::exception_ptr failure;
         asio::error_code error;
         try {
-            auto [received, unused] = co_await self->channel.async_receive(
-                asio::experimental::as_tuple(asio::use_awaitable));
-            static_cast<void>(unused);
-            error = received;
+            co_await self.turn.async_wait(asio::redirect_error(asio::use_awaitable, error));
         } catch (...) {
             failure = std::current_exception();  // cancelled before the wait began
         }
-        if (timer) timer->cancel();
-        {
-            std::lock_guard guard(state_);
-            if (self->granted) co_return;
-            queue_.erase(std::find(queue_.begin(), queue_.end(), self));
-        }
+        self.left = true;
+        // Granted at the moment the wait timed out or was cancelled: kept.
+        if (self.turn.leave()) co_return;
         if (failure) std::rethrow_exception(failure);
         if (error == asio::error::timed_out) throw timeout_error(describe(), *timeout);
         throw std::system_error(error ? error : asio::error::operation_aborted,
@@ -174,7 +189,8 @@ class async_mutex {
 
     std::mutex state_;
     bool locked_ = false;
-    std::deque<std::shared_ptr<waiter>> queue_;
+    waiter* first_ = nullptr;  // the queue
+    waiter* last_ = nullptr;
 };
 
 inline async_lock_guard::~async_lock_guard() {

@@ -26,6 +26,10 @@
 //     connection borrowed is always given back.
 //   - Errors: closed_error (the pool is closed, also while waiting), too_many_waiters
 //     (max_waiting), protocol_error (entered twice). After any of them nothing is borrowed.
+//   - A waiting borrower's turn is in its coroutine's frame (the queue's record of it is the
+//     one allocation), and one timer an io_context serves every waiter's deadline. An
+//     io_context destroyed while coroutines wait takes them out of the queue, and a connection
+//     handed to one goes back.
 //   - Threads: the waiting borrower resumes on its coroutine's executor; the pool's own
 //     threads only post to it. The manager and the connection lent are used by one coroutine
 //     at a time. The pool must outlive async_enter() and the borrow, as with connection().

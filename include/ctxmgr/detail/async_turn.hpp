@@ -165,14 +165,20 @@ class async_turn {
                 return stored(std::move(*h));
             }
         };
+        // What may throw comes before the handler is taken: it is then still the caller's.
+        waits_.add(*this);
         if constexpr (fits) {
             new (storage_) stored(std::move(handler));
         } else {
-            heap_ = new stored(std::move(handler));  // NOLINT: the turn's until taken
+            try {
+                heap_ = new stored(std::move(handler));  // NOLINT: the turn's until taken
+            } catch (...) {
+                waits_.remove(*this);
+                throw;
+            }
         }
         invoke_handler_ = [](async_turn& t, asio::error_code error) { take(t)(error); };
         destroy_handler_ = [](async_turn& t) noexcept { static_cast<void>(take(t)); };
-        waits_.add(*this);
         bool last = false;
         {
             std::lock_guard lock(mutex_);

@@ -147,6 +147,39 @@ TEST(AsyncMutex, WaitersOfADestroyedIoContextLeaveTheQueueAndPassOnTheLock) {
     m.unlock();
 }
 
+TEST(AsyncMutex, AWaiterCancelledTwiceLeavesTheQueueOnceAndTheOthersKeepTheirPlaces) {
+    ctxmgr::async_mutex m;
+    ASSERT_TRUE(m.try_lock());
+    asio::io_context io;
+    asio::cancellation_signal cancel;
+    std::exception_ptr first_outcome;
+    bool second_got_it = false;
+    asio::co_spawn(io, m.async_lock(10s),
+                   asio::bind_cancellation_slot(cancel.slot(),
+                                                [&](std::exception_ptr e) { first_outcome = e; }));
+    asio::co_spawn(
+        io,
+        [&]() -> task<void> {
+            co_await m.async_lock(10s);
+            second_got_it = true;
+            m.unlock();
+        },
+        asio::detached);
+    io.poll();
+    // Two cancellations before the first one's outcome has run: one withdrawal.
+    asio::post(io, [&] {
+        cancel.emit(asio::cancellation_type::terminal);
+        cancel.emit(asio::cancellation_type::terminal);
+    });
+    io.poll();
+    m.unlock();  // the second waiter, still queued, is handed the lock
+    io.run();
+    EXPECT_TRUE(ctxmgr::holds<std::system_error>(first_outcome)) << ctxmgr::describe(first_outcome);
+    EXPECT_TRUE(second_got_it);
+    ASSERT_TRUE(m.try_lock());
+    m.unlock();
+}
+
 TEST(AsyncMutex, EnteringAHeldGuardAgainIsAProtocolError) {
     ctxmgr::async_mutex m;
     run_awaitable([&]() -> task<void> {

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <exception>
 #include <future>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -419,6 +420,36 @@ TEST_F(AsyncPool, AnIoContextDestroyedWithCoroutinesWaitingTakesThemOutOfTheQueu
     EXPECT_EQ(s.in_use, 0U);
     EXPECT_EQ(s.idle, 1U);
     ctxmgr::with(pool.connection(0ns), [](sqlite::connection& c) { EXPECT_TRUE(c.is_open()); });
+}
+
+TEST_F(AsyncPool, AWakeToAWaiterDestroyedBeforeItLookedGoesToTheNext) {
+    // The first waiter, a coroutine, is woken to look at the connection given back; its
+    // io_context is destroyed before it looks. The thread waiting behind it is woken instead,
+    // at once, not at the end of its 10 s.
+    auto pool = make({.max_size = 1});
+    warm(pool);
+    auto held = pool.connection();
+    held.enter();
+    auto io = std::make_unique<asio::io_context>();
+    asio::co_spawn(*io,
+                   ctxmgr::async_with(pool.async_connection(10s),
+                                      [](sqlite::connection&) -> task<void> { co_return; }),
+                   asio::detached);
+    io->poll();
+    ASSERT_EQ(pool.stats().waiting, 1U);
+    std::chrono::steady_clock::duration waited{};
+    std::thread second([&] {
+        const auto asked = std::chrono::steady_clock::now();
+        ctxmgr::with(pool.connection(10s), [](sqlite::connection&) {});
+        waited = std::chrono::steady_clock::now() - asked;
+    });
+    ASSERT_TRUE(eventually([&] { return pool.stats().waiting == 2; }));
+    held.exit(nullptr);  // the coroutine is woken to look; its resumption never runs
+    io.reset();
+    second.join();
+    EXPECT_LT(waited, 5s);
+    EXPECT_EQ(pool.stats().waiting, 0U);
+    EXPECT_EQ(pool.stats().in_use, 0U);
 }
 
 TEST_F(AsyncPool, AWaiterWokenFromAnotherThreadBeforeItsWaitBeganIsServed) {

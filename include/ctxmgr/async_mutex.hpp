@@ -132,7 +132,7 @@ class async_mutex {
         static bool withdraw(void* context) noexcept {
             auto& self = *static_cast<waiter*>(context);
             std::lock_guard guard(self.mutex.state_);
-            if (self.granted) return false;
+            if (!self.queued) return false;  // granted, or withdrawn already
             self.mutex.unlink(self);
             return true;
         }
@@ -141,6 +141,7 @@ class async_mutex {
         detail::async_turn turn;
         waiter* prev = nullptr;  // guarded by the mutex's state_, as the rest
         waiter* next = nullptr;
+        bool queued = false;
         bool granted = false;
         bool left = false;  // by its coroutine, after the wait
     };
@@ -149,6 +150,7 @@ class async_mutex {
         (w.prev != nullptr ? w.prev->next : first_) = w.next;
         (w.next != nullptr ? w.next->prev : last_) = w.prev;
         w.prev = w.next = nullptr;
+        w.queued = false;
     }
 
     asio::awaitable<void> wait(std::optional<std::chrono::nanoseconds> timeout) {
@@ -164,6 +166,7 @@ class async_mutex {
             self.prev = last_;
             (last_ != nullptr ? last_->next : first_) = &self;
             last_ = &self;
+            self.queued = true;
         }
         std::exception_ptr failure;
         asio::error_code error;

@@ -101,8 +101,16 @@ class async_pool_place {
     async_pool_place(const async_pool_place&) = delete;
     async_pool_place& operator=(const async_pool_place&) = delete;
     ~async_pool_place() {
-        if (queued_ && leave() && turn_.handed != nullptr) {
+        if (queued_ && leave()) give_back();
+    }
+
+    // For a borrower leaving after the core took its turn: what was handed goes back, or the
+    // wake to look goes to the next waiter.
+    void give_back() noexcept {
+        if (turn_.handed != nullptr) {
             pool_return_unused(turn_.core, *std::exchange(turn_.handed, nullptr));
+        } else {
+            pool_pass_wake(turn_.core);
         }
     }
 
@@ -140,7 +148,7 @@ inline asio::awaitable<pool_entry_base*> async_pool_acquire(
         // moment: what was handed is this borrower's.
         const bool by_core = place.leave();
         if (error && error != asio::error::timed_out) {
-            if (by_core && turn.handed != nullptr) pool_return_unused(core, *turn.handed);
+            if (by_core) place.give_back();
             throw std::system_error(asio::error::operation_aborted,
                                     "a connection from " + pool_description(core));
         }

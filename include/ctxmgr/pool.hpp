@@ -353,6 +353,9 @@ struct pool_async_waiter {
 [[nodiscard]] pool_entry_base* pool_take_handed(pool_core& core, pool_async_waiter& waiter,
                                                 const deadline& limit,
                                                 std::chrono::steady_clock::time_point started);
+// After a wake that handed nothing (look at the idle connections), when the borrower leaves
+// without looking: the next waiter is woken instead.
+void pool_pass_wake(pool_core& core) noexcept;
 // Gives back a connection lent to a borrower who left before using it (cancelled); one not
 // `reusable` is destroyed.
 void pool_return_unused(pool_core& core, pool_entry_base& entry, bool reusable = true) noexcept;

@@ -131,6 +131,17 @@ pool_entry* pool_core::acquire_async(pool_async_waiter& a, bool overtaken,
     return nullptr;
 }
 
+// An asynchronous borrower the core woke to look at an idle connection left without looking
+// (cancelled before its wait began, or its coroutine destroyed): the wake goes to the next
+// waiter, so that the connection does not sit idle while others wait.
+void pool_core::pass_wake() noexcept {
+    std::unique_lock lock(mutex_);
+    if (idle_.empty() || waiters_.empty() || suspended_ || closing_) return;
+    pool_waiter& w = waiters_.remove(waiters_.front());
+    lock.unlock();
+    w.release();
+}
+
 bool pool_core::withdraw(pool_async_waiter& a) noexcept {
     std::lock_guard lock(mutex_);
     if (a.queued == nullptr) return false;
@@ -402,6 +413,10 @@ bool pool_withdraw(pool_core& core, pool_async_waiter& waiter) noexcept {
 pool_entry_base* pool_take_handed(pool_core& core, pool_async_waiter& waiter, const deadline& limit,
                                   std::chrono::steady_clock::time_point started) {
     return core.take_handed(waiter, limit, started);
+}
+
+void pool_pass_wake(pool_core& core) noexcept {
+    core.pass_wake();
 }
 
 void pool_return_unused(pool_core& core, pool_entry_base& entry, bool reusable) noexcept {

@@ -60,7 +60,8 @@ class async_turn_waits final : public asio::execution_context::service {
 
     explicit async_turn_waits(asio::execution_context& context) : service(context) {}
 
-    // The timer, made on the first turn's executor (untracked: it never keeps run() going).
+    // The timer, made on the first turn's executor (untracked; a pending wait counts as the
+    // context's work all the same, which is why remove() stops it when no turn is left).
     void prepare(const asio::any_io_executor& executor) {
         if (timer_made_.load(std::memory_order_acquire)) return;
         std::lock_guard lock(mutex_);
@@ -89,8 +90,9 @@ class async_turn_waits final : public asio::execution_context::service {
 
 class async_turn {
   public:
-    // Takes the turn off its queue when it is still there: true; false when the queue's owner
-    // took it (its wake comes, or came). Called with `context`.
+    // Takes the turn off its queue when it is still there: true; false when it is not (the
+    // queue's owner took it, and its wake comes or came; or it was withdrawn already). Called
+    // with `context`.
     using withdraw_function = bool (*)(void* context) noexcept;
 
     // Before the turn is queued: a wake may come at once.
@@ -118,17 +120,18 @@ class async_turn {
     // By the queue's owner, from any thread, once it has taken the turn off its queue. Before
     // the wait has begun, the decision is left for it to find (nothing is posted: a coroutine
     // cancelled before it began its wait never starts it).
+    // Under the turn's lock, so that a shutdown of the context meanwhile (which detaches the
+    // turn) is seen: nothing is posted then.
     void wake() noexcept {
-        bool started = false;
         {
             std::lock_guard lock(mutex_);
-            started = started_;
-            if (!started) {
+            if (!started_) {
                 decided_ = true;
                 --pending_;
+            } else if (!detached_) {
+                post([this] { decide(asio::error_code()); });
             }
         }
-        if (started) post([this] { decide(asio::error_code()); });
         wake_done_.store(true, std::memory_order_release);  // its last touch of the turn
     }
 
@@ -136,7 +139,10 @@ class async_turn {
     // is over when this returns); false when the turn was withdrawn (by its cancellation or
     // deadline, or now). Called once.
     [[nodiscard]] bool leave() noexcept {
-        if (withdrawn_ || withdraw_(context_)) return false;
+        {
+            std::lock_guard lock(mutex_);
+            if (withdrawn_ || withdraw_(context_)) return false;
+        }
         while (!wake_done_.load(std::memory_order_acquire)) std::this_thread::yield();
         return true;
     }
@@ -144,6 +150,15 @@ class async_turn {
   private:
     friend class async_turn_waits;
     static constexpr std::size_t inline_size = 4 * sizeof(void*);
+
+    // For the cancellation and the deadline: true when this takes the turn off its queue, and
+    // so decides; at most once, whichever comes first.
+    bool withdraw_once() noexcept {
+        std::lock_guard lock(mutex_);
+        if (withdrawn_ || decided_ || !withdraw_(context_)) return false;
+        withdrawn_ = true;
+        return true;
+    }
 
     template <class Handler>
     void start(Handler handler) {
@@ -196,8 +211,7 @@ class async_turn {
         async_turn* turn;
         void operator()(asio::cancellation_type_t type) const {
             if (type == asio::cancellation_type::none) return;
-            if (!turn->withdraw_(turn->context_)) return;  // the owner's wake decides
-            turn->withdrawn_ = true;
+            if (!turn->withdraw_once()) return;  // the owner's wake decides, or the deadline did
             turn->post([t = turn] { t->decide(asio::error::operation_aborted); });
         }
     };
@@ -243,7 +257,8 @@ class async_turn {
     bool decided_ = false;
     asio::error_code error_;
     asio::cancellation_slot slot_;
-    bool withdrawn_ = false;  // by its cancellation or deadline
+    bool withdrawn_ = false;  // by its cancellation or deadline (under mutex_ until the end)
+    bool detached_ = false;   // by the context's shutdown (under mutex_)
     std::atomic<bool> wake_done_{false};
     alignas(std::max_align_t) unsigned char storage_[inline_size];
     void* heap_ = nullptr;
@@ -301,8 +316,7 @@ inline void async_turn_waits::expired(const asio::error_code& error) {
             if (!t->limit_.timed()) continue;
             if (t->limit_.time_point() > now) {
                 next = std::min(next, t->limit_.time_point());
-            } else if (t->withdraw_(t->context_)) {
-                t->withdrawn_ = true;
+            } else if (t->withdraw_once()) {
                 t->next_late_ = late;
                 late = t;
             }
@@ -310,10 +324,11 @@ inline void async_turn_waits::expired(const asio::error_code& error) {
         armed_at_ = time_point::max();
         if (next != time_point::max()) arm(next);
     }
-    // Each stays until decided: nothing else can decide a turn taken off its queue here.
+    // Each stays until decided: nothing else can decide a turn taken off its queue here. The
+    // decision is posted to the turn's own executor (this runs on the timer's).
     while (late != nullptr) {
         async_turn* t = std::exchange(late, late->next_late_);
-        t->decide(asio::error::timed_out);
+        t->post([t] { t->decide(asio::error::timed_out); });
     }
 }
 
@@ -334,8 +349,12 @@ inline void async_turn_waits::shutdown() {
             if (first_ != nullptr) first_->prev_ = nullptr;
             turn->prev_ = turn->next_ = nullptr;
         }
-        turn->slot_ = asio::cancellation_slot();
-        turn->work_ = asio::any_io_executor();
+        {
+            std::lock_guard lock(turn->mutex_);  // a wake from another thread posts nothing now
+            turn->detached_ = true;
+            turn->work_ = asio::any_io_executor();
+        }
+        if (turn->slot_.is_connected()) turn->slot_.clear();  // the signal may outlive the turn
         if (turn->destroy_handler_ != nullptr) turn->destroy_handler_(*turn);
     }
 }

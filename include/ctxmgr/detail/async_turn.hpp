@@ -180,17 +180,14 @@ class async_turn {
                 return stored(std::move(*h));
             }
         };
-        // What may throw comes before the handler is taken: it is then still the caller's.
+        // Asio runs this inside the coroutine's await_suspend, which is noexcept: a bad_alloc
+        // here (arming the timer, a handler too large for the turn) ends the program, as it
+        // does in Asio's own operations.
         waits_.add(*this);
         if constexpr (fits) {
             new (storage_) stored(std::move(handler));
         } else {
-            try {
-                heap_ = new stored(std::move(handler));  // NOLINT: the turn's until taken
-            } catch (...) {
-                waits_.remove(*this);
-                throw;
-            }
+            heap_ = new stored(std::move(handler));  // NOLINT: the turn's until taken
         }
         invoke_handler_ = [](async_turn& t, asio::error_code error) { take(t)(error); };
         destroy_handler_ = [](async_turn& t) noexcept { static_cast<void>(take(t)); };

@@ -126,14 +126,16 @@ class async_mutex {
         // A coroutine destroyed while it waits leaves the queue, or passes on the lock handed
         // to it.
         ~waiter() {
-            if (!left && turn.leave()) mutex.unlock();
+            if (!turn.left() && turn.leave()) mutex.unlock();
         }
 
+        // False only when granted: otherwise nobody wakes it any more (out of the queue now,
+        // or never in it: the lock was free after all).
         static bool withdraw(void* context) noexcept {
             auto& self = *static_cast<waiter*>(context);
             std::lock_guard guard(self.mutex.state_);
-            if (!self.queued) return false;  // granted, or withdrawn already
-            self.mutex.unlink(self);
+            if (self.granted) return false;
+            if (self.queued) self.mutex.unlink(self);
             return true;
         }
 
@@ -143,7 +145,6 @@ class async_mutex {
         waiter* next = nullptr;
         bool queued = false;
         bool granted = false;
-        bool left = false;  // by its coroutine, after the wait
     };
 
     void unlink(waiter& w) noexcept {
@@ -160,7 +161,6 @@ class async_mutex {
             std::lock_guard guard(state_);
             if (!locked_) {
                 locked_ = true;
-                self.left = true;  // never queued
                 co_return;
             }
             self.prev = last_;
@@ -175,7 +175,6 @@ class async_mutex {
         } catch (...) {
             failure = std::current_exception();  // cancelled before the wait began
         }
-        self.left = true;
         // Granted at the moment the wait timed out or was cancelled: kept.
         if (self.turn.leave()) co_return;
         if (failure) std::rethrow_exception(failure);

@@ -92,7 +92,7 @@ struct async_pool_turn : pool_async_waiter {
     async_turn turn;
 };
 
-// A turn's place in the queue, left on every way out of the wait (async_turn::leave). Also
+// A turn's place in the queue, left on every way out of the wait (async_turn::leave), also
 // when the coroutine's frame is destroyed while it waits: then a connection handed to it goes
 // back.
 class async_pool_place {
@@ -101,7 +101,7 @@ class async_pool_place {
     async_pool_place(const async_pool_place&) = delete;
     async_pool_place& operator=(const async_pool_place&) = delete;
     ~async_pool_place() {
-        if (queued_ && leave()) give_back();
+        if (!turn_.turn.left() && leave()) give_back();
     }
 
     // For a borrower leaving after the core took its turn: what was handed goes back, or the
@@ -115,14 +115,10 @@ class async_pool_place {
     }
 
     // True when the core took the turn off the queue (turn.handed says with what).
-    bool leave() noexcept {
-        queued_ = false;
-        return turn_.turn.leave();
-    }
+    bool leave() noexcept { return turn_.turn.leave(); }
 
   private:
     async_pool_turn& turn_;
-    bool queued_ = true;
 };
 
 // pool_acquire's loop, with the waits awaited: a borrow asked at `started`, until `limit`.

@@ -71,19 +71,9 @@ void pool_core::release(pool_entry& e, bool reusable, bool used) noexcept {
                 idle_.push_back(&e);  // never allocates: reserved for max_size
                 return;
             }
-            // The longest waiting borrower is woken to take it, but a borrower already
-            // running may take it first (no context switch: far more throughput when
-            // threads outnumber connections). One that lost so once is handed the next
-            // connection outright: a waiter is overtaken at most once in a row.
-            pool_waiter* w = &waiters_.front();
-            if (w->overtaken) {
-                hand_over(e, now);
-            } else {
-                idle_.push_back(&e);
-                waiters_.remove(*w);
-            }
+            pool_waiter& w = offer(e, now);
             lock.unlock();
-            w->release();
+            w.release();
             return;
         }
         accounting_.destroyed(1);
@@ -131,13 +121,27 @@ pool_entry* pool_core::acquire_async(pool_async_waiter& a, bool overtaken,
     return nullptr;
 }
 
+// The idle connection `e`, out of idle_, to the longest waiting borrower (under the mutex;
+// waiters_ not empty): the waiter to release() after unlocking. It is woken to take it, but a
+// borrower already running may take it first (no context switch: far more throughput when
+// threads outnumber connections). One that lost so once is handed the next connection
+// outright: a waiter is overtaken at most once in a row.
+pool_waiter& pool_core::offer(pool_entry& e, std::int64_t now) noexcept {
+    pool_waiter& w = waiters_.front();
+    if (w.overtaken) return hand_over(e, now);
+    idle_.push_back(&e);
+    return waiters_.remove(w);
+}
+
 // An asynchronous borrower the core woke to look at an idle connection left without looking
-// (cancelled before its wait began, or its coroutine destroyed): the wake goes to the next
-// waiter, so that the connection does not sit idle while others wait.
+// (cancelled before its wait began, or its coroutine destroyed): the connection is offered to
+// the next waiter, as when it came back, so that it does not sit idle while others wait.
 void pool_core::pass_wake() noexcept {
     std::unique_lock lock(mutex_);
     if (idle_.empty() || waiters_.empty() || suspended_ || closing_) return;
-    pool_waiter& w = waiters_.remove(waiters_.front());
+    pool_entry& e = *idle_.back();
+    idle_.pop_back();
+    pool_waiter& w = offer(e, coarse_now_ns());
     lock.unlock();
     w.release();
 }

@@ -112,6 +112,7 @@ class pool_core {
                               const std::source_location& where);
     bool withdraw(pool_async_waiter& a) noexcept;
     void pass_wake() noexcept;
+    pool_waiter& offer(pool_entry& e, std::int64_t now) noexcept;
     pool_entry* take_handed(pool_async_waiter& a, const detail::deadline& deadline,
                             steady::time_point started) noexcept;
     [[nodiscard]] std::chrono::milliseconds ping_timeout(

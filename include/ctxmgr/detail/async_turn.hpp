@@ -90,9 +90,8 @@ class async_turn_waits final : public asio::execution_context::service {
 
 class async_turn {
   public:
-    // Takes the turn off its queue when it is still there: true; false when it is not (the
-    // queue's owner took it, and its wake comes or came; or it was withdrawn already). Called
-    // with `context`.
+    // Takes the turn off its queue: true; false when the queue's owner took it (its wake
+    // comes, or came). Called with `context`; once it has said true, never again.
     using withdraw_function = bool (*)(void* context) noexcept;
 
     // Before the turn is queued: a wake may come at once.
@@ -137,8 +136,9 @@ class async_turn {
 
     // After the wait, or instead of it: true when the queue's owner took the turn (its wake
     // is over when this returns); false when the turn was withdrawn (by its cancellation or
-    // deadline, or now). Called once.
+    // deadline, or now). Called once: left() says whether it was.
     [[nodiscard]] bool leave() noexcept {
+        left_ = true;
         {
             std::lock_guard lock(mutex_);
             if (withdrawn_ || withdraw_(context_)) return false;
@@ -146,6 +146,9 @@ class async_turn {
         while (!wake_done_.load(std::memory_order_acquire)) std::this_thread::yield();
         return true;
     }
+
+    // Whether leave() was called: a frame destroyed while it waits has not.
+    [[nodiscard]] bool left() const noexcept { return left_; }
 
   private:
     friend class async_turn_waits;
@@ -257,6 +260,7 @@ class async_turn {
     bool withdrawn_ = false;  // by its cancellation or deadline (under mutex_ until the end)
     bool detached_ = false;   // by the context's shutdown (under mutex_)
     std::atomic<bool> wake_done_{false};
+    bool left_ = false;  // by its coroutine
     alignas(std::max_align_t) unsigned char storage_[inline_size];
     void* heap_ = nullptr;
     void (*invoke_handler_)(async_turn&, asio::error_code) = nullptr;

@@ -42,6 +42,7 @@ BENCHMARK(on_work<kernels::handwritten_guards<4>>)->Name("handwritten_guards<4>"
 BENCHMARK(on_work<kernels::handwritten_guards<16>>)->Name("handwritten_guards<16>");
 BENCHMARK(on_work<kernels::with_contextmanager>)->Name("contextmanager_coroutine");
 BENCHMARK(on_work<kernels::with_class_manager>)->Name("contextmanager_class");
+BENCHMARK(on_work<kernels::handwritten_coroutine>)->Name("contextmanager_floor");
 BENCHMARK(on_work<kernels::guard_finally>)->Name("guard_finally");
 BENCHMARK(on_work<kernels::guard_scope_fail>)->Name("guard_scope_fail");
 BENCHMARK(on_work<kernels::guard_handwritten>)->Name("guard_handwritten");

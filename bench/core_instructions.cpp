@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
         {"handwritten_guards<4>", [&] { kernels::handwritten_guards<4>(work); }},
         {"with_contextmanager", [&] { kernels::with_contextmanager(work); }},
         {"with_class_manager", [&] { kernels::with_class_manager(work); }},
+        {"handwritten_coroutine", [&] { kernels::handwritten_coroutine(work); }},
         {"guard_finally", [&] { kernels::guard_finally(work); }},
         {"guard_scope_fail", [&] { kernels::guard_scope_fail(work); }},
         {"guard_handwritten", [&] { kernels::guard_handwritten(work); }},

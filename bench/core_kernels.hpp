@@ -6,7 +6,10 @@
 
 #include <ctxmgr/ctxmgr.hpp>
 
+#include <coroutine>
+#include <cstddef>
 #include <exception>
+#include <utility>
 
 #if defined(CTXMGR_BENCH_ABSL)
 #include <absl/cleanup/cleanup.h>
@@ -119,6 +122,111 @@ CTXMGR_KERNEL inline void with_contextmanager(int& work) {
 
 CTXMGR_KERNEL inline void with_class_manager(int& work) {
     ctxmgr::with(counted_class{work}, [](int& w) { escape(w); });
+}
+
+// The floor for a coroutine manager: the least a coroutine with contextmanager's semantics
+// does by hand (the exception thrown in at the co_yield, suppression when the coroutine
+// finishes, replacement when it throws something else, the original object rethrown), with
+// a one-slot, trivially destructible frame recycler and none of contextmanager's checks
+// (entered twice, yielded twice, never entered).
+namespace floor_coroutine {
+
+struct frame_slot {
+    void* frame = nullptr;
+    std::size_t size = 0;
+};
+inline constinit thread_local frame_slot slot{};
+
+struct manager {
+    struct promise_type;
+    using handle = std::coroutine_handle<promise_type>;
+
+    struct promise_type {
+        manager* owner = nullptr;
+        const std::exception_ptr* resume_with = nullptr;
+        int* value = nullptr;
+
+        manager get_return_object() noexcept { return manager{handle::from_promise(*this)}; }
+        std::suspend_always initial_suspend() noexcept { return {}; }
+        std::suspend_never final_suspend() noexcept { return {}; }
+        void return_void() noexcept {}
+        void unhandled_exception() noexcept { owner->thrown = std::current_exception(); }
+        ~promise_type() { owner->frame = nullptr; }
+
+        struct yield_awaiter {
+            promise_type& promise;
+            bool await_ready() const noexcept { return false; }
+            void await_suspend(handle) const noexcept {}
+            void await_resume() const {
+                if (promise.resume_with != nullptr && *promise.resume_with)
+                    std::rethrow_exception(*promise.resume_with);
+            }
+        };
+        yield_awaiter yield_value(int& v) noexcept {
+            value = &v;
+            return {*this};
+        }
+
+        static void* operator new(std::size_t size) {
+            frame_slot& s = slot;
+            if (s.frame != nullptr && s.size == size) return std::exchange(s.frame, nullptr);
+            return ::operator new(size);
+        }
+        static void operator delete(void* frame, std::size_t size) noexcept {
+            frame_slot& s = slot;
+            if (s.frame == nullptr) {
+                s = {frame, size};
+                return;
+            }
+            ::operator delete(frame);
+        }
+    };
+
+    explicit manager(handle h) noexcept : frame(h) {}
+    manager(manager&& other) noexcept : frame(std::exchange(other.frame, nullptr)) {}
+    ~manager() {
+        if (frame) {
+            frame.promise().owner = this;
+            frame.destroy();
+        }
+    }
+
+    int& enter() {
+        frame.promise().owner = this;
+        frame.resume();
+        return *frame.promise().value;
+    }
+    bool exit(const std::exception_ptr& e) {
+        frame.promise().owner = this;
+        frame.promise().resume_with = &e;
+        frame.resume();
+        if (!thrown) return static_cast<bool>(e);
+        if (thrown == e) return false;
+        std::rethrow_exception(thrown);
+    }
+
+    handle frame;
+    std::exception_ptr thrown;
+};
+
+inline manager counted(int& work) {
+    ++work;
+    co_yield work;
+    ++work;
+}
+
+}  // namespace floor_coroutine
+
+CTXMGR_KERNEL inline void handwritten_coroutine(int& work) {
+    floor_coroutine::manager m = floor_coroutine::counted(work);
+    int& w = m.enter();
+    try {
+        escape(w);
+    } catch (...) {
+        if (!m.exit(std::current_exception())) throw;
+        return;
+    }
+    m.exit(nullptr);
 }
 
 // ---- scope guards versus their peers -----------------------------------------------------

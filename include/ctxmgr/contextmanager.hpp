@@ -83,17 +83,24 @@ struct frame_slots {
     void* frames[capacity] = {};
     std::size_t sizes[capacity] = {};
     unsigned count = 0;
+    // capacity once the thread-exit cleanup is registered, 0 before and after it: a frame
+    // freed while count < open is kept with one comparison.
+    unsigned open = 0;
     enum : unsigned char { unregistered, registered, gone } state = unregistered;
 };
 inline constinit thread_local frame_slots recycled_frames{};
 
 struct frame_slots_owner {
-    frame_slots_owner() noexcept { recycled_frames.state = frame_slots::registered; }
+    frame_slots_owner() noexcept {
+        recycled_frames.state = frame_slots::registered;
+        recycled_frames.open = frame_slots::capacity;
+    }
     frame_slots_owner(const frame_slots_owner&) = delete;
     frame_slots_owner& operator=(const frame_slots_owner&) = delete;
     ~frame_slots_owner() {
         frame_slots& slots = recycled_frames;
         slots.state = frame_slots::gone;
+        slots.open = 0;
         while (slots.count > 0) ::operator delete(slots.frames[--slots.count]);
     }
 };
@@ -146,12 +153,13 @@ inline void* allocate_frame(std::size_t size) {
 }
 
 inline void keep_frame(frame_slots& slots, void* frame, std::size_t size) noexcept {
-    if (slots.count == frame_slots::capacity) drop_oldest_frame(slots);
     slots.frames[slots.count] = frame;
     slots.sizes[slots.count] = size;
     ++slots.count;
 }
 
+// A frame freed with every slot taken, or before the thread-exit cleanup is registered, or
+// after it ran.
 [[gnu::noinline]] inline void keep_frame_slow(void* frame, std::size_t size) noexcept {
     frame_slots& slots = recycled_frames;
     if (slots.state == frame_slots::unregistered) {
@@ -162,15 +170,16 @@ inline void keep_frame(frame_slots& slots, void* frame, std::size_t size) noexce
         } catch (...) {
         }
     }
-    if (slots.state == frame_slots::registered) return keep_frame(slots, frame, size);
-    ::operator delete(frame);
+    if (slots.state != frame_slots::registered) return ::operator delete(frame);
+    if (slots.count == frame_slots::capacity) drop_oldest_frame(slots);
+    keep_frame(slots, frame, size);
 }
 
 inline void deallocate_frame(void* frame, std::size_t size) noexcept {
     if constexpr (frame_cache_enabled) {
         frame_slots& slots = recycled_frames;
-        if (slots.state == frame_slots::registered) return keep_frame(slots, frame, size);
-        if (slots.state == frame_slots::unregistered) return keep_frame_slow(frame, size);
+        if (slots.count < slots.open) return keep_frame(slots, frame, size);
+        return keep_frame_slow(frame, size);
     }
     ::operator delete(frame);
 }
@@ -178,11 +187,24 @@ inline void deallocate_frame(void* frame, std::size_t size) noexcept {
 // What `co_yield {};` yields in a contextmanager<void>.
 struct nothing_yielded {};
 
+// Written by each co_yield before enter() reads it, so left uninitialized: initializing it
+// costs a store in every frame's construction.
 template <class T>
 struct yielded {
     using pointer = std::remove_reference_t<T>*;
-    pointer value = nullptr;
+    pointer value;
     bool movable = false;  // yielded as an rvalue: enter() may move from it
+};
+
+// A reference target is never moved from.
+template <class T>
+struct yielded<T&> {
+    T* value;
+};
+
+template <class T>
+struct yielded<T&&> {
+    T* value;
 };
 
 template <>
@@ -220,18 +242,12 @@ class [[nodiscard]] contextmanager {
     // Runs the coroutine to its co_yield and returns the yielded value. Throws what the
     // setup throws, or protocol_error if entered twice or if the coroutine did not yield.
     T enter() {
-        if (state_ != state::created) {
-            throw protocol_error(state_ == state::entered
-                                     ? "contextmanager: entered twice"
-                                     : "contextmanager: entered after it finished");
-        }
+        if (state_ != state::created) [[unlikely]]
+            entered_out_of_turn();
         state_ = state::entered;
         resume(nullptr);
-        if (!handle_) {  // the coroutine finished, and its frame is gone
-            state_ = state::finished;
-            if (thrown_) std::rethrow_exception(std::exchange(thrown_, nullptr));
-            throw protocol_error("contextmanager: the coroutine did not yield");
-        }
+        if (!handle_) [[unlikely]]  // the coroutine finished, and its frame is gone
+            finished_without_yielding();
         if constexpr (std::is_void_v<T>) {
             return;
         } else if constexpr (std::is_reference_v<T>) {
@@ -247,30 +263,15 @@ class [[nodiscard]] contextmanager {
 
     // Resumes the coroutine with `e` (see the semantics above). Returns true when the
     // coroutine swallowed a non-null `e`.
-    bool exit(std::exception_ptr e) {
-        if (state_ != state::entered) {
-            throw protocol_error(state_ == state::created ? "contextmanager: exit without enter"
-                                                          : "contextmanager: exited twice");
-        }
+    bool exit(const std::exception_ptr& e) {
+        if (state_ != state::entered) [[unlikely]]
+            exited_out_of_turn();
         resume(&e);
         state_ = state::finished;
-        if (handle_) {  // suspended at a second co_yield
-            destroy();
-            if (!e)
-                throw protocol_error(
-                    "contextmanager: the coroutine did not stop (it yielded twice)");
-            // Called from the handler of e, so e is nested in this error, as Python sets
-            // __context__ on its "generator didn't stop after throw()".
-            std::throw_with_nested(protocol_error(
-                "contextmanager: the coroutine did not stop after the exception was thrown in"));
-        }
+        if (handle_) [[unlikely]]  // suspended at a second co_yield
+            did_not_stop(e);
         if (!thrown_) return static_cast<bool>(e);
-        std::exception_ptr thrown = std::exchange(thrown_, nullptr);
-        // The coroutine let e through, or rethrew it: not suppressed, and with() rethrows the
-        // original object. Compared by identity, so a different exception of the same type
-        // is never mistaken for e (CPython's `exc is value` check).
-        if (thrown == e) return false;
-        std::rethrow_exception(thrown);
+        return rethrow_unless_same(e);
     }
 
     class promise_type {
@@ -294,10 +295,11 @@ class [[nodiscard]] contextmanager {
             : where_(where) {}
         promise_type(const promise_type&) = delete;
         promise_type& operator=(const promise_type&) = delete;
-        // Tells the manager its frame is gone, whichever way it went.
-        ~promise_type() {
-            if (owner_ != nullptr) owner_->handle_ = nullptr;
-        }
+        // Tells the manager its frame is gone, whichever way it went. owner_ is set before
+        // every resumption and before destroy(), and nothing in the ramp after the promise
+        // is made can throw (get_return_object and initial_suspend are noexcept), so the
+        // frame never dies without one.
+        ~promise_type() { owner_->handle_ = nullptr; }
 
         // Rethrows, at the co_yield, the exception exit() was given.
         struct yield_awaiter {
@@ -305,7 +307,8 @@ class [[nodiscard]] contextmanager {
             bool await_ready() const noexcept { return false; }
             void await_suspend(handle_type) const noexcept {}
             void await_resume() const {
-                const std::exception_ptr* e = std::exchange(promise.resume_with_, nullptr);
+                // Only exit() resumes a coroutine suspended at its co_yield.
+                const std::exception_ptr* e = promise.resume_with_;
                 if (e != nullptr && *e) std::rethrow_exception(*e);
             }
         };
@@ -355,14 +358,56 @@ class [[nodiscard]] contextmanager {
         // The manager that resumes or destroys the frame, set before each: the manager
         // may have been moved since the last time.
         contextmanager* owner_ = nullptr;
-        // What exit() throws in at the co_yield; it lives in exit()'s frame meanwhile.
-        const std::exception_ptr* resume_with_ = nullptr;
+        // What exit() throws in at the co_yield: its argument, alive while the coroutine
+        // runs. Set by resume() before every resumption, so not initialized (a store saved).
+        const std::exception_ptr* resume_with_;
         std::source_location where_;
         [[no_unique_address]] detail::yielded<T> yielded_;
     };
 
   private:
     enum class state : unsigned char { created, entered, finished };
+
+    // The failures, out of line so that enter() and exit() stay small enough to inline into
+    // with() on both compilers.
+    [[noreturn, gnu::cold, gnu::noinline]] static void misused(const char* what) {
+        throw protocol_error(what);
+    }
+
+    [[noreturn, gnu::cold, gnu::noinline]] void entered_out_of_turn() const {
+        misused(state_ == state::entered ? "contextmanager: entered twice"
+                                         : "contextmanager: entered after it finished");
+    }
+
+    [[noreturn, gnu::cold, gnu::noinline]] void exited_out_of_turn() const {
+        misused(state_ == state::created ? "contextmanager: exit without enter"
+                                         : "contextmanager: exited twice");
+    }
+
+    [[noreturn, gnu::cold, gnu::noinline]] void finished_without_yielding() {
+        state_ = state::finished;
+        if (thrown_) std::rethrow_exception(std::exchange(thrown_, nullptr));
+        throw protocol_error("contextmanager: the coroutine did not yield");
+    }
+
+    [[noreturn, gnu::cold, gnu::noinline]] void did_not_stop(const std::exception_ptr& e) {
+        destroy();
+        if (!e)
+            throw protocol_error("contextmanager: the coroutine did not stop (it yielded twice)");
+        // Called from the handler of e, so e is nested in this error, as Python sets
+        // __context__ on its "generator didn't stop after throw()".
+        std::throw_with_nested(protocol_error(
+            "contextmanager: the coroutine did not stop after the exception was thrown in"));
+    }
+
+    // The coroutine let e through, or rethrew it: not suppressed, and with() rethrows the
+    // original object. Compared by identity, so a different exception of the same type is
+    // never mistaken for e (CPython's `exc is value` check).
+    [[gnu::noinline]] bool rethrow_unless_same(const std::exception_ptr& e) {
+        std::exception_ptr thrown = std::exchange(thrown_, nullptr);
+        if (thrown == e) return false;
+        std::rethrow_exception(std::move(thrown));
+    }
 
     explicit contextmanager(handle_type handle) noexcept : handle_(handle) {}
 
@@ -376,7 +421,8 @@ class [[nodiscard]] contextmanager {
     // Destroys the frame of a manager being dropped; one never entered says so first. Its
     // state is known inside with(), where the test disappears.
     void drop() noexcept {
-        if (state_ == state::created && handle_) {
+        if (!handle_) return;  // finished, or moved from
+        if (state_ == state::created) {
             detail::destroyed_unentered<"contextmanager">(handle_.promise().where_);
         }
         destroy();

@@ -32,6 +32,13 @@ using namespace std::chrono_literals;
 template <class T>
 using task = asio::awaitable<T>;
 
+// Whether nobody holds `m`: it is taken and given back at once.
+::testing::AssertionResult is_free(ctxmgr::async_mutex& m) {
+    if (!m.try_lock()) return ::testing::AssertionFailure() << "the async_mutex is held";
+    m.unlock();
+    return ::testing::AssertionSuccess();
+}
+
 TEST(AsyncMutex, HeldAcrossAwaitsAndReleasedByAsyncWithOnEveryPath) {
     ctxmgr::async_mutex m;
     static_assert(ctxmgr::async_context_manager<ctxmgr::async_lock_guard>);
@@ -39,16 +46,14 @@ TEST(AsyncMutex, HeldAcrossAwaitsAndReleasedByAsyncWithOnEveryPath) {
         co_await pause();
         EXPECT_FALSE(m.try_lock());
     }));
-    ASSERT_TRUE(m.try_lock());
-    m.unlock();
+    EXPECT_TRUE(is_free(m));
     EXPECT_THROW(run_awaitable(ctxmgr::async_with(ctxmgr::async_lock(m, 1s),
                                                   []() -> task<void> {
                                                       co_await pause();
                                                       throw test_error("x");
                                                   })),
                  test_error);
-    ASSERT_TRUE(m.try_lock());
-    m.unlock();
+    EXPECT_TRUE(is_free(m));
 }
 
 TEST(AsyncMutex, WaitersAreServedInArrivalOrder) {
@@ -74,8 +79,7 @@ TEST(AsyncMutex, WaitersAreServedInArrivalOrder) {
         asio::detached);
     io.run();
     EXPECT_EQ(order, (std::vector<int>{1, 2, 3, 4, 5}));
-    ASSERT_TRUE(m.try_lock());
-    m.unlock();
+    EXPECT_TRUE(is_free(m));
 }
 
 TEST(AsyncMutex, AWaitThatTimesOutThrowsTimeoutErrorAndLeavesTheQueue) {
@@ -90,8 +94,7 @@ TEST(AsyncMutex, AWaitThatTimesOutThrowsTimeoutErrorAndLeavesTheQueue) {
         EXPECT_EQ(e.waited(), 20ms);
     }
     m.unlock();  // nobody left waiting: the lock is free
-    ASSERT_TRUE(m.try_lock());
-    m.unlock();
+    EXPECT_TRUE(is_free(m));
 }
 
 TEST(AsyncMutex, AWaitCanBeCancelled) {
@@ -119,8 +122,7 @@ TEST(AsyncMutex, AWaitCanBeCancelled) {
     EXPECT_TRUE(ctxmgr::holds<std::system_error>(outcome)) << ctxmgr::describe(outcome);
     EXPECT_FALSE(body_ran);
     m.unlock();
-    ASSERT_TRUE(m.try_lock());
-    m.unlock();
+    EXPECT_TRUE(is_free(m));
 }
 
 TEST(AsyncMutex, WaitersOfADestroyedIoContextLeaveTheQueueAndPassOnTheLock) {
@@ -143,8 +145,7 @@ TEST(AsyncMutex, WaitersOfADestroyedIoContextLeaveTheQueueAndPassOnTheLock) {
     }
     EXPECT_FALSE(any_ran);
     // The waiter handed the lock passed it on as it was destroyed; the others had left.
-    ASSERT_TRUE(m.try_lock());
-    m.unlock();
+    EXPECT_TRUE(is_free(m));
 }
 
 TEST(AsyncMutex, AWaiterCancelledTwiceLeavesTheQueueOnceAndTheOthersKeepTheirPlaces) {
@@ -176,8 +177,7 @@ TEST(AsyncMutex, AWaiterCancelledTwiceLeavesTheQueueOnceAndTheOthersKeepTheirPla
     io.run();
     EXPECT_TRUE(ctxmgr::holds<std::system_error>(first_outcome)) << ctxmgr::describe(first_outcome);
     EXPECT_TRUE(second_got_it);
-    ASSERT_TRUE(m.try_lock());
-    m.unlock();
+    EXPECT_TRUE(is_free(m));
 }
 
 TEST(AsyncMutex, EnteringAHeldGuardAgainIsAProtocolError) {
@@ -188,8 +188,7 @@ TEST(AsyncMutex, EnteringAHeldGuardAgainIsAProtocolError) {
         EXPECT_THROW(co_await guard.async_enter(), ctxmgr::protocol_error);
         guard.exit(nullptr);
     }());
-    ASSERT_TRUE(m.try_lock());
-    m.unlock();
+    EXPECT_TRUE(is_free(m));
 }
 
 // Coroutines on strands of a two-thread pool: never two inside at once, none lost.

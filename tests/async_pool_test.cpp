@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <exception>
 #include <future>
@@ -64,6 +65,15 @@ class AsyncPool : public ::testing::Test {
     // Makes one connection and leaves it idle.
     static void warm(sqlite_pool& pool) {
         ctxmgr::with(pool.connection(), [](sqlite::connection&) {});
+    }
+    // Nothing lent, nobody waiting, `idle` connections kept, and a connection still lent at
+    // once.
+    static void expect_settled(sqlite_pool& pool, std::size_t idle) {
+        const auto s = pool.stats();
+        EXPECT_EQ(s.idle, idle);
+        EXPECT_EQ(s.in_use, 0U);
+        EXPECT_EQ(s.waiting, 0U);
+        ctxmgr::with(pool.connection(0ns), [](sqlite::connection& c) { EXPECT_TRUE(c.is_open()); });
     }
 
     ctxmgr::testing::temp_directory directory_;
@@ -384,12 +394,7 @@ TEST_F(AsyncPool, AConnectionHandedToAWaiterCancelledAtThatMomentGoesBackUnused)
     io.run();
     EXPECT_FALSE(body_ran);
     EXPECT_TRUE(holds_system_error(outcome, asio::error::operation_aborted));
-    const auto s = pool.stats();
-    EXPECT_EQ(s.idle, 1U);
-    EXPECT_EQ(s.in_use, 0U);
-    EXPECT_EQ(s.waiting, 0U);
-    // Still lendable.
-    ctxmgr::with(pool.connection(0ns), [](sqlite::connection& c) { EXPECT_TRUE(c.is_open()); });
+    expect_settled(pool, 1);
 }
 
 TEST_F(AsyncPool, AnIoContextDestroyedWithCoroutinesWaitingTakesThemOutOfTheQueue) {
@@ -415,11 +420,7 @@ TEST_F(AsyncPool, AnIoContextDestroyedWithCoroutinesWaitingTakesThemOutOfTheQueu
     // Every coroutine was destroyed with its io_context: none finished, none is left waiting,
     // and the connection handed to the first went back.
     EXPECT_FALSE(finished);
-    const auto s = pool.stats();
-    EXPECT_EQ(s.waiting, 0U);
-    EXPECT_EQ(s.in_use, 0U);
-    EXPECT_EQ(s.idle, 1U);
-    ctxmgr::with(pool.connection(0ns), [](sqlite::connection& c) { EXPECT_TRUE(c.is_open()); });
+    expect_settled(pool, 1);
 }
 
 TEST_F(AsyncPool, AWakeToAWaiterDestroyedBeforeItLookedGoesToTheNext) {

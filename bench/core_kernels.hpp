@@ -142,9 +142,11 @@ struct manager {
     using handle = std::coroutine_handle<promise_type>;
 
     struct promise_type {
-        manager* owner = nullptr;
-        const std::exception_ptr* resume_with = nullptr;
-        int* value = nullptr;
+        // Set before they are read, so not initialized; value apart from resume_with, as in
+        // contextmanager (see there).
+        manager* owner;
+        int* value;
+        const std::exception_ptr* resume_with;
 
         manager get_return_object() noexcept { return manager{handle::from_promise(*this)}; }
         std::suspend_always initial_suspend() noexcept { return {}; }
@@ -158,8 +160,7 @@ struct manager {
             bool await_ready() const noexcept { return false; }
             void await_suspend(handle) const noexcept {}
             void await_resume() const {
-                if (promise.resume_with != nullptr && *promise.resume_with)
-                    std::rethrow_exception(*promise.resume_with);
+                if (*promise.resume_with) std::rethrow_exception(*promise.resume_with);
             }
         };
         yield_awaiter yield_value(int& v) noexcept {
@@ -192,7 +193,7 @@ struct manager {
     }
 
     int& enter() {
-        frame.promise().owner = this;
+        frame.promise().owner = this;  // only exit() resumes it from the co_yield
         frame.resume();
         return *frame.promise().value;
     }

@@ -403,10 +403,35 @@ TEST(ContextManager, NestedAndAlternatingFramesAreRecycledToo) {
             ctxmgr::with(bare(), [] {});
             ctxmgr::with(traced(log), [](int&) {});
         };
-        round();  // warm the slots
-        ctxmgr::testing::allocation_scope allocations;
-        for (int i = 0; i < 100; ++i) round();
-        EXPECT_EQ(allocations.count(), 0u);
+        // Counted from the second round: the first, at the same call site, warms the slots
+        // (a frame Clang elides at one call site may be allocated at another).
+        std::optional<ctxmgr::testing::allocation_scope> allocations;
+        for (int i = 0; i <= 100; ++i) {
+            round();
+            if (i == 0) allocations.emplace();
+        }
+        EXPECT_EQ(allocations->count(), 0u);
+    }
+}
+
+TEST(ContextManager, AFreedFrameIsNeverLentToACoroutineOfAnotherSize) {
+    if constexpr (!ctxmgr::detail::frame_cache_enabled) {
+        GTEST_SKIP() << "the frame cache is off under AddressSanitizer";
+    } else {
+        // A larger frame lent to a smaller one would come back recorded at the smaller size,
+        // and the larger coroutine would reach the allocator again.
+        const auto wide = []() -> ctxmgr::contextmanager<> {
+            volatile char scratch[512] = {};  // kept in the frame, across the co_yield
+            co_yield {};
+            scratch[0] = scratch[511];
+        };
+        std::optional<ctxmgr::testing::allocation_scope> allocations;
+        for (int i = 0; i <= 100; ++i) {
+            ctxmgr::with(wide(), [] {});
+            ctxmgr::with(bare(), [] {});
+            if (i == 0) allocations.emplace();
+        }
+        EXPECT_EQ(allocations->count(), 0u);
     }
 }
 
@@ -417,10 +442,12 @@ TEST(ContextManager, FramesAreRecycledAfterTheFirstUse) {
     } else {
         std::vector<std::string> log;
         log.reserve(1000);
-        ctxmgr::with(traced(log), [](int&) {});  // warm the cache
-        ctxmgr::testing::allocation_scope allocations;
-        for (int i = 0; i < 100; ++i) ctxmgr::with(traced(log), [](int&) {});
-        EXPECT_EQ(allocations.count(), 0u);
+        std::optional<ctxmgr::testing::allocation_scope> allocations;
+        for (int i = 0; i <= 100; ++i) {
+            ctxmgr::with(traced(log), [](int&) {});
+            if (i == 0) allocations.emplace();  // the first warms the slots
+        }
+        EXPECT_EQ(allocations->count(), 0u);
     }
 }
 

@@ -39,7 +39,8 @@
 //
 // A thread keeps the last four frames freed, so managers made and used in a loop, nested or
 // not, do not reach the global allocator after the first iteration. The slots are off under
-// AddressSanitizer so that freed frames stay poisoned.
+// AddressSanitizer so that freed frames stay poisoned. Clang places the frame of a manager
+// made in a with() in the caller's own stack frame: no allocation at all.
 //
 // Thread-compatible: a manager may be created, entered and exited on different threads, but
 // not used from two at once.
@@ -70,6 +71,21 @@ inline constexpr bool frame_cache_enabled = true;
 #endif
 #else
 inline constexpr bool frame_cache_enabled = true;
+#endif
+
+// Who frees a coroutine's frame. GCC 12 never elides a frame, and one that frees itself as
+// the coroutine finishes saves a trip through the coroutine's state machine. Clang 16 elides
+// the frame of a manager used in with(), placing it in the caller's stack frame, when it sees
+// the frame destroyed on every path that returns: so there the manager destroys it, the
+// exception that ends the coroutine is kept in the promise, the frame holds no pointer to the
+// manager, and enter() and exit() are forced inline (called, they would hide the frame's
+// fate).
+#if defined(__clang__)
+inline constexpr bool frame_frees_itself = false;
+#define CTXMGR_CONTEXTMANAGER_INLINE [[gnu::always_inline]]
+#else
+inline constexpr bool frame_frees_itself = true;
+#define CTXMGR_CONTEXTMANAGER_INLINE
 #endif
 
 // The last coroutine frames this thread freed (up to four: managers nest), kept for the next
@@ -105,10 +121,10 @@ struct frame_slots_owner {
     }
 };
 
-// Below the newest frame (which nests and loops take back at once), the others are searched:
-// a frame of exactly this size first (a coroutine's frame size never changes, and a larger
-// block given to a smaller frame would come back recorded at the smaller size), then any that
-// fits.
+// Below the newest frame (which nests and loops take back at once), the others are searched
+// for one of exactly this size. Never a larger one: it would come back recorded at the
+// smaller size, and the coroutine whose frame it was would then find none for ever (a
+// manager whose frame Clang elides leaves the others fewer, and hit that at once).
 [[gnu::noinline]] inline void* allocate_frame_slow(std::size_t size) {
     frame_slots& slots = recycled_frames;
     const auto take = [&](unsigned i) {
@@ -121,9 +137,6 @@ struct frame_slots_owner {
     };
     for (unsigned i = slots.count; i-- > 0;) {
         if (slots.sizes[i] == size) return take(i);
-    }
-    for (unsigned i = slots.count; i-- > 0;) {
-        if (slots.sizes[i] > size) return take(i);
     }
     return ::operator new(size);
 }
@@ -241,13 +254,20 @@ class [[nodiscard]] contextmanager {
 
     // Runs the coroutine to its co_yield and returns the yielded value. Throws what the
     // setup throws, or protocol_error if entered twice or if the coroutine did not yield.
-    T enter() {
+    CTXMGR_CONTEXTMANAGER_INLINE T enter() {
         if (state_ != state::created) [[unlikely]]
-            entered_out_of_turn();
+            entered_out_of_turn(state_);
         state_ = state::entered;
         resume();
-        if (!handle_) [[unlikely]]  // the coroutine finished, and its frame is gone
-            finished_without_yielding();
+        if (finished()) [[unlikely]] {
+            state_ = state::finished;
+            if constexpr (detail::frame_frees_itself) {
+                finished_without_yielding(thrown_);
+            } else {
+                std::exception_ptr thrown = take_escaped();
+                finished_without_yielding(thrown);
+            }
+        }
         if constexpr (std::is_void_v<T>) {
             return;
         } else if constexpr (std::is_reference_v<T>) {
@@ -263,15 +283,28 @@ class [[nodiscard]] contextmanager {
 
     // Resumes the coroutine with `e` (see the semantics above). Returns true when the
     // coroutine swallowed a non-null `e`.
-    bool exit(const std::exception_ptr& e) {
+    CTXMGR_CONTEXTMANAGER_INLINE bool exit(const std::exception_ptr& e) {
         if (state_ != state::entered) [[unlikely]]
-            exited_out_of_turn();
+            exited_out_of_turn(state_);
         resume(e);
         state_ = state::finished;
-        if (handle_) [[unlikely]]  // suspended at a second co_yield
+        if (!finished()) [[unlikely]]  // suspended at a second co_yield
+        {
+            destroy();
             did_not_stop(e);
-        if (!thrown_) return static_cast<bool>(e);
-        return rethrow_unless_same(e);
+        }
+        if constexpr (detail::frame_frees_itself) {
+            if (!thrown_) return static_cast<bool>(e);
+            return rethrow_escaped_unless(e);
+        } else {
+            if (!handle_.promise().thrown_) {
+                std::exchange(handle_, nullptr).destroy();
+                return static_cast<bool>(e);
+            }
+            // In line: Clang elides the frame only where it sees it freed on every path
+            // that returns.
+            return rethrow_unless(take_escaped(), e);
+        }
     }
 
     class promise_type {
@@ -283,11 +316,19 @@ class [[nodiscard]] contextmanager {
             return contextmanager(handle_type::from_promise(*this));
         }
         std::suspend_always initial_suspend() noexcept { return {}; }
-        // The frame frees itself as the coroutine finishes: one fewer trip through the
-        // coroutine's state machine than a final suspension followed by destroy().
-        std::suspend_never final_suspend() noexcept { return {}; }
+        // Suspends at the end only where the manager frees the frame (frame_frees_itself).
+        auto final_suspend() noexcept {
+            return std::conditional_t<detail::frame_frees_itself, std::suspend_never,
+                                      std::suspend_always>{};
+        }
         void return_void() noexcept {}
-        void unhandled_exception() noexcept { owner_->thrown_ = std::current_exception(); }
+        void unhandled_exception() noexcept {
+            if constexpr (detail::frame_frees_itself) {
+                owner_->thrown_ = std::current_exception();
+            } else {
+                thrown_ = std::current_exception();
+            }
+        }
 
         // A coroutine's call has no default arguments to carry the caller's line, so the
         // never-entered report names the coroutine: its last line (GCC) or first (Clang).
@@ -295,11 +336,13 @@ class [[nodiscard]] contextmanager {
             : where_(where) {}
         promise_type(const promise_type&) = delete;
         promise_type& operator=(const promise_type&) = delete;
-        // Tells the manager its frame is gone, whichever way it went. owner_ is set before
-        // every resumption and before destroy(), and nothing in the ramp after the promise
-        // is made can throw (get_return_object and initial_suspend are noexcept), so the
-        // frame never dies without one.
-        ~promise_type() { owner_->handle_ = nullptr; }
+        // A frame that frees itself tells the manager it is gone, whichever way it went.
+        // owner_ is set before every resumption and before destroy(), and nothing in the
+        // ramp after the promise is made can throw (get_return_object and initial_suspend
+        // are noexcept), so the frame never dies without one.
+        ~promise_type() {
+            if constexpr (detail::frame_frees_itself) owner_->handle_ = nullptr;
+        }
 
         // Rethrows, at the co_yield, the exception exit() was given.
         struct yield_awaiter {
@@ -364,9 +407,13 @@ class [[nodiscard]] contextmanager {
         // runs. Only exit() resumes the coroutine from its co_yield, and sets it first.
         const std::exception_ptr* resume_with_;
         detail::yielded<T> yielded_;
-        // The manager that resumes or destroys the frame, set before each: the manager
-        // may have been moved since the last time.
+        // The manager that resumes or destroys a frame that frees itself, set before each:
+        // the manager may have been moved since the last time.
         contextmanager* owner_ = nullptr;
+        // What escaped the coroutine body, where the manager frees the frame.
+        [[no_unique_address]] std::conditional_t<detail::frame_frees_itself,
+                                                 detail::nothing_yielded, std::exception_ptr>
+            thrown_;
     };
 
   private:
@@ -378,24 +425,26 @@ class [[nodiscard]] contextmanager {
         throw protocol_error(what);
     }
 
-    [[noreturn, gnu::cold, gnu::noinline]] void entered_out_of_turn() const {
-        misused(state_ == state::entered ? "contextmanager: entered twice"
-                                         : "contextmanager: entered after it finished");
+    // The failures take what they report, not the manager: one that escapes to a call keeps
+    // Clang from eliding the frame it owns.
+    [[noreturn, gnu::cold, gnu::noinline]] static void entered_out_of_turn(state now) {
+        misused(now == state::entered ? "contextmanager: entered twice"
+                                      : "contextmanager: entered after it finished");
     }
 
-    [[noreturn, gnu::cold, gnu::noinline]] void exited_out_of_turn() const {
-        misused(state_ == state::created ? "contextmanager: exit without enter"
-                                         : "contextmanager: exited twice");
+    [[noreturn, gnu::cold, gnu::noinline]] static void exited_out_of_turn(state now) {
+        misused(now == state::created ? "contextmanager: exit without enter"
+                                      : "contextmanager: exited twice");
     }
 
-    [[noreturn, gnu::cold, gnu::noinline]] void finished_without_yielding() {
-        state_ = state::finished;
-        if (thrown_) std::rethrow_exception(std::exchange(thrown_, nullptr));
+    [[noreturn, gnu::cold, gnu::noinline]] static void finished_without_yielding(
+        std::exception_ptr& escaped) {
+        if (std::exception_ptr thrown = std::exchange(escaped, nullptr))
+            std::rethrow_exception(std::move(thrown));
         throw protocol_error("contextmanager: the coroutine did not yield");
     }
 
-    [[noreturn, gnu::cold, gnu::noinline]] void did_not_stop(const std::exception_ptr& e) {
-        destroy();
+    [[noreturn, gnu::cold, gnu::noinline]] static void did_not_stop(const std::exception_ptr& e) {
         if (!e)
             throw protocol_error("contextmanager: the coroutine did not stop (it yielded twice)");
         // Called from the handler of e, so e is nested in this error, as Python sets
@@ -404,13 +453,38 @@ class [[nodiscard]] contextmanager {
             "contextmanager: the coroutine did not stop after the exception was thrown in"));
     }
 
+    // What escaped the body of the finished coroutine, whose frame is then gone.
+    std::exception_ptr take_escaped() noexcept {
+        if constexpr (detail::frame_frees_itself) {
+            return std::exchange(thrown_, nullptr);
+        } else {
+            std::exception_ptr thrown = std::exchange(handle_.promise().thrown_, nullptr);
+            std::exchange(handle_, nullptr).destroy();
+            return thrown;
+        }
+    }
+
+    [[gnu::noinline]] bool rethrow_escaped_unless(const std::exception_ptr& e) {
+        return rethrow_unless(take_escaped(), e);
+    }
+
     // The coroutine let e through, or rethrew it: not suppressed, and with() rethrows the
     // original object. Compared by identity, so a different exception of the same type is
     // never mistaken for e (CPython's `exc is value` check).
-    [[gnu::noinline]] bool rethrow_unless_same(const std::exception_ptr& e) {
-        std::exception_ptr thrown = std::exchange(thrown_, nullptr);
+    [[gnu::noinline]] static bool rethrow_unless(std::exception_ptr thrown,
+                                                 const std::exception_ptr& e) {
         if (thrown == e) return false;
         std::rethrow_exception(std::move(thrown));
+    }
+
+    // Whether the coroutine ran to its end: its frame is then gone, or suspended at its
+    // final point for the manager to free.
+    bool finished() const noexcept {
+        if constexpr (detail::frame_frees_itself) {
+            return !handle_;
+        } else {
+            return handle_.done();
+        }
     }
 
     explicit contextmanager(handle_type handle) noexcept : handle_(handle) {}
@@ -418,7 +492,7 @@ class [[nodiscard]] contextmanager {
     // Runs the coroutine to its co_yield (enter) or on from it, with `e` thrown in there
     // (exit).
     void resume() {
-        handle_.promise().owner_ = this;
+        if constexpr (detail::frame_frees_itself) handle_.promise().owner_ = this;
         handle_.resume();  // never throws: the body's exceptions land in thrown_
     }
 
@@ -439,13 +513,17 @@ class [[nodiscard]] contextmanager {
 
     void destroy() noexcept {
         if (handle_) {
-            handle_.promise().owner_ = this;
-            handle_.destroy();  // the promise's destructor clears handle_
+            if constexpr (detail::frame_frees_itself) {
+                handle_.promise().owner_ = this;
+                handle_.destroy();  // the promise's destructor clears handle_
+            } else {
+                std::exchange(handle_, nullptr).destroy();
+            }
         }
     }
 
     handle_type handle_;
-    std::exception_ptr thrown_;  // what escaped the coroutine body
+    std::exception_ptr thrown_;  // what escaped the coroutine body, if its frame frees itself
     state state_ = state::created;
 };
 

@@ -126,14 +126,15 @@ constexpr bool exit_takes_reference() {
 // must cost what std::scoped_lock does. An exit taking it by value gets the prvalue, which
 // initializes its parameter directly.
 //
-// Declared inline for GCC only: a function template is not, and GCC 12 then holds it to its
-// limit for functions not declared inline and calls it out of line for a coroutine manager
-// (4 instructions of 136 a with). Clang inlines it unhinted; hinted, it keeps the with()
-// level around it out of line instead (12 more).
-#if defined(__GNUC__) && !defined(__clang__)
-#define CTXMGR_EXIT_NORMALLY_INLINE inline
+// Declared inline: a function template is not, and GCC 12 then holds it to its limit for
+// functions not declared inline and calls it out of line for a coroutine manager (4
+// instructions a with). Forced inline on Clang, like with()'s levels (with.hpp): a
+// manager called out of line hides the fate of the coroutine frame it owns, which Clang then
+// cannot elide (contextmanager.hpp).
+#if defined(__clang__)
+#define CTXMGR_EXIT_NORMALLY_INLINE [[gnu::always_inline]] inline
 #else
-#define CTXMGR_EXIT_NORMALLY_INLINE
+#define CTXMGR_EXIT_NORMALLY_INLINE inline
 #endif
 template <class M>
 CTXMGR_EXIT_NORMALLY_INLINE void exit_normally(M& m) {

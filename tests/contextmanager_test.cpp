@@ -224,6 +224,20 @@ TEST(ContextManager, NotStoppingAfterTheExceptionIsAProtocolErrorWithTheOriginal
     }
 }
 
+TEST(ContextManager, ExitCalledOutsideTheHandlerStillNestsTheExceptionItWasGiven) {
+    auto m = does_not_stop();
+    m.enter();
+    const std::exception_ptr given = std::make_exception_ptr(test_error("given"));
+    try {
+        static_cast<void>(m.exit(given));  // no handler of `given` is active here
+        FAIL();
+    } catch (const protocol_error& e) {
+        const auto* nested = dynamic_cast<const std::nested_exception*>(&e);
+        ASSERT_NE(nested, nullptr);
+        EXPECT_EQ(nested->nested_ptr(), given);
+    }
+}
+
 TEST(ContextManager, EnteringTwiceIsAProtocolError) {
     std::vector<std::string> log;
     auto m = traced(log);

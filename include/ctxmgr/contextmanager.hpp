@@ -356,6 +356,11 @@ class [[nodiscard]] contextmanager {
             }
         };
 
+        // Nothing is awaited: enter() returns at the co_yield alone, and an await would
+        // stop the coroutine elsewhere, with no target yielded (async_contextmanager awaits).
+        template <class U>
+        void await_transform(U&&) = delete;
+
         yield_awaiter yield_value(detail::nothing_yielded) noexcept requires std::is_void_v<T> {
             return {*this};
         }
@@ -447,10 +452,11 @@ class [[nodiscard]] contextmanager {
     [[noreturn, gnu::cold, gnu::noinline]] static void did_not_stop(const std::exception_ptr& e) {
         if (!e)
             throw protocol_error("contextmanager: the coroutine did not stop (it yielded twice)");
-        // Called from the handler of e, so e is nested in this error, as Python sets
-        // __context__ on its "generator didn't stop after throw()".
-        std::throw_with_nested(protocol_error(
-            "contextmanager: the coroutine did not stop after the exception was thrown in"));
+        // e nested in this error, as Python sets __context__ on its "generator didn't stop
+        // after throw()": explicitly, since exit(e) may be called outside e's handler.
+        throw_chained(protocol_error("contextmanager: the coroutine did not stop after the "
+                                     "exception was thrown in"),
+                      e);
     }
 
     // What escaped the body of the finished coroutine, whose frame is then gone.

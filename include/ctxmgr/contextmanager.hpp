@@ -31,7 +31,9 @@
 //     running the destructors of the locals alive at the co_yield;
 //   - destroying one never entered runs none of the setup, and says so: a protocol_error
 //     naming the coroutine goes to the unraisable hook (Python's "coroutine ... was never
-//     awaited"); a moved-from manager stays silent.
+//     awaited"); a moved-from manager stays silent;
+//   - the coroutine awaits nothing: co_await in it does not compile (async_contextmanager
+//     is the one that awaits).
 //
 // Caution: like any coroutine, the frame keeps copies of by-value parameters but only the
 // references of reference parameters: those must outlive the manager. A manager is one-shot;

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <memory>
 #include <new>
 #include <optional>
@@ -406,25 +407,30 @@ ctxmgr::contextmanager<> bare() {
     co_yield {};
 }
 
+// The global allocations of 100 rounds of `round`, after a first that warms the frame slots
+// at the same call site (a frame Clang elides at one call site may be allocated at another).
+template <class Round>
+std::size_t allocations_after_the_first(Round round) {
+    std::optional<ctxmgr::testing::allocation_scope> allocations;
+    for (int i = 0; i <= 100; ++i) {
+        round();
+        if (i == 0) allocations.emplace();
+    }
+    return allocations->count();
+}
+
 TEST(ContextManager, NestedAndAlternatingFramesAreRecycledToo) {
     if constexpr (!ctxmgr::detail::frame_cache_enabled) {
         GTEST_SKIP() << "the frame cache is off under AddressSanitizer";
     } else {
         std::vector<std::string> log;
         log.reserve(1000);
-        const auto round = [&] {
-            ctxmgr::with(traced(log), [](int&) { ctxmgr::with(bare(), [] {}); });
-            ctxmgr::with(bare(), [] {});
-            ctxmgr::with(traced(log), [](int&) {});
-        };
-        // Counted from the second round: the first, at the same call site, warms the slots
-        // (a frame Clang elides at one call site may be allocated at another).
-        std::optional<ctxmgr::testing::allocation_scope> allocations;
-        for (int i = 0; i <= 100; ++i) {
-            round();
-            if (i == 0) allocations.emplace();
-        }
-        EXPECT_EQ(allocations->count(), 0u);
+        EXPECT_EQ(allocations_after_the_first([&] {
+                      ctxmgr::with(traced(log), [](int&) { ctxmgr::with(bare(), [] {}); });
+                      ctxmgr::with(bare(), [] {});
+                      ctxmgr::with(traced(log), [](int&) {});
+                  }),
+                  0u);
     }
 }
 
@@ -439,13 +445,11 @@ TEST(ContextManager, AFreedFrameIsNeverLentToACoroutineOfAnotherSize) {
             co_yield {};
             scratch[0] = scratch[511];
         };
-        std::optional<ctxmgr::testing::allocation_scope> allocations;
-        for (int i = 0; i <= 100; ++i) {
-            ctxmgr::with(wide(), [] {});
-            ctxmgr::with(bare(), [] {});
-            if (i == 0) allocations.emplace();
-        }
-        EXPECT_EQ(allocations->count(), 0u);
+        EXPECT_EQ(allocations_after_the_first([&] {
+                      ctxmgr::with(wide(), [] {});
+                      ctxmgr::with(bare(), [] {});
+                  }),
+                  0u);
     }
 }
 
@@ -456,12 +460,7 @@ TEST(ContextManager, FramesAreRecycledAfterTheFirstUse) {
     } else {
         std::vector<std::string> log;
         log.reserve(1000);
-        std::optional<ctxmgr::testing::allocation_scope> allocations;
-        for (int i = 0; i <= 100; ++i) {
-            ctxmgr::with(traced(log), [](int&) {});
-            if (i == 0) allocations.emplace();  // the first warms the slots
-        }
-        EXPECT_EQ(allocations->count(), 0u);
+        EXPECT_EQ(allocations_after_the_first([&] { ctxmgr::with(traced(log), [](int&) {}); }), 0u);
     }
 }
 

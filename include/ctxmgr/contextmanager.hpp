@@ -58,6 +58,7 @@
 
 #include "detail/entry_check.hpp"
 #include "errors.hpp"
+#include "protocol.hpp"
 
 namespace ctxmgr {
 
@@ -80,14 +81,11 @@ inline constexpr bool frame_cache_enabled = true;
 // the frame of a manager used in with(), placing it in the caller's stack frame, when it sees
 // the frame destroyed on every path that returns: so there the manager destroys it, the
 // exception that ends the coroutine is kept in the promise, the frame holds no pointer to the
-// manager, and enter() and exit() are forced inline (called, they would hide the frame's
-// fate).
+// manager, and enter() and exit() are forced inline (CTXMGR_ELISION_INLINE, protocol.hpp).
 #if defined(__clang__)
 inline constexpr bool frame_frees_itself = false;
-#define CTXMGR_CONTEXTMANAGER_INLINE [[gnu::always_inline]]
 #else
 inline constexpr bool frame_frees_itself = true;
-#define CTXMGR_CONTEXTMANAGER_INLINE
 #endif
 
 // The last coroutine frames this thread freed (up to four: managers nest), kept for the next
@@ -256,7 +254,7 @@ class [[nodiscard]] contextmanager {
 
     // Runs the coroutine to its co_yield and returns the yielded value. Throws what the
     // setup throws, or protocol_error if entered twice or if the coroutine did not yield.
-    CTXMGR_CONTEXTMANAGER_INLINE T enter() {
+    CTXMGR_ELISION_INLINE T enter() {
         if (state_ != state::created) [[unlikely]]
             entered_out_of_turn(state_);
         state_ = state::entered;
@@ -285,7 +283,7 @@ class [[nodiscard]] contextmanager {
 
     // Resumes the coroutine with `e` (see the semantics above). Returns true when the
     // coroutine swallowed a non-null `e`.
-    CTXMGR_CONTEXTMANAGER_INLINE bool exit(const std::exception_ptr& e) {
+    CTXMGR_ELISION_INLINE bool exit(const std::exception_ptr& e) {
         if (state_ != state::entered) [[unlikely]]
             exited_out_of_turn(state_);
         resume(e);

@@ -47,18 +47,6 @@
 
 #include "protocol.hpp"
 
-// Clang keeps with()'s levels out of line where the body is a lambda of an inline function
-// or a template (their linkage denies them the bonus of a function called once), and the
-// frame of a coroutine manager (contextmanager.hpp) is then not elided: 110 instructions a
-// with instead of 35. The levels are forced inline there; GCC inlines them anyway.
-#if defined(__clang__)
-#define CTXMGR_WITH_INLINE [[gnu::always_inline]]
-#define CTXMGR_WITH_INLINE_LAMBDA __attribute__((always_inline))
-#else
-#define CTXMGR_WITH_INLINE
-#define CTXMGR_WITH_INLINE_LAMBDA
-#endif
-
 namespace ctxmgr {
 
 namespace detail {
@@ -216,11 +204,11 @@ class with_frame {
         (std::make_index_sequence<count>{});
     }
 
-    CTXMGR_WITH_INLINE result run() { return level<0>(); }
+    CTXMGR_ELISION_INLINE result run() { return level<0>(); }
 
   private:
     template <std::size_t I>
-    CTXMGR_WITH_INLINE result level() {
+    CTXMGR_ELISION_INLINE result level() {
         if constexpr (I == count) {
             return call_body(typename indices::sequence{});
         } else {
@@ -278,7 +266,7 @@ class with_frame {
     }
 
     template <std::size_t... T>
-    CTXMGR_WITH_INLINE result call_body(std::index_sequence<T...>) {
+    CTXMGR_ELISION_INLINE result call_body(std::index_sequence<T...>) {
         auto invoke = [&]() -> body_result {
             if constexpr (traits::takes_targets) {
                 return std::invoke(std::forward<Body>(body_), std::get<T>(slots_).get()...);
@@ -328,12 +316,12 @@ using with_result_t = typename detail::frame_for<Args...>::type::result;
 // with(m1, ..., mN, body): see the top of this header. Throws whatever the managers and the
 // body throw, by the rules above; adds no exception of its own.
 template <class... Args>
-CTXMGR_WITH_INLINE decltype(auto) with(Args&&... args) {
+CTXMGR_ELISION_INLINE decltype(auto) with(Args&&... args) {
     static_assert(sizeof...(Args) >= 1, "ctxmgr::with: the last argument must be the body");
     static_assert(detail::check_managers<Args...>(std::make_index_sequence<sizeof...(Args) - 1>{}));
     using frame = typename detail::frame_for<Args...>::type;
     auto arguments = std::forward_as_tuple(args...);
-    return [&]<std::size_t... I>(std::index_sequence<I...>) CTXMGR_WITH_INLINE_LAMBDA->
+    return [&]<std::size_t... I>(std::index_sequence<I...>) CTXMGR_ELISION_INLINE_LAMBDA->
         typename frame::result {
         frame f(std::get<sizeof...(I)>(arguments), std::get<I>(arguments)...);
         return f.run();

@@ -77,7 +77,8 @@ class async_turn_waits final : public asio::execution_context::service {
     using time_point = std::chrono::steady_clock::time_point;
 
     void shutdown() override;
-    void arm(time_point at);  // under mutex_
+    void unlink(async_turn& turn) noexcept;  // under mutex_
+    void arm(time_point at);                 // under mutex_
     void expired(const asio::error_code& error);
 
     std::mutex mutex_;
@@ -282,8 +283,7 @@ inline void async_turn_waits::add(async_turn& turn) {
     }
 }
 
-inline void async_turn_waits::remove(async_turn& turn) noexcept {
-    std::lock_guard lock(mutex_);
+inline void async_turn_waits::unlink(async_turn& turn) noexcept {
     if (turn.prev_ != nullptr) {
         turn.prev_->next_ = turn.next_;
     } else {
@@ -291,6 +291,11 @@ inline void async_turn_waits::remove(async_turn& turn) noexcept {
     }
     if (turn.next_ != nullptr) turn.next_->prev_ = turn.prev_;
     turn.prev_ = turn.next_ = nullptr;
+}
+
+inline void async_turn_waits::remove(async_turn& turn) noexcept {
+    std::lock_guard lock(mutex_);
+    unlink(turn);
     if (first_ == nullptr && armed_at_ != time_point::max()) {
         armed_at_ = time_point::max();
         timer_->cancel();  // its handler, called with operation_aborted, does nothing
@@ -346,9 +351,7 @@ inline void async_turn_waits::shutdown() {
                 timer_.reset();
                 return;
             }
-            first_ = turn->next_;
-            if (first_ != nullptr) first_->prev_ = nullptr;
-            turn->prev_ = turn->next_ = nullptr;
+            unlink(*turn);
         }
         {
             std::lock_guard lock(turn->mutex_);  // a wake from another thread posts nothing now

@@ -31,6 +31,7 @@ namespace fs = std::filesystem;
 
 using detail::close_once;
 using detail::quoted;
+using detail::read_appending;
 using detail::retry;
 using detail::throw_errno;
 
@@ -486,26 +487,21 @@ std::size_t file::size_hint() const noexcept {
     return static_cast<std::size_t>(status.st_size - position) + 1;
 }
 
-// Appends up to `limit` bytes to `out`, read(2) straight into it until the limit or EOF;
-// the first read asks for `hint` bytes, later ones grow the string geometrically.
+// Appends up to `limit` bytes to `out`, read(2) straight into its storage until the limit or
+// EOF. The first read asks for `hint` bytes (a buffer's worth without one), each later one for
+// the room the string has, and a full string for as much again as it holds: the reads and the
+// growth are geometric.
 void file::read_direct(std::string& out, std::size_t limit, std::size_t hint) {
-    const std::size_t start = out.size();
-    std::size_t filled = start;
-    std::size_t room = std::min(limit, std::max(hint, read_capacity()));
-    for (;;) {
-        out.resize(filled + room);
-        const ssize_t n = retry([&] { return ::read(fd_, out.data() + filled, room); });
-        if (n < 0) {
-            const int error = errno;
-            out.resize(filled);
-            throw io_error("read", path_.string(), error);
-        }
-        filled += static_cast<std::size_t>(n);
-        room -= static_cast<std::size_t>(n);
-        if (n == 0 || filled - start == limit) break;
-        if (room == 0) room = std::min(limit - (filled - start), std::max(filled, read_capacity()));
+    std::size_t room = hint != 0 ? hint : read_capacity();
+    for (std::size_t done = 0; done < limit;) {
+        const std::size_t ask = std::min(room, limit - done);
+        const ssize_t n = retry([&] { return read_appending(fd_, out, ask); });
+        if (n < 0) throw_errno("read", path_);
+        if (n == 0) return;
+        done += static_cast<std::size_t>(n);
+        room = out.capacity() - out.size();
+        if (room == 0) room = std::max(out.size(), read_capacity());
     }
-    out.resize(filled);
 }
 
 std::string file::read(std::size_t n) {
@@ -517,7 +513,10 @@ std::string file::read(std::size_t n) {
     get_ += out.size();
     std::size_t remaining = n - out.size();
     if (remaining >= read_capacity()) {
-        read_direct(out, remaining, size_hint());
+        const std::size_t hint = size_hint();
+        out.reserve(out.size() + std::min(remaining, hint));
+        advise_huge_pages(out);
+        read_direct(out, remaining, hint);
         return out;
     }
     while (remaining != 0 && fill() != 0) {
@@ -553,30 +552,13 @@ std::string file::read_all() {
     require_open("read_all");
     begin_reading();
     std::string out;
-    out.reserve(static_cast<std::size_t>(get_end_ - get_) + size_hint());
+    const std::size_t hint = size_hint();
+    out.reserve(static_cast<std::size_t>(get_end_ - get_) + hint);
     advise_huge_pages(out);
     out.append(get_, static_cast<std::size_t>(get_end_ - get_));
     get_ = get_end_ = nullptr;
-    // Through a chunk that stays in the cache, then one copy into the result: cheaper than
-    // zero-filling the result to read(2) into it (C++20's std::string cannot grow without
-    // initializing), which writes every byte of it twice.
-    constexpr std::size_t chunk_size = 64 * 1024;
-    std::unique_ptr<char[]> temporary;
-    char* chunk = nullptr;
-    std::size_t size = buffer_size_;
-    if (size >= chunk_size) {
-        chunk = buffer_ ? buffer_.get() : allocate_buffer();
-    } else {
-        temporary = std::make_unique_for_overwrite<char[]>(chunk_size);
-        chunk = temporary.get();
-        size = chunk_size;
-    }
-    for (;;) {
-        const ssize_t n = retry([&] { return ::read(fd_, chunk, size); });
-        if (n < 0) throw_errno("read", path_);
-        if (n == 0) return out;
-        out.append(chunk, static_cast<std::size_t>(n));
-    }
+    read_direct(out, std::numeric_limits<std::size_t>::max(), hint);
+    return out;
 }
 
 std::string file::readline(std::size_t limit) {

@@ -1,5 +1,5 @@
 // What the parts of src/ that make system calls on files share (internal): file.cpp,
-// file_lock.cpp and net.cpp.
+// file_lock.cpp, net.cpp and read_appending.cpp.
 #pragma once
 
 #include <unistd.h>
@@ -20,6 +20,25 @@ auto retry(Call call) {
         const auto result = call();
         if (result != -1 || errno != EINTR) return result;
     }
+}
+
+// read(2) once into `n` (> 0) new bytes at the end of `out`, which then keeps what was read:
+// returns read(2)'s result, and on -1 (errno set) `out` is as it was. The new bytes are not
+// written before the kernel writes them: read_appending.cpp is compiled as C++23 where the
+// compiler can be, for std::string::resize_and_overwrite: file::read_all() reaches 0.92 of the
+// physical floor that way, 0.78 zero-filled (docs/performance.md).
+ssize_t read_appending(int fd, std::string& out, std::size_t n);
+
+// The same, zero-filling the new bytes first: read_appending() where the standard library has
+// no resize_and_overwrite.
+inline ssize_t read_appending_zero_filled(int fd, std::string& out, std::size_t n) {
+    const std::size_t size = out.size();
+    out.resize(size + n);
+    const ssize_t result = ::read(fd, out.data() + size, n);
+    const int error = errno;
+    out.resize(result < 0 ? size : size + static_cast<std::size_t>(result));
+    errno = error;
+    return result;
 }
 
 // close(2) once: Linux releases the descriptor whatever it returns, so a retry could close a

@@ -488,11 +488,11 @@ std::size_t file::size_hint() const noexcept {
 }
 
 // Appends up to `limit` bytes to `out`, read(2) straight into its storage until the limit or
-// EOF. The first read asks for `hint` bytes (a buffer's worth without one), each later one for
-// the room the string has, and a full string for as much again as it holds: the reads and the
-// growth are geometric.
+// EOF. The first read asks for `hint` bytes, or the room the string has if that is more (a
+// buffer's worth without a hint); each later one for the room the string has, and a full
+// string for as much again as it holds: the reads and the growth are geometric.
 void file::read_direct(std::string& out, std::size_t limit, std::size_t hint) {
-    std::size_t room = hint != 0 ? hint : read_capacity();
+    std::size_t room = hint != 0 ? std::max(hint, out.capacity() - out.size()) : read_capacity();
     for (std::size_t done = 0; done < limit;) {
         const std::size_t ask = std::min(room, limit - done);
         const ssize_t n = retry([&] { return read_appending(fd_, out, ask); });

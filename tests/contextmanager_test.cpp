@@ -239,6 +239,50 @@ TEST(ContextManager, ExitCalledOutsideTheHandlerStillNestsTheExceptionItWasGiven
     }
 }
 
+// Counts its live objects: an exception the manager kept and never freed stays counted.
+struct counted_error : std::exception {
+    static inline int live = 0;
+    counted_error() noexcept { ++live; }
+    counted_error(const counted_error&) noexcept { ++live; }
+    counted_error& operator=(const counted_error&) = delete;
+    ~counted_error() override { --live; }
+};
+
+enum class ending { setup_throws, teardown_throws, lets_through, suppresses, yields_again };
+
+contextmanager<void> ends_by(ending how) {
+    if (how == ending::setup_throws) throw counted_error();
+    try {
+        co_yield {};
+    } catch (...) {
+        if (how == ending::suppresses) co_return;
+        if (how == ending::lets_through) throw;
+    }
+    if (how == ending::yields_again) co_yield {};  // a protocol_error, the body's nested
+    if (how == ending::teardown_throws) throw counted_error();
+}
+
+TEST(ContextManager, EveryExceptionThatEndsACoroutineIsFreed) {
+    for (const ending how : {ending::setup_throws, ending::teardown_throws, ending::lets_through,
+                             ending::suppresses, ending::yields_again}) {
+        for (const bool body_throws : {false, true}) {
+            try {
+                ctxmgr::with(ends_by(how), [&] {
+                    if (body_throws) throw counted_error();
+                });
+            } catch (...) {
+            }
+            EXPECT_EQ(counted_error::live, 0)
+                << "ending " << static_cast<int>(how) << ", body throws " << body_throws;
+        }
+    }
+    {
+        auto entered = ends_by(ending::teardown_throws);
+        entered.enter();
+    }  // destroyed at its co_yield, never exited
+    EXPECT_EQ(counted_error::live, 0);
+}
+
 TEST(ContextManager, EnteringTwiceIsAProtocolError) {
     std::vector<std::string> log;
     auto m = traced(log);

@@ -1,5 +1,6 @@
 #include <ctxmgr/contextlib.hpp>
 #include <ctxmgr/contextmanager.hpp>
+#include <ctxmgr/exit_stack.hpp>
 #include <ctxmgr/scope.hpp>
 #include <ctxmgr/with.hpp>
 
@@ -280,6 +281,21 @@ TEST(ContextManager, EveryExceptionThatEndsACoroutineIsFreed) {
         auto entered = ends_by(ending::teardown_throws);
         entered.enter();
     }  // destroyed at its co_yield, never exited
+    EXPECT_EQ(counted_error::live, 0);
+    {
+        ctxmgr::exit_stack stack;
+        stack.enter_context(ends_by(ending::teardown_throws));
+        EXPECT_THROW(stack.close(), counted_error);
+    }
+    EXPECT_EQ(counted_error::live, 0);
+    {
+        auto m = ends_by(ending::teardown_throws);
+        m.enter();
+        m = ends_by(ending::lets_through);  // the entered frame is destroyed at its co_yield
+        m.enter();
+        const std::exception_ptr e = std::make_exception_ptr(counted_error());
+        EXPECT_FALSE(m.exit(e));  // let through: not suppressed, for the caller to rethrow
+    }
     EXPECT_EQ(counted_error::live, 0);
 }
 

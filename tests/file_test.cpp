@@ -925,41 +925,120 @@ TEST_F(Files, ReadAllOfAFileOfMoreThan64MiB) {
     });
 }
 
+// A pipe that a child process fills with `text` and then closes: more than a pipe holds, so
+// the reader must read while the writer writes.
+class pipe_from_child {
+  public:
+    explicit pipe_from_child(const std::string& text) {
+        int fds[2];
+        if (::pipe2(fds, O_CLOEXEC) != 0) throw std::system_error(errno, std::generic_category());
+        writer_ = ::fork();
+        if (writer_ == 0) {
+            ::close(fds[0]);
+            std::size_t done = 0;
+            while (done < text.size()) {
+                const ssize_t n = ::write(fds[1], text.data() + done, text.size() - done);
+                if (n <= 0) break;
+                done += static_cast<std::size_t>(n);
+            }
+            ::_exit(done == text.size() ? 0 : 1);
+        }
+        ::close(fds[1]);
+        read_end_ = fds[0];
+    }
+    pipe_from_child(const pipe_from_child&) = delete;
+    pipe_from_child& operator=(const pipe_from_child&) = delete;
+    ~pipe_from_child() {
+        ::close(read_end_);
+        if (writer_ > 0) ::waitpid(writer_, nullptr, 0);
+    }
+    // The read end as a path ctxmgr::open takes.
+    std::string path() const { return "/dev/fd/" + std::to_string(read_end_); }
+    // Whether the child wrote everything.
+    bool writer_succeeded() {
+        int status = 0;
+        ::waitpid(std::exchange(writer_, -1), &status, 0);
+        return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    }
+
+  private:
+    int read_end_ = -1;
+    pid_t writer_ = -1;
+};
+
 TEST_F(Files, ReadAllDoesNotTrustTheSize) {
     // /proc files report size 0 and a pipe has none.
     const auto proc = ctxmgr::with(ctxmgr::open("/proc/self/status"),
                                    [](ctxmgr::file& f) { return f.read_all(); });
     EXPECT_NE(proc.find("Pid:"), std::string::npos);
-    int fds[2];
-    ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
-    const std::string text(200'000, 'p');  // more than a pipe holds: a writer is needed
-    const pid_t writer = ::fork();
-    ASSERT_GE(writer, 0);
-    if (writer == 0) {
-        ::close(fds[0]);
-        std::size_t done = 0;
-        while (done < text.size()) {
-            const ssize_t n = ::write(fds[1], text.data() + done, text.size() - done);
-            if (n <= 0) break;
-            done += static_cast<std::size_t>(n);
-        }
-        ::_exit(done == text.size() ? 0 : 1);
-    }
-    ::close(fds[1]);
+    // Read with no size to go by, a small result keeps no room a buffer's size.
+    EXPECT_LE(proc.capacity(), 2 * proc.size());
+    const std::string text(200'000, 'p');
+    pipe_from_child pipe(text);
     std::string read;
     {
-        auto f = ctxmgr::open("/dev/fd/" + std::to_string(fds[0]), "rb");
-        // read(n) gathers several read(2) calls up to n, then read_all takes the rest.
-        read = f.read(150'001);
-        EXPECT_EQ(read.size(), 150'001U);
-        read += f.read_all();
+        auto f = ctxmgr::open(pipe.path(), "rb");
+        read = f.read_all();
+        f.close();
+    }
+    EXPECT_TRUE(pipe.writer_succeeded());
+    EXPECT_EQ(read, text);
+}
+
+TEST_F(Files, ReadOfNFromAPipeGathersSeveralReadsUpToN) {
+    std::string text(300'000, '\0');
+    for (std::size_t i = 0; i < text.size(); ++i) text[i] = static_cast<char>('a' + i % 26);
+    pipe_from_child pipe(text);
+    std::string first;
+    std::string rest;
+    {
+        auto f = ctxmgr::open(pipe.path(), "rb");
+        first = f.read(150'001);
+        rest = f.read(1'000'000);  // fewer at the end
+        EXPECT_EQ(f.read(100'000), "");
+        f.close();
+    }
+    EXPECT_TRUE(pipe.writer_succeeded());
+    EXPECT_EQ(first, text.substr(0, 150'001));
+    EXPECT_EQ(rest, text.substr(150'001));
+}
+
+TEST_F(Files, ReadOfABlockFromAProcFileThatTakesWholeRecords) {
+    // /proc/self/pagemap reports size 0 and refuses a read(2) that is not a whole number of its
+    // 8-byte records: the first read of a large read(n) must not be a guess at a small size.
+    const int probe = ::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    if (probe < 0) GTEST_SKIP() << "/proc/self/pagemap cannot be opened here";
+    ::close(probe);
+    ctxmgr::with(ctxmgr::open("/proc/self/pagemap", "rb"), [](ctxmgr::file& f) {
+        EXPECT_EQ(f.read(65'536).size(), 65'536U);
+        EXPECT_EQ(f.read(1 << 20).size(), std::size_t{1} << 20);
+    });
+}
+
+TEST_F(Files, ANonBlockingReadKeepsWhatCameBeforeItWouldBlock) {
+    int fds[2];
+    ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
+    const std::string path = "/dev/fd/" + std::to_string(fds[0]);
+    {
+        auto f = ctxmgr::open(path, "rb");  // a description of its own: made non-blocking here
+        ASSERT_EQ(::fcntl(f.native_handle(), F_SETFL, O_NONBLOCK), 0);
+        // Nothing there yet: no data to lose, so the failure is reported.
+        try {
+            static_cast<void>(f.read_all());
+            ADD_FAILURE() << "read_all returned with nothing to read";
+        } catch (const ctxmgr::io_error& e) {
+            EXPECT_EQ(e.code(), std::error_code(EAGAIN, std::generic_category()));
+            EXPECT_NE(std::string(e.what()).find("read"), std::string::npos) << e.what();
+        }
+        const std::string part(100, 'x');
+        ASSERT_EQ(::write(fds[1], part.data(), part.size()), 100);
+        EXPECT_EQ(f.read_all(), part);  // then it would block: the 100 bytes are the result
+        ASSERT_EQ(::write(fds[1], "abc", 3), 3);
+        EXPECT_EQ(f.read(1 << 20), "abc");
         f.close();
     }
     ::close(fds[0]);
-    int status = 0;
-    ::waitpid(writer, &status, 0);
-    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-    EXPECT_EQ(read, text);
+    ::close(fds[1]);
 }
 
 TEST_F(Files, ReadlineKeepsTheNewlineAndHonoursALimit) {

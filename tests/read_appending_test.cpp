@@ -78,6 +78,31 @@ TEST_P(ReadAppending, AFailedReadLeavesTheStringAsItWasWithErrnoSet) {
     EXPECT_EQ(out, "before");
 }
 
+// Asked for far more than a pipe holds, the zero-filled version still zeroes one pipe's worth:
+// a caller that asks for all its room on every call does not zero it again each time.
+TEST(ReadAppendingZeroFilled, ZeroesAtMostAPipesWorthACall) {
+    int fds[2];
+    ASSERT_EQ(::pipe2(fds, O_CLOEXEC), 0);
+    ASSERT_EQ(::write(fds[1], "0123456789", 10), 10);
+    std::string out;
+    EXPECT_EQ(ctxmgr::detail::read_appending_zero_filled(fds[0], out, std::size_t{1} << 30), 10);
+    EXPECT_EQ(out, "0123456789");
+    EXPECT_LE(out.capacity(), std::size_t{128} << 10);
+    ::close(fds[0]);
+    ::close(fds[1]);
+}
+
+// Where the build compiles read_appending.cpp as C++23 against libstdc++ 12 or later (new
+// ABI), the library's read_appending must be the one without the zero-fill.
+TEST(ReadAppendingBuild, TheLibrarySkipsTheZeroFillWhereItsStandardLibraryCan) {
+#if CTXMGR_CXX23_MODE && defined(_GLIBCXX_RELEASE) && _GLIBCXX_RELEASE >= 12 && \
+    _GLIBCXX_USE_CXX11_ABI
+    EXPECT_TRUE(ctxmgr::detail::read_appending_skips_zero_fill);
+#else
+    GTEST_SKIP() << "no C++23 mode or no resize_and_overwrite in this standard library";
+#endif
+}
+
 INSTANTIATE_TEST_SUITE_P(Library, ReadAppending, testing::Values(&ctxmgr::detail::read_appending));
 INSTANTIATE_TEST_SUITE_P(ZeroFilled, ReadAppending,
                          testing::Values(&ctxmgr::detail::read_appending_zero_filled));

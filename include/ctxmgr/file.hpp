@@ -30,7 +30,9 @@
 //     path, naming the caller's line.
 //   - Thread-compatible: different files may be used from different threads; one file must
 //     not be used by two threads at once without synchronization (as std::fstream, FILE*
-//     under fwrite_unlocked).
+//     under fwrite_unlocked). POSIX thread cancellation (pthread_cancel) is not supported:
+//     the system calls of a destructor, of a flush and of read_all() run inside noexcept
+//     code, where glibc's cancellation unwinding calls std::terminate.
 //
 // Text and binary modes ("t", "b") are the same: no newline translation and no encoding in
 // either. Reading returns the bytes in a std::string; lines keep their '\n' (Python's
@@ -135,13 +137,15 @@ class [[nodiscard]] file {
     }
 
     // Up to n bytes: fewer only at the end of the file (reads until n or EOF, as Python's
-    // BufferedReader). Empty at the end. Throws io_error(EBADF) on a file not open for
-    // reading: `read "/tmp/x": not readable: Bad file descriptor`.
+    // BufferedReader), or where a non-blocking descriptor would block after some bytes came
+    // (with none, io_error with EAGAIN). Empty at the end. Throws io_error(EBADF) on a file
+    // not open for reading: `read "/tmp/x": not readable: Bad file descriptor`.
     [[nodiscard]] std::string read(std::size_t n);
     // Fills `into` up to its size, or to the end of the file; returns the bytes read.
     [[nodiscard]] std::size_t read(std::span<std::byte> into);
-    // Everything from the current position to the end. The result is sized from fstat once,
-    // so it is never copied to grow (for a regular file).
+    // Everything from the current position to the end (or to where a non-blocking descriptor
+    // would block, as read(n)). The result is sized from fstat once, so it is never copied to
+    // grow (for a regular file), and read(2) writes into it directly.
     [[nodiscard]] std::string read_all();
     // The next line with its '\n', or at most `limit` bytes of it; empty at the end.
     [[nodiscard]] std::string readline(std::size_t limit = std::string::npos);

@@ -478,29 +478,39 @@ std::size_t file::take_buffered(char* into, std::size_t size) noexcept {
 
 // The bytes from the descriptor's position to the end of a regular file, plus one, so that
 // the read(2) after the one that gets them all finds EOF without growing the string; 0 when
-// the size says nothing (a pipe, a terminal, /proc).
+// the size says nothing (a pipe, a terminal, /proc, whose files say 0).
 std::size_t file::size_hint() const noexcept {
     struct stat status {};
-    if (::fstat(fd_, &status) != 0 || !S_ISREG(status.st_mode)) return 0;
+    if (::fstat(fd_, &status) != 0 || !S_ISREG(status.st_mode) || status.st_size == 0) return 0;
     const off_t position = ::lseek(fd_, 0, SEEK_CUR);
     if (position < 0 || status.st_size < position) return 0;
     return static_cast<std::size_t>(status.st_size - position) + 1;
 }
 
-// Appends up to `limit` bytes to `out`, read(2) straight into its storage until the limit or
-// EOF. The first read asks for `hint` bytes, or the room the string has if that is more (a
-// buffer's worth without a hint); each later one for the room the string has, and a full
-// string for as much again as it holds: the reads and the growth are geometric.
+// Appends up to `limit` bytes to `out` (a result being made: empty, or holding what the buffer
+// had), read(2) straight into its storage until the limit or EOF. The first read asks for
+// `hint` bytes, or the room the string has if that is more (a buffer's worth without a hint);
+// each later one for the room the string has, and a full string for as much again as it holds:
+// the reads and the growth are geometric. A descriptor that would block (O_NONBLOCK) ends the
+// result there if it holds anything, as Python's read() does: what was read is never lost.
 void file::read_direct(std::string& out, std::size_t limit, std::size_t hint) {
     std::size_t room = hint != 0 ? std::max(hint, out.capacity() - out.size()) : read_capacity();
     for (std::size_t done = 0; done < limit;) {
         const std::size_t ask = std::min(room, limit - done);
         const ssize_t n = retry([&] { return read_appending(fd_, out, ask); });
-        if (n < 0) throw_errno("read", path_);
-        if (n == 0) return;
+        if (n < 0) {
+            if ((errno == EAGAIN || errno == EWOULDBLOCK) && !out.empty()) break;
+            throw_errno("read", path_);
+        }
+        if (n == 0) break;
         done += static_cast<std::size_t>(n);
         room = out.capacity() - out.size();
         if (room == 0) room = std::max(out.size(), read_capacity());
+    }
+    // Read without a size to go by (a pipe, /proc), a small result gives back the room it was
+    // read into.
+    if (out.size() < read_capacity() && out.capacity() - out.size() > out.size()) {
+        out.shrink_to_fit();
     }
 }
 

@@ -4,6 +4,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <filesystem>
 #include <string>
@@ -22,16 +23,23 @@ auto retry(Call call) {
     }
 }
 
-// read(2) once into `n` (> 0) new bytes at the end of `out`, which then keeps what was read:
-// returns read(2)'s result, and on -1 (errno set) `out` is as it was. The new bytes are not
-// written before the kernel writes them: read_appending.cpp is compiled as C++23 where the
+// read(2) once into up to `n` (> 0) new bytes at the end of `out`, which then keeps what was
+// read: returns read(2)'s result, and on -1 (errno set) `out` is as it was. The new bytes are
+// not written before the kernel writes them: read_appending.cpp is compiled as C++23 where the
 // compiler can be, for std::string::resize_and_overwrite: file::read_all() reaches 0.92 of the
-// physical floor that way, 0.78 zero-filled (docs/performance.md).
+// physical floor that way, 0.85 zero-filled (docs/performance.md).
 ssize_t read_appending(int fd, std::string& out, std::size_t n);
 
+// Whether read_appending() skips the zero-fill (read_appending.cpp was compiled as C++23).
+extern const bool read_appending_skips_zero_fill;
+
 // The same, zero-filling the new bytes first: read_appending() where the standard library has
-// no resize_and_overwrite.
+// no resize_and_overwrite. It asks for at most a pipe's worth (64 KiB) at a time, so that a
+// caller asking for much more than one read(2) returns (a pipe, a socket) does not zero the
+// same room again on every call.
 inline ssize_t read_appending_zero_filled(int fd, std::string& out, std::size_t n) {
+    constexpr std::size_t most = 64 * 1024;
+    n = std::min(n, most);
     const std::size_t size = out.size();
     out.resize(size + n);
     const ssize_t result = ::read(fd, out.data() + size, n);

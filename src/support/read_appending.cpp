@@ -7,10 +7,18 @@
 
 namespace ctxmgr::detail {
 
+#if defined(__cpp_lib_string_resize_and_overwrite)
+const bool read_appending_skips_zero_fill = true;
+#else
+const bool read_appending_skips_zero_fill = false;
+#endif
+
 ssize_t read_appending(int fd, std::string& out, std::size_t n) {
 #if defined(__cpp_lib_string_resize_and_overwrite)
     ssize_t result = -1;
     const std::size_t size = out.size();
+    // The second argument is not used: libstdc++ passes the capacity it grew to, which may be
+    // more than size + n.
     out.resize_and_overwrite(size + n, [&](char* data, std::size_t) noexcept {
         result = ::read(fd, data + size, n);
         return size + static_cast<std::size_t>(std::max<ssize_t>(result, 0));

@@ -985,6 +985,22 @@ TEST_F(Files, ReadAllDoesNotTrustTheSize) {
     EXPECT_EQ(read, text);
 }
 
+TEST_F(Files, ReadAllFromAPipeDoesNotGrowTheResultToFindTheEnd) {
+    // 1 MiB fills the string exactly (its capacity doubles from 64 KiB); the read that finds
+    // the end must not double it once more, copying the whole result for nothing.
+    const std::string text(std::size_t{1} << 20, 'q');
+    pipe_from_child pipe(text);
+    std::string read;
+    {
+        auto f = ctxmgr::open(pipe.path(), "rb");
+        read = f.read_all();
+        f.close();
+    }
+    EXPECT_TRUE(pipe.writer_succeeded());
+    EXPECT_EQ(read, text);
+    EXPECT_LT(read.capacity(), 2 * read.size());
+}
+
 TEST_F(Files, ReadOfNFromAPipeGathersSeveralReadsUpToN) {
     std::string text(300'000, '\0');
     for (std::size_t i = 0; i < text.size(); ++i) text[i] = static_cast<char>('a' + i % 26);

@@ -490,14 +490,23 @@ std::size_t file::size_hint() const noexcept {
 // Appends up to `limit` bytes to `out` (a result being made: empty, or holding what the buffer
 // had), read(2) straight into its storage until the limit or EOF. The first read asks for
 // `hint` bytes, or the room the string has if that is more (a buffer's worth without a hint);
-// each later one for the room the string has, and a full string for as much again as it holds:
-// the reads and the growth are geometric. A descriptor that would block (O_NONBLOCK) ends the
-// result there if it holds anything, as Python's read() does: what was read is never lost.
+// each later one for the room the string has. A full string reads into the buffer instead and
+// appends what came, which grows it geometrically: the end of a pipe is found without growing
+// the string for it. A descriptor that would block (O_NONBLOCK) ends the result there if it
+// holds anything, as Python's read() does: what was read is never lost.
 void file::read_direct(std::string& out, std::size_t limit, std::size_t hint) {
     std::size_t room = hint != 0 ? std::max(hint, out.capacity() - out.size()) : read_capacity();
     for (std::size_t done = 0; done < limit;) {
-        const std::size_t ask = std::min(room, limit - done);
-        const ssize_t n = retry([&] { return read_appending(fd_, out, ask); });
+        ssize_t n = 0;
+        if (room != 0) {
+            const std::size_t ask = std::min(room, limit - done);
+            n = retry([&] { return read_appending(fd_, out, ask); });
+        } else {
+            char* const chunk = buffer_ ? buffer_.get() : allocate_buffer();
+            const std::size_t ask = std::min(read_capacity(), limit - done);
+            n = retry([&] { return ::read(fd_, chunk, ask); });
+            if (n > 0) out.append(chunk, static_cast<std::size_t>(n));
+        }
         if (n < 0) {
             if ((errno == EAGAIN || errno == EWOULDBLOCK) && !out.empty()) break;
             throw_errno("read", path_);
@@ -505,7 +514,6 @@ void file::read_direct(std::string& out, std::size_t limit, std::size_t hint) {
         if (n == 0) break;
         done += static_cast<std::size_t>(n);
         room = out.capacity() - out.size();
-        if (room == 0) room = std::max(out.size(), read_capacity());
     }
     // Read without a size to go by (a pipe, /proc), a small result gives back the room it was
     // read into.

@@ -28,6 +28,16 @@ struct prepared {
     std::string name;
     std::vector<Oid> types;
     std::uint64_t last_used = 0;
+
+    // Whether it was prepared for these parameter types. A loop, not vector's ==, which calls
+    // memcmp for the one to three types a statement most often has.
+    [[nodiscard]] bool takes(const std::vector<Oid>& given) const noexcept {
+        if (given.size() != types.size()) return false;
+        for (std::size_t i = 0; i < given.size(); ++i) {
+            if (given[i] != types[i]) return false;
+        }
+        return true;
+    }
 };
 
 // Throws db::error naming `sql` unless it has `given` parameters ($1, $2, ...).
@@ -70,7 +80,7 @@ class statement_cache {
             recent_.remember(sql, found);
         }
         for (prepared& p : found->second) {
-            if (p.types == types) {
+            if (p.takes(types)) {
                 p.last_used = ++clock_;
                 return &p;
             }
@@ -116,7 +126,7 @@ class statement_cache {
         const auto found = map_.find(sql);
         if (found == map_.end()) return;
         for (std::size_t v = 0; v < found->second.size(); ++v) {
-            if (found->second[v].types == types) {
+            if (found->second[v].takes(types)) {
                 erase(found, v);
                 return;
             }

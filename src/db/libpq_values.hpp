@@ -95,7 +95,8 @@ class result_cursor final : public db::detail::cursor {
 
     // `sql` is copied when the cursor may outlive the caller's text (rows, snapshots).
     void reset(PGresult* result, std::string_view sql, bool snapshot, bool copy_sql) {
-        PQclear(std::exchange(result_, result));
+        if (result_ != nullptr) PQclear(result_);  // a spare cursor holds none: no call
+        result_ = result;
         if (copy_sql) {
             owned_sql_.assign(sql);
             sql_ = owned_sql_;

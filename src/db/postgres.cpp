@@ -249,6 +249,12 @@ struct connection::impl {
                         Send&& send) {
         if (timeout.count() <= 0) [[likely]]
             return result_ptr(exec());
+        return exchange_within(sql, timeout, std::forward<Send>(send));
+    }
+    // exchange() under a deadline, out of line: the statements without one stay short.
+    template <class Send>
+    [[gnu::noinline]] result_ptr exchange_within(std::string_view sql,
+                                                 std::chrono::milliseconds timeout, Send&& send) {
         const auto start = std::chrono::steady_clock::now();
         const auto limit = detail::deadline::after(timeout, start);
         if (!send()) return nullptr;  // the link is broken: the caller reports PQerrorMessage

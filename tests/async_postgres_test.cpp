@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "async_recording.hpp"
+#include "eventually.hpp"
 #include "postgres_fixtures.hpp"
 #include "recording.hpp"
 #include "refusing_port.hpp"
@@ -656,7 +657,10 @@ static_assert(lends_synchronously<ctxmgr::pool<postgres::connection>>);
 
 TEST_F(AsyncPostgresPool, ManyCoroutinesOnOneThreadShareAFewConnections) {
     asio::io_context io;
-    auto pool = make_pool(io, {.name = "async", .max_size = 4});
+    // Four connections made before the coroutines start, so that their statements can overlap
+    // however fast the first connection serves them.
+    auto pool = make_pool(io, {.name = "async", .max_size = 4, .min_idle = 4});
+    ASSERT_TRUE(ctxmgr::testing::eventually([&] { return pool.stats().idle == 4; }));
     sync_connect().execute_script("CREATE TABLE " + table_ + " (id int PRIMARY KEY)");
     constexpr int coroutines = 100;
     int borrowing = 0;

@@ -966,6 +966,19 @@ class pipe_from_child {
     pid_t writer_ = -1;
 };
 
+// read_all() of a pipe that a child fills with `text`; checks that the child wrote it all.
+std::string read_all_of_pipe(const std::string& text) {
+    pipe_from_child pipe(text);
+    std::string read;
+    {
+        auto f = ctxmgr::open(pipe.path(), "rb");
+        read = f.read_all();
+        f.close();
+    }
+    EXPECT_TRUE(pipe.writer_succeeded());
+    return read;
+}
+
 TEST_F(Files, ReadAllDoesNotTrustTheSize) {
     // /proc files report size 0 and a pipe has none.
     const auto proc = ctxmgr::with(ctxmgr::open("/proc/self/status"),
@@ -974,29 +987,14 @@ TEST_F(Files, ReadAllDoesNotTrustTheSize) {
     // Read with no size to go by, a small result keeps no room a buffer's size.
     EXPECT_LE(proc.capacity(), 2 * proc.size());
     const std::string text(200'000, 'p');
-    pipe_from_child pipe(text);
-    std::string read;
-    {
-        auto f = ctxmgr::open(pipe.path(), "rb");
-        read = f.read_all();
-        f.close();
-    }
-    EXPECT_TRUE(pipe.writer_succeeded());
-    EXPECT_EQ(read, text);
+    EXPECT_EQ(read_all_of_pipe(text), text);
 }
 
 TEST_F(Files, ReadAllFromAPipeDoesNotGrowTheResultToFindTheEnd) {
     // 1 MiB fills the string exactly (its capacity doubles from 64 KiB); the read that finds
     // the end must not double it once more, copying the whole result for nothing.
     const std::string text(std::size_t{1} << 20, 'q');
-    pipe_from_child pipe(text);
-    std::string read;
-    {
-        auto f = ctxmgr::open(pipe.path(), "rb");
-        read = f.read_all();
-        f.close();
-    }
-    EXPECT_TRUE(pipe.writer_succeeded());
+    const std::string read = read_all_of_pipe(text);
     EXPECT_EQ(read, text);
     EXPECT_LT(read.capacity(), 2 * read.size());
 }

@@ -19,6 +19,7 @@
 #include <chrono>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <memory>
 #include <random>
 #include <sstream>
@@ -825,6 +826,49 @@ TEST_F(Postgres, TextBecomesWhateverTheColumnIs) {
     EXPECT_EQ(c.query_value<std::int64_t>("SELECT sum(x) FROM (VALUES (1::bigint), (2)) v (x)"), 3);
     EXPECT_EQ(c.query_value<double>("SELECT 'Infinity'::float8"),
               std::numeric_limits<double>::infinity());
+}
+
+TEST_F(Postgres, ExecuteReturnsTheRowsEachCommandReports) {
+    auto c = connect();
+    EXPECT_EQ(c.execute("CREATE TEMP TABLE n (id int PRIMARY KEY, v int)"), 0);
+    EXPECT_EQ(c.execute("INSERT INTO n VALUES (1, 0), (2, 0), (3, 0)"), 3);
+    EXPECT_EQ(c.execute("UPDATE n SET v = v + 1 WHERE id >= $1", 2), 2);
+    EXPECT_EQ(c.execute("SELECT * FROM n"), 3);
+    EXPECT_EQ(c.execute("MERGE INTO n USING (VALUES (3), (4)) s (id) ON n.id = s.id "
+                        "WHEN MATCHED THEN UPDATE SET v = 9 "
+                        "WHEN NOT MATCHED THEN INSERT VALUES (s.id, 0)"),
+              2);
+    EXPECT_EQ(c.execute("DELETE FROM n WHERE v = 0"), 2);
+    ctxmgr::with(c.transaction(), [](postgres::connection& tx) {
+        EXPECT_EQ(tx.execute("DECLARE k CURSOR FOR SELECT generate_series(1, 10)"), 0);
+        EXPECT_EQ(tx.execute("FETCH 3 FROM k"), 3);
+        EXPECT_EQ(tx.execute("MOVE 4 IN k"), 4);
+        EXPECT_EQ(tx.execute("FETCH ALL FROM k"), 3);
+    });
+    EXPECT_EQ(c.execute("SET application_name = 'counting'"), 0);
+}
+
+TEST_F(Postgres, IntegersReadExactlyToTheLimitsOfInt64AndNoFurther) {
+    auto c = connect();
+    constexpr auto most = std::numeric_limits<std::int64_t>::max();
+    constexpr auto least = std::numeric_limits<std::int64_t>::min();
+    EXPECT_EQ(c.query_value<std::int64_t>("SELECT 9223372036854775807::bigint"), most);
+    EXPECT_EQ(c.query_value<std::int64_t>("SELECT (-9223372036854775808)::bigint"), least);
+    EXPECT_EQ(c.query_value<std::int64_t>("SELECT 0::int"), 0);
+    EXPECT_EQ(c.query_value<std::int64_t>("SELECT -42::int"), -42);
+    EXPECT_THROW(
+        static_cast<void>(c.query_value<std::int64_t>("SELECT 9223372036854775808::numeric")),
+        db::conversion_error);
+    EXPECT_THROW(
+        static_cast<void>(c.query_value<std::int64_t>("SELECT (-9223372036854775809)::numeric")),
+        db::conversion_error);
+    EXPECT_THROW(
+        static_cast<void>(c.query_value<std::int64_t>("SELECT 99999999999999999999999::numeric")),
+        db::conversion_error);
+    EXPECT_THROW(static_cast<void>(c.query_value<std::int64_t>("SELECT NULL::int")),
+                 db::conversion_error);
+    EXPECT_EQ(c.query_value<std::optional<std::int64_t>>("SELECT NULL::int"), std::nullopt);
+    EXPECT_EQ(c.query_value<std::optional<std::int64_t>>("SELECT 7::int"), 7);
 }
 
 TEST_F(Postgres, TextWithANulCharacterIsRefusedBeforeItIsCut) {

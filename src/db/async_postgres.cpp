@@ -147,13 +147,6 @@ asio::awaitable<bool> wait_ready(watched_socket& socket, asio::steady_timer& tim
     co_return order[0] == 0;
 }
 
-std::int64_t rows_of(const PGresult* result) {
-    const char* tuples = PQcmdTuples(const_cast<PGresult*>(result));
-    std::int64_t count = 0;
-    if (tuples != nullptr && *tuples != '\0') detail::parse_whole(std::string_view(tuples), count);
-    return count;
-}
-
 std::string savepoint_name(std::uint64_t id) {
     return "ctxmgr_" + std::to_string(id);
 }
@@ -520,7 +513,7 @@ asio::awaitable<std::int64_t> async_connection::run(std::string_view sql,
         if (!succeeded(result.get())) {
             result = co_await state.retry_or_fail(sql, params.size(), std::move(result));
         }
-        co_return rows_of(result.get());
+        co_return detail::rows_affected(result.get());
     } catch (...) {
         failure = std::current_exception();
     }

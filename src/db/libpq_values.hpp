@@ -86,6 +86,99 @@ bool parse_whole(std::string_view text, T& value) {
     return ec == std::errc() && stop == end;
 }
 
+// The same for the integers results and command tags hold: base 10, an optional '-', nothing
+// else; false on overflow. Written out because std::from_chars, generic over the base, costs
+// twice as much for the few digits a column or a row count has. `at_end(p)` says where the
+// text ends: its size, or its NUL.
+template <class AtEnd>
+[[gnu::always_inline]] inline bool parse_decimal(const char* p, AtEnd at_end,
+                                                 std::int64_t& value) noexcept {
+    const bool negative = !at_end(p) && *p == '-';
+    if (negative) ++p;
+    if (at_end(p)) return false;
+    std::uint64_t magnitude = 0;
+    for (; !at_end(p); ++p) {
+        const unsigned digit = static_cast<unsigned char>(*p) - unsigned{'0'};
+        if (digit > 9) return false;
+        if (__builtin_mul_overflow(magnitude, std::uint64_t{10}, &magnitude) ||
+            __builtin_add_overflow(magnitude, std::uint64_t{digit}, &magnitude)) {
+            return false;
+        }
+    }
+    constexpr std::uint64_t most = std::uint64_t{1} << 63;  // the magnitude of INT64_MIN
+    if (magnitude > (negative ? most : most - 1)) return false;
+    value =
+        negative ? static_cast<std::int64_t>(0 - magnitude) : static_cast<std::int64_t>(magnitude);
+    return true;
+}
+
+inline bool parse_whole(std::string_view text, std::int64_t& value) noexcept {
+    const char* const end = text.data() + text.size();
+    return parse_decimal(
+        text.data(), [end](const char* p) { return p == end; }, value);
+}
+
+// A NUL-terminated text, as PQgetvalue gives it (no PQgetlength needed); false for nullptr.
+[[gnu::always_inline]] inline bool parse_whole(const char* text, std::int64_t& value) noexcept {
+    return text != nullptr && parse_decimal(
+                                  text, [](const char* p) { return *p == '\0'; }, value);
+}
+
+// The rows a command's tag reports ("INSERT 0 5", "UPDATE 3", "SELECT 2"; DELETE, MERGE,
+// FETCH, MOVE and COPY alike); 0 for a command that reports none ("CREATE TABLE", "BEGIN").
+// What PQcmdTuples answers, from the same tag, in half its instructions: it compares the tag
+// with each command's name in turn, then the count is parsed again.
+inline std::int64_t rows_affected(const PGresult* result) noexcept {
+    const char* const tag = PQcmdStatus(const_cast<PGresult*>(result));
+    if (tag == nullptr) return 0;
+    // What follows `word` (the command and a space) at the start of the tag, or nullptr: one
+    // comparison a character, the first that differs the last (a shorter tag differs at its
+    // NUL, so nothing past it is read).
+    const auto after = [tag]<std::size_t N>(const char(&word)[N]) -> const char* {
+        return [&]<std::size_t... I>(std::index_sequence<I...>) {
+            return ((tag[I] == word[I]) && ...) ? tag + (N - 1) : nullptr;
+        }
+        (std::make_index_sequence<N - 1>{});
+    };
+    const char* count = nullptr;
+    switch (tag[0]) {
+        case 'I':
+            count = after("INSERT ");
+            if (count != nullptr) {  // "INSERT oid rows"; the oid is 0 since PostgreSQL 12
+                if (count[0] == '0' && count[1] == ' ') {
+                    count += 2;
+                } else {
+                    while (*count != '\0' && *count != ' ') ++count;
+                    count = *count == ' ' ? count + 1 : nullptr;
+                }
+            }
+            break;
+        case 'U':
+            count = after("UPDATE ");
+            break;
+        case 'D':
+            count = after("DELETE ");
+            break;
+        case 'S':
+            count = after("SELECT ");
+            break;
+        case 'M':
+            count = after("MERGE ");
+            if (count == nullptr) count = after("MOVE ");
+            break;
+        case 'F':
+            count = after("FETCH ");
+            break;
+        case 'C':
+            count = after("COPY ");
+            break;
+        default:
+            break;
+    }
+    std::int64_t rows = 0;
+    return count != nullptr && parse_whole(count, rows) ? rows : 0;
+}
+
 // A text-format result, positioned on one row at a time.
 class result_cursor final : public db::detail::cursor {
   public:
@@ -122,11 +215,15 @@ class result_cursor final : public db::detail::cursor {
         return PQgetisnull(result_, row_, index(column)) != 0;
     }
     std::int64_t integer(std::size_t column) const override {
-        const std::string_view text = value(column, "an integer");
+        // A NULL reads as "", from which no integer parses: it is told apart (by value(),
+        // which throws for it) only when the parse fails.
         const Oid type = PQftype(result_, index(column));
         std::int64_t out = 0;
-        if ((is_integer_type(type) || type == numeric_oid) && parse_whole(text, out)) return out;
-        wrong(column, type, text, "an integer");
+        if ((is_integer_type(type) || type == numeric_oid) &&
+            parse_whole(PQgetvalue(result_, row_, index(column)), out)) {
+            return out;
+        }
+        wrong(column, type, value(column, "an integer"), "an integer");
     }
     double real(std::size_t column) const override {
         const std::string_view text = value(column, "a number");

@@ -661,10 +661,7 @@ std::int64_t connection::run(std::string_view sql, std::span<const db::param> pa
     impl& state = live("execute");
     const result_ptr result =
         closing_if_abandoned(*this, state.abandoned, [&] { return state.execute(sql, params); });
-    const char* tuples = PQcmdTuples(result.get());
-    std::int64_t count = 0;
-    if (tuples != nullptr && *tuples != '\0') parse_whole(std::string_view(tuples), count);
-    return count;
+    return detail::rows_affected(result.get());
 }
 
 db::detail::cursor* connection::open(std::string_view sql, std::span<const db::param> params,

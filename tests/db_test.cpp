@@ -566,6 +566,35 @@ TYPED_TEST(Db, ARunTimeListOfParameters) {
     EXPECT_EQ(c.execute("SELECT $1", std::span<const db::param>(params.data(), 1)), 1);
 }
 
+// A parameter holds one value: its accessors answer for its kind, view() empty for the kinds
+// that are not text or bytes.
+TEST(Param, EachKindKeepsItsValueAndViewIsEmptyForTheOthers) {
+    const db::param integer(42);
+    EXPECT_EQ(integer.type(), db::param::kind::integer);
+    EXPECT_EQ(integer.integer(), 42);
+    EXPECT_TRUE(integer.view().empty());
+    const db::param real(2.5);
+    EXPECT_EQ(real.real(), 2.5);
+    EXPECT_TRUE(real.view().empty());
+    const std::string abc = "abc";  // a parameter refers to its value
+    const db::param text(abc);
+    EXPECT_EQ(text.type(), db::param::kind::text);
+    EXPECT_EQ(text.view(), "abc");
+    EXPECT_TRUE(text.nul_terminated());
+    const db::bytes data{std::byte{1}, std::byte{2}};
+    const db::param blob(data);
+    EXPECT_EQ(blob.type(), db::param::kind::blob);
+    EXPECT_EQ(blob.view().size(), 2U);
+    const db::param none(std::optional<std::int64_t>{});
+    EXPECT_EQ(none.type(), db::param::kind::null);
+    EXPECT_EQ(none.declared_type(), db::param::kind::integer);
+    EXPECT_TRUE(none.view().empty());
+    db::param copied = text;
+    copied = integer;  // a copy takes the other's kind and value
+    EXPECT_EQ(copied.integer(), 42);
+    EXPECT_TRUE(copied.view().empty());
+}
+
 TYPED_TEST(Db, TransactionStateComesFromTheBackEnd) {
     auto c = this->connect();
     EXPECT_EQ(c.transaction_state(), db::transaction_state::idle);

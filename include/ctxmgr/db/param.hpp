@@ -13,6 +13,7 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <span>
 #include <string>
@@ -71,7 +72,8 @@ class param {
                 if (value == nullptr) return;
             }
             kind_ = kind::text;
-            view_ = std::string_view(value);
+            const std::string_view text(value);
+            chars_ = {text.data(), text.size()};
             // A C string, a char array (cut at its first NUL) and std::string end in a NUL:
             // a back end that needs one (libpq's text format) can then skip a copy.
             terminated_ =
@@ -79,7 +81,7 @@ class param {
         } else {
             kind_ = kind::blob;
             const std::span<const std::byte> data(value);
-            view_ = std::string_view(reinterpret_cast<const char*>(data.data()), data.size());
+            chars_ = {reinterpret_cast<const char*>(data.data()), data.size()};
         }
     }
 
@@ -92,8 +94,12 @@ class param {
     [[nodiscard]] constexpr std::int64_t integer() const noexcept { return integer_; }
     [[nodiscard]] constexpr double real() const noexcept { return real_; }
     [[nodiscard]] constexpr bool boolean() const noexcept { return boolean_; }
-    // Text, or the bytes of a bytes value.
-    [[nodiscard]] constexpr std::string_view view() const noexcept { return view_; }
+    // Text, or the bytes of a bytes value; empty for the other kinds.
+    [[nodiscard]] constexpr std::string_view view() const noexcept {
+        return kind_ == kind::text || kind_ == kind::blob
+                   ? std::string_view(chars_.data, chars_.size)
+                   : std::string_view();
+    }
     // True when view().data()[view().size()] is a NUL that the caller's value owns.
     [[nodiscard]] constexpr bool nul_terminated() const noexcept { return terminated_; }
     // The value of an unsigned parameter above INT64_MAX (kind::out_of_range): binding it
@@ -123,13 +129,18 @@ class param {
     kind kind_ = kind::null;
     kind declared_ = kind::null;
     bool terminated_ = false;
+    struct characters {
+        const char* data;
+        std::size_t size;
+    };
+    // One value, so that making an integer parameter writes 8 bytes, not 24.
     union {
         std::int64_t integer_ = 0;
         std::uint64_t unsigned_;
         double real_;
         bool boolean_;
+        characters chars_;  // text or bytes
     };
-    std::string_view view_;
 };
 
 }  // namespace ctxmgr::db

@@ -211,7 +211,7 @@ class [[nodiscard]] file {
     void begin_writing();
     std::size_t fill();
     std::size_t take_buffered(char* into, std::size_t size) noexcept;
-    void read_direct(std::string& out, std::size_t limit, std::size_t hint);
+    void read_direct(std::string& out, std::size_t limit);
     [[nodiscard]] std::size_t size_hint() const noexcept;
     void drop_read_ahead();
     char* allocate_buffer();

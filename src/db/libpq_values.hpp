@@ -86,19 +86,18 @@ bool parse_whole(std::string_view text, T& value) {
     return ec == std::errc() && stop == end;
 }
 
-// The same for the integers results and command tags hold: base 10, an optional '-', nothing
-// else; false on overflow. Written out because std::from_chars, generic over the base, costs
-// twice as much for the few digits a column or a row count has. `at_end(p)` says where the
-// text ends: its size, or its NUL.
-template <class AtEnd>
-[[gnu::always_inline]] inline bool parse_decimal(const char* p, AtEnd at_end,
-                                                 std::int64_t& value) noexcept {
-    const bool negative = !at_end(p) && *p == '-';
-    if (negative) ++p;
-    if (at_end(p)) return false;
+// A whole number in a NUL-terminated text, as PQgetvalue and PQcmdStatus give it: base 10,
+// an optional '-', nothing else; false on overflow and for nullptr. Written out because
+// std::from_chars, generic over the base, costs twice as much for the few digits a column or
+// a row count has, and needs the length (PQgetlength) first.
+[[gnu::always_inline]] inline bool parse_whole(const char* text, std::int64_t& value) noexcept {
+    if (text == nullptr) return false;
+    const bool negative = *text == '-';
+    if (negative) ++text;
+    if (*text == '\0') return false;
     std::uint64_t magnitude = 0;
-    for (; !at_end(p); ++p) {
-        const unsigned digit = static_cast<unsigned char>(*p) - unsigned{'0'};
+    for (; *text != '\0'; ++text) {
+        const unsigned digit = static_cast<unsigned char>(*text) - unsigned{'0'};
         if (digit > 9) return false;
         if (__builtin_mul_overflow(magnitude, std::uint64_t{10}, &magnitude) ||
             __builtin_add_overflow(magnitude, std::uint64_t{digit}, &magnitude)) {
@@ -110,18 +109,6 @@ template <class AtEnd>
     value =
         negative ? static_cast<std::int64_t>(0 - magnitude) : static_cast<std::int64_t>(magnitude);
     return true;
-}
-
-inline bool parse_whole(std::string_view text, std::int64_t& value) noexcept {
-    const char* const end = text.data() + text.size();
-    return parse_decimal(
-        text.data(), [end](const char* p) { return p == end; }, value);
-}
-
-// A NUL-terminated text, as PQgetvalue gives it (no PQgetlength needed); false for nullptr.
-[[gnu::always_inline]] inline bool parse_whole(const char* text, std::int64_t& value) noexcept {
-    return text != nullptr && parse_decimal(
-                                  text, [](const char* p) { return *p == '\0'; }, value);
 }
 
 // The rows a command's tag reports ("INSERT 0 5", "UPDATE 3", "SELECT 2"; DELETE, MERGE,

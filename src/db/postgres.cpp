@@ -154,7 +154,6 @@ using detail::result_ptr;
 using detail::wait_socket;
 
 using detail::bound_parameters;
-using detail::parse_whole;
 using detail::refusal_sqlstate;
 using detail::result_cursor;
 using detail::succeeded;

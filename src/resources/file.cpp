@@ -488,14 +488,20 @@ std::size_t file::size_hint() const noexcept {
 }
 
 // Appends up to `limit` bytes to `out` (a result being made: empty, or holding what the buffer
-// had), read(2) straight into its storage until the limit or EOF. The first read asks for
-// `hint` bytes, or the room the string has if that is more (a buffer's worth without a hint);
-// each later one for the room the string has. A full string reads into the buffer instead and
-// appends what came, which grows it geometrically: the end of a pipe is found without growing
-// the string for it. A descriptor that would block (O_NONBLOCK) ends the result there if it
-// holds anything, as Python's read() does: what was read is never lost.
-void file::read_direct(std::string& out, std::size_t limit, std::size_t hint) {
-    std::size_t room = hint != 0 ? std::max(hint, out.capacity() - out.size()) : read_capacity();
+// had), read(2) straight into its storage until the limit or EOF. A regular file's size
+// (size_hint) reserves the result, huge pages advised, and the first read asks for all of it;
+// without one the first read asks for a buffer's worth. Each later read asks for the room the
+// string has. A full string reads into the buffer instead and appends what came, which grows
+// it geometrically: the end of a pipe is found without growing the string for it. A
+// descriptor that would block (O_NONBLOCK) ends the result there if it holds anything, as
+// Python's read() does: what was read is never lost.
+void file::read_direct(std::string& out, std::size_t limit) {
+    const std::size_t hint = size_hint();
+    if (hint != 0) {
+        out.reserve(out.size() + std::min(limit, hint));
+        advise_huge_pages(out);
+    }
+    std::size_t room = hint != 0 ? out.capacity() - out.size() : read_capacity();
     for (std::size_t done = 0; done < limit;) {
         ssize_t n = 0;
         if (room != 0) {
@@ -531,10 +537,7 @@ std::string file::read(std::size_t n) {
     get_ += out.size();
     std::size_t remaining = n - out.size();
     if (remaining >= read_capacity()) {
-        const std::size_t hint = size_hint();
-        out.reserve(out.size() + std::min(remaining, hint));
-        advise_huge_pages(out);
-        read_direct(out, remaining, hint);
+        read_direct(out, remaining);
         return out;
     }
     while (remaining != 0 && fill() != 0) {
@@ -569,13 +572,9 @@ std::size_t file::read(std::span<std::byte> into) {
 std::string file::read_all() {
     require_open("read_all");
     begin_reading();
-    std::string out;
-    const std::size_t hint = size_hint();
-    out.reserve(static_cast<std::size_t>(get_end_ - get_) + hint);
-    advise_huge_pages(out);
-    out.append(get_, static_cast<std::size_t>(get_end_ - get_));
+    std::string out(get_, static_cast<std::size_t>(get_end_ - get_));
     get_ = get_end_ = nullptr;
-    read_direct(out, std::numeric_limits<std::size_t>::max(), hint);
+    read_direct(out, std::numeric_limits<std::size_t>::max());
     return out;
 }
 

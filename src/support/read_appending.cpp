@@ -8,13 +8,10 @@
 namespace ctxmgr::detail {
 
 #if defined(__cpp_lib_string_resize_and_overwrite)
+
 const bool read_appending_skips_zero_fill = true;
-#else
-const bool read_appending_skips_zero_fill = false;
-#endif
 
 ssize_t read_appending(int fd, std::string& out, std::size_t n) {
-#if defined(__cpp_lib_string_resize_and_overwrite)
     ssize_t result = -1;
     const std::size_t size = out.size();
     // The second argument is not used: libstdc++ passes the capacity it grew to, which may be
@@ -24,9 +21,16 @@ ssize_t read_appending(int fd, std::string& out, std::size_t n) {
         return size + static_cast<std::size_t>(std::max<ssize_t>(result, 0));
     });
     return result;
-#else
-    return read_appending_zero_filled(fd, out, n);
-#endif
 }
+
+#else
+
+const bool read_appending_skips_zero_fill = false;
+
+ssize_t read_appending(int fd, std::string& out, std::size_t n) {
+    return read_appending_zero_filled(fd, out, n);
+}
+
+#endif
 
 }  // namespace ctxmgr::detail

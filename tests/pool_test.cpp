@@ -12,6 +12,7 @@
 
 #include <gtest/gtest.h>
 #include <pthread.h>
+#include <sched.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -20,10 +21,12 @@
 #include <chrono>
 #include <condition_variable>
 #include <csignal>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <exception>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -937,6 +940,140 @@ TEST_F(Pool, StatusShowsTheLongestWaitAndWhoHoldsEachConnection) {
     EXPECT_EQ(status.longest_wait, 0ns);
     EXPECT_TRUE(status.borrowers.empty());
     EXPECT_EQ(status.metrics.idle, 2U);
+}
+
+// ---- A connection parked by its return --------------------------------------------------
+// A connection given back within the coarse clock's tick of its borrow, with nobody waiting,
+// waits for the next borrow on its returner's CPU outside the pool's lock (pool_core.hpp).
+// It is idle for every other purpose, which these check. A pool's first borrow waits for
+// the creator, and while a borrower waits nothing parks: the tests borrow twice first.
+
+// Runs `f` on a thread of its own pinned to the `index`-th CPU this process may use (the last
+// one when there are fewer), so that two such threads park in different spots where there
+// are two CPUs.
+template <class F>
+void on_cpu(int index, F&& f) {
+    std::exception_ptr thrown;
+    std::thread([&] {
+        cpu_set_t allowed;
+        ASSERT_EQ(::sched_getaffinity(0, sizeof allowed, &allowed), 0);
+        std::size_t chosen = 0;
+        int seen = 0;
+        for (std::size_t cpu = 0; cpu < CPU_SETSIZE && seen <= index; ++cpu) {
+            if (CPU_ISSET(cpu, &allowed)) {
+                chosen = cpu;
+                ++seen;
+            }
+        }
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(chosen, &one);
+        ASSERT_EQ(::pthread_setaffinity_np(::pthread_self(), sizeof one, &one), 0);
+        try {
+            f();
+        } catch (...) {
+            thrown = std::current_exception();
+        }
+    }).join();
+    if (thrown) std::rethrow_exception(thrown);
+}
+
+TEST_F(Pool, AConnectionParkedOnOneCpuIsLentAtOnceToABorrowerOnAnother) {
+    auto pool = make({.name = "parked", .max_size = 1});
+    sqlite::connection* lent = nullptr;
+    on_cpu(0, [&] {
+        ctxmgr::with(pool.connection(), [&](sqlite::connection& c) { lent = &c; });
+        ctxmgr::with(pool.connection(), [&](sqlite::connection& c) { EXPECT_EQ(&c, lent); });
+    });
+    auto s = pool.stats();
+    EXPECT_EQ(s.idle, 1U);
+    EXPECT_EQ(s.in_use, 0U);
+    // Not one borrower waiting in the queue for it: lent at once, or a timeout_error.
+    on_cpu(1, [&] {
+        ctxmgr::with(pool.connection(0ms), [&](sqlite::connection& c) { EXPECT_EQ(&c, lent); });
+    });
+    on_cpu(1, [&] {
+        ctxmgr::with(pool.connection(0ms), [&](sqlite::connection& c) { EXPECT_EQ(&c, lent); });
+    });
+    on_cpu(0, [&] {
+        ctxmgr::with(pool.connection(0ms), [&](sqlite::connection& c) { EXPECT_EQ(&c, lent); });
+    });
+    s = pool.stats();
+    EXPECT_EQ(s.created, 1U);
+    EXPECT_EQ(s.timeouts, 0U);
+    expect_consistent(s);
+}
+
+TEST_F(Pool, AParkedConnectionIsIdleInStatsMetricsAndStatusAndCountedAsAnyBorrow) {
+    auto pool = make({.name = "parked", .max_size = 2});
+    for (int i = 0; i < 100; ++i) {
+        ctxmgr::with(pool.connection(), [](sqlite::connection& c) { EXPECT_TRUE(c.is_open()); });
+    }
+    const auto s = pool.stats();
+    EXPECT_EQ(s.size, 1U);
+    EXPECT_EQ(s.idle, 1U);
+    EXPECT_EQ(s.in_use, 0U);
+    const auto m = pool.metrics();
+    EXPECT_EQ(m.idle, 1U);
+    EXPECT_EQ(m.used, 0U);
+    EXPECT_EQ(m.wait_time.count, 100U);
+    EXPECT_EQ(m.use_time.count, 100U);
+    EXPECT_EQ(bucket_total(m.wait_time), 100U);
+    EXPECT_EQ(bucket_total(m.use_time), 100U);
+    EXPECT_TRUE(pool.status().borrowers.empty());
+    // Lent from its spot, it is a borrower like any other.
+    auto held = pool.connection();
+    const auto line = std::source_location::current().line() - 1;
+    static_cast<void>(held.enter());
+    const auto status = pool.status();
+    ASSERT_EQ(status.borrowers.size(), 1U);
+    EXPECT_EQ(status.borrowers[0].where.line(), line);
+    EXPECT_EQ(status.metrics.used, 1U);
+    EXPECT_EQ(status.metrics.idle, 0U);
+    held.exit(nullptr);
+}
+
+TEST_F(Pool, SuspendEvictAllAndCloseTakeBackAParkedConnection) {
+    auto pool = make({.name = "parked", .max_size = 1, .close_timeout = 200ms});
+    ctxmgr::with(pool.connection(), [](sqlite::connection&) {});
+    ctxmgr::with(pool.connection(), [](sqlite::connection&) {});
+    // Suspended: the parked connection is not lent.
+    pool.suspend();
+    EXPECT_THROW(static_cast<void>(pool.connection(20ms).enter()), ctxmgr::timeout_error);
+    pool.resume();
+    ctxmgr::with(pool.connection(0ms), [](sqlite::connection&) {});
+    ctxmgr::with(pool.connection(0ms), [](sqlite::connection&) {});  // parks again
+    // evict_all closes it now, as any idle connection.
+    EXPECT_EQ(pool.evict_all(), 1U);
+    EXPECT_EQ(pool.stats().destroyed, 1U);
+    ctxmgr::with(pool.connection(), [](sqlite::connection&) {});
+    ctxmgr::with(pool.connection(), [](sqlite::connection&) {});
+    EXPECT_EQ(pool.stats().created, 2U);
+    // close() finds nothing borrowed (a leak_error after close_timeout otherwise).
+    pool.close();
+    const auto s = pool.stats();
+    EXPECT_EQ(s.destroyed, 2U);
+    EXPECT_EQ(s.size, 0U);
+}
+
+TEST_F(Pool, ShrinkingBelowWhatIsOpenClosesAParkedConnection) {
+    auto pool = make({.name = "parked", .max_size = 2});
+    auto held = pool.connection();
+    static_cast<void>(held.enter());
+    ctxmgr::with(pool.connection(), [](sqlite::connection&) {});
+    ctxmgr::with(pool.connection(), [](sqlite::connection&) {});
+    ASSERT_EQ(pool.stats().idle, 1U);
+    pool.resize(0, 1);
+    auto s = pool.stats();
+    EXPECT_EQ(s.destroyed, 1U);
+    EXPECT_EQ(s.idle, 0U);
+    held.exit(nullptr);
+    // Within max_size again: a return parks.
+    ctxmgr::with(pool.connection(), [](sqlite::connection&) {});
+    s = pool.stats();
+    EXPECT_EQ(s.size, 1U);
+    EXPECT_EQ(s.idle, 1U);
+    expect_consistent(s);
 }
 
 // ---- Operating a running pool ----------------------------------------------------------

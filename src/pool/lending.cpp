@@ -2,9 +2,11 @@
 // borrow, and the bridge functions pool.hpp's typed part calls on every borrow (defined here,
 // beside what they call, so that each is one call).
 #include <algorithm>
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -38,6 +40,125 @@ std::string what_of(const std::exception_ptr& e) {
     }
 }
 
+// --- parking (see pool_core.hpp) ---
+
+namespace {
+
+// A spot's mark while a return decides whether it may park there: never an entry's address.
+pool_entry* parking_busy() noexcept {
+    return reinterpret_cast<pool_entry*>(alignof(pool_entry) / 2);  // NOLINT
+}
+
+}  // namespace
+
+[[gnu::always_inline]] inline parking_spot& pool_core::spot_here() const noexcept {
+    return spots_[current_cpu_or_thread() % spot_count_];
+}
+
+// Parks `e`, returned at `now` with no use to record, in this CPU's spot: false when it may
+// not (parking stopped, another generation, due for retirement, the spot taken).
+[[gnu::always_inline]] inline bool pool_core::park(pool_entry& e, std::int64_t now) noexcept {
+    const std::uint64_t open = parking_.load(std::memory_order_relaxed);
+    if (open != e.generation << 1 || now >= e.retire_at) return false;
+    std::atomic<pool_entry*>& spot = spot_here().entry;
+    pool_entry* empty = nullptr;
+    if (!spot.compare_exchange_strong(empty, parking_busy(), std::memory_order_seq_cst,
+                                      std::memory_order_relaxed)) {
+        return false;
+    }
+    // Whoever stopped parking meanwhile empties this spot after it: it waits while busy.
+    if (parking_.load(std::memory_order_seq_cst) != open) [[unlikely]] {
+        spot.store(nullptr, std::memory_order_relaxed);
+        return false;
+    }
+    e.lent.store(false, std::memory_order_relaxed);
+    e.idle_since = now;
+    e.parked_returns.store(e.parked_returns.load(std::memory_order_relaxed) + 1,
+                           std::memory_order_relaxed);
+    spot.store(&e, std::memory_order_release);
+    return true;
+}
+
+// The connection parked in this CPU's spot, taken out when it needs no check (still counted
+// in in_use_, as it was while parked). One due for a check goes to the idle stack, where the
+// borrow's slow path checks it; or is closed, when close() or evict_all() came while it was
+// taken out (they take back only what is still parked).
+[[gnu::always_inline]] inline pool_entry* pool_core::unpark(std::int64_t now) noexcept {
+    std::atomic<pool_entry*>& spot = spot_here().entry;
+    pool_entry* e = spot.load(std::memory_order_relaxed);
+    if (e == nullptr || e == parking_busy()) return nullptr;
+    if (!spot.compare_exchange_strong(e, nullptr, std::memory_order_acquire,
+                                      std::memory_order_relaxed)) {
+        return nullptr;
+    }
+    if (fresh(*e, now)) [[likely]] {
+        return e;
+    }
+    std::unique_lock lock(mutex_);
+    --in_use_;
+    if (!closing_ && e->generation == generation_) {
+        idle_.push_back(e);
+        return nullptr;
+    }
+    accounting_.destroyed(1);
+    ++discarding_;
+    lock.unlock();
+    connector_->destroy(e->connection);
+    finish_discard(*e);
+    return nullptr;
+}
+
+// Takes every parked connection back to the idle stack (under the mutex).
+void pool_core::unpark_all() noexcept {
+    for (std::size_t i = 0; i < spot_count_; ++i) {
+        std::atomic<pool_entry*>& spot = spots_[i].entry;
+        pool_entry* e = spot.load(std::memory_order_seq_cst);
+        for (int tries = 0; e != nullptr; ++tries) {
+            if (e == parking_busy()) {
+                // A return between its two steps, a few instructions long unless preempted.
+                if (tries < 64) {
+                    cpu_relax();
+                } else {
+                    std::this_thread::yield();
+                }
+                e = spot.load(std::memory_order_seq_cst);
+                continue;
+            }
+            if (spot.compare_exchange_weak(e, nullptr, std::memory_order_seq_cst)) {
+                --in_use_;
+                idle_.push_back(e);  // never allocates: reserved for max_size
+                break;
+            }
+        }
+    }
+}
+
+// No return parks from now until reopen_parking(), and none is parked (under the mutex).
+void pool_core::stop_parking() noexcept {
+    const std::uint64_t was = parking_.fetch_or(parking_stopped, std::memory_order_seq_cst);
+    if ((was & parking_stopped) == 0) unpark_all();
+}
+
+// Returns may park again once nothing stands against it (under the mutex).
+void pool_core::reopen_parking() noexcept {
+    if ((parking_.load(std::memory_order_relaxed) & parking_stopped) == 0) [[likely]] {
+        return;
+    }
+    if (closing_ || suspended_ || !waiters_.empty() || occupied_ - discarding_ > max_size_) return;
+    parking_.store(generation_ << 1, std::memory_order_relaxed);
+}
+
+// How many connections are parked, at about this moment (under the mutex).
+std::size_t pool_core::parked() const noexcept {
+    std::size_t n = 0;
+    for (std::size_t i = 0; i < spot_count_; ++i) {
+        pool_entry* e = spots_[i].entry.load(std::memory_order_relaxed);
+        n += e != nullptr && e != parking_busy();
+    }
+    // An entry parked again on another CPU between two loads may be seen twice.
+    return std::min(n, in_use_);
+}
+
 pool_entry* pool_core::acquire(std::chrono::nanoseconds timeout,
                                const std::source_location& where) {
     if (pool_entry* e = try_acquire_fresh(where)) [[likely]] {
@@ -52,16 +173,20 @@ pool_entry* pool_core::acquire(std::chrono::nanoseconds timeout,
 
 void pool_core::release(pool_entry& e, bool reusable, bool used) noexcept {
     const std::int64_t now = coarse_now_ns();
+    const std::int64_t lent_at = e.lent_at.load(std::memory_order_relaxed);
+    // Within one coarse tick, a use counts 0 and needs no histogram: such a return may park.
+    if (reusable && used && now == lent_at && park(e, now)) [[likely]] {
+        return;
+    }
     {
         std::unique_lock lock(mutex_);
-        e.lent = false;
+        e.lent.store(false, std::memory_order_relaxed);
         --in_use_;
         if (used) {
-            // Within one coarse tick, a use counts 0: counted on the line the lock is on.
-            if (now == e.lent_at) [[likely]] {
-                ++instant_uses_;
+            if (now == lent_at) {
+                ++instant_uses_;  // on the line the lock is on
             } else {
-                accounting_.used(std::chrono::nanoseconds(now - e.lent_at));
+                accounting_.used(std::chrono::nanoseconds(now - lent_at));
             }
         }
         if (reusable && !closing_ && now < e.retire_at && e.generation == generation_ &&
@@ -69,6 +194,7 @@ void pool_core::release(pool_entry& e, bool reusable, bool used) noexcept {
             e.idle_since = now;
             if (waiters_.empty() || suspended_) [[likely]] {
                 idle_.push_back(&e);  // never allocates: reserved for max_size
+                reopen_parking();
                 return;
             }
             pool_waiter& w = offer(e, now);
@@ -96,6 +222,12 @@ detail::deadline pool_core::deadline_after(std::chrono::nanoseconds timeout,
 [[gnu::always_inline]] inline pool_entry* pool_core::try_acquire_fresh(
     const std::source_location& where) noexcept {
     const std::int64_t now = coarse_now_ns();
+    if (pool_entry* e = unpark(now)) [[likely]] {
+        e->parked_borrows.store(e->parked_borrows.load(std::memory_order_relaxed) + 1,
+                                std::memory_order_relaxed);
+        lend(*e, now, where);
+        return e;
+    }
     std::lock_guard lock(mutex_);
     if (closing_ || suspended_ || idle_.empty() || !fresh(*idle_.back(), now)) [[unlikely]] {
         return nullptr;
@@ -191,16 +323,16 @@ void pool_core::failed_check(pool_entry& e) noexcept {
     pool_entry& e = *idle_.back();
     idle_.pop_back();
     lend(e, now, where);
+    ++in_use_;
     if (idle_.size() < min_idle_ && creation_wanted()) creator_wake_.notify_one();
     return e;
 }
 
 void pool_core::lend(pool_entry& e, std::int64_t now, const std::source_location& where) noexcept {
-    e.lent = true;
+    e.lent.store(true, std::memory_order_relaxed);
     e.ping_due = false;
-    e.lent_at = now;
-    e.where = where;
-    ++in_use_;
+    e.lent_at.store(now, std::memory_order_relaxed);
+    e.where.store(where, std::memory_order_relaxed);
 }
 
 bool pool_core::fresh(const pool_entry& e, std::int64_t now) const noexcept {
@@ -245,6 +377,11 @@ pool_entry* pool_core::lend_or_queue(std::unique_lock<futex_mutex>& lock, pool_w
             if (ready(e, now, deadline)) return obtained(e, started);
             lock.lock();
             continue;
+        }
+        // None idle here: none parked either, and none parks while this borrower waits.
+        if (!suspended_ && (parking_.load(std::memory_order_relaxed) & parking_stopped) == 0) {
+            stop_parking();
+            if (!idle_.empty()) continue;
         }
         const auto now = steady::now();
         if (deadline.expired(now)) {
@@ -312,6 +449,7 @@ pool_entry* pool_core::obtained(pool_entry& e, steady::time_point started) noexc
 pool_waiter& pool_core::hand_over(pool_entry& e, std::int64_t now) noexcept {
     pool_waiter& w = waiters_.remove(waiters_.front());
     lend(e, now, w.where);
+    ++in_use_;
     w.handed = &e;
     if (w.async != nullptr) w.async->handed = &e;
     return w;
@@ -340,17 +478,20 @@ pool_waiter& pool_core::hand_over(pool_entry& e, std::int64_t now) noexcept {
 std::string pool_core::borrowers(std::int64_t now) const {
     std::vector<const pool_entry*> lent;
     for (const pool_entry& e : slots_) {
-        if (e.lent) lent.push_back(&e);
+        if (e.lent.load(std::memory_order_relaxed)) lent.push_back(&e);
     }
-    std::sort(lent.begin(), lent.end(),
-              [](const pool_entry* a, const pool_entry* b) { return a->lent_at < b->lent_at; });
+    std::sort(lent.begin(), lent.end(), [](const pool_entry* a, const pool_entry* b) {
+        return a->lent_at.load(std::memory_order_relaxed) <
+               b->lent_at.load(std::memory_order_relaxed);
+    });
     std::string text;
     for (std::size_t i = 0; i < lent.size() && i < listed_borrowers; ++i) {
         if (i > 0) text += ", ";
         const pool_entry& e = *lent[i];
-        append_site(text, e.where);
+        append_site(text, e.where.load(std::memory_order_relaxed));
         text += " (held ";
-        text += format_duration(std::chrono::nanoseconds(now - e.lent_at));
+        text += format_duration(
+            std::chrono::nanoseconds(now - e.lent_at.load(std::memory_order_relaxed)));
         text += ')';
     }
     if (lent.size() > listed_borrowers) {

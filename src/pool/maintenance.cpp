@@ -164,6 +164,7 @@ void pool_core::run_housekeeper() noexcept {
             // (pool_traits::usable, no round trip: a poll() for PostgreSQL), so that
             // sessions the server ended are replaced before anyone asks for them.
             sweep_ = false;
+            unpark_all();  // the limits apply to parked connections too
             std::size_t open = idle_.size() + in_use_;
             for (auto it = idle_.begin(); it != idle_.end();) {
                 pool_entry& e = **it;

@@ -8,6 +8,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -70,6 +71,8 @@ pool_core::pool_core(std::unique_ptr<pool_connector> connector, pool_options opt
       idle_timeout_ns_(count_ns(options_.idle_timeout)),
       validate_ns_(count_ns(options_.validate_after_idle)),
       jitter_(std::random_device{}()),
+      spot_count_(std::clamp<std::size_t>(std::thread::hardware_concurrency(), 1, 1024)),
+      spots_(std::make_unique<parking_spot[]>(spot_count_)),
       registration_("connection pool", quoted_name_, where) {
     max_size_ = options_.max_size;
     min_idle_ = options_.min_idle;
@@ -78,8 +81,9 @@ pool_core::pool_core(std::unique_ptr<pool_connector> connector, pool_options opt
 
 pool_stats pool_core::stats() const {
     std::lock_guard lock(mutex_);
-    return pool_stats{idle_.size() + in_use_, idle_.size(),          in_use_,
-                      waiters_.size(),        accounting_.created(), accounting_.destroyed(),
+    const std::size_t parked_now = parked();
+    return pool_stats{idle_.size() + in_use_, idle_.size() + parked_now, in_use_ - parked_now,
+                      waiters_.size(),        accounting_.created(),     accounting_.destroyed(),
                       accounting_.timeouts()};
 }
 
@@ -101,10 +105,11 @@ pool_status pool_core::status() const {
             s.longest_wait = std::max(s.longest_wait, now - w.started);
         });
         for (const pool_entry& e : slots_) {
-            if (!e.lent) continue;
-            s.borrowers.push_back(pool_borrower{
-                e.where,
-                std::chrono::nanoseconds(std::max<std::int64_t>(coarse_now - e.lent_at, 0))});
+            if (!e.lent.load(std::memory_order_relaxed)) continue;
+            const std::int64_t held = coarse_now - e.lent_at.load(std::memory_order_relaxed);
+            s.borrowers.push_back(
+                pool_borrower{e.where.load(std::memory_order_relaxed),
+                              std::chrono::nanoseconds(std::max<std::int64_t>(held, 0))});
         }
     }
     std::sort(s.borrowers.begin(), s.borrowers.end(),
@@ -116,6 +121,7 @@ void pool_core::suspend() {
     std::lock_guard lock(mutex_);
     if (closing_) throw closed_error("suspend() on closed " + description_);
     suspended_ = true;
+    stop_parking();
 }
 
 void pool_core::resume() {
@@ -145,6 +151,7 @@ std::size_t pool_core::evict_idle() {
     {
         std::lock_guard lock(mutex_);
         fresh.reserve(max_size_);  // may throw: then nothing was evicted
+        unpark_all();
         idle.swap(idle_);
         idle_.swap(fresh);
         accounting_.destroyed(idle.size());
@@ -158,6 +165,9 @@ std::size_t pool_core::evict_all() {
     {
         std::lock_guard lock(mutex_);
         ++generation_;
+        // Entries of the generation before park no more; those parked are evicted below.
+        parking_.store(generation_ << 1 | parking_stopped, std::memory_order_seq_cst);
+        unpark_all();
     }
     return evict_idle();
 }
@@ -174,6 +184,7 @@ void pool_core::resize(std::size_t min_idle, std::size_t max_size) {
         while (slots_.size() < max_size) slots_.emplace_back();
         max_size_ = max_size;
         min_idle_ = min_idle;
+        if (occupied_ - discarding_ > max_size_) stop_parking();
         // Beyond the new max_size: idle connections close now (the least recently used
         // first), lent ones when they come back.
         while (!idle_.empty() && occupied_ - discarding_ > max_size_) {
@@ -200,6 +211,7 @@ void pool_core::close(const detail::deadline& deadline) {
         if (!closing_) {
             closing_ = true;
             suspended_ = false;
+            stop_parking();
             idle.swap(idle_);
             accounting_.destroyed(idle.size());
             discarding_ += idle.size();
@@ -237,11 +249,18 @@ void pool_core::dispose(pool_core* core) noexcept {
 
 pool_metrics pool_core::metrics_locked() const noexcept {
     pool_metrics now;
-    now.idle = idle_.size();
-    now.used = in_use_;
+    const std::size_t parked_now = parked();
+    now.idle = idle_.size() + parked_now;
+    now.used = in_use_ - parked_now;
     now.pending = waiters_.size();
     now.max = max_size_;
-    return accounting_.metrics(now, unwaited_, instant_uses_);
+    std::uint64_t unwaited = unwaited_;
+    std::uint64_t instant_uses = instant_uses_;
+    for (const pool_entry& e : slots_) {
+        unwaited += e.parked_borrows.load(std::memory_order_relaxed);
+        instant_uses += e.parked_returns.load(std::memory_order_relaxed);
+    }
+    return accounting_.metrics(now, unwaited, instant_uses);
 }
 
 pool_core* pool_open(std::unique_ptr<pool_connector> connector, pool_options options,

@@ -8,16 +8,26 @@
 //   - accounting (pool_accounting.hpp): counts and histograms for metrics() and stats();
 //   - operations and observation (pool.cpp): resize, suspend, evict, close; stats, status.
 //
-// One mutex guards everything. Lending and returning hold it for a few instructions (a pop
-// or a push on the idle stack), so uncontended they cost two lock/unlock pairs; every slow
-// thing (connecting, pinging, closing a connection, reporting) runs outside it. It is a
-// futex_mutex: a borrower that finds it taken tries again a few times before sleeping. What they
-// write under it sits on two cache lines of its own and each connection's entry on another:
-// with threads on two cores taking turns, every line written is fetched from the other core
-// while the lock is held. Borrowers that wait queue first come, first served; woken, a waiter
-// handed a connection has it without taking the mutex again. A returned connection goes to
-// idle and the first waiter is woken for it, but a borrower already running may take it
-// first; a waiter that lost a connection so is handed the next one outright, so nobody is
+// One mutex guards everything but the parking spots. A connection returned within the coarse
+// clock's tick of its borrow, with nobody waiting, is parked in the spot of the CPU its
+// returner runs on, and the next borrow on that CPU takes it from there: one atomic exchange
+// each way, no mutex, and no line written that a thread on another core writes too (with the
+// mutex, threads on two cores taking turns hand its line and the idle stack's to each other
+// at every borrow and return, and a borrower that finds it taken may sleep). A parked
+// connection is idle for every purpose but counted in in_use_ until the core takes it back
+// (unpark_all): whoever stops parking (a borrower about to wait, suspend, close, evict_all,
+// a resize below what is open) stores that in parking_ and then empties every spot, and a
+// return stores into a spot and then reads parking_ again, so that one of the two sees the
+// other (both sequentially consistent); the housekeeper takes them back too, to apply the
+// idle limits. Otherwise lending and returning hold the mutex for a few instructions (a pop
+// or a push on the idle stack); every slow thing (connecting, pinging, closing a connection,
+// reporting) runs outside it. It is a futex_mutex: a borrower that finds it taken tries again a few
+// times before sleeping. What they write under it sits on two cache lines of its own and each
+// connection's entry on another: with threads on two cores taking turns, every line written is
+// fetched from the other core while the lock is held. Borrowers that wait queue first come, first
+// served; woken, a waiter handed a connection has it without taking the mutex again. A returned
+// connection goes to idle and the first waiter is woken for it, but a borrower already running may
+// take it first; a waiter that lost a connection so is handed the next one outright, so nobody is
 // overtaken twice in a row. Handing every connection to the first waiter instead (strict
 // FIFO) makes a lock convoy when threads outnumber cores: each connection sits unused until
 // its waiter is scheduled (see pool.hpp for the figures). Connections live in max_size fixed
@@ -26,10 +36,12 @@
 //
 // Lifetime: the core is freed by the pool's destructor, or, when connections are still
 // borrowed after its close timeout, by the last of them to come back. A returning borrower
-// touches the core only under the mutex, so whoever frees it after seeing it drained (under
-// that mutex) cannot pull it from under a return in progress.
+// touches the core only under the mutex, or, parking, while its connection still counts in
+// in_use_ (its last touch is the store that parks it), so whoever frees it after seeing it
+// drained (under that mutex) cannot pull it from under a return in progress.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -70,17 +82,32 @@ inline constexpr std::size_t cache_line = 64;
 static_assert(sizeof(futex_mutex) + sizeof(std::vector<void*>) <= cache_line,
               "the pool's lock and its idle stack share a cache line");
 
-// A cache line each: the borrower of one connection writes its entry on lending and
+// Lines of its own: the borrower of one connection writes its entry on lending and
 // returning, and must not take the line of another borrower's entry from that one's core.
 struct alignas(cache_line) pool_entry : pool_entry_base {
-    // Guarded by the core's mutex.
-    bool occupied = false;  // holds a connection, or one is being made or closed for it
-    bool lent = false;
+    // Guarded by the core's mutex, or owned by whoever has the entry: its borrower, or the
+    // thread that took it from a parking spot.
+    bool occupied = false;           // holds a connection, or one is being made or closed for it
     std::int64_t retire_at = never;  // coarse clock; max_lifetime
     std::int64_t idle_since = 0;
-    std::int64_t lent_at = 0;
     std::uint64_t generation = 0;  // evict_all() closes the connections of earlier ones
-    std::source_location where;
+    // Written by the entry's owner, read by status() and messages under the mutex: a lend or
+    // return through a parking spot takes no mutex.
+    std::atomic<bool> lent{false};
+    std::atomic<std::int64_t> lent_at{0};
+    std::atomic<std::source_location> where{};
+    // Borrows and returns through a parking spot: the wait histogram's and the use
+    // histogram's zeros that the core's counters do not see. Written by the owner alone.
+    std::atomic<std::uint64_t> parked_borrows{0};
+    std::atomic<std::uint64_t> parked_returns{0};
+};
+
+// One idle connection a return left where the next borrow on the same CPU takes it, with
+// neither taking the pool's mutex: a spot per CPU, each on a line of its own, so that threads
+// on two cores borrowing and returning at once touch no line the other writes. `entry` is
+// nullptr (empty), parking_busy() (a return deciding whether it may park), or the entry.
+struct alignas(cache_line) parking_spot {
+    std::atomic<pool_entry*> entry{nullptr};
 };
 
 class pool_core {
@@ -139,6 +166,16 @@ class pool_core {
     static void dispose(pool_core* core) noexcept;
 
   private:
+    // Parking (see above). park() and unpark() take no mutex; the rest run under it.
+    bool park(pool_entry& e, std::int64_t now) noexcept;
+    pool_entry* unpark(std::int64_t now) noexcept;
+    [[nodiscard]] parking_spot& spot_here() const noexcept;
+    void unpark_all() noexcept;
+    void stop_parking() noexcept;
+    void reopen_parking() noexcept;
+    [[nodiscard]] std::size_t parked() const noexcept;
+    [[nodiscard]] std::size_t idle_count() const noexcept { return idle_.size() + parked(); }
+
     // Lending (under the mutex): the most recently returned idle connection, or `e`.
     pool_entry& lend(std::int64_t now, const std::source_location& where) noexcept;
     void lend(pool_entry& e, std::int64_t now, const std::source_location& where) noexcept;
@@ -169,7 +206,7 @@ class pool_core {
     // min_idle idle asks this every time, and the answer is then on lines no borrower writes.
     [[nodiscard]] bool creation_wanted() const noexcept {
         return occupied_ < max_size_ && !closing_ && !suspended_ && !creating_ &&
-               (waiters_.size() > idle_.size() || idle_.size() < min_idle_ ||
+               (waiters_.size() > idle_.size() || idle_count() < min_idle_ ||
                 (initializing_ && idle_.empty()));
     }
     [[nodiscard]] pool_metrics metrics_locked() const noexcept;
@@ -213,6 +250,14 @@ class pool_core {
     std::size_t occupied_ = 0;      // slots holding a connection, or one being made or closed
     std::size_t discarding_ = 0;    // connections being closed, no longer counted in size
     std::uint64_t generation_ = 0;  // evict_all() calls
+    // generation_ << 1, with bit 0 set while no return may park: a return parks only an
+    // entry of this generation, and only when it reads the same word again once in the spot.
+    std::atomic<std::uint64_t> parking_{0};
+    static constexpr std::uint64_t parking_stopped = 1;
+
+    // One per CPU (current_cpu_or_thread() modulo their number); never resized.
+    const std::size_t spot_count_;
+    const std::unique_ptr<parking_spot[]> spots_;
 
     alignas(cache_line) pool_accounting accounting_;
     std::condition_variable_any creator_wake_;

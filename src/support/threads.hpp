@@ -9,6 +9,9 @@
 #include <pthread.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#if __has_include(<sys/rseq.h>)
+#include <sys/rseq.h>
+#endif
 
 #include <atomic>
 #include <cstdint>
@@ -122,6 +125,28 @@ inline std::uint64_t thread_number() noexcept {
         this_thread_number = next_thread_number.fetch_add(1, std::memory_order_relaxed);
     }
     return this_thread_number;
+}
+
+// The CPU the calling thread runs on, read where the kernel keeps it up to date in the
+// thread's restartable-sequences area (which glibc 2.35 and later register for every
+// thread): two loads, no call (sched_getcpu() is a call into the C library, and a system
+// call where it cannot read that area). Without one (an older glibc or kernel, or a tool
+// such as valgrind that does not support rseq), the thread's number instead: its callers
+// want threads on different cores told apart, and different threads are.
+inline unsigned current_cpu_or_thread() noexcept {
+#if defined(__x86_64__) && __has_include(<sys/rseq.h>)
+    if (__rseq_size != 0) [[likely]] {
+        const char* thread_pointer = nullptr;
+        asm("mov %%fs:0, %0" : "=r"(thread_pointer));
+        // The kernel's number, or (unsigned) -1 or -2 where this thread has no area.
+        const std::uint32_t cpu =
+            reinterpret_cast<const volatile rseq*>(thread_pointer + __rseq_offset)->cpu_id;
+        if (static_cast<std::int32_t>(cpu) >= 0) [[likely]] {
+            return cpu;
+        }
+    }
+#endif
+    return static_cast<unsigned>(thread_number());
 }
 
 inline constinit std::atomic<std::uint32_t> forks_seen{0};

@@ -21,9 +21,8 @@
 // for longer than a millisecond, pool_traits<Connection>::usable looks at it without a round
 // trip (for PostgreSQL: is the socket closed or readable, as after a server restart or
 // pg_terminate_backend). A connection that fails is destroyed and the next one tried. With
-// none idle, a new one is asked of the factory (up to max_size), and the borrower waits on
-// a condition variable for whichever comes first, a new or a returned connection, at most
-// acquire_timeout; it is never inside a connect itself, so a server that refuses (SQLSTATE
+// none idle, a new one is asked of the factory (up to max_size), and the borrower waits for
+// whichever comes first, a new or a returned connection, at most acquire_timeout; it is never inside a connect itself, so a server that refuses (SQLSTATE
 // 53300) or never answers (a stopped postmaster) cannot hold it past its deadline. Then it
 // throws timeout_error naming the pool, its size, the source lines of the current borrowers
 // (where a leak would be) and the last connection failure (also nested in it). A connection
@@ -37,6 +36,14 @@
 // thread it was handed to is scheduled, while running threads wait), from 8 threads 0.61 us
 // against 0.43 us; SELECT 1 on PostgreSQL from 8 threads through a pool of 4 made 1.97
 // against 2.02 context switches a query, no difference in throughput beyond the noise.
+//
+// Parking: a connection given back within the coarse clock's tick of its borrow (1 to 4 ms),
+// with nobody waiting, is parked where the next borrow on the same CPU takes it, neither
+// taking the pool's lock, so that threads on several cores borrowing at once do not contend
+// (from 32 threads on 2 cores, a pool of 4: 36 ns a borrow, against 146 ns for a bare mutex
+// and condition variable pool). A parked connection is idle for every other purpose (stats,
+// metrics, limits) and is taken back before any borrower waits, before suspend(), close(),
+// evict_all() or a shrinking resize() act, so the rules above hold unchanged.
 //
 // Giving back (exit): rollback_any() ends whatever transaction is open or failed, as the back
 // end reports it (and makes transaction managers still entered on it inert); a connection

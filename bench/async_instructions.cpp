@@ -153,6 +153,81 @@ CTXMGR_KERNEL void handwritten_async_manager_cancellable(asio::io_context& io, a
         never.slot());
 }
 
+// The floors: the hand-written code above moved into a coroutine of its own, as any function
+// that wraps a body must be on Asio (whose coroutines await nothing but its own awaitable: the
+// code around the body's co_await is a frame of Asio's), and, for a caller that can be
+// cancelled, its exit spawned into a thread of execution whose cancellation slot is connected
+// to nothing, the least Asio 1.22 offers that keeps the caller's cancellation from the exit.
+inline asio::awaitable<void> trivial_in_a_frame(counter& m, int& work) {
+    m.enter();
+    std::exception_ptr pending;
+    try {
+        co_await body(work);
+    } catch (...) {
+        pending = std::current_exception();
+    }
+    if (pending) {
+        try {
+            std::rethrow_exception(pending);
+        } catch (...) {
+            m.exit(pending);
+            throw;
+        }
+    }
+    m.exit(nullptr);
+}
+
+CTXMGR_KERNEL void handwritten_frame_trivial(asio::io_context& io, counter& m, int& work) {
+    run_once(io, [&]() -> asio::awaitable<void> {
+        for (int i = 0; i < withs_per_run; ++i) co_await trivial_in_a_frame(m, work);
+    });
+}
+
+inline asio::awaitable<void> async_manager_in_a_frame(async_counter& m, int& work) {
+    co_await m.async_enter();
+    std::exception_ptr pending;
+    try {
+        co_await body(work);
+    } catch (...) {
+        pending = std::current_exception();
+    }
+    co_await m.async_exit(pending);
+    if (pending) std::rethrow_exception(pending);
+}
+
+CTXMGR_KERNEL void handwritten_frame_async_manager(asio::io_context& io, async_counter& m,
+                                                   int& work) {
+    run_once(io, [&]() -> asio::awaitable<void> {
+        for (int i = 0; i < withs_per_run; ++i) co_await async_manager_in_a_frame(m, work);
+    });
+}
+
+inline asio::awaitable<void> shielded_in_a_frame(async_counter& m, int& work) {
+    co_await m.async_enter();
+    std::exception_ptr pending;
+    try {
+        co_await body(work);
+    } catch (...) {
+        pending = std::current_exception();
+    }
+    auto executor = co_await asio::this_coro::executor;
+    co_await asio::co_spawn(
+        executor, m.async_exit(pending),
+        asio::bind_cancellation_slot(asio::cancellation_slot(), asio::use_awaitable));
+    if (pending) std::rethrow_exception(pending);
+}
+
+CTXMGR_KERNEL void handwritten_frame_shielded_cancellable(asio::io_context& io, async_counter& m,
+                                                          int& work) {
+    asio::cancellation_signal never;
+    run_once(
+        io,
+        [&]() -> asio::awaitable<void> {
+            for (int i = 0; i < withs_per_run; ++i) co_await shielded_in_a_frame(m, work);
+        },
+        never.slot());
+}
+
 }  // namespace kernels
 
 int main(int argc, char** argv) {
@@ -169,6 +244,11 @@ int main(int argc, char** argv) {
          [&] { kernels::async_with_async_manager_cancellable(io, a, work); }},
         {"handwritten_async_manager_cancellable",
          [&] { kernels::handwritten_async_manager_cancellable(io, a, work); }},
+        {"handwritten_frame_trivial", [&] { kernels::handwritten_frame_trivial(io, m, work); }},
+        {"handwritten_frame_async_manager",
+         [&] { kernels::handwritten_frame_async_manager(io, a, work); }},
+        {"handwritten_frame_shielded_cancellable",
+         [&] { kernels::handwritten_frame_shielded_cancellable(io, a, work); }},
     };
     return kernels::run_kernel(argc, argv, cases, work);
 }

@@ -66,6 +66,7 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <variant>
 
 #include "async_protocol.hpp"
 #include "detail/async_exit.hpp"
@@ -217,7 +218,9 @@ class async_with_frame {
         }
 
         using inner_value = detail::awaitable_value_t<decltype(self.template inner<I>())>;
-        std::optional<std::conditional_t<std::is_void_v<inner_value>, char, inner_value>> value;
+        // Nothing to keep of a void inner level: no optional whose flag would be written.
+        std::conditional_t<std::is_void_v<inner_value>, std::monostate, std::optional<inner_value>>
+            value;
         std::exception_ptr pending;
         try {
             if constexpr (std::is_void_v<inner_value>) {
@@ -248,10 +251,25 @@ class async_with_frame {
                 // Named, not a temporary of the co_await expression: with GCC 12 at -O2, an
                 // exception_ptr captured by such a temporary was released once too often
                 // (valgrind: use after free in ~exception_ptr).
-                auto exit = [&manager, &pending] { return call_async_exit(manager, pending); };
                 try {
-                    auto awaited = run_shielded_exit(exit, pending, &exit_name_of<manager_type>);
-                    suppressed = co_await std::move(awaited);
+                    if (async_exit_timeout().count() == 0) {
+                        // The exit's own awaitable spawned: no frame between it and this one.
+                        auto exit = manager.async_exit(pending);
+                        auto awaited =
+                            spawn_shielded(co_await asio::this_coro::executor, std::move(exit));
+                        if constexpr (async_can_suppress_v<manager_type>) {
+                            suppressed = co_await std::move(awaited) && pending;
+                        } else {
+                            co_await std::move(awaited);
+                        }
+                    } else {
+                        auto exit = [&manager, &pending] {
+                            return call_async_exit(manager, pending);
+                        };
+                        auto awaited =
+                            run_shielded_exit(exit, pending, &exit_name_of<manager_type>);
+                        suppressed = co_await std::move(awaited);
+                    }
                 } catch (...) {
                     failure = std::current_exception();
                 }

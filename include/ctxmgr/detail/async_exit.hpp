@@ -49,6 +49,16 @@ inline bool exit_runs_in_place(const asio::cancellation_state& caller) noexcept 
     return !caller.slot().is_connected() && async_exit_timeout().count() == 0;
 }
 
+// `exit` run in a thread of execution of its own on `executor`, whose cancellation slot is
+// connected to nothing, for the caller to await: nothing the caller is cancelled with reaches
+// it. Not a coroutine (no frame of its own): what async_with awaits when no timeout is set.
+template <class T, class Executor>
+asio::awaitable<T> spawn_shielded(const Executor& executor, asio::awaitable<T> exit) {
+    return asio::co_spawn(
+        executor, std::move(exit),
+        asio::bind_cancellation_slot(asio::cancellation_slot(), asio::use_awaitable));
+}
+
 // Runs make_exit() (returning asio::awaitable<bool>: whether it suppressed) shielded from the
 // caller's cancellation, bounded by async_exit_timeout(). `pending` is what the exit sees, for
 // chaining a timeout_error; name() says what was waited for ("the exit of M"), called only for
@@ -57,11 +67,12 @@ template <class MakeExit, class Name>
 asio::awaitable<bool> run_shielded_exit(MakeExit make_exit, std::exception_ptr pending, Name name) {
     auto executor = co_await asio::this_coro::executor;
     const std::chrono::nanoseconds limit = async_exit_timeout();
+    if (limit.count() == 0) {
+        auto exit = make_exit();
+        co_return co_await spawn_shielded(executor, std::move(exit));
+    }
     // An empty slot: nothing the caller is cancelled with is forwarded to the exit.
     auto unshielded = asio::bind_cancellation_slot(asio::cancellation_slot(), asio::use_awaitable);
-    if (limit.count() == 0) {
-        co_return co_await asio::co_spawn(executor, make_exit(), unshielded);
-    }
     asio::steady_timer timer(executor, limit);
     auto [order, failure, suppressed, timer_error] =
         co_await asio::experimental::make_parallel_group(

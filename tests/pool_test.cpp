@@ -979,7 +979,8 @@ void on_cpu(int index, F&& f) {
 }
 
 TEST_F(Pool, AConnectionParkedOnOneCpuIsLentAtOnceToABorrowerOnAnother) {
-    auto pool = make({.name = "parked", .max_size = 1});
+    // Room for two: a spot for each of two CPUs (a pool has no more spots than connections).
+    auto pool = make({.name = "parked", .max_size = 2});
     sqlite::connection* lent = nullptr;
     on_cpu(0, [&] {
         ctxmgr::with(pool.connection(), [&](sqlite::connection& c) { lent = &c; });

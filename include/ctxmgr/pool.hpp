@@ -43,7 +43,9 @@
 // (from 32 threads on 2 cores, a pool of 4: 36 ns a borrow, against 146 ns for a bare mutex
 // and condition variable pool). A parked connection is idle for every other purpose (stats,
 // metrics, limits) and is taken back before any borrower waits, before suspend(), close(),
-// evict_all() or a shrinking resize() act, so the rules above hold unchanged.
+// evict_all() or a shrinking resize() act, so the rules above hold unchanged. A pool with
+// min_idle set does not park until it has max_size connections (a borrow that takes a
+// parked connection does not ask for a replacement).
 //
 // Giving back (exit): rollback_any() ends whatever transaction is open or failed, as the back
 // end reports it (and makes transaction managers still entered on it inert); a connection

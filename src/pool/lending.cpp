@@ -3,10 +3,10 @@
 // beside what they call, so that each is one call).
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -44,9 +44,15 @@ std::string what_of(const std::exception_ptr& e) {
 
 namespace {
 
-// A spot's mark while a return decides whether it may park there: never an entry's address.
-pool_entry* parking_busy() noexcept {
-    return reinterpret_cast<pool_entry*>(alignof(pool_entry) / 2);  // NOLINT
+// A spot's mark while the return of `e` decides whether it may park there: e's address with
+// its low bit set (entries are aligned to a cache line), so that a mark taken away and put
+// back by another return is not taken for one's own.
+pool_entry* parking_mark(pool_entry& e) noexcept {
+    return reinterpret_cast<pool_entry*>(reinterpret_cast<std::uintptr_t>(&e) | 1U);  // NOLINT
+}
+
+bool is_mark(const pool_entry* p) noexcept {
+    return (reinterpret_cast<std::uintptr_t>(p) & 1U) != 0;  // NOLINT
 }
 
 }  // namespace
@@ -56,27 +62,37 @@ pool_entry* parking_busy() noexcept {
 }
 
 // Parks `e`, returned at `now` with no use to record, in this CPU's spot: false when it may
-// not (parking stopped, another generation, due for retirement, the spot taken).
+// not (parking stopped, another generation, due for retirement, the spot taken), and then the
+// return goes through the mutex. In three steps: the spot marked, parking_ read again, the
+// mark replaced by the entry. Whoever stops parking stores that in parking_ before it reads
+// the spot, so either this return sees it at the second step, or it sees the mark (and takes
+// it away: the third step then fails) or the entry (and takes it back). Nobody waits.
 [[gnu::always_inline]] inline bool pool_core::park(pool_entry& e, std::int64_t now) noexcept {
     const std::uint64_t open = parking_.load(std::memory_order_relaxed);
     if (open != e.generation << 1 || now >= e.retire_at) return false;
     std::atomic<pool_entry*>& spot = spot_here().entry;
-    pool_entry* empty = nullptr;
-    if (!spot.compare_exchange_strong(empty, parking_busy(), std::memory_order_seq_cst,
+    pool_entry* expected = nullptr;
+    pool_entry* const mark = parking_mark(e);
+    if (!spot.compare_exchange_strong(expected, mark, std::memory_order_seq_cst,
                                       std::memory_order_relaxed)) {
         return false;
     }
-    // Whoever stopped parking meanwhile empties this spot after it: it waits while busy.
     if (parking_.load(std::memory_order_seq_cst) != open) [[unlikely]] {
-        spot.store(nullptr, std::memory_order_relaxed);
+        expected = mark;
+        spot.compare_exchange_strong(expected, nullptr, std::memory_order_relaxed);
         return false;
     }
+    const std::uint64_t returns = e.parked_returns.load(std::memory_order_relaxed);
     e.lent.store(false, std::memory_order_relaxed);
     e.idle_since = now;
-    e.parked_returns.store(e.parked_returns.load(std::memory_order_relaxed) + 1,
-                           std::memory_order_relaxed);
-    spot.store(&e, std::memory_order_release);
-    return true;
+    e.parked_returns.store(returns + 1, std::memory_order_relaxed);
+    expected = mark;
+    if (spot.compare_exchange_strong(expected, &e, std::memory_order_acq_rel,
+                                     std::memory_order_relaxed)) [[likely]] {
+        return true;
+    }
+    e.parked_returns.store(returns, std::memory_order_relaxed);  // still this return's
+    return false;
 }
 
 // The connection parked in this CPU's spot, taken out when it needs no check (still counted
@@ -86,7 +102,7 @@ pool_entry* parking_busy() noexcept {
 [[gnu::always_inline]] inline pool_entry* pool_core::unpark(std::int64_t now) noexcept {
     std::atomic<pool_entry*>& spot = spot_here().entry;
     pool_entry* e = spot.load(std::memory_order_relaxed);
-    if (e == nullptr || e == parking_busy()) return nullptr;
+    if (e == nullptr || is_mark(e)) return nullptr;
     if (!spot.compare_exchange_strong(e, nullptr, std::memory_order_acquire,
                                       std::memory_order_relaxed)) {
         return nullptr;
@@ -94,41 +110,26 @@ pool_entry* parking_busy() noexcept {
     if (fresh(*e, now)) [[likely]] {
         return e;
     }
+    // Its idle_since kept, for the check.
     std::unique_lock lock(mutex_);
     --in_use_;
-    if (!closing_ && e->generation == generation_) {
-        idle_.push_back(e);
-        return nullptr;
-    }
-    accounting_.destroyed(1);
-    ++discarding_;
-    lock.unlock();
-    connector_->destroy(e->connection);
-    finish_discard(*e);
+    keep_or_discard(lock, *e, true, now);
     return nullptr;
 }
 
-// Takes every parked connection back to the idle stack (under the mutex).
+// Takes every parked connection back to the idle stack, and the marks of returns still
+// deciding away (under the mutex; see park()).
 void pool_core::unpark_all() noexcept {
     for (std::size_t i = 0; i < spot_count_; ++i) {
         std::atomic<pool_entry*>& spot = spots_[i].entry;
         pool_entry* e = spot.load(std::memory_order_seq_cst);
-        for (int tries = 0; e != nullptr; ++tries) {
-            if (e == parking_busy()) {
-                // A return between its two steps, a few instructions long unless preempted.
-                if (tries < 64) {
-                    cpu_relax();
-                } else {
-                    std::this_thread::yield();
-                }
-                e = spot.load(std::memory_order_seq_cst);
-                continue;
-            }
-            if (spot.compare_exchange_weak(e, nullptr, std::memory_order_seq_cst)) {
+        while (e != nullptr) {
+            if (!spot.compare_exchange_weak(e, nullptr, std::memory_order_seq_cst)) continue;
+            if (!is_mark(e)) {
                 --in_use_;
                 idle_.push_back(e);  // never allocates: reserved for max_size
-                break;
             }
+            break;
         }
     }
 }
@@ -139,13 +140,28 @@ void pool_core::stop_parking() noexcept {
     if ((was & parking_stopped) == 0) unpark_all();
 }
 
+// Whether a return may park (under the mutex): not while anyone waits, the pool is closing or
+// suspended, more are open than max_size, or (min_idle) a borrow from a spot could leave
+// fewer idle than min_idle with room to make more: only a borrow through the mutex asks the
+// creator for more.
+bool pool_core::parking_allowed() const noexcept {
+    return !closing_ && !suspended_ && waiters_.empty() && occupied_ - discarding_ <= max_size_ &&
+           (min_idle_ == 0 || occupied_ >= max_size_);
+}
+
 // Returns may park again once nothing stands against it (under the mutex).
 void pool_core::reopen_parking() noexcept {
     if ((parking_.load(std::memory_order_relaxed) & parking_stopped) == 0) [[likely]] {
         return;
     }
-    if (closing_ || suspended_ || !waiters_.empty() || occupied_ - discarding_ > max_size_) return;
-    parking_.store(generation_ << 1, std::memory_order_relaxed);
+    if (parking_allowed()) parking_.store(generation_ << 1, std::memory_order_relaxed);
+}
+
+// Stops parking when something now stands against it (under the mutex).
+void pool_core::recheck_parking() noexcept {
+    if ((parking_.load(std::memory_order_relaxed) & parking_stopped) == 0 && !parking_allowed()) {
+        stop_parking();
+    }
 }
 
 // How many connections are parked, at about this moment (under the mutex).
@@ -153,7 +169,7 @@ std::size_t pool_core::parked() const noexcept {
     std::size_t n = 0;
     for (std::size_t i = 0; i < spot_count_; ++i) {
         pool_entry* e = spots_[i].entry.load(std::memory_order_relaxed);
-        n += e != nullptr && e != parking_busy();
+        n += e != nullptr && !is_mark(e);
     }
     // An entry parked again on another CPU between two loads may be seen twice.
     return std::min(n, in_use_);
@@ -178,33 +194,41 @@ void pool_core::release(pool_entry& e, bool reusable, bool used) noexcept {
     if (reusable && used && now == lent_at && park(e, now)) [[likely]] {
         return;
     }
-    {
-        std::unique_lock lock(mutex_);
-        e.lent.store(false, std::memory_order_relaxed);
-        --in_use_;
-        if (used) {
-            if (now == lent_at) {
-                ++instant_uses_;  // on the line the lock is on
-            } else {
-                accounting_.used(std::chrono::nanoseconds(now - lent_at));
-            }
+    std::unique_lock lock(mutex_);
+    e.lent.store(false, std::memory_order_relaxed);
+    --in_use_;
+    if (used) {
+        if (now == lent_at) {
+            ++instant_uses_;  // on the line the lock is on
+        } else {
+            accounting_.used(std::chrono::nanoseconds(now - lent_at));
         }
-        if (reusable && !closing_ && now < e.retire_at && e.generation == generation_ &&
-            occupied_ - discarding_ <= max_size_) [[likely]] {
-            e.idle_since = now;
-            if (waiters_.empty() || suspended_) [[likely]] {
-                idle_.push_back(&e);  // never allocates: reserved for max_size
-                reopen_parking();
-                return;
-            }
-            pool_waiter& w = offer(e, now);
+    }
+    e.idle_since = now;
+    keep_or_discard(lock, e, reusable, now);
+}
+
+// `e`, out of in_use_ and not lent (under the mutex, which this unlocks): to the idle stack,
+// or to the first waiter, when `reusable` and the pool's rules let it stay (not closing, not
+// due for retirement, of this generation, within max_size); otherwise closed.
+void pool_core::keep_or_discard(std::unique_lock<futex_mutex>& lock, pool_entry& e, bool reusable,
+                                std::int64_t now) noexcept {
+    if (reusable && !closing_ && now < e.retire_at && e.generation == generation_ &&
+        occupied_ - discarding_ <= max_size_) [[likely]] {
+        if (waiters_.empty() || suspended_) [[likely]] {
+            idle_.push_back(&e);  // never allocates: reserved for max_size
+            reopen_parking();
             lock.unlock();
-            w.release();
             return;
         }
-        accounting_.destroyed(1);
-        ++discarding_;
+        pool_waiter& w = offer(e, now);
+        lock.unlock();
+        w.release();
+        return;
     }
+    accounting_.destroyed(1);
+    ++discarding_;
+    lock.unlock();
     connector_->destroy(e.connection);
     finish_discard(e);
 }
@@ -515,6 +539,7 @@ void pool_core::finish_discard(pool_entry& e) noexcept {
         e.occupied = false;
         --occupied_;
         --discarding_;
+        recheck_parking();  // room for one more: min_idle may want it made
         if (closing_) {
             if (drained()) {
                 drained_.notify_all();

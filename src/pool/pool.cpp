@@ -71,7 +71,8 @@ pool_core::pool_core(std::unique_ptr<pool_connector> connector, pool_options opt
       idle_timeout_ns_(count_ns(options_.idle_timeout)),
       validate_ns_(count_ns(options_.validate_after_idle)),
       jitter_(std::random_device{}()),
-      spot_count_(std::clamp<std::size_t>(std::thread::hardware_concurrency(), 1, 1024)),
+      spot_count_(std::clamp<std::size_t>(std::thread::hardware_concurrency(), 1,
+                                          std::max<std::size_t>(options_.max_size, 1))),
       spots_(std::make_unique<parking_spot[]>(spot_count_)),
       registration_("connection pool", quoted_name_, where) {
     max_size_ = options_.max_size;
@@ -184,7 +185,7 @@ void pool_core::resize(std::size_t min_idle, std::size_t max_size) {
         while (slots_.size() < max_size) slots_.emplace_back();
         max_size_ = max_size;
         min_idle_ = min_idle;
-        if (occupied_ - discarding_ > max_size_) stop_parking();
+        recheck_parking();
         // Beyond the new max_size: idle connections close now (the least recently used
         // first), lent ones when they come back.
         while (!idle_.empty() && occupied_ - discarding_ > max_size_) {

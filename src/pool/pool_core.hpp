@@ -16,23 +16,24 @@
 // at every borrow and return, and a borrower that finds it taken may sleep). A parked
 // connection is idle for every purpose but counted in in_use_ until the core takes it back
 // (unpark_all): whoever stops parking (a borrower about to wait, suspend, close, evict_all,
-// a resize below what is open) stores that in parking_ and then empties every spot, and a
-// return stores into a spot and then reads parking_ again, so that one of the two sees the
-// other (both sequentially consistent); the housekeeper takes them back too, to apply the
-// idle limits. Otherwise lending and returning hold the mutex for a few instructions (a pop
-// or a push on the idle stack); every slow thing (connecting, pinging, closing a connection,
-// reporting) runs outside it. It is a futex_mutex: a borrower that finds it taken tries again a few
-// times before sleeping. What they write under it sits on two cache lines of its own and each
-// connection's entry on another: with threads on two cores taking turns, every line written is
-// fetched from the other core while the lock is held. Borrowers that wait queue first come, first
-// served; woken, a waiter handed a connection has it without taking the mutex again. A returned
-// connection goes to idle and the first waiter is woken for it, but a borrower already running may
-// take it first; a waiter that lost a connection so is handed the next one outright, so nobody is
-// overtaken twice in a row. Handing every connection to the first waiter instead (strict
-// FIFO) makes a lock convoy when threads outnumber cores: each connection sits unused until
-// its waiter is scheduled (see pool.hpp for the figures). Connections live in max_size fixed
-// slots, so an entry's address is stable and lending allocates nothing. Times of the hot path
-// come from the coarse monotonic clock (a tick of 1 to 4 ms, a few nanoseconds to read).
+// a resize below what is open, a pool with min_idle below max_size) stores that in parking_
+// and then empties every spot, and a return marks a spot and then reads parking_ again, so
+// that one of the two sees the other (both sequentially consistent; see park()); nobody
+// waits for anybody. The housekeeper takes them back too, to apply the idle limits. Otherwise
+// lending and returning hold the mutex for a few instructions (a pop or a push on the idle stack);
+// every slow thing (connecting, pinging, closing a connection, reporting) runs outside it. It is a
+// futex_mutex: a borrower that finds it taken tries again a few times before sleeping. What they
+// write under it sits on two cache lines of its own and each connection's entry on another: with
+// threads on two cores taking turns, every line written is fetched from the other core while the
+// lock is held. Borrowers that wait queue first come, first served; woken, a waiter handed a
+// connection has it without taking the mutex again. A returned connection goes to idle and the
+// first waiter is woken for it, but a borrower already running may take it first; a waiter that
+// lost a connection so is handed the next one outright, so nobody is overtaken twice in a row.
+// Handing every connection to the first waiter instead (strict FIFO) makes a lock convoy when
+// threads outnumber cores: each connection sits unused until its waiter is scheduled (see pool.hpp
+// for the figures). Connections live in max_size fixed slots, so an entry's address is stable and
+// lending allocates nothing. Times of the hot path come from the coarse monotonic clock (a tick of
+// 1 to 4 ms, a few nanoseconds to read).
 //
 // Lifetime: the core is freed by the pool's destructor, or, when connections are still
 // borrowed after its close timeout, by the last of them to come back. A returning borrower
@@ -105,7 +106,8 @@ struct alignas(cache_line) pool_entry : pool_entry_base {
 // One idle connection a return left where the next borrow on the same CPU takes it, with
 // neither taking the pool's mutex: a spot per CPU, each on a line of its own, so that threads
 // on two cores borrowing and returning at once touch no line the other writes. `entry` is
-// nullptr (empty), parking_busy() (a return deciding whether it may park), or the entry.
+// nullptr (empty), a return's mark (the entry's address with its low bit set: the return is
+// deciding whether it may park), or the entry.
 struct alignas(cache_line) parking_spot {
     std::atomic<pool_entry*> entry{nullptr};
 };
@@ -172,7 +174,9 @@ class pool_core {
     [[nodiscard]] parking_spot& spot_here() const noexcept;
     void unpark_all() noexcept;
     void stop_parking() noexcept;
+    [[nodiscard]] bool parking_allowed() const noexcept;
     void reopen_parking() noexcept;
+    void recheck_parking() noexcept;
     [[nodiscard]] std::size_t parked() const noexcept;
     [[nodiscard]] std::size_t idle_count() const noexcept { return idle_.size() + parked(); }
 
@@ -189,6 +193,8 @@ class pool_core {
                                 const detail::deadline& deadline,
                                 const std::source_location& where);
     pool_entry* obtained(pool_entry& e, steady::time_point started) noexcept;
+    void keep_or_discard(std::unique_lock<futex_mutex>& lock, pool_entry& e, bool reusable,
+                         std::int64_t now) noexcept;
     pool_waiter& hand_over(pool_entry& e, std::int64_t now) noexcept;
     [[noreturn]] void throw_timeout(std::unique_lock<futex_mutex>& lock, steady::time_point started,
                                     steady::time_point now);
@@ -255,7 +261,8 @@ class pool_core {
     std::atomic<std::uint64_t> parking_{0};
     static constexpr std::uint64_t parking_stopped = 1;
 
-    // One per CPU (current_cpu_or_thread() modulo their number); never resized.
+    // One per CPU, or per connection when there are fewer (max_size when the pool was made):
+    // current_cpu_or_thread() modulo their number. Never resized.
     const std::size_t spot_count_;
     const std::unique_ptr<parking_spot[]> spots_;
 

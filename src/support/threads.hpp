@@ -137,7 +137,8 @@ inline unsigned current_cpu_or_thread() noexcept {
 #if defined(__x86_64__) && __has_include(<sys/rseq.h>)
     if (__rseq_size != 0) [[likely]] {
         const char* thread_pointer = nullptr;
-        asm("mov %%fs:0, %0" : "=r"(thread_pointer));
+        // volatile: never reused across a point where the caller may move to another thread.
+        asm volatile("mov %%fs:0, %0" : "=r"(thread_pointer));
         // The kernel's number, or (unsigned) -1 or -2 where this thread has no area.
         const std::uint32_t cpu =
             reinterpret_cast<const volatile rseq*>(thread_pointer + __rseq_offset)->cpu_id;

@@ -990,15 +990,14 @@ TEST_F(Pool, AConnectionParkedOnOneCpuIsLentAtOnceToABorrowerOnAnother) {
     EXPECT_EQ(s.idle, 1U);
     EXPECT_EQ(s.in_use, 0U);
     // Not one borrower waiting in the queue for it: lent at once, or a timeout_error.
-    on_cpu(1, [&] {
-        ctxmgr::with(pool.connection(0ms), [&](sqlite::connection& c) { EXPECT_EQ(&c, lent); });
-    });
-    on_cpu(1, [&] {
-        ctxmgr::with(pool.connection(0ms), [&](sqlite::connection& c) { EXPECT_EQ(&c, lent); });
-    });
-    on_cpu(0, [&] {
-        ctxmgr::with(pool.connection(0ms), [&](sqlite::connection& c) { EXPECT_EQ(&c, lent); });
-    });
+    const auto lent_at_once_on = [&](int cpu) {
+        on_cpu(cpu, [&] {
+            ctxmgr::with(pool.connection(0ms), [&](sqlite::connection& c) { EXPECT_EQ(&c, lent); });
+        });
+    };
+    lent_at_once_on(1);
+    lent_at_once_on(1);
+    lent_at_once_on(0);
     s = pool.stats();
     EXPECT_EQ(s.created, 1U);
     EXPECT_EQ(s.timeouts, 0U);

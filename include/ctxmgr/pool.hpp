@@ -22,8 +22,9 @@
 // trip (for PostgreSQL: is the socket closed or readable, as after a server restart or
 // pg_terminate_backend). A connection that fails is destroyed and the next one tried. With
 // none idle, a new one is asked of the factory (up to max_size), and the borrower waits for
-// whichever comes first, a new or a returned connection, at most acquire_timeout; it is never inside a connect itself, so a server that refuses (SQLSTATE
-// 53300) or never answers (a stopped postmaster) cannot hold it past its deadline. Then it
+// whichever comes first, a new or a returned connection, at most acquire_timeout; it is never
+// inside a connect itself, so a server that refuses (SQLSTATE 53300) or never answers (a
+// stopped postmaster) cannot hold it past its deadline. Then it
 // throws timeout_error naming the pool, its size, the source lines of the current borrowers
 // (where a leak would be) and the last connection failure (also nested in it). A connection
 // that arrives after its waiter gave up stays in the pool. Waiters are served first come,

@@ -134,10 +134,13 @@ void pool_core::unpark_all() noexcept {
     }
 }
 
-// No return parks from now until reopen_parking(), and none is parked (under the mutex).
-void pool_core::stop_parking() noexcept {
-    const std::uint64_t was = parking_.fetch_or(parking_stopped, std::memory_order_seq_cst);
-    if ((was & parking_stopped) == 0) unpark_all();
+// No return parks from now until update_parking() reopens it, and none is parked (under the
+// mutex): true when parking was open until now, and the parked connections are in idle_.
+bool pool_core::stop_parking() noexcept {
+    if ((parking_.load(std::memory_order_relaxed) & parking_stopped) != 0) return false;
+    parking_.fetch_or(parking_stopped, std::memory_order_seq_cst);
+    unpark_all();
+    return true;
 }
 
 // Whether a return may park (under the mutex): not while anyone waits, the pool is closing or
@@ -149,18 +152,16 @@ bool pool_core::parking_allowed() const noexcept {
            (min_idle_ == 0 || occupied_ >= max_size_);
 }
 
-// Returns may park again once nothing stands against it (under the mutex).
-void pool_core::reopen_parking() noexcept {
-    if ((parking_.load(std::memory_order_relaxed) & parking_stopped) == 0) [[likely]] {
+// Parking stopped, or open again, as parking_allowed() now says (under the mutex).
+void pool_core::update_parking() noexcept {
+    const bool open = (parking_.load(std::memory_order_relaxed) & parking_stopped) == 0;
+    if (open == parking_allowed()) [[likely]] {
         return;
     }
-    if (parking_allowed()) parking_.store(generation_ << 1, std::memory_order_relaxed);
-}
-
-// Stops parking when something now stands against it (under the mutex).
-void pool_core::recheck_parking() noexcept {
-    if ((parking_.load(std::memory_order_relaxed) & parking_stopped) == 0 && !parking_allowed()) {
+    if (open) {
         stop_parking();
+    } else {
+        parking_.store(generation_ << 1, std::memory_order_relaxed);
     }
 }
 
@@ -217,7 +218,7 @@ void pool_core::keep_or_discard(std::unique_lock<futex_mutex>& lock, pool_entry&
         occupied_ - discarding_ <= max_size_) [[likely]] {
         if (waiters_.empty() || suspended_) [[likely]] {
             idle_.push_back(&e);  // never allocates: reserved for max_size
-            reopen_parking();
+            update_parking();
             lock.unlock();
             return;
         }
@@ -403,10 +404,7 @@ pool_entry* pool_core::lend_or_queue(std::unique_lock<futex_mutex>& lock, pool_w
             continue;
         }
         // None idle here: none parked either, and none parks while this borrower waits.
-        if (!suspended_ && (parking_.load(std::memory_order_relaxed) & parking_stopped) == 0) {
-            stop_parking();
-            if (!idle_.empty()) continue;
-        }
+        if (stop_parking() && !idle_.empty()) continue;
         const auto now = steady::now();
         if (deadline.expired(now)) {
             accounting_.timed_out();
@@ -539,7 +537,7 @@ void pool_core::finish_discard(pool_entry& e) noexcept {
         e.occupied = false;
         --occupied_;
         --discarding_;
-        recheck_parking();  // room for one more: min_idle may want it made
+        update_parking();  // room for one more: min_idle may want it made
         if (closing_) {
             if (drained()) {
                 drained_.notify_all();

@@ -168,7 +168,6 @@ std::size_t pool_core::evict_all() {
         ++generation_;
         // Entries of the generation before park no more; those parked are evicted below.
         parking_.store(generation_ << 1 | parking_stopped, std::memory_order_seq_cst);
-        unpark_all();
     }
     return evict_idle();
 }
@@ -185,7 +184,7 @@ void pool_core::resize(std::size_t min_idle, std::size_t max_size) {
         while (slots_.size() < max_size) slots_.emplace_back();
         max_size_ = max_size;
         min_idle_ = min_idle;
-        recheck_parking();
+        update_parking();
         // Beyond the new max_size: idle connections close now (the least recently used
         // first), lent ones when they come back.
         while (!idle_.empty() && occupied_ - discarding_ > max_size_) {

@@ -173,10 +173,9 @@ class pool_core {
     pool_entry* unpark(std::int64_t now) noexcept;
     [[nodiscard]] parking_spot& spot_here() const noexcept;
     void unpark_all() noexcept;
-    void stop_parking() noexcept;
+    bool stop_parking() noexcept;
     [[nodiscard]] bool parking_allowed() const noexcept;
-    void reopen_parking() noexcept;
-    void recheck_parking() noexcept;
+    void update_parking() noexcept;
     [[nodiscard]] std::size_t parked() const noexcept;
     [[nodiscard]] std::size_t idle_count() const noexcept { return idle_.size() + parked(); }
 

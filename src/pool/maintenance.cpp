@@ -110,6 +110,7 @@ void pool_core::run_creator() noexcept {
         if (failure) {
             slot.occupied = false;
             --occupied_;
+            update_parking();  // room for one more: min_idle may stop parking again
             last_failure_ = failure;
             last_failure_at_ = steady::now();
             // Retry, but do not hammer a server that refuses.

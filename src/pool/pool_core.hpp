@@ -177,7 +177,6 @@ class pool_core {
     [[nodiscard]] bool parking_allowed() const noexcept;
     void update_parking() noexcept;
     [[nodiscard]] std::size_t parked() const noexcept;
-    [[nodiscard]] std::size_t idle_count() const noexcept { return idle_.size() + parked(); }
 
     // Lending (under the mutex): the most recently returned idle connection, or `e`.
     pool_entry& lend(std::int64_t now, const std::source_location& where) noexcept;
@@ -209,9 +208,11 @@ class pool_core {
     // A connection is wanted from the creator: a borrower waits with none idle, or fewer than
     // min_idle are idle; and there is room. Room first: a borrow from a full pool below
     // min_idle idle asks this every time, and the answer is then on lines no borrower writes.
+    // Nothing is parked while there is room and min_idle is set (parking_allowed()), so idle_
+    // holds every idle connection that counts here.
     [[nodiscard]] bool creation_wanted() const noexcept {
         return occupied_ < max_size_ && !closing_ && !suspended_ && !creating_ &&
-               (waiters_.size() > idle_.size() || idle_count() < min_idle_ ||
+               (waiters_.size() > idle_.size() || idle_.size() < min_idle_ ||
                 (initializing_ && idle_.empty()));
     }
     [[nodiscard]] pool_metrics metrics_locked() const noexcept;

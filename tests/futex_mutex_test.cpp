@@ -1,17 +1,17 @@
 // The pool's mutex (src/support/threads.hpp): mutual exclusion under more threads than cores,
 // sleepers woken, try_lock; and the CPU number its parking spots are chosen by.
 #include <gtest/gtest.h>
-#include <pthread.h>
 #include <sched.h>
 
 #include <atomic>
 #include <chrono>
-#include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <mutex>
 #include <thread>
 #include <vector>
 
+#include "cpu_affinity.hpp"
 #include "support/threads.hpp"
 
 namespace {
@@ -68,18 +68,19 @@ TEST(FutexMutex, TryLockFailsWhileHeldAndSucceedsAfter) {
 // Where the kernel keeps the thread's CPU in its rseq area, that CPU, followed as the thread
 // is moved; elsewhere (valgrind) a number that tells this thread from another.
 TEST(CurrentCpuOrThread, IsTheCpuAThreadIsPinnedTo) {
-    std::thread([] {
-        cpu_set_t allowed;
-        ASSERT_EQ(::sched_getaffinity(0, sizeof allowed, &allowed), 0);
+    const std::vector<int> cpus = ctxmgr::testing::allowed_cpus();
+    std::exception_ptr thrown;
+    std::thread([&] {
         int checked = 0;
-        for (std::size_t cpu = 0; cpu < CPU_SETSIZE && checked < 4; ++cpu) {
-            if (!CPU_ISSET(cpu, &allowed)) continue;
-            cpu_set_t one;
-            CPU_ZERO(&one);
-            CPU_SET(cpu, &one);
-            ASSERT_EQ(::pthread_setaffinity_np(::pthread_self(), sizeof one, &one), 0);
-            if (::sched_getcpu() != static_cast<int>(cpu))
-                continue;  // not moved yet: nothing to compare
+        for (const int cpu : cpus) {
+            if (checked == 4) break;
+            try {
+                ctxmgr::testing::pin_this_thread(cpu);
+            } catch (...) {
+                thrown = std::current_exception();
+                return;
+            }
+            if (::sched_getcpu() != cpu) continue;  // not moved yet: nothing to compare
             const unsigned seen = ctxmgr::detail::current_cpu_or_thread();
 #if defined(__x86_64__) && __has_include(<sys/rseq.h>)
             if (__rseq_size != 0) {
@@ -94,6 +95,7 @@ TEST(CurrentCpuOrThread, IsTheCpuAThreadIsPinnedTo) {
         }
         EXPECT_GT(checked, 0);
     }).join();
+    if (thrown) std::rethrow_exception(thrown);
 }
 
 }  // namespace

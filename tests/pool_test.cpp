@@ -12,7 +12,6 @@
 
 #include <gtest/gtest.h>
 #include <pthread.h>
-#include <sched.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -41,6 +40,7 @@
 #include <thread>
 #include <vector>
 
+#include "cpu_affinity.hpp"
 #include "eventually.hpp"
 #include "postgres_fixtures.hpp"
 #include "recording.hpp"
@@ -955,21 +955,10 @@ template <class F>
 void on_cpu(int index, F&& f) {
     std::exception_ptr thrown;
     std::thread([&] {
-        cpu_set_t allowed;
-        ASSERT_EQ(::sched_getaffinity(0, sizeof allowed, &allowed), 0);
-        std::size_t chosen = 0;
-        int seen = 0;
-        for (std::size_t cpu = 0; cpu < CPU_SETSIZE && seen <= index; ++cpu) {
-            if (CPU_ISSET(cpu, &allowed)) {
-                chosen = cpu;
-                ++seen;
-            }
-        }
-        cpu_set_t one;
-        CPU_ZERO(&one);
-        CPU_SET(chosen, &one);
-        ASSERT_EQ(::pthread_setaffinity_np(::pthread_self(), sizeof one, &one), 0);
         try {
+            const std::vector<int> cpus = ctxmgr::testing::allowed_cpus();
+            ctxmgr::testing::pin_this_thread(
+                cpus[std::min(static_cast<std::size_t>(index), cpus.size() - 1)]);
             f();
         } catch (...) {
             thrown = std::current_exception();
